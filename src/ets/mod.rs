@@ -1,0 +1,1 @@
+//! Module ets (under construction).

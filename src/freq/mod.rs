@@ -1,0 +1,1 @@
+//! Module freq (under construction).

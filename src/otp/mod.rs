@@ -1,0 +1,1 @@
+//! Module otp (under construction).
