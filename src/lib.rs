@@ -18,6 +18,7 @@
 //! Dependencies point one way: `freq` uses `otp`, `ets`, `dets`; `dets` uses `ets`; `otp` knows no
 //! tables.
 
+pub mod codec;
 pub mod dets;
 pub mod ets;
 pub mod freq;

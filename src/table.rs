@@ -134,13 +134,17 @@ impl_counter!(i8, i16, i32, i64, u8, u16, u32, u64);
 
 impl Counter for usize {
     fn checked_add_i64(self, incr: i64) -> Option<Self> {
-        (self as u64).checked_add_i64(incr).and_then(|v| usize::try_from(v).ok())
+        (self as u64)
+            .checked_add_i64(incr)
+            .and_then(|v| usize::try_from(v).ok())
     }
 }
 
 impl Counter for isize {
     fn checked_add_i64(self, incr: i64) -> Option<Self> {
-        (self as i64).checked_add_i64(incr).and_then(|v| isize::try_from(v).ok())
+        (self as i64)
+            .checked_add_i64(incr)
+            .and_then(|v| isize::try_from(v).ok())
     }
 }
 
