@@ -1,0 +1,242 @@
+//! Reply handles ([`ReplyTo`]) and the per-instance exit record they consult.
+//!
+//! A call allocates one small reply cell shared by the caller and the [`ReplyTo`] that travels
+//! inside the message (ractor's reply port). The caller spins briefly, then parks, on the cell.
+//! A cell belongs to exactly one call, so a reply that arrives after the caller gave up is simply
+//! dropped: it can never reach a later call.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, Thread, ThreadId};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::error::{ExitReason, OtpError};
+
+/// How many spin iterations a caller waits for a reply before parking. Measured in
+/// `benches/otp.rs`: with both sides busy this saves the park/unpark round trip (~1 µs each
+/// way) on most calls; longer spins only burn the core the server needs on a 2-core machine.
+const CALLER_SPIN: u32 = 256;
+
+/// Something a dead server owes an answer: a reply cell of any reply type.
+pub(crate) trait Orphan: Send + Sync {
+    fn fail(&self, err: OtpError);
+}
+
+/// What one server *instance* (one run of one thread) shares with its callers and supervisor.
+pub(crate) struct InstanceShared {
+    /// The server thread, set by the thread itself before `init`.
+    pub(crate) thread: OnceLock<ThreadId>,
+    /// Set when the exit sequence starts: reply handles dropped from now on are failed with the
+    /// exit reason instead of "reply dropped".
+    pub(crate) dying: AtomicBool,
+    /// Set by a brutal kill: the loop exits before its next message.
+    pub(crate) killed: AtomicBool,
+    exit: Mutex<ExitState>,
+    cond: Condvar,
+}
+
+#[derive(Default)]
+struct ExitState {
+    reason: Option<ExitReason>,
+    orphans: Vec<Arc<dyn Orphan>>,
+}
+
+impl InstanceShared {
+    pub(crate) fn new() -> Self {
+        InstanceShared {
+            thread: OnceLock::new(),
+            dying: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
+            exit: Mutex::new(ExitState::default()),
+            cond: Condvar::new(),
+        }
+    }
+
+    fn on_own_thread(&self) -> bool {
+        self.thread.get() == Some(&thread::current().id())
+    }
+
+    /// Parks an unanswered reply until the exit reason is known (or fails it now if it is).
+    fn orphan(&self, cell: Arc<dyn Orphan>) {
+        let mut st = self.exit.lock();
+        match &st.reason {
+            Some(r) => {
+                let r = r.clone();
+                drop(st);
+                cell.fail(OtpError::Exited(r));
+            }
+            None => st.orphans.push(cell),
+        }
+    }
+
+    /// Records the exit reason, fails every orphaned call with it and wakes waiters.
+    pub(crate) fn finish(&self, reason: ExitReason) {
+        let orphans = {
+            let mut st = self.exit.lock();
+            st.reason = Some(reason.clone());
+            std::mem::take(&mut st.orphans)
+        };
+        self.cond.notify_all();
+        for o in orphans {
+            o.fail(OtpError::Exited(reason.clone()));
+        }
+    }
+
+    /// The exit reason, once the instance has exited.
+    pub(crate) fn exit_reason(&self) -> Option<ExitReason> {
+        self.exit.lock().reason.clone()
+    }
+
+    /// Waits until the instance has exited; `None` waits forever. True if it has exited.
+    pub(crate) fn wait_exit(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.exit.lock();
+        while st.reason.is_none() {
+            match deadline {
+                None => self.cond.wait(&mut st),
+                Some(d) => {
+                    if self.cond.wait_until(&mut st, d).timed_out() {
+                        return st.reason.is_some();
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+struct CellInner<R> {
+    value: Option<Result<R, OtpError>>,
+    abandoned: bool,
+}
+
+/// The rendezvous of one call.
+pub(crate) struct ReplyCell<R> {
+    ready: AtomicBool,
+    inner: Mutex<CellInner<R>>,
+    waiter: Thread,
+}
+
+impl<R> ReplyCell<R> {
+    pub(crate) fn new() -> Self {
+        ReplyCell {
+            ready: AtomicBool::new(false),
+            inner: Mutex::new(CellInner {
+                value: None,
+                abandoned: false,
+            }),
+            waiter: thread::current(),
+        }
+    }
+
+    fn put(&self, v: Result<R, OtpError>) {
+        {
+            let mut g = self.inner.lock();
+            if g.abandoned || g.value.is_some() {
+                return; // late reply: the caller has gone, drop it here
+            }
+            g.value = Some(v);
+        }
+        self.ready.store(true, Ordering::Release);
+        self.waiter.unpark();
+    }
+
+    fn take(&self) -> Option<Result<R, OtpError>> {
+        self.inner.lock().value.take()
+    }
+
+    /// Waits for the reply: spin, then park until `timeout`.
+    pub(crate) fn wait(&self, timeout: Duration) -> Result<R, OtpError> {
+        for _ in 0..CALLER_SPIN {
+            if self.ready.load(Ordering::Acquire) {
+                return self.take().unwrap_or(Err(OtpError::ReplyDropped));
+            }
+            std::hint::spin_loop();
+        }
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            if self.ready.load(Ordering::Acquire) {
+                return self.take().unwrap_or(Err(OtpError::ReplyDropped));
+            }
+            match deadline {
+                None => thread::park(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        let mut g = self.inner.lock();
+                        return match g.value.take() {
+                            Some(v) => v,
+                            None => {
+                                g.abandoned = true;
+                                Err(OtpError::Timeout)
+                            }
+                        };
+                    }
+                    thread::park_timeout(d - now);
+                }
+            }
+        }
+    }
+}
+
+impl<R: Send> Orphan for ReplyCell<R> {
+    fn fail(&self, err: OtpError) {
+        self.put(Err(err));
+    }
+}
+
+/// The right to answer one call: Erlang's `From` in `handle_call(Request, From, State)`.
+///
+/// Reply at once with [`ReplyTo::reply`], or keep the handle (in the server state, or move it to
+/// another thread) and reply later: OTP's `{noreply, State}` followed by `gen_server:reply/2`.
+/// That is how a server defers replies until a batch is on disk (group commit).
+///
+/// If the handle is dropped without a reply the caller never hangs: it gets
+/// [`OtpError::ReplyDropped`] if the server is still running, or [`OtpError::Exited`] with the
+/// server's exit reason if the handle was dropped because the server crashed or stopped.
+#[must_use = "dropping a ReplyTo without replying fails the call with ReplyDropped"]
+pub struct ReplyTo<R: Send + 'static> {
+    cell: Option<Arc<ReplyCell<R>>>,
+    inst: Arc<InstanceShared>,
+}
+
+impl<R: Send + 'static> ReplyTo<R> {
+    pub(crate) fn new(cell: Arc<ReplyCell<R>>, inst: Arc<InstanceShared>) -> Self {
+        ReplyTo {
+            cell: Some(cell),
+            inst,
+        }
+    }
+
+    /// Sends the reply to the caller. If the caller has already timed out, the reply is
+    /// discarded.
+    pub fn reply(mut self, value: R) {
+        if let Some(cell) = self.cell.take() {
+            cell.put(Ok(value));
+        }
+    }
+}
+
+impl<R: Send + 'static> std::fmt::Debug for ReplyTo<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyTo")
+            .field("answered", &self.cell.is_none())
+            .finish()
+    }
+}
+
+impl<R: Send + 'static> Drop for ReplyTo<R> {
+    fn drop(&mut self) {
+        if let Some(cell) = self.cell.take() {
+            let dying = self.inst.dying.load(Ordering::Acquire)
+                || (thread::panicking() && self.inst.on_own_thread());
+            if dying {
+                self.inst.orphan(cell);
+            } else {
+                cell.put(Err(OtpError::ReplyDropped));
+            }
+        }
+    }
+}

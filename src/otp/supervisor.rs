@@ -1,0 +1,843 @@
+//! Supervisors: start children in order, watch them, restart them by a [`Strategy`], stop them in
+//! reverse order, and give up when restarts come too fast.
+//!
+//! Erlang: <https://www.erlang.org/doc/apps/stdlib/supervisor.html>
+//!
+//! **OS threads cannot be killed.** [`Shutdown::BrutalKill`] (and a [`Shutdown::Timeout`] that
+//! runs out) therefore means: stop waiting, make the child's handle refuse further calls at once
+//! ([`OtpError::NoProc`]), flag the thread to exit before its next message, and detach it. A
+//! child stuck inside a callback keeps running until that callback returns, and its state (with
+//! any file locks) is dropped only then, possibly after its replacement has started.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::error::{ExitReason, OtpError};
+use super::gen_server::{next_id, spawn_into, GenServer, OnExit, Server, ServerChild};
+
+/// Which children a supervisor restarts when one of them exits abnormally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Strategy {
+    /// Only the child that exited.
+    OneForOne,
+    /// All children: the others are stopped (in reverse order), then all are started in order.
+    OneForAll,
+    /// The child that exited and every child started after it.
+    RestForOne,
+}
+
+/// When a child is restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Restart {
+    /// Always.
+    Permanent,
+    /// Only after an abnormal exit (not [`ExitReason::Normal`] or [`ExitReason::Shutdown`]).
+    Transient,
+    /// Never; the child is forgotten once it exits.
+    Temporary,
+}
+
+/// How a supervisor stops a child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Shutdown {
+    /// Do not wait: the handle refuses calls at once and the thread is detached, flagged to exit
+    /// before its next message (see the module docs: threads cannot be killed).
+    BrutalKill,
+    /// Ask the child to stop, wait this long, then escalate to [`Shutdown::BrutalKill`].
+    Timeout(Duration),
+    /// Ask the child to stop and wait for as long as it takes (the default for supervisors).
+    Infinity,
+}
+
+/// A source of time for the restart-intensity window, so tests need not sleep.
+pub trait Clock: Send + Sync {
+    /// The current instant.
+    fn now(&self) -> Instant;
+}
+
+/// The real clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that moves only when told to ([`ManualClock::advance`]).
+#[derive(Debug)]
+pub struct ManualClock {
+    base: Instant,
+    offset: Mutex<Duration>,
+}
+
+impl ManualClock {
+    /// A clock standing at the current instant.
+    pub fn new() -> Self {
+        ManualClock {
+            base: Instant::now(),
+            offset: Mutex::new(Duration::ZERO),
+        }
+    }
+
+    /// Moves the clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        *self.offset.lock() += d;
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.base + *self.offset.lock()
+    }
+}
+
+/// A running child as the supervisor sees it.
+trait RunningChild: Send {
+    fn request_stop(&self);
+    fn wait_exit(&self, timeout: Option<Duration>) -> bool;
+    fn kill(&mut self);
+    fn join(&mut self);
+}
+
+/// How to (re)start a child.
+trait ChildStart: Send {
+    fn start(&mut self, on_exit: OnExit) -> Result<Box<dyn RunningChild>, OtpError>;
+}
+
+struct ServerStart<S: GenServer> {
+    server: Server<S>,
+    args: Box<dyn FnMut() -> S::Args + Send>,
+}
+
+impl<S: GenServer> ChildStart for ServerStart<S> {
+    fn start(&mut self, on_exit: OnExit) -> Result<Box<dyn RunningChild>, OtpError> {
+        let args = (self.args)();
+        let shared = spawn_into(&self.server.slot, args, Some(on_exit))?;
+        Ok(Box::new(ServerChild {
+            slot: self.server.slot.clone(),
+            shared,
+        }))
+    }
+}
+
+impl<S: GenServer> RunningChild for ServerChild<S> {
+    fn request_stop(&self) {
+        ServerChild::request_stop(self);
+    }
+    fn wait_exit(&self, timeout: Option<Duration>) -> bool {
+        ServerChild::wait_exit(self, timeout)
+    }
+    fn kill(&mut self) {
+        ServerChild::kill(self);
+    }
+    fn join(&mut self) {
+        ServerChild::join(self);
+    }
+}
+
+struct SupervisorStart {
+    spec: Box<dyn FnMut() -> SupervisorSpec + Send>,
+}
+
+impl ChildStart for SupervisorStart {
+    fn start(&mut self, on_exit: OnExit) -> Result<Box<dyn RunningChild>, OtpError> {
+        let sup = Supervisor::start_linked((self.spec)(), Some(on_exit))?;
+        Ok(Box::new(sup))
+    }
+}
+
+impl RunningChild for Supervisor {
+    fn request_stop(&self) {
+        let _ = self.tx.send(SupMsg::Stop);
+    }
+    fn wait_exit(&self, timeout: Option<Duration>) -> bool {
+        self.shared.wait(timeout).is_some()
+    }
+    fn kill(&mut self) {
+        let _ = self.tx.send(SupMsg::Stop);
+        self.join.take(); // detach
+    }
+    fn join(&mut self) {
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+/// One child of a supervisor: an id, how to start it, when to restart it, how to stop it.
+pub struct ChildSpec {
+    id: String,
+    restart: Restart,
+    shutdown: Shutdown,
+    start: Box<dyn ChildStart>,
+}
+
+impl std::fmt::Debug for ChildSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildSpec")
+            .field("id", &self.id)
+            .field("restart", &self.restart)
+            .field("shutdown", &self.shutdown)
+            .finish()
+    }
+}
+
+impl ChildSpec {
+    /// A server child on a thread named `thread_name`, and the handle to it that stays valid
+    /// across restarts. `args` is called on every (re)start. Defaults: permanent, 5 s shutdown.
+    pub fn server<S: GenServer>(
+        id: impl Into<String>,
+        thread_name: impl Into<String>,
+        args: impl FnMut() -> S::Args + Send + 'static,
+    ) -> (ChildSpec, Server<S>) {
+        let server = Server::unstarted(thread_name);
+        (ChildSpec::for_server(id, &server, args), server)
+    }
+
+    /// A server child started into an existing handle (made with [`Server::unstarted`] or taken
+    /// from an earlier spec), so a spec factory for a nested supervisor can keep handles stable.
+    pub fn for_server<S: GenServer>(
+        id: impl Into<String>,
+        server: &Server<S>,
+        args: impl FnMut() -> S::Args + Send + 'static,
+    ) -> ChildSpec {
+        ChildSpec {
+            id: id.into(),
+            restart: Restart::Permanent,
+            shutdown: Shutdown::Timeout(Duration::from_secs(5)),
+            start: Box::new(ServerStart {
+                server: server.clone(),
+                args: Box::new(args),
+            }),
+        }
+    }
+
+    /// A supervisor child: `spec` is called on every (re)start. Defaults: permanent, infinity.
+    pub fn supervisor(
+        id: impl Into<String>,
+        spec: impl FnMut() -> SupervisorSpec + Send + 'static,
+    ) -> ChildSpec {
+        ChildSpec {
+            id: id.into(),
+            restart: Restart::Permanent,
+            shutdown: Shutdown::Infinity,
+            start: Box::new(SupervisorStart {
+                spec: Box::new(spec),
+            }),
+        }
+    }
+
+    /// Sets the restart type.
+    pub fn restart(mut self, restart: Restart) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    /// Sets the shutdown policy.
+    pub fn shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// The child's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// What a supervisor does: strategy, intensity, children. Built with chained setters.
+pub struct SupervisorSpec {
+    name: String,
+    strategy: Strategy,
+    intensity: u32,
+    period: Duration,
+    clock: Arc<dyn Clock>,
+    children: Vec<ChildSpec>,
+    events: Vec<Sender<SupervisorEvent>>,
+}
+
+impl std::fmt::Debug for SupervisorSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorSpec")
+            .field("name", &self.name)
+            .field("strategy", &self.strategy)
+            .field("intensity", &self.intensity)
+            .field("period", &self.period)
+            .field("children", &self.children)
+            .finish()
+    }
+}
+
+impl SupervisorSpec {
+    /// A spec with OTP's defaults: at most 1 restart in 5 s, thread name `freq-supervisor`.
+    pub fn new(strategy: Strategy) -> Self {
+        SupervisorSpec {
+            name: "freq-supervisor".to_string(),
+            strategy,
+            intensity: 1,
+            period: Duration::from_secs(5),
+            clock: Arc::new(SystemClock),
+            children: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Sets the supervisor thread's name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// More than `max_restarts` restarts within `period` end the supervisor.
+    pub fn intensity(mut self, max_restarts: u32, period: Duration) -> Self {
+        self.intensity = max_restarts;
+        self.period = period;
+        self
+    }
+
+    /// Uses `clock` for the intensity window (e.g. a [`ManualClock`] in tests).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Appends a child; children start in the order added.
+    pub fn child(mut self, child: ChildSpec) -> Self {
+        self.children.push(child);
+        self
+    }
+
+    /// Sends every [`SupervisorEvent`], from the first child start on, to `events`.
+    pub fn events(mut self, events: Sender<SupervisorEvent>) -> Self {
+        self.events.push(events);
+        self
+    }
+}
+
+/// Something a supervisor did, for observers (tests wait on these instead of sleeping).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SupervisorEvent {
+    /// A child (re)started.
+    ChildStarted {
+        /// The child's id.
+        id: String,
+    },
+    /// A child exited on its own, with this reason.
+    ChildExited {
+        /// The child's id.
+        id: String,
+        /// Why it exited.
+        reason: ExitReason,
+    },
+    /// The supervisor stopped a child (shutdown, or as part of a one-for-all/rest-for-one
+    /// restart).
+    ChildTerminated {
+        /// The child's id.
+        id: String,
+    },
+    /// The supervisor itself exited, with this reason, after stopping all its children.
+    Stopped {
+        /// Why it exited.
+        reason: ExitReason,
+    },
+}
+
+/// A child as reported by [`Supervisor::which_children`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChildInfo {
+    /// The child's id.
+    pub id: String,
+    /// Whether it is running.
+    pub running: bool,
+    /// Its restart type.
+    pub restart: Restart,
+}
+
+type Reply<T> = SyncSender<Result<T, OtpError>>;
+
+enum SupMsg {
+    ChildExit { key: u64, reason: ExitReason },
+    Stop,
+    StartChild(ChildSpec, Reply<()>),
+    TerminateChild(String, Reply<()>),
+    RestartChild(String, Reply<()>),
+    DeleteChild(String, Reply<()>),
+    WhichChildren(Reply<Vec<ChildInfo>>),
+    Subscribe(Sender<SupervisorEvent>),
+}
+
+struct SupShared {
+    exit: Mutex<Option<ExitReason>>,
+    cond: Condvar,
+}
+
+impl SupShared {
+    fn finish(&self, reason: ExitReason) {
+        *self.exit.lock() = Some(reason);
+        self.cond.notify_all();
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Option<ExitReason> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut g = self.exit.lock();
+        while g.is_none() {
+            match deadline {
+                None => self.cond.wait(&mut g),
+                Some(d) => {
+                    if self.cond.wait_until(&mut g, d).timed_out() {
+                        break;
+                    }
+                }
+            }
+        }
+        g.clone()
+    }
+}
+
+/// A running supervisor, on its own named thread. Dropping it stops the supervisor (children in
+/// reverse start order) and joins its thread.
+pub struct Supervisor {
+    tx: Sender<SupMsg>,
+    shared: Arc<SupShared>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("exit_reason", &self.exit_reason())
+            .finish()
+    }
+}
+
+impl Supervisor {
+    /// Starts the supervisor thread and its children, in order, and waits for them. If a child
+    /// fails to start, the ones already started are stopped in reverse order and the error is
+    /// [`OtpError::ChildStartFailed`].
+    pub fn start(spec: SupervisorSpec) -> Result<Supervisor, OtpError> {
+        Self::start_linked(spec, None)
+    }
+
+    fn start_linked(spec: SupervisorSpec, on_exit: Option<OnExit>) -> Result<Supervisor, OtpError> {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(SupShared {
+            exit: Mutex::new(None),
+            cond: Condvar::new(),
+        });
+        let (started_tx, started_rx) = mpsc::sync_channel(1);
+        let state_tx = tx.clone();
+        let thread_shared = shared.clone();
+        let join = thread::Builder::new()
+            .name(spec.name.clone())
+            .spawn(move || {
+                supervisor_thread(spec, state_tx, rx, thread_shared, started_tx, on_exit)
+            })?;
+        match started_rx.recv() {
+            Ok(Ok(())) => Ok(Supervisor {
+                tx,
+                shared,
+                join: Some(join),
+            }),
+            Ok(Err(e)) => {
+                let _ = join.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = join.join();
+                Err(OtpError::NoProc)
+            }
+        }
+    }
+
+    fn request<T>(&self, make: impl FnOnce(Reply<T>) -> SupMsg) -> Result<T, OtpError> {
+        let (rtx, rrx) = mpsc::sync_channel(1);
+        self.tx.send(make(rtx)).map_err(|_| OtpError::NoProc)?;
+        rrx.recv().map_err(|_| OtpError::NoProc)?
+    }
+
+    /// Adds and starts a child (dynamic children; with a `for_server` spec whose `args` closure
+    /// captures per-child arguments this is OTP's `simple_one_for_one` `start_child/2`).
+    /// Errors: [`OtpError::DuplicateChild`], the child's start error, [`OtpError::NoProc`].
+    pub fn start_child(&self, child: ChildSpec) -> Result<(), OtpError> {
+        self.request(|r| SupMsg::StartChild(child, r))
+    }
+
+    /// Stops a child by its shutdown policy; its spec is kept (a temporary child's is dropped).
+    pub fn terminate_child(&self, id: &str) -> Result<(), OtpError> {
+        self.request(|r| SupMsg::TerminateChild(id.to_string(), r))
+    }
+
+    /// Starts a stopped child again. Error: [`OtpError::ChildRunning`] if it is running.
+    pub fn restart_child(&self, id: &str) -> Result<(), OtpError> {
+        self.request(|r| SupMsg::RestartChild(id.to_string(), r))
+    }
+
+    /// Forgets a stopped child. Error: [`OtpError::ChildRunning`] if it is running.
+    pub fn delete_child(&self, id: &str) -> Result<(), OtpError> {
+        self.request(|r| SupMsg::DeleteChild(id.to_string(), r))
+    }
+
+    /// The children, in start order.
+    pub fn which_children(&self) -> Result<Vec<ChildInfo>, OtpError> {
+        self.request(SupMsg::WhichChildren)
+    }
+
+    /// A receiver of the supervisor's events from now on.
+    pub fn subscribe(&self) -> Result<Receiver<SupervisorEvent>, OtpError> {
+        let (etx, erx) = mpsc::channel();
+        self.tx
+            .send(SupMsg::Subscribe(etx))
+            .map_err(|_| OtpError::NoProc)?;
+        Ok(erx)
+    }
+
+    /// Why the supervisor exited, if it has.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.shared.exit.lock().clone()
+    }
+
+    /// Waits up to `timeout` for the supervisor to exit; its reason, if it did.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<ExitReason> {
+        self.shared.wait(Some(timeout))
+    }
+
+    /// Stops the children in reverse start order, then the supervisor; joins its thread.
+    /// Returns the supervisor's exit reason (`Shutdown`, or an earlier reason if it had already
+    /// exited).
+    pub fn stop(mut self) -> ExitReason {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> ExitReason {
+        let _ = self.tx.send(SupMsg::Stop);
+        let reason = self.shared.wait(None).unwrap_or(ExitReason::Shutdown);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+        reason
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if self.join.is_some() {
+            self.shutdown();
+        }
+    }
+}
+
+struct Child {
+    id: String,
+    restart: Restart,
+    shutdown: Shutdown,
+    start: Box<dyn ChildStart>,
+    running: Option<(u64, Box<dyn RunningChild>)>,
+}
+
+struct State {
+    strategy: Strategy,
+    intensity: u32,
+    period: Duration,
+    clock: Arc<dyn Clock>,
+    children: Vec<Child>,
+    restarts: VecDeque<Instant>,
+    tx: Sender<SupMsg>,
+    events: Vec<Sender<SupervisorEvent>>,
+}
+
+/// The supervisor must exit with this reason.
+struct Escalate(ExitReason);
+
+impl State {
+    fn emit(&mut self, e: SupervisorEvent) {
+        self.events.retain(|s| s.send(e.clone()).is_ok());
+    }
+
+    fn index(&self, id: &str) -> Option<usize> {
+        self.children.iter().position(|c| c.id == id)
+    }
+
+    fn start_child(&mut self, i: usize) -> Result<(), OtpError> {
+        let key = next_id();
+        let tx = self.tx.clone();
+        let on_exit: OnExit = Box::new(move |reason| {
+            let _ = tx.send(SupMsg::ChildExit {
+                key,
+                reason: reason.clone(),
+            });
+        });
+        let running = self.children[i].start.start(on_exit)?;
+        self.children[i].running = Some((key, running));
+        let id = self.children[i].id.clone();
+        self.emit(SupervisorEvent::ChildStarted { id });
+        Ok(())
+    }
+
+    fn stop_child(&mut self, i: usize) {
+        let Some((_, mut child)) = self.children[i].running.take() else {
+            return;
+        };
+        match self.children[i].shutdown {
+            Shutdown::BrutalKill => child.kill(),
+            Shutdown::Timeout(d) => {
+                child.request_stop();
+                if child.wait_exit(Some(d)) {
+                    child.join();
+                } else {
+                    child.kill();
+                }
+            }
+            Shutdown::Infinity => {
+                child.request_stop();
+                child.wait_exit(None);
+                child.join();
+            }
+        }
+        let id = self.children[i].id.clone();
+        self.emit(SupervisorEvent::ChildTerminated { id });
+    }
+
+    fn stop_all(&mut self) {
+        for i in (0..self.children.len()).rev() {
+            self.stop_child(i);
+        }
+    }
+
+    /// Records one restart; `Err` if that exceeds the intensity.
+    fn record_restart(&mut self) -> Result<(), Escalate> {
+        let now = self.clock.now();
+        self.restarts.push_back(now);
+        while let Some(&t) = self.restarts.front() {
+            if now.saturating_duration_since(t) > self.period {
+                self.restarts.pop_front();
+            } else {
+                break;
+            }
+        }
+        if self.restarts.len() > self.intensity as usize {
+            Err(Escalate(ExitReason::ReachedMaxRestartIntensity))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Starts the (stopped) children with these ids, in order; a failed start counts as another
+    /// restart and is retried.
+    fn restart_ids(&mut self, ids: Vec<String>) -> Result<(), Escalate> {
+        for id in ids {
+            while let Some(i) = self.index(&id) {
+                match self.start_child(i) {
+                    Ok(()) => break,
+                    Err(_) => self.record_restart()?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_child_exit(&mut self, key: u64, reason: ExitReason) -> Result<(), Escalate> {
+        let Some(i) = self
+            .children
+            .iter()
+            .position(|c| c.running.as_ref().is_some_and(|(k, _)| *k == key))
+        else {
+            return Ok(()); // stale: a child we stopped ourselves
+        };
+        if let Some((_, mut child)) = self.children[i].running.take() {
+            child.join();
+        }
+        let id = self.children[i].id.clone();
+        self.emit(SupervisorEvent::ChildExited {
+            id: id.clone(),
+            reason: reason.clone(),
+        });
+        let restart = match self.children[i].restart {
+            Restart::Permanent => true,
+            Restart::Transient => !reason.is_normal(),
+            Restart::Temporary => false,
+        };
+        if !restart {
+            if self.children[i].restart == Restart::Temporary {
+                self.children.remove(i);
+            }
+            return Ok(());
+        }
+        self.record_restart()?;
+        let affected: Vec<usize> = match self.strategy {
+            Strategy::OneForOne => vec![i],
+            Strategy::OneForAll => (0..self.children.len()).collect(),
+            Strategy::RestForOne => (i..self.children.len()).collect(),
+        };
+        for &j in affected.iter().rev() {
+            self.stop_child(j);
+        }
+        // Temporary children stopped on the way are not restarted, and are forgotten.
+        let ids: Vec<String> = affected
+            .iter()
+            .filter(|&&j| j == i || self.children[j].restart != Restart::Temporary)
+            .map(|&j| self.children[j].id.clone())
+            .collect();
+        let mut j = 0;
+        self.children.retain(|c| {
+            let keep = !(affected.contains(&j) && j != i && c.restart == Restart::Temporary);
+            j += 1;
+            keep
+        });
+        self.restart_ids(ids)
+    }
+
+    fn handle_request(&mut self, msg: SupMsg) -> Option<Result<(), Escalate>> {
+        match msg {
+            SupMsg::ChildExit { key, reason } => return Some(self.on_child_exit(key, reason)),
+            SupMsg::Stop => return Some(Err(Escalate(ExitReason::Shutdown))),
+            SupMsg::StartChild(spec, reply) => {
+                let r = if self.index(&spec.id).is_some() {
+                    Err(OtpError::DuplicateChild(spec.id))
+                } else {
+                    self.children.push(Child {
+                        id: spec.id,
+                        restart: spec.restart,
+                        shutdown: spec.shutdown,
+                        start: spec.start,
+                        running: None,
+                    });
+                    let i = self.children.len() - 1;
+                    let r = self.start_child(i);
+                    if r.is_err() {
+                        self.children.pop();
+                    }
+                    r
+                };
+                let _ = reply.send(r);
+            }
+            SupMsg::TerminateChild(id, reply) => {
+                let r = match self.index(&id) {
+                    None => Err(OtpError::NoSuchChild(id)),
+                    Some(i) => {
+                        self.stop_child(i);
+                        if self.children[i].restart == Restart::Temporary {
+                            self.children.remove(i);
+                        }
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            SupMsg::RestartChild(id, reply) => {
+                let r = match self.index(&id) {
+                    None => Err(OtpError::NoSuchChild(id)),
+                    Some(i) if self.children[i].running.is_some() => {
+                        Err(OtpError::ChildRunning(id))
+                    }
+                    Some(i) => self.start_child(i),
+                };
+                let _ = reply.send(r);
+            }
+            SupMsg::DeleteChild(id, reply) => {
+                let r = match self.index(&id) {
+                    None => Err(OtpError::NoSuchChild(id)),
+                    Some(i) if self.children[i].running.is_some() => {
+                        Err(OtpError::ChildRunning(id))
+                    }
+                    Some(i) => {
+                        self.children.remove(i);
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            SupMsg::WhichChildren(reply) => {
+                let list = self
+                    .children
+                    .iter()
+                    .map(|c| ChildInfo {
+                        id: c.id.clone(),
+                        running: c.running.is_some(),
+                        restart: c.restart,
+                    })
+                    .collect();
+                let _ = reply.send(Ok(list));
+            }
+            SupMsg::Subscribe(s) => self.events.push(s),
+        }
+        None
+    }
+}
+
+fn supervisor_thread(
+    spec: SupervisorSpec,
+    tx: Sender<SupMsg>,
+    rx: Receiver<SupMsg>,
+    shared: Arc<SupShared>,
+    started: SyncSender<Result<(), OtpError>>,
+    on_exit: Option<OnExit>,
+) {
+    let mut state = State {
+        strategy: spec.strategy,
+        intensity: spec.intensity,
+        period: spec.period,
+        clock: spec.clock,
+        children: Vec::with_capacity(spec.children.len()),
+        restarts: VecDeque::new(),
+        tx,
+        events: spec.events,
+    };
+    for c in spec.children {
+        let id = c.id.clone();
+        state.children.push(Child {
+            id: c.id,
+            restart: c.restart,
+            shutdown: c.shutdown,
+            start: c.start,
+            running: None,
+        });
+        let i = state.children.len() - 1;
+        if let Err(e) = state.start_child(i) {
+            state.stop_all();
+            shared.finish(ExitReason::Error(format!("child {id:?} failed to start")));
+            let _ = started.send(Err(OtpError::ChildStartFailed {
+                id,
+                source: Box::new(e),
+            }));
+            return;
+        }
+    }
+    let _ = started.send(Ok(()));
+    drop(started);
+
+    let reason = loop {
+        let Ok(msg) = rx.recv() else {
+            break ExitReason::Shutdown; // cannot happen: the state holds a sender
+        };
+        if let Some(Err(Escalate(reason))) = state.handle_request(msg) {
+            break reason;
+        }
+    };
+    state.stop_all();
+    state.emit(SupervisorEvent::Stopped {
+        reason: reason.clone(),
+    });
+    shared.finish(reason.clone());
+    drop(state);
+    if let Some(f) = on_exit {
+        f(&reason);
+    }
+}
