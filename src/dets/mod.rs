@@ -80,13 +80,15 @@
 mod error;
 mod key;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Bound;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -107,6 +109,50 @@ const SCHEMA_KEY: &[u8] = b"schema";
 const FORMAT: &str = "freqalloc-dets/1";
 /// Bytes of the sequence suffix of bag keys.
 const SEQ_LEN: usize = 8;
+/// The state file beside sled's files: the schema, and the counts at the last clean close.
+const STATE_FILE: &str = "freqalloc-dets.state";
+
+/// What the state file records: the counts `(len, keys, next_seq)` at the last clean close,
+/// or `None` while a handle has the table open (so a crash leaves `None`).
+type State = (String, Schema, Option<(u64, u64, u64)>);
+
+fn io_error(path: &Path, source: std::io::Error) -> DetsError {
+    DetsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Reads the state file; `Ok(None)` if there is none.
+fn read_state(path: &Path) -> Result<Option<State>, DetsError> {
+    match std::fs::read(path.join(STATE_FILE)) {
+        Ok(bytes) => {
+            let state: State = codec::decode(&bytes)
+                .map_err(|e| corrupted(path, format!("unreadable state file: {e}")))?;
+            Ok(Some(state))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(path, e)),
+    }
+}
+
+/// Replaces the state file atomically and durably (write, fsync, rename, fsync the directory).
+fn write_state(
+    path: &Path,
+    schema: &Schema,
+    clean: Option<(u64, u64, u64)>,
+) -> Result<(), DetsError> {
+    use std::io::Write;
+    let bytes = codec::encode(&(FORMAT, schema, clean))?;
+    let tmp = path.join(format!("{STATE_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io_error(path, e))?;
+    f.write_all(&bytes).map_err(|e| io_error(path, e))?;
+    f.sync_all().map_err(|e| io_error(path, e))?;
+    std::fs::rename(&tmp, path.join(STATE_FILE)).map_err(|e| io_error(path, e))?;
+    std::fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(path, e))
+}
 
 /// When writes reach the disk. See the [module docs](self#durability) for the loss windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +256,8 @@ pub enum BatchOp<K, V> {
 /// One handle owns the table: a second open of the same directory, in this process or
 /// another, is [`DetsError::Locked`] until this handle is closed or dropped.
 pub struct DiskTable<K, V> {
+    /// Declared first so it drops first: unregisters the directory (see `open_db`).
+    _registered: OpenGuard,
     db: sled::Db,
     data: sled::Tree,
     path: PathBuf,
@@ -221,6 +269,8 @@ pub struct DiskTable<K, V> {
     keys: usize,
     /// The next bag sequence number (bags only).
     next_seq: u64,
+    /// Set by `close`, so `Drop` does not close twice.
+    closed: bool,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -265,6 +315,93 @@ fn corrupted(path: &Path, detail: impl Into<String>) -> DetsError {
     DetsError::Corrupted {
         path: path.to_path_buf(),
         detail: detail.into(),
+    }
+}
+
+/// The directories this process has open, and those it has closed since it started.
+///
+/// sled 0.34 releases its file lock only when the last clone of its internal handles drops,
+/// and its background threads (log writes, file truncation) hold clones for a moment after the
+/// work a `flush` waits for is done. So reopening a table this process just closed can find the
+/// lock still held for a few milliseconds. The registry lets `open` tell that case (retry until
+/// the lock is released) from a table really open elsewhere (fail at once).
+struct Registry {
+    open: BTreeSet<PathBuf>,
+    closed: BTreeSet<PathBuf>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    open: BTreeSet::new(),
+    closed: BTreeSet::new(),
+});
+
+/// How long `open` waits for sled to release the lock of a table this process closed.
+const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Removes its directory from the registry's open set when dropped; records it as closed
+/// by this process if sled had opened it.
+struct OpenGuard {
+    path: Option<PathBuf>,
+    sled_opened: bool,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let mut reg = REGISTRY.lock();
+            reg.open.remove(&p);
+            if self.sled_opened {
+                reg.closed.insert(p);
+            }
+        }
+    }
+}
+
+/// Opens sled in `path`: a typed error for a locked or damaged store, never a panic.
+/// Returns the db and the canonical path, registered as open (the caller owns the guard).
+fn open_db(path: &Path, config: &sled::Config) -> Result<(sled::Db, PathBuf), DetsError> {
+    std::fs::create_dir_all(path).map_err(|e| io_error(path, e))?;
+    let canonical = std::fs::canonicalize(path).map_err(|e| io_error(path, e))?;
+    let closed_here = {
+        let mut reg = REGISTRY.lock();
+        if !reg.open.insert(canonical.clone()) {
+            return Err(DetsError::Locked {
+                path: path.to_path_buf(),
+            });
+        }
+        reg.closed.contains(&canonical)
+    };
+    // From here the guard unregisters the path if opening fails.
+    let mut guard = OpenGuard {
+        path: Some(canonical.clone()),
+        sled_opened: false,
+    };
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(100);
+    loop {
+        // sled 0.34 can panic on some damaged files instead of returning an error; a damaged
+        // store must be a typed error, so catch that here.
+        let attempt = match catch_unwind(AssertUnwindSafe(|| config.open())) {
+            Ok(r) => r.map_err(|e| sled_error(path, e)),
+            Err(_) => Err(corrupted(
+                path,
+                "the storage engine failed to recover the files",
+            )),
+        };
+        match attempt {
+            Ok(db) => {
+                // Ownership of the registration passes to the caller's guard.
+                guard.path = None;
+                return Ok((db, canonical));
+            }
+            Err(DetsError::Locked { .. }) if closed_here && start.elapsed() < RELEASE_DEADLINE => {
+                // Not synchronisation with anything we could wait on: sled gives no signal
+                // when its last background clone drops, so poll with backoff, bounded.
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -317,21 +454,27 @@ where
         let config = sled::Config::new()
             .path(&path)
             .flush_every_ms(flush_every_ms);
-        // sled 0.34 can panic on some damaged files instead of returning an error; a damaged
-        // store must be a typed error, so catch that here.
-        let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(sled_error(&path, e)),
-            Err(_) => {
-                return Err(corrupted(
-                    &path,
-                    "the storage engine failed to recover the files",
-                ))
-            }
+        let (db, canonical) = open_db(&path, &config)?;
+        let path_guard = OpenGuard {
+            path: Some(canonical),
+            sled_opened: true,
         };
         let meta = db.open_tree(META_TREE).map_err(|e| sled_error(&path, e))?;
         let data = db.open_tree(DATA_TREE).map_err(|e| sled_error(&path, e))?;
         let expected = Schema::of::<K, V>(&opts);
+        let state = read_state(&path)?;
+        if let Some((format, found, _)) = &state {
+            if format != FORMAT {
+                return Err(corrupted(&path, format!("unknown format {format:?}")));
+            }
+            if *found != expected {
+                return Err(DetsError::SchemaMismatch {
+                    path,
+                    expected: Box::new(expected),
+                    found: Box::new(found.clone()),
+                });
+            }
+        }
         match meta.get(SCHEMA_KEY).map_err(|e| sled_error(&path, e))? {
             Some(bytes) => {
                 let (format, found): (String, Schema) = codec::decode(&bytes)
@@ -348,6 +491,15 @@ where
                 }
             }
             None => {
+                // sled recovers a damaged or truncated log by cutting it at the first bad
+                // entry, which can silently drop everything; our state file remembers that
+                // the table existed.
+                if state.is_some() {
+                    return Err(corrupted(
+                        &path,
+                        "the schema record is gone: the store was truncated or damaged",
+                    ));
+                }
                 let others = db
                     .tree_names()
                     .into_iter()
@@ -365,6 +517,7 @@ where
             }
         }
         let mut table = DiskTable {
+            _registered: path_guard,
             db,
             data,
             path,
@@ -373,9 +526,25 @@ where
             len: 0,
             keys: 0,
             next_seq: 0,
+            closed: false,
             _types: PhantomData,
         };
         table.recount()?;
+        if let Some((_, _, Some(counts))) = state {
+            let now = (table.len as u64, table.keys as u64, table.next_seq);
+            if counts.0 != now.0 || counts.1 != now.1 {
+                return Err(corrupted(
+                    &table.path,
+                    format!(
+                        "closed cleanly with {} objects, {} found: the store was truncated or damaged",
+                        counts.0, now.0
+                    ),
+                ));
+            }
+            table.next_seq = table.next_seq.max(counts.2);
+        }
+        // Mark the table open: a crash from here on leaves no counts to check against.
+        write_state(&table.path, &table.schema, None)?;
         Ok(table)
     }
 
@@ -440,8 +609,17 @@ where
 
     /// Flushes and closes the table, returning any error of the final flush (`Drop` would
     /// have to ignore it). Erlang: `close/1`.
-    pub fn close(self) -> Result<(), DetsError> {
-        self.sync()
+    pub fn close(mut self) -> Result<(), DetsError> {
+        let r = self.close_cleanly();
+        self.closed = true;
+        r
+    }
+
+    /// Flushes, then records the counts in the state file so the next open can check them.
+    fn close_cleanly(&self) -> Result<(), DetsError> {
+        self.sync()?;
+        let counts = (self.len as u64, self.keys as u64, self.next_seq);
+        write_state(&self.path, &self.schema, Some(counts))
     }
 
     fn after_write(&self) -> Result<(), DetsError> {
@@ -666,9 +844,13 @@ where
 }
 
 impl<K, V> Drop for DiskTable<K, V> {
-    /// Flushes, as `dets:close/1` would; use [`DiskTable::close`] to see the error.
+    /// Flushes and records a clean close, as `dets:close/1` would; use [`DiskTable::close`] to
+    /// see the error.
     fn drop(&mut self) {
-        let _ = self.db.flush();
+        if !self.closed && self.db.flush().is_ok() {
+            let counts = (self.len as u64, self.keys as u64, self.next_seq);
+            let _ = write_state(&self.path, &self.schema, Some(counts));
+        }
     }
 }
 
