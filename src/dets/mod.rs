@@ -1,1 +1,1173 @@
-//! Module dets (under construction).
+//! Disk tables: the Rust analogue of Erlang's
+//! [`dets`](https://www.erlang.org/doc/apps/stdlib/dets.html), on
+//! [sled](https://docs.rs/sled/0.34.7) 0.34.
+//!
+//! A [`DiskTable<K, V>`] is a typed table of objects `(K, V)` stored in its own directory (as one
+//! DETS file holds one table). It speaks the same [`ReadTable`]/[`WriteTable`] contract as the
+//! in-memory tables of [`crate::ets`], with the four types of [`TableType`], including
+//! `OrderedSet`, which DETS never had: keys are stored in an order-preserving byte encoding, so
+//! traversal, `first`/`next`/`last`/`prev` and [`range`](ReadTable::range) follow `K`'s `Ord`
+//! for integers, strings, byte strings, `()`, `bool`, `char`, options, tuples and derived
+//! structs and enums of these. Floats and maps are not keys ([`DetsError::UnsupportedKey`]).
+//!
+//! ```
+//! use freqalloc::dets::{DiskTable, Durability, OpenOptions};
+//! use freqalloc::{ReadTable, TableType, WriteTable};
+//!
+//! # fn main() -> Result<(), freqalloc::dets::DetsError> {
+//! let dir = tempfile::tempdir().expect("temp dir");
+//! let opts = OpenOptions::new(TableType::OrderedSet).durability(Durability::Manual);
+//! let mut t: DiskTable<(i64, String), u32> = DiskTable::open(dir.path().join("t"), opts)?;
+//! t.insert((2, "b".into()), 20)?;
+//! t.insert((-1, "z".into()), 10)?;
+//! t.insert_many([((2, "a".into()), 21), ((7, String::new()), 70)])?;
+//! assert_eq!(t.update_counter(&(7, String::new()), 5, None)?, 75);
+//! assert_eq!(t.first()?, Some((-1, "z".to_string())));
+//! assert_eq!(t.lookup(&(2, "a".into()))?, vec![21]);
+//! t.close()?; // flushes; errors are returned, not lost
+//!
+//! // Reopen: same type and schema, or a typed error.
+//! let t: DiskTable<(i64, String), u32> = DiskTable::open(dir.path().join("t"), opts)?;
+//! assert_eq!(t.len()?, 4);
+//! let wrong = DiskTable::<u64, u32>::open(dir.path().join("t"), opts);
+//! assert!(wrong.is_err()); // still open above: locked (and a schema mismatch once closed)
+//! # Ok(()) }
+//! ```
+//!
+//! ## Durability
+//!
+//! Chosen at open with [`Durability`]:
+//!
+//! - [`Durability::EveryWrite`]: a write returns only after sled's `flush` (which writes the
+//!   log and calls `fsync`) has returned. A process killed at any instant loses no
+//!   acknowledged write; `insert_many`, `insert_new_many`, [`DiskTable::apply_batch`],
+//!   `delete_all_objects`, `select_delete` and [`DiskTable::replace_from`] are all-or-nothing
+//!   across a crash (one sled batch each).
+//! - [`Durability::Interval(d)`](Durability::Interval): sled's background flusher writes every
+//!   `d` (as DETS's `auto_save`). A crash loses at most the writes of the last `d` plus the
+//!   time of one flush; what it keeps is a prefix of the writes (sled recovers a consistent
+//!   prefix of its log), and batches stay all-or-nothing.
+//! - [`Durability::Manual`]: only [`DiskTable::sync`], [`DiskTable::close`] and `Drop` flush.
+//!   A crash loses everything since the last of these (again a consistent prefix).
+//!
+//! What sled 0.34 promises and what it does not: `flush` writes the dirty log buffers and
+//! `fsync`s them, and recovery replays the log up to the last valid (checksummed) entry, so an
+//! acknowledged write survives a *process* crash. Power loss is another matter: sled 0.34 is
+//! beta software whose on-disk format and guarantees its authors do not freeze, its recovery
+//! relies on the drive honouring `fsync` (a drive with a volatile write cache that ignores
+//! flushes can lose acknowledged writes), and there are open upstream issues about its use of
+//! `sync_file_range` on Linux not flushing file metadata or the disk's write cache. Treat
+//! `EveryWrite` as "survives `kill -9`", tested in `tests/dets_crash.rs`, and power-loss
+//! durability as unproven.
+//!
+//! ## Errors
+//!
+//! Every fault is a [`DetsError`] naming the table's path: a table open in another handle or
+//! process ([`DetsError::Locked`]), a table of another type or schema
+//! ([`DetsError::SchemaMismatch`], naming both), damaged or truncated files
+//! ([`DetsError::Corrupted`]), I/O errors. The schema is recorded at creation: the table type,
+//! `std::any::type_name` of `K` and `V`, and the user's [`OpenOptions::version`].
+//!
+//! ## Storage layout
+//!
+//! Two sled trees: `meta` holds the [`Schema`]; `data` maps the key bytes (see the private
+//! `key` module; for bags followed by an 8-byte big-endian sequence number, so a key's objects
+//! are a prefix scan in insertion order) to the record `codec::encode(&(key, value))`. The
+//! object and key counts live in memory and are recomputed by one scan at open, so `len` is
+//! O(1). Comparisons of objects (`Bag` dedup, `delete_object`) compare encoded records, so
+//! `V`'s encoding must be deterministic (no `HashMap` values).
+
+mod error;
+mod key;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Bound;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::table::{Counter, ReadTable, TableInfo, TableType, WriteTable};
+
+pub use error::DetsError;
+use key::encode_key;
+
+/// The name of the tree holding the schema.
+const META_TREE: &[u8] = b"freqalloc-dets-meta";
+/// The name of the tree holding the objects.
+const DATA_TREE: &[u8] = b"freqalloc-dets-data";
+/// The meta key of the schema record.
+const SCHEMA_KEY: &[u8] = b"schema";
+/// Identifies our stores and their layout version.
+const FORMAT: &str = "freqalloc-dets/1";
+/// Bytes of the sequence suffix of bag keys.
+const SEQ_LEN: usize = 8;
+/// The state file beside sled's files: the schema, and the counts at the last clean close.
+const STATE_FILE: &str = "freqalloc-dets.state";
+
+/// What the state file records: the counts `(len, keys, next_seq)` at the last clean close,
+/// or `None` while a handle has the table open (so a crash leaves `None`).
+type State = (String, Schema, Option<(u64, u64, u64)>);
+
+fn io_error(path: &Path, source: std::io::Error) -> DetsError {
+    DetsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Reads the state file; `Ok(None)` if there is none.
+fn read_state(path: &Path) -> Result<Option<State>, DetsError> {
+    match std::fs::read(path.join(STATE_FILE)) {
+        Ok(bytes) => {
+            let state: State = codec::decode(&bytes)
+                .map_err(|e| corrupted(path, format!("unreadable state file: {e}")))?;
+            Ok(Some(state))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(path, e)),
+    }
+}
+
+/// Replaces the state file atomically and durably (write, fsync, rename, fsync the directory).
+fn write_state(
+    path: &Path,
+    schema: &Schema,
+    clean: Option<(u64, u64, u64)>,
+) -> Result<(), DetsError> {
+    use std::io::Write;
+    let bytes = codec::encode(&(FORMAT, schema, clean))?;
+    let tmp = path.join(format!("{STATE_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io_error(path, e))?;
+    f.write_all(&bytes).map_err(|e| io_error(path, e))?;
+    f.sync_all().map_err(|e| io_error(path, e))?;
+    std::fs::rename(&tmp, path.join(STATE_FILE)).map_err(|e| io_error(path, e))?;
+    std::fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(path, e))
+}
+
+/// When writes reach the disk. See the [module docs](self#durability) for the loss windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every write returns only once it is on disk (sled `flush`, which `fsync`s).
+    EveryWrite,
+    /// A background flush every interval, like DETS's `auto_save`. Intervals under 1 ms
+    /// count as 1 ms.
+    Interval(Duration),
+    /// Only [`DiskTable::sync`], [`DiskTable::close`] and `Drop` flush.
+    Manual,
+}
+
+/// How to open (or create) a [`DiskTable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// The table type; must match the stored one when the table exists.
+    pub table_type: TableType,
+    /// When writes reach the disk; may differ between opens.
+    pub durability: Durability,
+    /// The user's schema version; must match the stored one when the table exists.
+    pub version: u32,
+}
+
+impl OpenOptions {
+    /// Options for a table of `table_type`, [`Durability::EveryWrite`], version 0.
+    pub fn new(table_type: TableType) -> Self {
+        OpenOptions {
+            table_type,
+            durability: Durability::EveryWrite,
+            version: 0,
+        }
+    }
+
+    /// Sets the durability.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets the user's schema version.
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+}
+
+impl Default for OpenOptions {
+    /// A `Set` with [`Durability::EveryWrite`], version 0.
+    fn default() -> Self {
+        OpenOptions::new(TableType::Set)
+    }
+}
+
+/// What a store records about itself at creation, and checks at every open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schema {
+    /// The table type.
+    pub table_type: TableType,
+    /// `std::any::type_name` of the key type.
+    pub key_type: String,
+    /// `std::any::type_name` of the value type.
+    pub value_type: String,
+    /// The user's version number ([`OpenOptions::version`]).
+    pub version: u32,
+}
+
+impl Schema {
+    /// The schema of a table of `(K, V)` opened with `opts`.
+    pub fn of<K, V>(opts: &OpenOptions) -> Self {
+        Schema {
+            table_type: opts.table_type,
+            key_type: std::any::type_name::<K>().to_string(),
+            value_type: std::any::type_name::<V>().to_string(),
+            version: opts.version,
+        }
+    }
+}
+
+impl fmt::Display for Schema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a {} of ({}, {}) version {}",
+            self.table_type, self.key_type, self.value_type, self.version
+        )
+    }
+}
+
+/// One write of an atomic [`DiskTable::apply_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp<K, V> {
+    /// As [`WriteTable::insert`].
+    Insert(K, V),
+    /// As [`WriteTable::delete`]: every object under the key.
+    Delete(K),
+}
+
+/// A typed disk table of objects `(K, V)` in its own directory. See the [module docs](self).
+///
+/// One handle owns the table: a second open of the same directory, in this process or
+/// another, is [`DetsError::Locked`] until this handle is closed or dropped.
+pub struct DiskTable<K, V> {
+    /// Declared first so it drops first: unregisters the directory (see `open_db`).
+    _registered: OpenGuard,
+    db: sled::Db,
+    data: sled::Tree,
+    path: PathBuf,
+    schema: Schema,
+    durability: Durability,
+    /// Number of objects.
+    len: usize,
+    /// Number of distinct keys.
+    keys: usize,
+    /// The next bag sequence number (bags only).
+    next_seq: u64,
+    /// Set by `close`, so `Drop` does not close twice.
+    closed: bool,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> fmt::Debug for DiskTable<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiskTable")
+            .field("path", &self.path)
+            .field("schema", &self.schema)
+            .field("durability", &self.durability)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// Maps a sled error to ours, naming the path.
+fn sled_error(path: &Path, e: sled::Error) -> DetsError {
+    match e {
+        sled::Error::Io(io) => {
+            if io.to_string().contains("could not acquire lock") {
+                DetsError::Locked {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                DetsError::Io {
+                    path: path.to_path_buf(),
+                    source: io,
+                }
+            }
+        }
+        e @ sled::Error::Corruption { .. } => DetsError::Corrupted {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
+        e => DetsError::Storage {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+fn corrupted(path: &Path, detail: impl Into<String>) -> DetsError {
+    DetsError::Corrupted {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+/// The directories this process has open, and those it has closed since it started.
+///
+/// sled 0.34 releases its file lock only when the last clone of its internal handles drops,
+/// and its background threads (log writes, file truncation) hold clones for a moment after the
+/// work a `flush` waits for is done. So reopening a table this process just closed can find the
+/// lock still held for a few milliseconds. The registry lets `open` tell that case (retry until
+/// the lock is released) from a table really open elsewhere (fail at once).
+struct Registry {
+    open: BTreeSet<PathBuf>,
+    closed: BTreeSet<PathBuf>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    open: BTreeSet::new(),
+    closed: BTreeSet::new(),
+});
+
+/// How long `open` waits for sled to release the lock of a table this process closed.
+const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Removes its directory from the registry's open set when dropped; records it as closed
+/// by this process if sled had opened it.
+struct OpenGuard {
+    path: Option<PathBuf>,
+    sled_opened: bool,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let mut reg = REGISTRY.lock();
+            reg.open.remove(&p);
+            if self.sled_opened {
+                reg.closed.insert(p);
+            }
+        }
+    }
+}
+
+/// Opens sled in `path`: a typed error for a locked or damaged store, never a panic.
+/// Returns the db and the canonical path, registered as open (the caller owns the guard).
+fn open_db(path: &Path, config: &sled::Config) -> Result<(sled::Db, PathBuf), DetsError> {
+    std::fs::create_dir_all(path).map_err(|e| io_error(path, e))?;
+    let canonical = std::fs::canonicalize(path).map_err(|e| io_error(path, e))?;
+    let closed_here = {
+        let mut reg = REGISTRY.lock();
+        if !reg.open.insert(canonical.clone()) {
+            return Err(DetsError::Locked {
+                path: path.to_path_buf(),
+            });
+        }
+        reg.closed.contains(&canonical)
+    };
+    // From here the guard unregisters the path if opening fails.
+    let mut guard = OpenGuard {
+        path: Some(canonical.clone()),
+        sled_opened: false,
+    };
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(100);
+    loop {
+        // sled 0.34 can panic on some damaged files instead of returning an error; a damaged
+        // store must be a typed error, so catch that here.
+        let attempt = match catch_unwind(AssertUnwindSafe(|| config.open())) {
+            Ok(r) => r.map_err(|e| sled_error(path, e)),
+            Err(_) => Err(corrupted(
+                path,
+                "the storage engine failed to recover the files",
+            )),
+        };
+        match attempt {
+            Ok(db) => {
+                // Ownership of the registration passes to the caller's guard.
+                guard.path = None;
+                return Ok((db, canonical));
+            }
+            Err(DetsError::Locked { .. }) if closed_here && start.elapsed() < RELEASE_DEADLINE => {
+                // Not synchronisation with anything we could wait on: sled gives no signal
+                // when its last background clone drops, so poll with backoff, bounded.
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The key bytes of `key`.
+fn key_bytes<K: Serialize>(key: &K) -> Result<Vec<u8>, DetsError> {
+    let mut out = Vec::with_capacity(16);
+    encode_key(key, &mut out)?;
+    Ok(out)
+}
+
+/// The stored record of an object.
+fn record<K: Serialize, V: Serialize>(key: &K, value: &V) -> Result<Vec<u8>, DetsError> {
+    Ok(codec::encode(&(key, value))?)
+}
+
+/// The objects pending under one key while a batch is planned: (data key, record) pairs.
+type Pending = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// An atomic write being planned: a sled batch plus the count changes it makes.
+struct Plan {
+    batch: sled::Batch,
+    /// The objects under each key touched so far, as they will be after the batch.
+    touched: HashMap<Vec<u8>, Pending>,
+    /// True when the batch starts by removing every object (replace, clear).
+    from_empty: bool,
+    len: usize,
+    keys: usize,
+    next_seq: u64,
+}
+
+impl<K, V> DiskTable<K, V>
+where
+    K: Serialize + DeserializeOwned,
+    V: Serialize + DeserializeOwned,
+{
+    /// Opens the table in directory `path`, creating it if absent.
+    ///
+    /// Errors: [`DetsError::Locked`] if another handle has it open,
+    /// [`DetsError::SchemaMismatch`] if it holds another type or schema,
+    /// [`DetsError::Corrupted`] if its files are damaged, [`DetsError::Io`] for the rest.
+    pub fn open(path: impl AsRef<Path>, opts: OpenOptions) -> Result<Self, DetsError> {
+        let path = path.as_ref().to_path_buf();
+        let flush_every_ms = match opts.durability {
+            Durability::Interval(d) => {
+                Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
+            }
+            // sled flushes every 500 ms by default; these modes flush on their own terms.
+            Durability::EveryWrite | Durability::Manual => None,
+        };
+        let config = sled::Config::new()
+            .path(&path)
+            .flush_every_ms(flush_every_ms);
+        let (db, canonical) = open_db(&path, &config)?;
+        let path_guard = OpenGuard {
+            path: Some(canonical),
+            sled_opened: true,
+        };
+        let meta = db.open_tree(META_TREE).map_err(|e| sled_error(&path, e))?;
+        let data = db.open_tree(DATA_TREE).map_err(|e| sled_error(&path, e))?;
+        let expected = Schema::of::<K, V>(&opts);
+        let state = read_state(&path)?;
+        if let Some((format, found, _)) = &state {
+            if format != FORMAT {
+                return Err(corrupted(&path, format!("unknown format {format:?}")));
+            }
+            if *found != expected {
+                return Err(DetsError::SchemaMismatch {
+                    path,
+                    expected: Box::new(expected),
+                    found: Box::new(found.clone()),
+                });
+            }
+        }
+        match meta.get(SCHEMA_KEY).map_err(|e| sled_error(&path, e))? {
+            Some(bytes) => {
+                let (format, found): (String, Schema) = codec::decode(&bytes)
+                    .map_err(|e| corrupted(&path, format!("unreadable schema record: {e}")))?;
+                if format != FORMAT {
+                    return Err(corrupted(&path, format!("unknown format {format:?}")));
+                }
+                if found != expected {
+                    return Err(DetsError::SchemaMismatch {
+                        path,
+                        expected: Box::new(expected),
+                        found: Box::new(found),
+                    });
+                }
+            }
+            None => {
+                // sled recovers a damaged or truncated log by cutting it at the first bad
+                // entry, which can silently drop everything; our state file remembers that
+                // the table existed.
+                if state.is_some() {
+                    return Err(corrupted(
+                        &path,
+                        "the schema record is gone: the store was truncated or damaged",
+                    ));
+                }
+                let others = db
+                    .tree_names()
+                    .into_iter()
+                    .any(|n| n != META_TREE && n != DATA_TREE && n != b"__sled__default");
+                if !data.is_empty() || others || !db.is_empty() {
+                    return Err(corrupted(
+                        &path,
+                        "objects are present but the schema record is missing",
+                    ));
+                }
+                let rec = codec::encode(&(FORMAT, &expected))?;
+                meta.insert(SCHEMA_KEY, rec)
+                    .map_err(|e| sled_error(&path, e))?;
+                db.flush().map_err(|e| sled_error(&path, e))?;
+            }
+        }
+        let mut table = DiskTable {
+            _registered: path_guard,
+            db,
+            data,
+            path,
+            schema: expected,
+            durability: opts.durability,
+            len: 0,
+            keys: 0,
+            next_seq: 0,
+            closed: false,
+            _types: PhantomData,
+        };
+        table.recount()?;
+        if let Some((_, _, Some(counts))) = state {
+            let now = (table.len as u64, table.keys as u64, table.next_seq);
+            if counts.0 != now.0 || counts.1 != now.1 {
+                return Err(corrupted(
+                    &table.path,
+                    format!(
+                        "closed cleanly with {} objects, {} found: the store was truncated or damaged",
+                        counts.0, now.0
+                    ),
+                ));
+            }
+            table.next_seq = table.next_seq.max(counts.2);
+        }
+        // Mark the table open: a crash from here on leaves no counts to check against.
+        write_state(&table.path, &table.schema, None)?;
+        Ok(table)
+    }
+
+    /// Recomputes the object and key counts and the next bag sequence number by one scan.
+    fn recount(&mut self) -> Result<(), DetsError> {
+        let (mut len, mut keys, mut max_seq) = (0usize, 0usize, None::<u64>);
+        let bag = self.schema.table_type.is_bag();
+        let mut last_prefix: Vec<u8> = Vec::new();
+        for item in self.data.iter().keys() {
+            let k = item.map_err(|e| self.err(e))?;
+            len += 1;
+            if bag {
+                let Some(split) = k.len().checked_sub(SEQ_LEN) else {
+                    return Err(corrupted(
+                        &self.path,
+                        "a bag key is shorter than its sequence number",
+                    ));
+                };
+                let mut seq = [0u8; SEQ_LEN];
+                seq.copy_from_slice(&k[split..]);
+                let seq = u64::from_be_bytes(seq);
+                max_seq = Some(max_seq.map_or(seq, |m| m.max(seq)));
+                if keys == 0 || last_prefix.as_slice() != &k[..split] {
+                    keys += 1;
+                    last_prefix.clear();
+                    last_prefix.extend_from_slice(&k[..split]);
+                }
+            } else {
+                keys += 1;
+            }
+        }
+        self.len = len;
+        self.keys = keys;
+        self.next_seq = max_seq.map_or(0, |m| m.saturating_add(1));
+        Ok(())
+    }
+
+    fn err(&self, e: sled::Error) -> DetsError {
+        sled_error(&self.path, e)
+    }
+
+    /// The table's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema recorded in the store.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The durability this handle was opened with.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Writes every pending write to disk and waits for it (sled `flush`). Erlang: `sync/1`.
+    pub fn sync(&self) -> Result<(), DetsError> {
+        self.db.flush().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Flushes and closes the table, returning any error of the final flush (`Drop` would
+    /// have to ignore it). Erlang: `close/1`.
+    pub fn close(mut self) -> Result<(), DetsError> {
+        let r = self.close_cleanly();
+        self.closed = true;
+        r
+    }
+
+    /// Flushes, then records the counts in the state file so the next open can check them.
+    fn close_cleanly(&self) -> Result<(), DetsError> {
+        self.sync()?;
+        let counts = (self.len as u64, self.keys as u64, self.next_seq);
+        write_state(&self.path, &self.schema, Some(counts))
+    }
+
+    fn after_write(&self) -> Result<(), DetsError> {
+        if self.durability == Durability::EveryWrite {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    fn decode(&self, rec: &[u8]) -> Result<(K, V), DetsError> {
+        codec::decode(rec).map_err(|e| corrupted(&self.path, format!("unreadable record: {e}")))
+    }
+
+    /// The (data key, record) pairs stored under the key bytes `kb`, in insertion order.
+    fn stored(&self, kb: &[u8]) -> Result<Pending, DetsError> {
+        if self.schema.table_type.is_bag() {
+            self.data
+                .scan_prefix(kb)
+                .map(|r| {
+                    r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                        .map_err(|e| self.err(e))
+                })
+                .collect()
+        } else {
+            Ok(self
+                .data
+                .get(kb)
+                .map_err(|e| self.err(e))?
+                .map(|v| vec![(kb.to_vec(), v.to_vec())])
+                .unwrap_or_default())
+        }
+    }
+
+    fn plan(&self, from_empty: bool) -> Result<Plan, DetsError> {
+        let mut batch = sled::Batch::default();
+        if from_empty {
+            for k in self.data.iter().keys() {
+                batch.remove(k.map_err(|e| self.err(e))?);
+            }
+        }
+        Ok(Plan {
+            batch,
+            touched: HashMap::new(),
+            from_empty,
+            len: if from_empty { 0 } else { self.len },
+            keys: if from_empty { 0 } else { self.keys },
+            next_seq: self.next_seq,
+        })
+    }
+
+    /// The pending objects under `kb` in `plan`, loaded from the store on first touch.
+    fn touch<'p>(&self, plan: &'p mut Plan, kb: &[u8]) -> Result<&'p mut Pending, DetsError> {
+        if !plan.touched.contains_key(kb) {
+            let now = if plan.from_empty {
+                Vec::new()
+            } else {
+                self.stored(kb)?
+            };
+            plan.touched.insert(kb.to_vec(), now);
+        }
+        plan.touched
+            .get_mut(kb)
+            .ok_or_else(|| corrupted(&self.path, "internal: batch plan lost a key"))
+    }
+
+    fn plan_insert(&self, plan: &mut Plan, key: &K, value: &V) -> Result<(), DetsError> {
+        let kb = key_bytes(key)?;
+        let rec = record(key, value)?;
+        let table_type = self.schema.table_type;
+        let next_seq = plan.next_seq;
+        let objects = self.touch(plan, &kb)?;
+        let was_empty = objects.is_empty();
+        let (dk, added) = match table_type {
+            TableType::Set | TableType::OrderedSet => {
+                objects.clear();
+                (kb, was_empty)
+            }
+            TableType::Bag if objects.iter().any(|(_, r)| *r == rec) => return Ok(()),
+            TableType::Bag | TableType::DuplicateBag => {
+                let mut dk = kb;
+                dk.extend_from_slice(&next_seq.to_be_bytes());
+                (dk, true)
+            }
+        };
+        objects.push((dk.clone(), rec.clone()));
+        if table_type.is_bag() {
+            plan.next_seq = next_seq
+                .checked_add(1)
+                .ok_or_else(|| corrupted(&self.path, "bag sequence numbers exhausted"))?;
+        }
+        plan.batch.insert(dk, rec);
+        plan.len += usize::from(added);
+        plan.keys += usize::from(was_empty);
+        Ok(())
+    }
+
+    fn plan_delete(&self, plan: &mut Plan, key: &K) -> Result<(), DetsError> {
+        let kb = key_bytes(key)?;
+        let objects = self.touch(plan, &kb)?;
+        let removed = std::mem::take(objects);
+        if !removed.is_empty() {
+            plan.len -= removed.len();
+            plan.keys -= 1;
+        }
+        for (dk, _) in removed {
+            plan.batch.remove(dk);
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, plan: Plan) -> Result<(), DetsError> {
+        self.data.apply_batch(plan.batch).map_err(|e| self.err(e))?;
+        self.len = plan.len;
+        self.keys = plan.keys;
+        self.next_seq = plan.next_seq;
+        self.after_write()
+    }
+
+    /// Applies a mixed batch of inserts and deletes atomically: readers and a crash see all of
+    /// it or none of it (one sled batch; in [`Durability::EveryWrite`] one flush for the whole
+    /// batch, which is what group commit needs). Ops apply in order, so a later op sees the
+    /// effect of an earlier one. Works for every table type.
+    pub fn apply_batch<I>(&mut self, ops: I) -> Result<(), DetsError>
+    where
+        I: IntoIterator<Item = BatchOp<K, V>>,
+    {
+        let mut plan = self.plan(false)?;
+        for op in ops {
+            match op {
+                BatchOp::Insert(k, v) => self.plan_insert(&mut plan, &k, &v)?,
+                BatchOp::Delete(k) => self.plan_delete(&mut plan, &k)?,
+            }
+        }
+        self.commit(plan)
+    }
+
+    /// Copies every object of this table into `dst` (one `insert_many`). With an
+    /// [`ets`](crate::ets) table as `dst` this loads a disk table into memory.
+    pub fn copy_into<T>(&self, dst: &mut T) -> Result<(), DetsError>
+    where
+        T: WriteTable<K, V>,
+        DetsError: From<T::Error>,
+    {
+        let objects = self.to_vec()?;
+        dst.insert_many(objects)?;
+        Ok(())
+    }
+
+    /// Replaces this table's contents by `src`'s, atomically: a crash leaves the old contents
+    /// or the new ones, never a mix. With an [`ets`](crate::ets) table as `src` this saves an
+    /// in-memory table to disk.
+    pub fn replace_from<T>(&mut self, src: &T) -> Result<(), DetsError>
+    where
+        T: ReadTable<K, V>,
+        DetsError: From<T::Error>,
+    {
+        let objects = src.to_vec()?;
+        let mut plan = self.plan(true)?;
+        for (k, v) in &objects {
+            self.plan_insert(&mut plan, k, v)?;
+        }
+        self.commit(plan)
+    }
+
+    /// The first stored key strictly after the key bytes (bag suffixes skipped).
+    fn key_after(&self, kb: Vec<u8>) -> Result<Option<K>, DetsError> {
+        let mut kb = kb;
+        if self.schema.table_type.is_bag() {
+            kb.extend_from_slice(&[0xFF; SEQ_LEN]);
+        }
+        match self.data.get_gt(&kb).map_err(|e| self.err(e))? {
+            Some((_, rec)) => Ok(Some(self.decode(&rec)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    fn bound_bytes(b: Bound<&K>) -> Result<Bound<Vec<u8>>, DetsError> {
+        Ok(match b {
+            Bound::Unbounded => Bound::Unbounded,
+            Bound::Included(k) => Bound::Included(key_bytes(k)?),
+            Bound::Excluded(k) => Bound::Excluded(key_bytes(k)?),
+        })
+    }
+
+    fn scan<F>(&self, mut f: F) -> Result<(), DetsError>
+    where
+        F: FnMut(K, V),
+    {
+        for item in self.data.iter() {
+            let (_, rec) = item.map_err(|e| self.err(e))?;
+            let (k, v) = self.decode(&rec)?;
+            f(k, v);
+        }
+        Ok(())
+    }
+
+    /// Removes the data keys, as one atomic batch, and recounts bag keys touched.
+    fn remove_all(&mut self, dks: Vec<Vec<u8>>, removed_keys: usize) -> Result<(), DetsError> {
+        if dks.is_empty() {
+            return Ok(());
+        }
+        let n = dks.len();
+        let mut batch = sled::Batch::default();
+        for dk in dks {
+            batch.remove(dk);
+        }
+        self.data.apply_batch(batch).map_err(|e| self.err(e))?;
+        self.len -= n;
+        self.keys -= removed_keys;
+        self.after_write()
+    }
+
+    fn sets_only(&self, op: &'static str) -> Result<(), DetsError> {
+        if self.schema.table_type.is_bag() {
+            return Err(DetsError::WrongTableType {
+                op,
+                table_type: self.schema.table_type,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<K, V> Drop for DiskTable<K, V> {
+    /// Flushes and records a clean close, as `dets:close/1` would; use [`DiskTable::close`] to
+    /// see the error.
+    fn drop(&mut self) {
+        if !self.closed && self.db.flush().is_ok() {
+            let counts = (self.len as u64, self.keys as u64, self.next_seq);
+            let _ = write_state(&self.path, &self.schema, Some(counts));
+        }
+    }
+}
+
+impl<K, V> ReadTable<K, V> for DiskTable<K, V>
+where
+    K: Serialize + DeserializeOwned,
+    V: Serialize + DeserializeOwned,
+{
+    type Error = DetsError;
+
+    fn table_type(&self) -> TableType {
+        self.schema.table_type
+    }
+
+    fn lookup(&self, key: &K) -> Result<Vec<V>, DetsError> {
+        let kb = key_bytes(key)?;
+        if self.schema.table_type.is_bag() {
+            self.data
+                .scan_prefix(&kb)
+                .values()
+                .map(|r| Ok(self.decode(&r.map_err(|e| self.err(e))?)?.1))
+                .collect()
+        } else {
+            match self.data.get(&kb).map_err(|e| self.err(e))? {
+                Some(rec) => Ok(vec![self.decode(&rec)?.1]),
+                None => Ok(Vec::new()),
+            }
+        }
+    }
+
+    fn member(&self, key: &K) -> Result<bool, DetsError> {
+        let kb = key_bytes(key)?;
+        if self.schema.table_type.is_bag() {
+            match self.data.scan_prefix(&kb).keys().next() {
+                Some(r) => r.map(|_| true).map_err(|e| self.err(e)),
+                None => Ok(false),
+            }
+        } else {
+            self.data.contains_key(&kb).map_err(|e| self.err(e))
+        }
+    }
+
+    fn len(&self) -> Result<usize, DetsError> {
+        Ok(self.len)
+    }
+
+    fn info(&self) -> Result<TableInfo, DetsError> {
+        Ok(TableInfo {
+            table_type: self.schema.table_type,
+            size: self.len,
+            keys: self.keys,
+            memory_bytes: self.db.size_on_disk().map_err(|e| self.err(e))?,
+        })
+    }
+
+    fn to_vec(&self) -> Result<Vec<(K, V)>, DetsError> {
+        let mut out = Vec::with_capacity(self.len);
+        self.scan(|k, v| out.push((k, v)))?;
+        Ok(out)
+    }
+
+    fn first(&self) -> Result<Option<K>, DetsError> {
+        match self.data.first().map_err(|e| self.err(e))? {
+            Some((_, rec)) => Ok(Some(self.decode(&rec)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    fn next(&self, key: &K) -> Result<Option<K>, DetsError> {
+        self.key_after(key_bytes(key)?)
+    }
+
+    fn last(&self) -> Result<Option<K>, DetsError> {
+        match self.data.last().map_err(|e| self.err(e))? {
+            Some((_, rec)) => Ok(Some(self.decode(&rec)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    fn prev(&self, key: &K) -> Result<Option<K>, DetsError> {
+        // A bag's objects under `key` all sort after the bare key bytes.
+        match self.data.get_lt(key_bytes(key)?).map_err(|e| self.err(e))? {
+            Some((_, rec)) => Ok(Some(self.decode(&rec)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    fn range(&self, lower: Bound<&K>, upper: Bound<&K>) -> Result<Vec<(K, V)>, DetsError> {
+        if !self.schema.table_type.is_ordered() {
+            return Err(DetsError::NotOrdered {
+                table_type: self.schema.table_type,
+            });
+        }
+        let lo = Self::bound_bytes(lower)?;
+        let hi = Self::bound_bytes(upper)?;
+        // An empty or inverted range is empty (BTreeMap would panic; we never do).
+        if let (Bound::Included(l) | Bound::Excluded(l), Bound::Included(h) | Bound::Excluded(h)) =
+            (&lo, &hi)
+        {
+            let both_incl = matches!((&lo, &hi), (Bound::Included(_), Bound::Included(_)));
+            if l > h || (l == h && !both_incl) {
+                return Ok(Vec::new());
+            }
+        }
+        let mut out = Vec::new();
+        for item in self.data.range::<Vec<u8>, _>((lo, hi)) {
+            let (_, rec) = item.map_err(|e| self.err(e))?;
+            out.push(self.decode(&rec)?);
+        }
+        Ok(out)
+    }
+
+    fn select<R, F>(&self, mut f: F) -> Result<Vec<R>, DetsError>
+    where
+        F: FnMut(&K, &V) -> Option<R>,
+    {
+        let mut out = Vec::new();
+        self.scan(|k, v| out.extend(f(&k, &v)))?;
+        Ok(out)
+    }
+
+    fn select_count<F>(&self, mut pred: F) -> Result<usize, DetsError>
+    where
+        F: FnMut(&K, &V) -> bool,
+    {
+        let mut n = 0;
+        self.scan(|k, v| n += usize::from(pred(&k, &v)))?;
+        Ok(n)
+    }
+
+    fn fold<A, F>(&self, init: A, mut f: F) -> Result<A, DetsError>
+    where
+        F: FnMut(A, &K, &V) -> A,
+    {
+        let mut acc = Some(init);
+        self.scan(|k, v| acc = acc.take().map(|a| f(a, &k, &v)))?;
+        acc.ok_or_else(|| corrupted(&self.path, "internal: fold lost its accumulator"))
+    }
+}
+
+impl<K, V> WriteTable<K, V> for DiskTable<K, V>
+where
+    K: Serialize + DeserializeOwned,
+    V: Serialize + DeserializeOwned,
+{
+    fn insert(&mut self, key: K, value: V) -> Result<(), DetsError> {
+        if !self.schema.table_type.is_bag() {
+            // The hot path: one sled insert, whose previous value tells whether the key is new.
+            let kb = key_bytes(&key)?;
+            let rec = record(&key, &value)?;
+            let old = self.data.insert(kb, rec).map_err(|e| self.err(e))?;
+            if old.is_none() {
+                self.len += 1;
+                self.keys += 1;
+            }
+            return self.after_write();
+        }
+        let mut plan = self.plan(false)?;
+        self.plan_insert(&mut plan, &key, &value)?;
+        self.commit(plan)
+    }
+
+    fn insert_many<I>(&mut self, objects: I) -> Result<(), DetsError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+    {
+        let mut plan = self.plan(false)?;
+        for (k, v) in objects {
+            self.plan_insert(&mut plan, &k, &v)?;
+        }
+        self.commit(plan)
+    }
+
+    fn insert_new(&mut self, key: K, value: V) -> Result<bool, DetsError> {
+        if self.member(&key)? {
+            return Ok(false);
+        }
+        self.insert(key, value)?;
+        Ok(true)
+    }
+
+    fn insert_new_many<I>(&mut self, objects: I) -> Result<bool, DetsError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+    {
+        let objects: Vec<(K, V)> = objects.into_iter().collect();
+        for (k, _) in &objects {
+            if self.member(k)? {
+                return Ok(false);
+            }
+        }
+        self.insert_many(objects)?;
+        Ok(true)
+    }
+
+    fn delete(&mut self, key: &K) -> Result<usize, DetsError> {
+        let kb = key_bytes(key)?;
+        let dks: Vec<Vec<u8>> = self.stored(&kb)?.into_iter().map(|(dk, _)| dk).collect();
+        let n = dks.len();
+        self.remove_all(dks, usize::from(n > 0))?;
+        Ok(n)
+    }
+
+    fn delete_object(&mut self, key: &K, value: &V) -> Result<usize, DetsError> {
+        let kb = key_bytes(key)?;
+        let rec = record(key, value)?;
+        let stored = self.stored(&kb)?;
+        let total = stored.len();
+        let dks: Vec<Vec<u8>> = stored
+            .into_iter()
+            .filter(|(_, r)| *r == rec)
+            .map(|(dk, _)| dk)
+            .collect();
+        let n = dks.len();
+        self.remove_all(dks, usize::from(n > 0 && n == total))?;
+        Ok(n)
+    }
+
+    fn delete_all_objects(&mut self) -> Result<(), DetsError> {
+        let plan = self.plan(true)?;
+        self.commit(plan)
+    }
+
+    fn take(&mut self, key: &K) -> Result<Vec<V>, DetsError> {
+        let kb = key_bytes(key)?;
+        let stored = self.stored(&kb)?;
+        let mut values = Vec::with_capacity(stored.len());
+        let mut dks = Vec::with_capacity(stored.len());
+        for (dk, rec) in stored {
+            values.push(self.decode(&rec)?.1);
+            dks.push(dk);
+        }
+        let some = !dks.is_empty();
+        self.remove_all(dks, usize::from(some))?;
+        Ok(values)
+    }
+
+    fn update_counter(&mut self, key: &K, incr: i64, default: Option<V>) -> Result<V, DetsError>
+    where
+        V: Counter,
+    {
+        self.sets_only("update_counter")?;
+        let kb = key_bytes(key)?;
+        let current = match self.data.get(&kb).map_err(|e| self.err(e))? {
+            Some(rec) => self.decode(&rec)?.1,
+            None => default.ok_or(DetsError::NoSuchKey)?,
+        };
+        let new = current
+            .checked_add_i64(incr)
+            .ok_or(DetsError::CounterOverflow { incr })?;
+        let old = self
+            .data
+            .insert(kb, record(key, &new)?)
+            .map_err(|e| self.err(e))?;
+        if old.is_none() {
+            self.len += 1;
+            self.keys += 1;
+        }
+        self.after_write()?;
+        Ok(new)
+    }
+
+    fn update<F>(&mut self, key: &K, f: F) -> Result<bool, DetsError>
+    where
+        F: FnOnce(&mut V),
+    {
+        self.sets_only("update")?;
+        let kb = key_bytes(key)?;
+        let Some(rec) = self.data.get(&kb).map_err(|e| self.err(e))? else {
+            return Ok(false);
+        };
+        let mut value = self.decode(&rec)?.1;
+        f(&mut value);
+        self.data
+            .insert(kb, record(key, &value)?)
+            .map_err(|e| self.err(e))?;
+        self.after_write()?;
+        Ok(true)
+    }
+
+    fn select_delete<F>(&mut self, mut pred: F) -> Result<usize, DetsError>
+    where
+        F: FnMut(&K, &V) -> bool,
+    {
+        let bag = self.schema.table_type.is_bag();
+        let mut dks = Vec::new();
+        let mut removed_keys = 0;
+        // Group a bag's objects by key (they are contiguous) to see which keys empty out.
+        let (mut group, mut group_total, mut group_removed) = (Vec::<u8>::new(), 0usize, 0usize);
+        for item in self.data.iter() {
+            let (dk, rec) = item.map_err(|e| self.err(e))?;
+            let prefix = if bag {
+                &dk[..dk.len().saturating_sub(SEQ_LEN)]
+            } else {
+                &dk[..]
+            };
+            if prefix != group.as_slice() || group_total == 0 {
+                if group_total > 0 && group_total == group_removed {
+                    removed_keys += 1;
+                }
+                group.clear();
+                group.extend_from_slice(prefix);
+                group_total = 0;
+                group_removed = 0;
+            }
+            group_total += 1;
+            let (k, v) = self.decode(&rec)?;
+            if pred(&k, &v) {
+                dks.push(dk.to_vec());
+                group_removed += 1;
+            }
+        }
+        if group_total > 0 && group_total == group_removed {
+            removed_keys += 1;
+        }
+        let n = dks.len();
+        self.remove_all(dks, removed_keys)?;
+        Ok(n)
+    }
+}

@@ -1,1 +1,911 @@
-//! Module ets (under construction).
+//! In-memory concurrent tables: the Rust analogue of Erlang's
+//! [`ets`](https://www.erlang.org/doc/apps/stdlib/ets.html).
+//!
+//! A table stores objects `(K, V)` under one of the four [`TableType`]s:
+//!
+//! | type | objects per key | `insert` of an existing key | backend |
+//! |---|---|---|---|
+//! | `Set` | one | replaces | `DashMap` + FxHash |
+//! | `OrderedSet` | one | replaces; traversal and ranges in `Ord` order | `RwLock<BTreeMap>` |
+//! | `Bag` | many; an identical object is stored once | adds unless identical | `DashMap` of `Vec`s |
+//! | `DuplicateBag` | many; duplicates kept | adds | `DashMap` of `Vec`s |
+//!
+//! One public type per access right dispatches to the private backend chosen by the type
+//! (as crossbeam-channel's flavors):
+//!
+//! * [`Table`] is the owner of a *protected* table: the only handle that writes. It is `Send`
+//!   but not `Clone`, so the type system, not a run-time check, says who writes.
+//! * [`TableReader`] is a cheap read handle (`Clone + Send + Sync`, [`ReadTable`] only) that
+//!   any thread may use while the owner writes. Get one from [`Table::reader`].
+//! * [`PublicTable`] is a *public* table: every clone may read and write
+//!   ([`Table::into_public`] or [`PublicTable::new`]).
+//!
+//! All handles implement the shared contract [`ReadTable`]/[`WriteTable`] of [`crate::table`];
+//! their inherent methods return plain values where ETS cannot fail and `Result<_, EtsError>`
+//! where it can (`range` on a hash table, `update_counter` on a bag, overflow, files).
+//!
+//! ```
+//! use freqalloc::ets::Table;
+//! use freqalloc::TableType;
+//!
+//! // A protected ordered set of free ranges start -> end, owned by this thread.
+//! let mut free: Table<u64, u64> = Table::with_name("free", TableType::OrderedSet);
+//! free.insert_many([(100, 199), (10, 19), (50, 59)]);
+//! assert_eq!(free.first(), Some(10));
+//! assert_eq!(free.next(&10), Some(50));
+//! assert_eq!(free.range(50.., ).unwrap(), vec![(50, 59), (100, 199)]);
+//!
+//! // Any thread may read through a reader while the owner keeps writing.
+//! let reader = free.reader();
+//! let t = std::thread::spawn(move || reader.lookup(&50));
+//! free.insert(200, 299);
+//! assert_eq!(t.join().unwrap(), vec![59]);
+//!
+//! // Counters are atomic and refuse to overflow.
+//! let mut hits: Table<&str, u8> = Table::new(TableType::Set);
+//! assert_eq!(hits.update_counter(&"a", 250, Some(0)).unwrap(), 250);
+//! assert!(hits.update_counter(&"a", 10, None).is_err());
+//! assert_eq!(hits.get(&"a"), Some(250));
+//! ```
+//!
+//! ## Guarantees (as the ETS docs state them)
+//!
+//! * **Every single operation is atomic and isolated**: `insert`, `insert_many`, `insert_new`,
+//!   `insert_new_many`, `delete`, `delete_object`, `take`, `update_counter`, `update`,
+//!   `delete_all_objects` and `select_delete` each take effect at one instant; no reader sees
+//!   half of one. In particular a reader sees all of an `insert_many` or none of it, in
+//!   `lookup`, `member`, `len`, `to_vec`, `select`, `fold` alike.
+//! * **Traversals** (`to_vec`, `select`, `select_count`, `fold`, `first`/`next`) running while
+//!   single-key writes happen see every object present for the whole traversal, none that was
+//!   absent for the whole traversal, and may or may not see objects written meanwhile (as ETS
+//!   without `safe_fixtable`). Many-key writes are never seen in part. `ordered_set`
+//!   traversals by one call (`to_vec`, `range`, `fold`, ...) are full snapshots.
+//! * `next(key)` on an `ordered_set` works whether or not `key` is still in the table. On the
+//!   hash types `first`/`next` follow the hash order; `next` of an absent key is `None`, and
+//!   each `next` call costs O(n): traverse hash tables with `fold`, `select` or `to_vec`.
+//!   `last`/`prev` behave as `first`/`next` on the hash types, as ETS documents.
+//! * Closures given to `select`, `fold`, `update`, `select_delete` run while the table is
+//!   locked: they must not call into the same table (that would deadlock).
+//!
+//! ## Design, with the measurements behind it (see `benches/tables.rs`)
+//!
+//! * Hash types: `DashMap` with `rustc_hash::FxBuildHasher` instead of SipHash (faster for
+//!   integer keys; not HashDoS-resistant, so do not key a table by untrusted adversarial data).
+//!   A set's slot is the value itself (no allocation per insert); a bag's slot is a `Vec` in
+//!   insertion order.
+//! * Many-key atomicity on the hash types: a striped table gate (a big-reader lock). Single-key
+//!   operations of public handles and readers take the calling thread's stripe shared; many-key
+//!   operations take every stripe exclusively, in index order. The owner of a protected table
+//!   skips the gate entirely for its single-key operations and reads: nothing else can write.
+//! * `ordered_set`: one `parking_lot::RwLock<BTreeMap>`: every operation takes the lock once.
+
+mod dump;
+mod error;
+mod hashed;
+mod ordered;
+
+use std::fmt;
+use std::hash::Hash;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use error::EtsError;
+
+use crate::table::{Counter, ReadTable, TableInfo, TableType, WriteTable};
+use hashed::{CounterError, Hashed, One};
+use ordered::Ordered;
+
+/// Who is calling: the owner of a protected table (no other writer exists, so single-key
+/// operations skip the gate) or a shared handle.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Access {
+    Owner,
+    Shared,
+}
+
+enum Backend<K, V> {
+    Set(Hashed<K, One<V>>),
+    Bag(Hashed<K, Vec<V>>),
+    Ordered(Ordered<K, V>),
+}
+
+struct Inner<K, V> {
+    name: Option<String>,
+    table_type: TableType,
+    backend: Backend<K, V>,
+}
+
+impl<K, V> Inner<K, V>
+where
+    K: Eq + Hash + Ord + Clone,
+    V: Clone + PartialEq,
+{
+    fn new(name: Option<String>, table_type: TableType) -> Self {
+        let backend = match table_type {
+            TableType::Set => Backend::Set(Hashed::new(false)),
+            TableType::OrderedSet => Backend::Ordered(Ordered::new()),
+            TableType::Bag => Backend::Bag(Hashed::new(true)),
+            TableType::DuplicateBag => Backend::Bag(Hashed::new(false)),
+        };
+        Inner {
+            name,
+            table_type,
+            backend,
+        }
+    }
+
+    #[inline]
+    fn insert(&self, acc: Access, key: K, value: V) {
+        match &self.backend {
+            Backend::Set(h) => h.insert(acc, key, value),
+            Backend::Bag(h) => h.insert(acc, key, value),
+            Backend::Ordered(o) => o.insert(key, value),
+        }
+    }
+
+    fn insert_many(&self, objects: Vec<(K, V)>) {
+        match &self.backend {
+            Backend::Set(h) => h.insert_many(objects),
+            Backend::Bag(h) => h.insert_many(objects),
+            Backend::Ordered(o) => o.insert_many(objects),
+        }
+    }
+
+    fn insert_new(&self, acc: Access, key: K, value: V) -> bool {
+        match &self.backend {
+            Backend::Set(h) => h.insert_new(acc, key, value),
+            Backend::Bag(h) => h.insert_new(acc, key, value),
+            Backend::Ordered(o) => o.insert_new(key, value),
+        }
+    }
+
+    fn insert_new_many(&self, objects: Vec<(K, V)>) -> bool {
+        match &self.backend {
+            Backend::Set(h) => h.insert_new_many(objects),
+            Backend::Bag(h) => h.insert_new_many(objects),
+            Backend::Ordered(o) => o.insert_new_many(objects),
+        }
+    }
+
+    fn lookup(&self, acc: Access, key: &K) -> Vec<V> {
+        match &self.backend {
+            Backend::Set(h) => h.with(acc, key, |s| s.map(|s| vec![s.0.clone()])),
+            Backend::Bag(h) => h.with(acc, key, |s| s.cloned()),
+            Backend::Ordered(o) => o.with(key, |v| v.map(|v| vec![v.clone()])),
+        }
+        .unwrap_or_default()
+    }
+
+    #[inline]
+    fn get(&self, acc: Access, key: &K) -> Option<V> {
+        match &self.backend {
+            Backend::Set(h) => h.with(acc, key, |s| s.map(|s| s.0.clone())),
+            Backend::Bag(h) => h.with(acc, key, |s| s.and_then(|s| s.first().cloned())),
+            Backend::Ordered(o) => o.with(key, |v| v.cloned()),
+        }
+    }
+
+    fn member(&self, acc: Access, key: &K) -> bool {
+        match &self.backend {
+            Backend::Set(h) => h.member(acc, key),
+            Backend::Bag(h) => h.member(acc, key),
+            Backend::Ordered(o) => o.member(key),
+        }
+    }
+
+    fn delete(&self, acc: Access, key: &K) -> usize {
+        match &self.backend {
+            Backend::Set(h) => h.delete(acc, key),
+            Backend::Bag(h) => h.delete(acc, key),
+            Backend::Ordered(o) => usize::from(o.take(key).is_some()),
+        }
+    }
+
+    fn delete_object(&self, acc: Access, key: &K, value: &V) -> usize {
+        match &self.backend {
+            Backend::Set(h) => h.delete_object(acc, key, value),
+            Backend::Bag(h) => h.delete_object(acc, key, value),
+            Backend::Ordered(o) => o.delete_object(key, value),
+        }
+    }
+
+    fn delete_all_objects(&self) {
+        match &self.backend {
+            Backend::Set(h) => h.delete_all_objects(),
+            Backend::Bag(h) => h.delete_all_objects(),
+            Backend::Ordered(o) => o.delete_all_objects(),
+        }
+    }
+
+    fn take(&self, acc: Access, key: &K) -> Vec<V> {
+        match &self.backend {
+            Backend::Set(h) => h.take(acc, key),
+            Backend::Bag(h) => h.take(acc, key),
+            Backend::Ordered(o) => o.take(key).into_iter().collect(),
+        }
+    }
+
+    fn update_counter(
+        &self,
+        acc: Access,
+        key: &K,
+        incr: i64,
+        default: Option<V>,
+    ) -> Result<V, EtsError>
+    where
+        V: Counter,
+    {
+        let r = match &self.backend {
+            Backend::Set(h) => h.update_counter(acc, key, incr, default),
+            Backend::Ordered(o) => o.update_counter(key, incr, default),
+            Backend::Bag(_) => {
+                return Err(EtsError::NotASet {
+                    operation: "update_counter",
+                    table_type: self.table_type,
+                })
+            }
+        };
+        r.map_err(|e| match e {
+            CounterError::NoSuchKey => EtsError::NoSuchKey,
+            CounterError::Overflow => EtsError::CounterOverflow { incr },
+        })
+    }
+
+    fn update(&self, acc: Access, key: &K, f: impl FnOnce(&mut V)) -> Result<bool, EtsError> {
+        match &self.backend {
+            Backend::Set(h) => Ok(h.update(acc, key, f)),
+            Backend::Ordered(o) => Ok(o.update(key, f)),
+            Backend::Bag(_) => Err(EtsError::NotASet {
+                operation: "update",
+                table_type: self.table_type,
+            }),
+        }
+    }
+
+    /// Visits every object (key order for ordered_set) until `f` returns false.
+    fn for_each(&self, acc: Access, f: impl FnMut(&K, &V) -> bool) {
+        match &self.backend {
+            Backend::Set(h) => h.for_each(acc, f),
+            Backend::Bag(h) => h.for_each(acc, f),
+            Backend::Ordered(o) => o.for_each(f),
+        }
+    }
+
+    fn select_delete(&self, pred: impl FnMut(&K, &V) -> bool) -> usize {
+        match &self.backend {
+            Backend::Set(h) => h.select_delete(pred),
+            Backend::Bag(h) => h.select_delete(pred),
+            Backend::Ordered(o) => o.select_delete(pred),
+        }
+    }
+
+    fn first(&self, acc: Access) -> Option<K> {
+        match &self.backend {
+            Backend::Set(h) => h.first(acc),
+            Backend::Bag(h) => h.first(acc),
+            Backend::Ordered(o) => o.first(),
+        }
+    }
+
+    fn next(&self, acc: Access, key: &K) -> Option<K> {
+        match &self.backend {
+            Backend::Set(h) => h.next(acc, key),
+            Backend::Bag(h) => h.next(acc, key),
+            Backend::Ordered(o) => o.next(key),
+        }
+    }
+
+    fn last(&self, acc: Access) -> Option<K> {
+        match &self.backend {
+            Backend::Ordered(o) => o.last(),
+            _ => self.first(acc),
+        }
+    }
+
+    fn prev(&self, acc: Access, key: &K) -> Option<K> {
+        match &self.backend {
+            Backend::Ordered(o) => o.prev(key),
+            _ => self.next(acc, key),
+        }
+    }
+
+    fn ordered(&self, operation: &'static str) -> Result<&Ordered<K, V>, EtsError> {
+        match &self.backend {
+            Backend::Ordered(o) => Ok(o),
+            _ => Err(EtsError::NotOrdered {
+                operation,
+                table_type: self.table_type,
+            }),
+        }
+    }
+
+    /// (objects, keys).
+    fn counts(&self, acc: Access) -> (usize, usize) {
+        match &self.backend {
+            Backend::Set(h) => h.counts(acc),
+            Backend::Bag(h) => h.counts(acc),
+            Backend::Ordered(o) => {
+                let n = o.len();
+                (n, n)
+            }
+        }
+    }
+
+    fn len(&self, acc: Access) -> usize {
+        match &self.backend {
+            Backend::Set(h) => h.keys(acc),
+            Backend::Ordered(o) => o.len(),
+            Backend::Bag(_) => self.counts(acc).0,
+        }
+    }
+
+    fn info(&self, acc: Access) -> TableInfo {
+        let (size, keys) = self.counts(acc);
+        let k = std::mem::size_of::<K>() as u64;
+        let v = std::mem::size_of::<V>() as u64;
+        // Rough: hashbrown buckets (+1 control byte) at 7/8 load; a bag's Vec header per key;
+        // B-tree nodes about two-thirds full.
+        let memory_bytes = match &self.backend {
+            Backend::Set(_) => keys as u64 * (k + v + 1) * 8 / 7,
+            Backend::Bag(_) => keys as u64 * (k + 24 + 1) * 8 / 7 + size as u64 * v,
+            Backend::Ordered(_) => keys as u64 * (k + v) * 3 / 2,
+        };
+        TableInfo {
+            table_type: self.table_type,
+            size,
+            keys,
+            memory_bytes,
+        }
+    }
+
+    fn to_vec(&self, acc: Access) -> Vec<(K, V)> {
+        let mut out = Vec::new();
+        self.for_each(acc, |k, v| {
+            out.push((k.clone(), v.clone()));
+            true
+        });
+        out
+    }
+
+    fn tab2file(&self, acc: Access, path: &Path) -> Result<(), EtsError>
+    where
+        K: Serialize,
+        V: Serialize,
+    {
+        let objects = self.to_vec(acc);
+        let header = dump::Header {
+            table_type: self.table_type,
+            name: self.name.clone(),
+            key_type: std::any::type_name::<K>().to_string(),
+            value_type: std::any::type_name::<V>().to_string(),
+            objects: objects.len() as u64,
+        };
+        dump::write(path, &header, &objects)
+    }
+}
+
+/// Converts any `RangeBounds` into the pair of borrowed bounds the backends take.
+fn bounds<K, R: RangeBounds<K>>(r: &R) -> (Bound<&K>, Bound<&K>) {
+    (r.start_bound(), r.end_bound())
+}
+
+/// The read methods every handle has, with the handle's access mode.
+macro_rules! read_api {
+    ($acc:expr) => {
+        /// The table's type.
+        pub fn table_type(&self) -> TableType {
+            self.inner.table_type
+        }
+
+        /// The table's name, if it was created with one.
+        pub fn name(&self) -> Option<&str> {
+            self.inner.name.as_deref()
+        }
+
+        /// Every object under `key`: at most one for sets, insertion order for bags.
+        /// Erlang: `lookup/2`.
+        pub fn lookup(&self, key: &K) -> Vec<V> {
+            self.inner.lookup($acc, key)
+        }
+
+        /// The (first) object under `key`, without allocating: the fast path for sets.
+        pub fn get(&self, key: &K) -> Option<V> {
+            self.inner.get($acc, key)
+        }
+
+        /// Whether any object is stored under `key`. Erlang: `member/2`.
+        pub fn member(&self, key: &K) -> bool {
+            self.inner.member($acc, key)
+        }
+
+        /// Number of objects (every object of a bag). Erlang: `info(T, size)`.
+        pub fn len(&self) -> usize {
+            self.inner.len($acc)
+        }
+
+        /// True when the table holds no object.
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+
+        /// Type, size, keys and a memory estimate. Erlang: `info/1`.
+        pub fn info(&self) -> TableInfo {
+            self.inner.info($acc)
+        }
+
+        /// Every object; key order for `OrderedSet`. Erlang: `tab2list/1`.
+        pub fn to_vec(&self) -> Vec<(K, V)> {
+            self.inner.to_vec($acc)
+        }
+
+        /// The first key in table order. Erlang: `first/1`.
+        pub fn first(&self) -> Option<K> {
+            self.inner.first($acc)
+        }
+
+        /// The key after `key` in table order (for `OrderedSet`, whether or not `key` is
+        /// still present). O(n) per call on the hash types. Erlang: `next/2`.
+        pub fn next(&self, key: &K) -> Option<K> {
+            self.inner.next($acc, key)
+        }
+
+        /// The last key of an `OrderedSet`; as [`Self::first`] on the hash types.
+        /// Erlang: `last/1`.
+        pub fn last(&self) -> Option<K> {
+            self.inner.last($acc)
+        }
+
+        /// The key before `key` in an `OrderedSet`; as [`Self::next`] on the hash types.
+        /// Erlang: `prev/2`.
+        pub fn prev(&self, key: &K) -> Option<K> {
+            self.inner.prev($acc, key)
+        }
+
+        /// The objects whose keys lie in `range`, in key order (an inverted range is empty).
+        /// `OrderedSet` only: [`EtsError::NotOrdered`] otherwise.
+        pub fn range<R: RangeBounds<K>>(&self, range: R) -> Result<Vec<(K, V)>, EtsError> {
+            let (lo, hi) = bounds(&range);
+            Ok(self.inner.ordered("range")?.range(lo, hi))
+        }
+
+        /// Folds over the objects whose keys lie in `range`, in key order, without copying
+        /// them. `OrderedSet` only.
+        pub fn range_fold<A, R, F>(&self, range: R, init: A, mut f: F) -> Result<A, EtsError>
+        where
+            R: RangeBounds<K>,
+            F: FnMut(A, &K, &V) -> A,
+        {
+            let (lo, hi) = bounds(&range);
+            let o = self.inner.ordered("range_fold")?;
+            let mut acc = Some(init);
+            o.range_for_each(lo, hi, |k, v| {
+                acc = acc.take().map(|a| f(a, k, v));
+                true
+            });
+            acc.ok_or(EtsError::Corrupt("fold state lost"))
+        }
+
+        /// Collects `f(object)` for every object where it is `Some`. Erlang: `select/2`.
+        pub fn select<R, F>(&self, mut f: F) -> Vec<R>
+        where
+            F: FnMut(&K, &V) -> Option<R>,
+        {
+            let mut out = Vec::new();
+            self.inner.for_each($acc, |k, v| {
+                out.extend(f(k, v));
+                true
+            });
+            out
+        }
+
+        /// Counts the objects for which `pred` holds. Erlang: `select_count/2`.
+        pub fn select_count<F>(&self, mut pred: F) -> usize
+        where
+            F: FnMut(&K, &V) -> bool,
+        {
+            let mut n = 0;
+            self.inner.for_each($acc, |k, v| {
+                n += usize::from(pred(k, v));
+                true
+            });
+            n
+        }
+
+        /// Folds over every object (key order for `OrderedSet`). Erlang: `foldl/3`.
+        pub fn fold<A, F>(&self, init: A, mut f: F) -> A
+        where
+            F: FnMut(A, &K, &V) -> A,
+        {
+            let mut acc = Some(init);
+            self.inner.for_each($acc, |k, v| {
+                acc = acc.take().map(|a| f(a, k, v));
+                true
+            });
+            // `acc` is refilled by every call of the closure above.
+            match acc {
+                Some(a) => a,
+                None => unreachable!("fold accumulator is always refilled"),
+            }
+        }
+
+        /// Dumps the table to `path`: header, objects, CRC32 (see the module docs). Written
+        /// to a temporary file and renamed, so a crash never leaves half a dump.
+        /// Erlang: `tab2file/2`.
+        pub fn tab2file(&self, path: impl AsRef<Path>) -> Result<(), EtsError>
+        where
+            K: Serialize,
+            V: Serialize,
+        {
+            self.inner.tab2file($acc, path.as_ref())
+        }
+    };
+}
+
+/// The write methods of the writing handles. `$($m)?` is `mut` for the owner's `&mut self`.
+macro_rules! write_api {
+    ($acc:expr, $($m:ident)?) => {
+        /// Inserts one object: replaces for sets; adds for bags (not if identical, for `Bag`).
+        /// Erlang: `insert/2`.
+        #[inline]
+        pub fn insert(&$($m)? self, key: K, value: V) {
+            self.inner.insert($acc, key, value)
+        }
+
+        /// Inserts many objects atomically and in isolation: readers see all or none. For
+        /// sets a later object with the same key wins. The iterator is drained before the
+        /// table is locked. Erlang: `insert/2` with a list.
+        pub fn insert_many<I: IntoIterator<Item = (K, V)>>(&$($m)? self, objects: I) {
+            self.inner.insert_many(objects.into_iter().collect())
+        }
+
+        /// Inserts only if the key is absent; returns whether it inserted.
+        /// Erlang: `insert_new/2`.
+        pub fn insert_new(&$($m)? self, key: K, value: V) -> bool {
+            self.inner.insert_new($acc, key, value)
+        }
+
+        /// Inserts all objects if none of their keys is present; otherwise nothing, and
+        /// returns `false`. Atomic and isolated. Erlang: `insert_new/2` with a list.
+        pub fn insert_new_many<I: IntoIterator<Item = (K, V)>>(&$($m)? self, objects: I) -> bool {
+            self.inner.insert_new_many(objects.into_iter().collect())
+        }
+
+        /// Deletes every object under `key`; returns how many. Erlang: `delete/2`.
+        pub fn delete(&$($m)? self, key: &K) -> usize {
+            self.inner.delete($acc, key)
+        }
+
+        /// Deletes the object `(key, value)`; in a `DuplicateBag` every copy of it. Returns
+        /// how many it removed. Erlang: `delete_object/2`.
+        pub fn delete_object(&$($m)? self, key: &K, value: &V) -> usize {
+            self.inner.delete_object($acc, key, value)
+        }
+
+        /// Empties the table, atomically. Erlang: `delete_all_objects/1`.
+        pub fn delete_all_objects(&$($m)? self) {
+            self.inner.delete_all_objects()
+        }
+
+        /// Removes and returns every object under `key`. Erlang: `take/2`.
+        pub fn take(&$($m)? self, key: &K) -> Vec<V> {
+            self.inner.take($acc, key)
+        }
+
+        /// Atomically adds `incr` to the value under `key` and returns the new value. If the
+        /// key is absent, `default` is inserted first (`EtsError::NoSuchKey` without one).
+        /// Overflow is [`EtsError::CounterOverflow`] and leaves the table unchanged; a bag is
+        /// [`EtsError::NotASet`]. Erlang: `update_counter/3,4`.
+        pub fn update_counter(&$($m)? self, key: &K, incr: i64, default: Option<V>) -> Result<V, EtsError>
+        where
+            V: Counter,
+        {
+            self.inner.update_counter($acc, key, incr, default)
+        }
+
+        /// Atomically applies `f` to the value under `key`; `Ok(false)` if absent,
+        /// [`EtsError::NotASet`] on a bag. `f` must not touch this table.
+        /// Erlang: `update_element/3`.
+        pub fn update<F: FnOnce(&mut V)>(&$($m)? self, key: &K, f: F) -> Result<bool, EtsError> {
+            self.inner.update($acc, key, f)
+        }
+
+        /// Deletes the objects for which `pred` holds, atomically as a whole (stronger than
+        /// ETS); returns how many. Erlang: `select_delete/2`.
+        pub fn select_delete<F: FnMut(&K, &V) -> bool>(&$($m)? self, pred: F) -> usize {
+            self.inner.select_delete(pred)
+        }
+    };
+}
+
+/// Implements [`ReadTable`] (and with `write`, [`WriteTable`]) by delegating to the inherent
+/// methods' backend calls.
+macro_rules! trait_impls {
+    ($ty:ident, $acc:expr) => {
+        impl<K, V> ReadTable<K, V> for $ty<K, V>
+        where
+            K: Eq + Hash + Ord + Clone,
+            V: Clone + PartialEq,
+        {
+            type Error = EtsError;
+            fn table_type(&self) -> TableType {
+                self.inner.table_type
+            }
+            fn lookup(&self, key: &K) -> Result<Vec<V>, EtsError> {
+                Ok(self.inner.lookup($acc, key))
+            }
+            fn member(&self, key: &K) -> Result<bool, EtsError> {
+                Ok(self.inner.member($acc, key))
+            }
+            fn len(&self) -> Result<usize, EtsError> {
+                Ok(self.inner.len($acc))
+            }
+            fn info(&self) -> Result<TableInfo, EtsError> {
+                Ok(self.inner.info($acc))
+            }
+            fn to_vec(&self) -> Result<Vec<(K, V)>, EtsError> {
+                Ok(self.inner.to_vec($acc))
+            }
+            fn first(&self) -> Result<Option<K>, EtsError> {
+                Ok(self.inner.first($acc))
+            }
+            fn next(&self, key: &K) -> Result<Option<K>, EtsError> {
+                Ok(self.inner.next($acc, key))
+            }
+            fn last(&self) -> Result<Option<K>, EtsError> {
+                Ok(self.inner.last($acc))
+            }
+            fn prev(&self, key: &K) -> Result<Option<K>, EtsError> {
+                Ok(self.inner.prev($acc, key))
+            }
+            fn range(&self, lower: Bound<&K>, upper: Bound<&K>) -> Result<Vec<(K, V)>, EtsError> {
+                Ok(self.inner.ordered("range")?.range(lower, upper))
+            }
+            fn select<R, F>(&self, mut f: F) -> Result<Vec<R>, EtsError>
+            where
+                F: FnMut(&K, &V) -> Option<R>,
+            {
+                let mut out = Vec::new();
+                self.inner.for_each($acc, |k, v| {
+                    out.extend(f(k, v));
+                    true
+                });
+                Ok(out)
+            }
+            fn select_count<F>(&self, mut pred: F) -> Result<usize, EtsError>
+            where
+                F: FnMut(&K, &V) -> bool,
+            {
+                let mut n = 0;
+                self.inner.for_each($acc, |k, v| {
+                    n += usize::from(pred(k, v));
+                    true
+                });
+                Ok(n)
+            }
+            fn fold<A, F>(&self, init: A, mut f: F) -> Result<A, EtsError>
+            where
+                F: FnMut(A, &K, &V) -> A,
+            {
+                let mut acc = Some(init);
+                self.inner.for_each($acc, |k, v| {
+                    acc = acc.take().map(|a| f(a, k, v));
+                    true
+                });
+                acc.ok_or(EtsError::Corrupt("fold state lost"))
+            }
+        }
+    };
+    ($ty:ident, $acc:expr, write) => {
+        trait_impls!($ty, $acc);
+
+        impl<K, V> WriteTable<K, V> for $ty<K, V>
+        where
+            K: Eq + Hash + Ord + Clone,
+            V: Clone + PartialEq,
+        {
+            fn insert(&mut self, key: K, value: V) -> Result<(), EtsError> {
+                self.inner.insert($acc, key, value);
+                Ok(())
+            }
+            fn insert_many<I>(&mut self, objects: I) -> Result<(), EtsError>
+            where
+                I: IntoIterator<Item = (K, V)>,
+            {
+                self.inner.insert_many(objects.into_iter().collect());
+                Ok(())
+            }
+            fn insert_new(&mut self, key: K, value: V) -> Result<bool, EtsError> {
+                Ok(self.inner.insert_new($acc, key, value))
+            }
+            fn insert_new_many<I>(&mut self, objects: I) -> Result<bool, EtsError>
+            where
+                I: IntoIterator<Item = (K, V)>,
+            {
+                Ok(self.inner.insert_new_many(objects.into_iter().collect()))
+            }
+            fn delete(&mut self, key: &K) -> Result<usize, EtsError> {
+                Ok(self.inner.delete($acc, key))
+            }
+            fn delete_object(&mut self, key: &K, value: &V) -> Result<usize, EtsError> {
+                Ok(self.inner.delete_object($acc, key, value))
+            }
+            fn delete_all_objects(&mut self) -> Result<(), EtsError> {
+                self.inner.delete_all_objects();
+                Ok(())
+            }
+            fn take(&mut self, key: &K) -> Result<Vec<V>, EtsError> {
+                Ok(self.inner.take($acc, key))
+            }
+            fn update_counter(
+                &mut self,
+                key: &K,
+                incr: i64,
+                default: Option<V>,
+            ) -> Result<V, EtsError>
+            where
+                V: Counter,
+            {
+                self.inner.update_counter($acc, key, incr, default)
+            }
+            fn update<F>(&mut self, key: &K, f: F) -> Result<bool, EtsError>
+            where
+                F: FnOnce(&mut V),
+            {
+                self.inner.update($acc, key, f)
+            }
+            fn select_delete<F>(&mut self, pred: F) -> Result<usize, EtsError>
+            where
+                F: FnMut(&K, &V) -> bool,
+            {
+                Ok(self.inner.select_delete(pred))
+            }
+        }
+    };
+}
+
+/// The owner of a *protected* table: the only handle that writes.
+///
+/// `Send` (hand it to the thread that owns the table) but not `Clone`. Other threads read
+/// through [`TableReader`]s from [`Table::reader`]. Because no one else can write, the owner's
+/// single-key operations and reads take no table-level lock at all.
+pub struct Table<K, V> {
+    inner: Arc<Inner<K, V>>,
+}
+
+/// A read-only handle to a table: `Clone + Send + Sync`, [`ReadTable`] only. Any number of
+/// threads may read through readers while the owner writes.
+pub struct TableReader<K, V> {
+    inner: Arc<Inner<K, V>>,
+}
+
+/// A *public* table: every clone reads and writes. Clones are cheap (one `Arc`).
+pub struct PublicTable<K, V> {
+    inner: Arc<Inner<K, V>>,
+}
+
+impl<K, V> Table<K, V>
+where
+    K: Eq + Hash + Ord + Clone,
+    V: Clone + PartialEq,
+{
+    /// A new, empty, unnamed protected table of the given type. Erlang: `ets:new/2`.
+    pub fn new(table_type: TableType) -> Self {
+        Table {
+            inner: Arc::new(Inner::new(None, table_type)),
+        }
+    }
+
+    /// A new, empty protected table with a name (shown by `Debug` and kept by dumps).
+    pub fn with_name(name: impl Into<String>, table_type: TableType) -> Self {
+        Table {
+            inner: Arc::new(Inner::new(Some(name.into()), table_type)),
+        }
+    }
+
+    /// A read handle for other threads.
+    pub fn reader(&self) -> TableReader<K, V> {
+        TableReader {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Turns this protected table into a public one: every clone may then write.
+    pub fn into_public(self) -> PublicTable<K, V> {
+        PublicTable { inner: self.inner }
+    }
+
+    /// Reads a dump written by `tab2file` into a new protected table (same type and name).
+    /// Every damage is a typed error: [`EtsError::BadMagic`], [`EtsError::Truncated`],
+    /// [`EtsError::ChecksumMismatch`], [`EtsError::WrongType`], ... Erlang: `file2tab/1`.
+    pub fn file2tab(path: impl AsRef<Path>) -> Result<Self, EtsError>
+    where
+        K: DeserializeOwned,
+        V: DeserializeOwned,
+    {
+        let (header, objects) = dump::read::<K, V>(path.as_ref())?;
+        let inner = Inner::new(header.name, header.table_type);
+        for (k, v) in objects {
+            inner.insert(Access::Owner, k, v);
+        }
+        Ok(Table {
+            inner: Arc::new(inner),
+        })
+    }
+
+    read_api!(Access::Owner);
+    write_api!(Access::Owner, mut);
+}
+
+impl<K, V> TableReader<K, V>
+where
+    K: Eq + Hash + Ord + Clone,
+    V: Clone + PartialEq,
+{
+    read_api!(Access::Shared);
+}
+
+impl<K, V> PublicTable<K, V>
+where
+    K: Eq + Hash + Ord + Clone,
+    V: Clone + PartialEq,
+{
+    /// A new, empty, unnamed public table. Erlang: `ets:new(T, [public])`.
+    pub fn new(table_type: TableType) -> Self {
+        Table::new(table_type).into_public()
+    }
+
+    /// A new, empty, named public table.
+    pub fn with_name(name: impl Into<String>, table_type: TableType) -> Self {
+        Table::with_name(name, table_type).into_public()
+    }
+
+    /// A read-only handle to this table.
+    pub fn reader(&self) -> TableReader<K, V> {
+        TableReader {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    read_api!(Access::Shared);
+    write_api!(Access::Shared,);
+}
+
+impl<K, V> Clone for TableReader<K, V> {
+    fn clone(&self) -> Self {
+        TableReader {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, V> Clone for PublicTable<K, V> {
+    fn clone(&self) -> Self {
+        PublicTable {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+trait_impls!(Table, Access::Owner, write);
+trait_impls!(PublicTable, Access::Shared, write);
+trait_impls!(TableReader, Access::Shared);
+
+macro_rules! debug_impl {
+    ($ty:ident) => {
+        impl<K, V> fmt::Debug for $ty<K, V> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("name", &self.inner.name)
+                    .field("table_type", &self.inner.table_type)
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+debug_impl!(Table);
+debug_impl!(TableReader);
+debug_impl!(PublicTable);

@@ -1,0 +1,418 @@
+//! The hashed backend of `set`, `bag` and `duplicate_bag`: a `DashMap` with FxHash, plus a
+//! striped table gate that makes many-key operations atomic and isolated.
+//!
+//! Architecture Invariant: no method holds a dashmap reference (`Ref`, `RefMut`, an iterator)
+//! while it writes the map, and no method runs caller code (an iterator of objects) while it
+//! holds the gate exclusively: both would deadlock.
+
+use std::cell::Cell;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use rustc_hash::FxBuildHasher;
+
+use super::Access;
+use crate::table::Counter;
+
+/// Number of stripes of the gate. More stripes than cores, so two threads rarely share one.
+const STRIPES: usize = 8;
+
+/// One stripe, alone on its cache line(s), so readers on different stripes never bounce a line.
+#[repr(align(128))]
+struct Stripe(RwLock<()>);
+
+/// A big-reader lock: single-key operations take *one* stripe shared (the caller thread's own
+/// stripe, so threads do not contend on one counter); many-key operations take *every* stripe
+/// exclusively, in index order. Measured against one `RwLock<()>` on the two-thread benchmark:
+/// see `benches/tables.rs` and the module docs.
+pub(crate) struct Gate {
+    stripes: [Stripe; STRIPES],
+}
+
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static MY_STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+fn my_stripe() -> usize {
+    MY_STRIPE.with(|s| {
+        let mut i = s.get();
+        if i == usize::MAX {
+            i = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            s.set(i);
+        }
+        i
+    })
+}
+
+/// Held while a single-key operation (or a traversal) runs.
+pub(crate) enum Shared<'a> {
+    /// The owner needs no gate: nothing else can write (see [`Access::Owner`]).
+    Owner,
+    /// A stripe held shared. The guard is only kept alive.
+    #[allow(dead_code)]
+    Stripe(RwLockReadGuard<'a, ()>),
+}
+
+impl Gate {
+    pub(crate) fn new() -> Self {
+        Gate {
+            stripes: std::array::from_fn(|_| Stripe(RwLock::new(()))),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn shared(&self, acc: Access) -> Shared<'_> {
+        match acc {
+            Access::Owner => Shared::Owner,
+            Access::Shared => Shared::Stripe(self.stripes[my_stripe()].0.read()),
+        }
+    }
+
+    pub(crate) fn exclusive(&self) -> [RwLockWriteGuard<'_, ()>; STRIPES] {
+        // In index order: two exclusive lockers cannot each hold a stripe the other waits for.
+        std::array::from_fn(|i| self.stripes[i].0.write())
+    }
+}
+
+/// The objects stored under one key: exactly one for sets ([`One`]), a `Vec` in insertion
+/// order for bags.
+pub(crate) trait Slot<V>: Sized {
+    /// True when a key holds exactly one object (set semantics).
+    const SINGLE: bool;
+    fn new(v: V) -> Self;
+    fn objects(&self) -> &[V];
+    /// Adds `v` as the table type says (`dedupe`: a `bag` stores an identical object once).
+    fn add(&mut self, v: V, dedupe: bool);
+    /// Removes the objects for which `remove` holds; returns (how many, whether now empty).
+    fn remove_where(&mut self, remove: impl FnMut(&V) -> bool) -> (usize, bool);
+    fn into_vec(self) -> Vec<V>;
+    fn single_mut(&mut self) -> Option<&mut V>;
+}
+
+/// The slot of a set: one object, no allocation.
+pub(crate) struct One<V>(pub(crate) V);
+
+impl<V: PartialEq> Slot<V> for One<V> {
+    const SINGLE: bool = true;
+    #[inline]
+    fn new(v: V) -> Self {
+        One(v)
+    }
+    #[inline]
+    fn objects(&self) -> &[V] {
+        std::slice::from_ref(&self.0)
+    }
+    fn add(&mut self, v: V, _dedupe: bool) {
+        self.0 = v;
+    }
+    fn remove_where(&mut self, mut remove: impl FnMut(&V) -> bool) -> (usize, bool) {
+        if remove(&self.0) {
+            (1, true)
+        } else {
+            (0, false)
+        }
+    }
+    fn into_vec(self) -> Vec<V> {
+        vec![self.0]
+    }
+    fn single_mut(&mut self) -> Option<&mut V> {
+        Some(&mut self.0)
+    }
+}
+
+impl<V: PartialEq> Slot<V> for Vec<V> {
+    const SINGLE: bool = false;
+    fn new(v: V) -> Self {
+        vec![v]
+    }
+    fn objects(&self) -> &[V] {
+        self
+    }
+    fn add(&mut self, v: V, dedupe: bool) {
+        if !(dedupe && self.contains(&v)) {
+            self.push(v);
+        }
+    }
+    fn remove_where(&mut self, mut remove: impl FnMut(&V) -> bool) -> (usize, bool) {
+        let before = self.len();
+        self.retain(|v| !remove(v));
+        (before - self.len(), self.is_empty())
+    }
+    fn into_vec(self) -> Vec<V> {
+        self
+    }
+    fn single_mut(&mut self) -> Option<&mut V> {
+        None
+    }
+}
+
+/// A hashed table whose keys hold slots `S`.
+pub(crate) struct Hashed<K, S> {
+    map: DashMap<K, S, FxBuildHasher>,
+    gate: Gate,
+    /// `bag` (true) or `duplicate_bag` (false); ignored by sets.
+    dedupe: bool,
+}
+
+/// Why an `update_counter` failed, before the caller names the table type.
+pub(crate) enum CounterError {
+    NoSuchKey,
+    Overflow,
+}
+
+impl<K, S> Hashed<K, S>
+where
+    K: Eq + Hash + Clone,
+{
+    pub(crate) fn new(dedupe: bool) -> Self {
+        Hashed {
+            map: DashMap::with_hasher(FxBuildHasher),
+            gate: Gate::new(),
+            dedupe,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn insert<V>(&self, acc: Access, key: K, value: V)
+    where
+        S: Slot<V>,
+    {
+        let _g = self.gate.shared(acc);
+        self.insert_ungated(key, value);
+    }
+
+    #[inline]
+    fn insert_ungated<V>(&self, key: K, value: V)
+    where
+        S: Slot<V>,
+    {
+        if S::SINGLE {
+            self.map.insert(key, S::new(value));
+        } else {
+            match self.map.entry(key) {
+                Entry::Occupied(mut e) => e.get_mut().add(value, self.dedupe),
+                Entry::Vacant(e) => {
+                    e.insert(S::new(value));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn insert_many<V>(&self, objects: Vec<(K, V)>)
+    where
+        S: Slot<V>,
+    {
+        let _g = self.gate.exclusive();
+        for (k, v) in objects {
+            self.insert_ungated(k, v);
+        }
+    }
+
+    pub(crate) fn insert_new<V>(&self, acc: Access, key: K, value: V) -> bool
+    where
+        S: Slot<V>,
+    {
+        let _g = self.gate.shared(acc);
+        match self.map.entry(key) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(e) => {
+                e.insert(S::new(value));
+                true
+            }
+        }
+    }
+
+    pub(crate) fn insert_new_many<V>(&self, objects: Vec<(K, V)>) -> bool
+    where
+        S: Slot<V>,
+    {
+        let _g = self.gate.exclusive();
+        if objects.iter().any(|(k, _)| self.map.contains_key(k)) {
+            return false;
+        }
+        for (k, v) in objects {
+            self.insert_ungated(k, v);
+        }
+        true
+    }
+
+    #[inline]
+    pub(crate) fn with<R>(&self, acc: Access, key: &K, f: impl FnOnce(Option<&S>) -> R) -> R {
+        let _g = self.gate.shared(acc);
+        let r = self.map.get(key);
+        f(r.as_deref())
+    }
+
+    pub(crate) fn member(&self, acc: Access, key: &K) -> bool {
+        let _g = self.gate.shared(acc);
+        self.map.contains_key(key)
+    }
+
+    pub(crate) fn take<V>(&self, acc: Access, key: &K) -> Vec<V>
+    where
+        S: Slot<V>,
+    {
+        let _g = self.gate.shared(acc);
+        self.map
+            .remove(key)
+            .map(|(_, s)| s.into_vec())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn delete<V>(&self, acc: Access, key: &K) -> usize
+    where
+        S: Slot<V>,
+    {
+        let _g = self.gate.shared(acc);
+        self.map
+            .remove(key)
+            .map(|(_, s)| s.objects().len())
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn delete_object<V: PartialEq>(&self, acc: Access, key: &K, value: &V) -> usize
+    where
+        S: Slot<V>,
+    {
+        let _g = self.gate.shared(acc);
+        let mut removed = 0;
+        self.map.remove_if_mut(key, |_, s| {
+            let (n, empty) = s.remove_where(|v| v == value);
+            removed = n;
+            empty
+        });
+        removed
+    }
+
+    pub(crate) fn delete_all_objects(&self) {
+        let _g = self.gate.exclusive();
+        self.map.clear();
+    }
+
+    pub(crate) fn update_counter<V: Counter>(
+        &self,
+        acc: Access,
+        key: &K,
+        incr: i64,
+        default: Option<V>,
+    ) -> Result<V, CounterError>
+    where
+        S: Slot<V>,
+    {
+        let _g = self.gate.shared(acc);
+        if let Some(mut r) = self.map.get_mut(key) {
+            let Some(v) = r.single_mut() else {
+                return Err(CounterError::NoSuchKey);
+            };
+            let new = v.checked_add_i64(incr).ok_or(CounterError::Overflow)?;
+            *v = new;
+            return Ok(new);
+        }
+        // Absent: the entry API re-checks under the shard's write lock (another public writer
+        // may have inserted the key since `get_mut` released it).
+        match self.map.entry(key.clone()) {
+            Entry::Occupied(mut e) => {
+                let v = e.get_mut().single_mut().ok_or(CounterError::NoSuchKey)?;
+                let new = v.checked_add_i64(incr).ok_or(CounterError::Overflow)?;
+                *v = new;
+                Ok(new)
+            }
+            Entry::Vacant(e) => {
+                let d = default.ok_or(CounterError::NoSuchKey)?;
+                let new = d.checked_add_i64(incr).ok_or(CounterError::Overflow)?;
+                e.insert(S::new(new));
+                Ok(new)
+            }
+        }
+    }
+
+    pub(crate) fn update<V>(&self, acc: Access, key: &K, f: impl FnOnce(&mut V)) -> bool
+    where
+        S: Slot<V>,
+    {
+        let _g = self.gate.shared(acc);
+        match self.map.get_mut(key) {
+            Some(mut r) => match r.single_mut() {
+                Some(v) => {
+                    f(v);
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        }
+    }
+
+    /// Visits every object; stops early when `f` returns false.
+    pub(crate) fn for_each<V>(&self, acc: Access, mut f: impl FnMut(&K, &V) -> bool)
+    where
+        S: Slot<V>,
+    {
+        let _g = self.gate.shared(acc);
+        for r in self.map.iter() {
+            for v in r.value().objects() {
+                if !f(r.key(), v) {
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn select_delete<V>(&self, mut pred: impl FnMut(&K, &V) -> bool) -> usize
+    where
+        S: Slot<V>,
+    {
+        let _g = self.gate.exclusive();
+        let mut removed = 0;
+        self.map.retain(|k, s| {
+            let (n, empty) = s.remove_where(|v| pred(k, v));
+            removed += n;
+            !empty
+        });
+        removed
+    }
+
+    pub(crate) fn first(&self, acc: Access) -> Option<K> {
+        let _g = self.gate.shared(acc);
+        self.map.iter().next().map(|r| r.key().clone())
+    }
+
+    /// The key after `key` in the map's iteration order; `None` if `key` is absent or last.
+    /// O(n): hash tables are traversed with `fold`/`select`/`to_vec` in bulk.
+    pub(crate) fn next(&self, acc: Access, key: &K) -> Option<K> {
+        let _g = self.gate.shared(acc);
+        let mut it = self.map.iter();
+        for r in it.by_ref() {
+            if r.key() == key {
+                break;
+            }
+        }
+        it.next().map(|r| r.key().clone())
+    }
+
+    pub(crate) fn keys(&self, acc: Access) -> usize {
+        let _g = self.gate.shared(acc);
+        self.map.len()
+    }
+
+    /// (objects, keys), consistent with each other.
+    pub(crate) fn counts<V>(&self, acc: Access) -> (usize, usize)
+    where
+        S: Slot<V>,
+    {
+        let _g = self.gate.shared(acc);
+        if S::SINGLE {
+            let n = self.map.len();
+            (n, n)
+        } else {
+            self.map
+                .iter()
+                .fold((0, 0), |(o, k), r| (o + r.value().objects().len(), k + 1))
+        }
+    }
+}
