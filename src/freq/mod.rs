@@ -1,1 +1,54 @@
-//! Module freq (under construction).
+//! The frequency allocator: the course's frequency server, sharded, persistent and supervised.
+//!
+//! The course's server holds a list of free frequencies and a list of allocations, and answers
+//! `allocate` and `deallocate`. Here:
+//!
+//! - **sharding**: the pool is split over shards ([`Layout`]); each shard is a generic server
+//!   ([`crate::otp`]) on its own thread, the only writer of its tables;
+//! - **routing**: [`Allocator`] decides in the caller's thread which shard serves an allocation
+//!   ([`Strategy`]), from counts every shard publishes, so no router process sits on every request;
+//!   deallocation goes straight to the owning shard;
+//! - **bulk storage**: a shard's free ranges, allocations and owner index live in in-memory tables
+//!   ([`crate::ets`]) any thread may read; allocations are mirrored to a disk table
+//!   ([`crate::dets`]) and the rest is rebuilt from them at open;
+//! - **durability**: [`Durability::Sync`] acknowledges only what is on disk, with group commit;
+//!   `Interval` and `None` trade that for speed;
+//! - **supervision**: shards run under a one-for-one supervisor; a shard that crashes is restarted
+//!   and rebuilds its tables from disk. A call in flight when its shard crashes gets
+//!   [`FreqError::ShardFailed`] and is *not* retried (an allocation might otherwise be made twice);
+//!   a call that finds no running instance waits for the restart and is sent once more
+//!   (deallocations, releases, checks) or goes to another shard (allocations).
+//!
+//! ```
+//! use freqalloc::freq::{Allocator, Layout, Strategy, parse_pool};
+//!
+//! let layout = Layout::one_shard_per_range(&parse_pool("10-15,20-25")?)?;
+//! let alloc = Allocator::in_memory(layout, Strategy::RoundRobin, None)?;
+//! let radio = alloc.client("radio-7")?;
+//! let a = radio.allocate()?;
+//! let b = radio.allocate()?;
+//! assert_eq!((a, b), (10, 20)); // alternating shards, lowest free first
+//! drop(radio); // like a linked process dying: its frequencies are released
+//! assert!(alloc.held_by("radio-7")?.is_empty());
+//! # Ok::<(), freqalloc::freq::FreqError>(())
+//! ```
+
+mod allocator;
+mod clock;
+mod error;
+mod layout;
+mod pool;
+mod router;
+mod shard;
+mod store;
+
+pub use allocator::{Allocator, Client, InitOutcome, Options, ShardStatus, Status};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{FreqError, LayoutError, StoreError};
+pub use layout::{coalesce, parse_pool, FreqRange, Layout};
+pub use pool::{Allocation, Change, Load, Pool, PoolReaders, Violation};
+pub use router::{choose, fallback_order, hash_name, Pick, Strategy};
+pub use shard::{Fault, ShardShared, DISK_VERSION};
+pub use store::{
+    meta_path, read_config, shard_dir, write_config, Durability, StoreConfig, META_FILE,
+};

@@ -1,0 +1,663 @@
+//! The front end: [`Allocator`], with the same API as the course's single frequency server,
+//! over shards that run in parallel under a supervisor.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::clock::{Clock, SystemClock};
+use super::error::{FreqError, StoreError};
+use super::layout::{FreqRange, Layout};
+use super::pool::Allocation;
+use super::router::{choose, fallback_order, Pick, Strategy};
+use super::shard::{open_disk, Fault, Shard, ShardArgs, ShardCall, ShardReply, ShardShared};
+use super::store::{read_config, shard_dir, write_config, Durability, StoreConfig};
+use crate::otp::{self, ChildSpec, OtpError, Server, Supervisor, SupervisorSpec};
+
+/// Run-time options of an [`Allocator`] (what is not stored with the pool).
+#[derive(Clone)]
+pub struct Options {
+    /// Whether dropping a [`Client`] releases what it holds (Erlang's links). Default: `true`.
+    pub release_on_drop: bool,
+    /// The clock for allocation times and leases. Default: the system clock.
+    pub clock: Arc<dyn Clock>,
+    /// How long a caller waits for a shard. Default: 5 s (OTP's call timeout).
+    pub call_timeout: Duration,
+    /// Restart intensity of the shards' supervisor: at most this many restarts...
+    pub max_restarts: u32,
+    /// ...within this period, or the supervisor gives up. Default: 10 in 10 s.
+    pub restart_period: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            release_on_drop: true,
+            clock: Arc::new(SystemClock),
+            call_timeout: otp::DEFAULT_CALL_TIMEOUT,
+            max_restarts: 10,
+            restart_period: Duration::from_secs(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("release_on_drop", &self.release_on_drop)
+            .field("call_timeout", &self.call_timeout)
+            .field("max_restarts", &self.max_restarts)
+            .field("restart_period", &self.restart_period)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Allocator::init`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitOutcome {
+    /// A new store was created.
+    Created,
+    /// The store existed with this pool; strategy, durability and limit were updated if given.
+    Existing,
+    /// The store existed and its pool grew by this many frequencies.
+    Grown(u64),
+}
+
+/// One shard's line in a [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStatus {
+    /// The shard's index.
+    pub shard: usize,
+    /// The ranges it owns.
+    pub ranges: Vec<FreqRange>,
+    /// Free frequencies.
+    pub free: u64,
+    /// Allocated frequencies.
+    pub allocated: u64,
+    /// Allocations loaded from disk when the running instance started.
+    pub recovered: u64,
+    /// How many times it has been restarted.
+    pub restarts: u64,
+    /// Whether an instance is running.
+    pub alive: bool,
+}
+
+/// A snapshot of the allocator, read from the shards' tables without messaging them. Taken while
+/// operations run, each shard's part is a consistent read of that shard's counts and tables as
+/// they stood at some moment during the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Frequencies in the pool.
+    pub pool_size: u64,
+    /// The routing strategy.
+    pub strategy: Strategy,
+    /// The durability.
+    pub durability: Durability,
+    /// Per shard.
+    pub shards: Vec<ShardStatus>,
+    /// Free ranges, lowest first.
+    pub free: Vec<FreqRange>,
+    /// Every allocation, lowest frequency first.
+    pub allocations: Vec<(u64, Allocation)>,
+}
+
+struct Inner {
+    dir: Option<PathBuf>,
+    config: StoreConfig,
+    options: Options,
+    shards: Vec<Server<Shard>>,
+    shared: Vec<Arc<ShardShared>>,
+    supervisor: Mutex<Option<Supervisor>>,
+    ticket: AtomicU64,
+    clients: Mutex<HashSet<String>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(sup) = self.supervisor.get_mut().take() {
+            sup.stop();
+        }
+    }
+}
+
+/// The sharded frequency allocator. Cheap to clone; every clone is the same allocator. Dropping
+/// the last clone (and every [`Client`]) stops the shards, flushing what they hold.
+///
+/// ```
+/// use freqalloc::freq::{Allocator, Layout, Strategy, parse_pool};
+///
+/// // The course's layout: two shards, 10-15 and 20-25, balanced by "most free".
+/// let layout = Layout::one_shard_per_range(&parse_pool("10-15,20-25")?)?;
+/// let alloc = Allocator::in_memory(layout, Strategy::MostFree, None)?;
+/// let f = alloc.allocate("radio-7")?;
+/// assert!(alloc.held_by("radio-7")?.contains(&f));
+/// alloc.deallocate(f, "radio-7")?;
+/// assert!(alloc.check()?.is_empty());
+/// # Ok::<(), freqalloc::freq::FreqError>(())
+/// ```
+#[derive(Clone)]
+pub struct Allocator {
+    inner: Arc<Inner>,
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    std::hash::Hash::hash(&std::thread::current().id(), &mut h);
+    std::hash::Hasher::finish(&h) | 1
+}
+
+/// A fast per-thread xorshift for power-of-two choices (no lock, no syscall).
+fn random() -> u64 {
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        r.set(x);
+        x
+    })
+}
+
+impl Allocator {
+    /// Creates the store at `dir`, or checks an existing one against `config` (the CLI's
+    /// `init`). An existing store with another pool is refused, unless `grow` is set and the new
+    /// pool contains the old one; strategy, durability and limit may change freely.
+    pub fn init(
+        dir: impl AsRef<Path>,
+        config: StoreConfig,
+        grow: bool,
+    ) -> Result<InitOutcome, FreqError> {
+        let dir = dir.as_ref();
+        let Some(existing) = read_config(dir)? else {
+            write_config(dir, &config)?;
+            return Ok(InitOutcome::Created);
+        };
+        let same_pool = existing.layout.all_ranges() == config.layout.all_ranges();
+        let outcome = if same_pool {
+            InitOutcome::Existing
+        } else if grow {
+            let grown = existing.layout.grow_to(&config.layout.all_ranges())?;
+            InitOutcome::Grown(grown.pool_size() - existing.layout.pool_size())
+        } else {
+            return Err(StoreError::ConfigMismatch {
+                path: dir.to_path_buf(),
+                existing: format!("pool {}", existing.layout.pool_string()),
+                requested: format!("pool {}", config.layout.pool_string()),
+            }
+            .into());
+        };
+        let layout = match outcome {
+            InitOutcome::Grown(_) => existing.layout.grow_to(&config.layout.all_ranges())?,
+            _ => existing.layout,
+        };
+        write_config(dir, &StoreConfig { layout, ..config })?;
+        Ok(outcome)
+    }
+
+    /// Opens the store at `dir` (created by [`Allocator::init`]) and starts its shards, each
+    /// rebuilding its tables from disk.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Self, FreqError> {
+        let dir = dir.as_ref();
+        let config = read_config(dir)?.ok_or_else(|| StoreError::NoStore(dir.to_path_buf()))?;
+        Allocator::start(Some(dir.to_path_buf()), config, options)
+    }
+
+    /// An allocator that keeps nothing on disk, with default options.
+    pub fn in_memory(
+        layout: Layout,
+        strategy: Strategy,
+        client_limit: Option<usize>,
+    ) -> Result<Self, FreqError> {
+        Allocator::in_memory_with(layout, strategy, client_limit, Options::default())
+    }
+
+    /// An allocator that keeps nothing on disk.
+    pub fn in_memory_with(
+        layout: Layout,
+        strategy: Strategy,
+        client_limit: Option<usize>,
+        options: Options,
+    ) -> Result<Self, FreqError> {
+        let config = StoreConfig {
+            layout,
+            strategy,
+            durability: Durability::None,
+            client_limit,
+        };
+        Allocator::start(None, config, options)
+    }
+
+    fn start(
+        dir: Option<PathBuf>,
+        config: StoreConfig,
+        options: Options,
+    ) -> Result<Self, FreqError> {
+        let n = config.layout.shard_count();
+        let mut spec = SupervisorSpec::new(otp::Strategy::OneForOne)
+            .name("freq-supervisor")
+            .intensity(options.max_restarts, options.restart_period);
+        let mut shards = Vec::with_capacity(n);
+        let mut shared = Vec::with_capacity(n);
+        for i in 0..n {
+            let s = ShardShared::new(i);
+            let shard_path = dir.as_ref().map(|d| shard_dir(d, i));
+            let durability = if dir.is_some() {
+                config.durability
+            } else {
+                Durability::None
+            };
+            let preopened = open_disk(shard_path.as_deref(), durability)?;
+            let args = ShardArgs {
+                ranges: config.layout.ranges(i).to_vec(),
+                dir: shard_path,
+                durability,
+                limit: config.client_limit,
+                clock: Arc::clone(&options.clock),
+                shared: Arc::clone(&s),
+                preopened: Arc::new(Mutex::new(preopened)),
+            };
+            let (child, server) = ChildSpec::server::<Shard>(
+                format!("shard-{i}"),
+                format!("freq-shard-{i}"),
+                move || args.clone(),
+            );
+            spec = spec.child(child);
+            shards.push(server);
+            shared.push(s);
+        }
+        let supervisor = Supervisor::start(spec).map_err(start_error)?;
+        Ok(Allocator {
+            inner: Arc::new(Inner {
+                dir,
+                config,
+                options,
+                shards,
+                shared,
+                supervisor: Mutex::new(Some(supervisor)),
+                ticket: AtomicU64::new(0),
+                clients: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// The store's directory (`None` in memory).
+    pub fn dir(&self) -> Option<&Path> {
+        self.inner.dir.as_deref()
+    }
+
+    /// The configuration the allocator runs with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// Frequencies in the pool.
+    pub fn pool_size(&self) -> u64 {
+        self.inner.config.layout.pool_size()
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// Free frequencies per shard, as published (no message to any shard).
+    pub fn free_per_shard(&self) -> Vec<u64> {
+        self.inner.shared.iter().map(|s| s.load().free()).collect()
+    }
+
+    fn call(&self, shard: usize, request: ShardCall) -> Result<ShardReply, FreqError> {
+        let server = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
+        match server.call_timeout(request, self.inner.options.call_timeout) {
+            Ok(result) => result,
+            Err(e) => Err(shard_error(shard, e)),
+        }
+    }
+
+    /// Allocates a frequency to `client` (the course's `allocate/0`), on the shard the strategy
+    /// picks; if that shard has none left, on another. `NoFrequency` only when every shard has
+    /// none.
+    pub fn allocate(&self, client: &str) -> Result<u64, FreqError> {
+        self.allocate_inner(client, None)
+    }
+
+    /// Allocates with a lease: the shard reclaims the frequency when `lease` has passed, so a
+    /// client that never comes back after a crash does not leak it.
+    pub fn allocate_with_lease(&self, client: &str, lease: Duration) -> Result<u64, FreqError> {
+        let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        self.allocate_inner(client, Some(ms))
+    }
+
+    fn allocate_inner(&self, client: &str, lease_ms: Option<u64>) -> Result<u64, FreqError> {
+        check_name(client)?;
+        let free = self.free_per_shard();
+        let pick = Pick {
+            free: &free,
+            ticket: self.inner.ticket.fetch_add(1, Ordering::Relaxed),
+            random: if self.inner.config.strategy == Strategy::PowerOfTwoChoices {
+                random()
+            } else {
+                0
+            },
+            client,
+        };
+        let proposed = choose(self.inner.config.strategy, pick).ok_or(FreqError::Stopped)?;
+        let mut failure = None;
+        for shard in std::iter::once(proposed).chain(
+            // Computed only if the proposed shard has none (lazily, off the fast path).
+            std::iter::once(()).flat_map(|_| fallback_order(proposed, &free).into_iter().skip(1)),
+        ) {
+            let request = ShardCall::Allocate {
+                owner: client.to_string(),
+                lease_ms,
+            };
+            match self.call(shard, request) {
+                Ok(ShardReply::Allocated(f)) => return Ok(f),
+                Ok(other) => return Err(unexpected(shard, &other)),
+                Err(FreqError::NoFrequency { .. }) => continue,
+                // A shard that is down is skipped; another may serve.
+                Err(e @ FreqError::ShardFailed { .. }) => failure = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(failure.unwrap_or(FreqError::NoFrequency {
+            pool_size: self.pool_size(),
+        }))
+    }
+
+    /// Frees `freq`, held by `client` (the course's `deallocate/1`), on the shard that owns it.
+    /// Errors, with nothing changed: `UnknownFrequency` (outside the pool), `NotAllocated`
+    /// (free), `NotOwner` (held by another client).
+    pub fn deallocate(&self, freq: u64, client: &str) -> Result<(), FreqError> {
+        check_name(client)?;
+        let shard = self
+            .inner
+            .config
+            .layout
+            .owner_of(freq)
+            .ok_or(FreqError::UnknownFrequency(freq))?;
+        let request = || ShardCall::Deallocate {
+            freq,
+            owner: client.to_string(),
+        };
+        match self.call_retrying(shard, request)? {
+            ShardReply::Deallocated => Ok(()),
+            other => Err(unexpected(shard, &other)),
+        }
+    }
+
+    /// Calls a shard; if no instance is running (between a crash and its restart), waits for the
+    /// restart and tries once more. Safe for any request: a `NoProc` call was never delivered.
+    fn call_retrying(
+        &self,
+        shard: usize,
+        request: impl Fn() -> ShardCall,
+    ) -> Result<ShardReply, FreqError> {
+        let server = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
+        let generation = server.generation();
+        match server.call_timeout(request(), self.inner.options.call_timeout) {
+            Ok(result) => result,
+            Err(OtpError::NoProc) => {
+                server
+                    .wait_for_generation(generation + 1, self.inner.options.call_timeout)
+                    .map_err(|e| shard_error(shard, e))?;
+                self.call(shard, request())
+            }
+            Err(e) => Err(shard_error(shard, e)),
+        }
+    }
+
+    /// Frees everything `client` holds; returns what it freed, lowest first.
+    pub fn release_all(&self, client: &str) -> Result<Vec<u64>, FreqError> {
+        check_name(client)?;
+        let mut freed = Vec::new();
+        for shard in 0..self.shard_count() {
+            let request = || ShardCall::ReleaseAll {
+                owner: client.to_string(),
+            };
+            match self.call_retrying(shard, request)? {
+                ShardReply::Released(fs) => freed.extend(fs),
+                other => return Err(unexpected(shard, &other)),
+            }
+        }
+        freed.sort_unstable();
+        Ok(freed)
+    }
+
+    /// What `client` holds, lowest first, read from the shards' owner indexes (no message).
+    pub fn held_by(&self, client: &str) -> Result<Vec<u64>, FreqError> {
+        let owner = client.to_string();
+        let mut held = Vec::new();
+        for s in &self.inner.shared {
+            if let Some(r) = s.readers() {
+                held.extend(r.owners.lookup(&owner));
+            }
+        }
+        held.sort_unstable();
+        Ok(held)
+    }
+
+    /// Reclaims every expired lease now (the shards also do it on their own timers).
+    pub fn reap_expired(&self) -> Result<Vec<(u64, String)>, FreqError> {
+        let mut reaped = Vec::new();
+        for shard in 0..self.shard_count() {
+            match self.call_retrying(shard, || ShardCall::Reap)? {
+                ShardReply::Reaped(r) => reaped.extend(r),
+                other => return Err(unexpected(shard, &other)),
+            }
+        }
+        reaped.sort_unstable();
+        Ok(reaped)
+    }
+
+    /// A snapshot of every shard, read from the tables (no message to any shard).
+    pub fn status(&self) -> Status {
+        let mut shards = Vec::new();
+        let mut free = Vec::new();
+        let mut allocations = Vec::new();
+        for (i, s) in self.inner.shared.iter().enumerate() {
+            let server = &self.inner.shards[i];
+            shards.push(ShardStatus {
+                shard: i,
+                ranges: self.inner.config.layout.ranges(i).to_vec(),
+                free: s.load().free(),
+                allocated: s.load().allocated(),
+                recovered: s.recovered(),
+                restarts: server.generation().saturating_sub(1),
+                alive: server.is_alive(),
+            });
+            if let Some(r) = s.readers() {
+                free.extend(
+                    r.free
+                        .to_vec()
+                        .into_iter()
+                        .map(|(first, last)| FreqRange { first, last }),
+                );
+                allocations.extend(r.allocations.to_vec());
+            }
+        }
+        free.sort_unstable();
+        allocations.sort_unstable_by_key(|(f, _)| *f);
+        Status {
+            pool_size: self.pool_size(),
+            strategy: self.inner.config.strategy,
+            durability: self.inner.config.durability,
+            shards,
+            free,
+            allocations,
+        }
+    }
+
+    /// Verifies the invariants in every shard (each shard checks itself with nothing in flight):
+    /// every frequency exactly once, free or allocated to one owner; the owner index agrees; disk
+    /// and memory agree; and across shards, free plus allocated equals the pool. Returns the
+    /// violations; empty means consistent.
+    pub fn check(&self) -> Result<Vec<String>, FreqError> {
+        let mut out = Vec::new();
+        let mut total = 0u64;
+        for shard in 0..self.shard_count() {
+            match self.call_retrying(shard, || ShardCall::Check)? {
+                ShardReply::Checked(v) => out.extend(v),
+                other => return Err(unexpected(shard, &other)),
+            }
+            let load = self.inner.shared[shard].load();
+            total += load.free() + load.allocated();
+        }
+        if total != self.pool_size() {
+            out.push(format!(
+                "free plus allocated is {total}, the pool holds {}",
+                self.pool_size()
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A handle for the client `name`: its allocations are released when it is dropped, unless
+    /// [`Options::release_on_drop`] is off or [`Client::detach`] is called (Erlang's links). One
+    /// open handle per name.
+    pub fn client(&self, name: &str) -> Result<Client, FreqError> {
+        check_name(name)?;
+        if !self.inner.clients.lock().insert(name.to_string()) {
+            return Err(FreqError::ClientInUse(name.to_string()));
+        }
+        Ok(Client {
+            name: name.to_string(),
+            alloc: self.clone(),
+            release_on_drop: self.inner.options.release_on_drop,
+        })
+    }
+
+    /// Injects a fault into a shard (for tests of supervision and recovery). The call itself
+    /// returns the shard's failure.
+    pub fn inject_fault(&self, shard: usize, fault: Fault) -> Result<(), FreqError> {
+        self.call(shard, ShardCall::Inject(fault)).map(|_| ())
+    }
+
+    /// How many times shard `shard` has been started (1, then 2 after its first restart...).
+    pub fn shard_generation(&self, shard: usize) -> u64 {
+        self.inner.shards.get(shard).map_or(0, Server::generation)
+    }
+
+    /// Waits until shard `shard` has been started `generation` times, up to `timeout`: how tests
+    /// see a restart happen without sleeping.
+    pub fn wait_for_shard_generation(
+        &self,
+        shard: usize,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<u64, FreqError> {
+        let server = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
+        server
+            .wait_for_generation(generation, timeout)
+            .map_err(|e| shard_error(shard, e))
+    }
+
+    /// Per shard: allocations loaded from disk at its last start, and how long that open took.
+    pub fn recovery(&self) -> Vec<(u64, Duration)> {
+        self.inner
+            .shared
+            .iter()
+            .map(|s| (s.recovered(), s.open_time()))
+            .collect()
+    }
+
+    /// Stops the shards (each flushes what it holds) and the supervisor. Other clones then get
+    /// `Stopped` or a shard error.
+    pub fn stop(&self) {
+        if let Some(sup) = self.inner.supervisor.lock().take() {
+            sup.stop();
+        }
+    }
+}
+
+/// A named client: the course's client process. Dropping it releases what it holds unless it is
+/// detached or the allocator's `release_on_drop` is off.
+pub struct Client {
+    name: String,
+    alloc: Allocator,
+    release_on_drop: bool,
+}
+
+impl Client {
+    /// The client's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Allocates a frequency.
+    pub fn allocate(&self) -> Result<u64, FreqError> {
+        self.alloc.allocate(&self.name)
+    }
+
+    /// Allocates a frequency with a lease.
+    pub fn allocate_with_lease(&self, lease: Duration) -> Result<u64, FreqError> {
+        self.alloc.allocate_with_lease(&self.name, lease)
+    }
+
+    /// Frees a frequency this client holds.
+    pub fn deallocate(&self, freq: u64) -> Result<(), FreqError> {
+        self.alloc.deallocate(freq, &self.name)
+    }
+
+    /// What this client holds.
+    pub fn held(&self) -> Result<Vec<u64>, FreqError> {
+        self.alloc.held_by(&self.name)
+    }
+
+    /// Frees everything this client holds.
+    pub fn release_all(&self) -> Result<Vec<u64>, FreqError> {
+        self.alloc.release_all(&self.name)
+    }
+
+    /// Drops the handle without releasing what it holds (unlinks).
+    pub fn detach(mut self) {
+        self.release_on_drop = false;
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if self.release_on_drop {
+            // Nobody to report to from a destructor; a failure leaves the frequencies held, and
+            // leases or `release_all` reclaim them.
+            let _ = self.alloc.release_all(&self.name);
+        }
+        self.alloc.inner.clients.lock().remove(&self.name);
+    }
+}
+
+fn check_name(name: &str) -> Result<(), FreqError> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(FreqError::BadClientName(name.to_string()));
+    }
+    Ok(())
+}
+
+fn shard_error(shard: usize, e: OtpError) -> FreqError {
+    FreqError::ShardFailed {
+        shard,
+        reason: e.to_string(),
+    }
+}
+
+fn start_error(e: OtpError) -> FreqError {
+    FreqError::ShardFailed {
+        shard: usize::MAX,
+        reason: format!("could not start the shards: {e}"),
+    }
+}
+
+fn unexpected(shard: usize, reply: &ShardReply) -> FreqError {
+    FreqError::ShardFailed {
+        shard,
+        reason: format!("unexpected reply {reply:?}"),
+    }
+}

@@ -1,0 +1,217 @@
+//! Router strategies: pure functions from the shards' loads to a shard.
+//!
+//! The router is not a process. Every caller decides in its own thread from counts the shards
+//! publish (atomics any thread may read), so no single thread sits on every request — the
+//! bottleneck the course warns of. A strategy only *proposes* a shard; the allocator falls through
+//! to the others when the proposed one turns out to be empty (see [`fallback_order`]).
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::FreqError;
+
+/// How the front end picks a shard for an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Strategy {
+    /// Alternate between shards: the course's first option.
+    RoundRobin,
+    /// The shard with the most free frequencies: the course's "larger number". Ties go to the
+    /// shard after the one picked last (round robin among the tied), so two equal shards
+    /// alternate rather than one taking every tie.
+    MostFree,
+    /// Two shards drawn at random; the one with more free frequencies wins (ties: the first
+    /// drawn). Near `MostFree`'s balance at a fraction of the reads on many shards.
+    PowerOfTwoChoices,
+    /// A shard chosen by hashing the client's name: a client keeps to one shard (affinity) while
+    /// it has free frequencies.
+    Hash,
+}
+
+impl Strategy {
+    /// Every strategy, for benchmarks and tests.
+    pub const ALL: [Strategy; 4] = [
+        Strategy::RoundRobin,
+        Strategy::MostFree,
+        Strategy::PowerOfTwoChoices,
+        Strategy::Hash,
+    ];
+
+    /// The CLI name: `round-robin`, `most-free`, `p2c`, `hash`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round-robin",
+            Strategy::MostFree => "most-free",
+            Strategy::PowerOfTwoChoices => "p2c",
+            Strategy::Hash => "hash",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = FreqError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "round-robin" | "rr" | "alternate" => Ok(Strategy::RoundRobin),
+            "most-free" => Ok(Strategy::MostFree),
+            "p2c" | "power-of-two" | "power-of-two-choices" => Ok(Strategy::PowerOfTwoChoices),
+            "hash" => Ok(Strategy::Hash),
+            other => Err(FreqError::BadStrategy(other.to_string())),
+        }
+    }
+}
+
+/// What a strategy may look at when it picks: everything is a plain value, so tests can drive
+/// every decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Pick<'a> {
+    /// Free frequencies per shard, as last published.
+    pub free: &'a [u64],
+    /// A counter the caller increments once per allocation (shared by all callers).
+    pub ticket: u64,
+    /// A random number (for `PowerOfTwoChoices`).
+    pub random: u64,
+    /// The client's name (for `Hash`).
+    pub client: &'a str,
+}
+
+/// The shard `strategy` proposes, or `None` when there are no shards.
+pub fn choose(strategy: Strategy, pick: Pick<'_>) -> Option<usize> {
+    let n = pick.free.len();
+    if n == 0 {
+        return None;
+    }
+    let start = (pick.ticket % n as u64) as usize;
+    Some(match strategy {
+        Strategy::RoundRobin => start,
+        Strategy::MostFree => {
+            // Scan from `start` so ties rotate; strict `>` keeps the first maximum seen.
+            let mut best = start;
+            for k in 1..n {
+                let i = (start + k) % n;
+                if pick.free[i] > pick.free[best] {
+                    best = i;
+                }
+            }
+            best
+        }
+        Strategy::PowerOfTwoChoices => {
+            let a = (pick.random % n as u64) as usize;
+            let b = ((pick.random >> 32) % n as u64) as usize;
+            if pick.free[b] > pick.free[a] {
+                b
+            } else {
+                a
+            }
+        }
+        Strategy::Hash => (hash_name(pick.client) % n as u64) as usize,
+    })
+}
+
+/// The order in which to try shards when the proposed one is empty: the proposed shard, then
+/// the others by most free first (ties by index). An allocation fails with `NoFrequency` only
+/// after every shard in this order has said it has none.
+pub fn fallback_order(proposed: usize, free: &[u64]) -> Vec<usize> {
+    let mut rest: Vec<usize> = (0..free.len()).filter(|&i| i != proposed).collect();
+    rest.sort_by_key(|&i| (std::cmp::Reverse(free[i]), i));
+    let mut order = Vec::with_capacity(free.len());
+    if proposed < free.len() {
+        order.push(proposed);
+    }
+    order.extend(rest);
+    order
+}
+
+/// A stable hash of a client name (FxHash: fast, and the same in every process and run, which
+/// the client affinity needs).
+pub fn hash_name(name: &str) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    name.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pick<'a>(free: &'a [u64], ticket: u64) -> Pick<'a> {
+        Pick {
+            free,
+            ticket,
+            random: 0,
+            client: "c",
+        }
+    }
+
+    #[test]
+    fn round_robin_alternates() {
+        let free = [6, 6];
+        let picks: Vec<_> = (0..4)
+            .map(|t| choose(Strategy::RoundRobin, pick(&free, t)).unwrap())
+            .collect();
+        assert_eq!(picks, vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn most_free_takes_the_larger_and_rotates_ties() {
+        assert_eq!(choose(Strategy::MostFree, pick(&[2, 5], 0)), Some(1));
+        assert_eq!(choose(Strategy::MostFree, pick(&[5, 2], 1)), Some(0));
+        assert_eq!(choose(Strategy::MostFree, pick(&[4, 4], 0)), Some(0));
+        assert_eq!(choose(Strategy::MostFree, pick(&[4, 4], 1)), Some(1));
+        assert_eq!(choose(Strategy::MostFree, pick(&[4, 4, 1], 2)), Some(0));
+    }
+
+    #[test]
+    fn p2c_prefers_the_freer_of_two() {
+        let free = [1, 9, 3];
+        let p = Pick {
+            free: &free,
+            ticket: 0,
+            random: 1u64 << 32,
+            client: "c",
+        };
+        assert_eq!(choose(Strategy::PowerOfTwoChoices, p), Some(1));
+        let p = Pick { random: 2, ..p };
+        assert_eq!(choose(Strategy::PowerOfTwoChoices, p), Some(2));
+    }
+
+    #[test]
+    fn hash_is_sticky_per_client() {
+        let free = [3, 3, 3, 3];
+        let a = |t| {
+            choose(
+                Strategy::Hash,
+                Pick {
+                    client: "radio-7",
+                    ..pick(&free, t)
+                },
+            )
+        };
+        assert_eq!(a(0), a(17));
+        assert_eq!(hash_name("radio-7"), hash_name("radio-7"));
+    }
+
+    #[test]
+    fn no_shards_no_choice_and_fallback_covers_all() {
+        assert_eq!(choose(Strategy::MostFree, pick(&[], 0)), None);
+        assert_eq!(fallback_order(1, &[0, 0, 7, 3]), vec![1, 2, 3, 0]);
+        assert_eq!(fallback_order(0, &[5]), vec![0]);
+    }
+
+    #[test]
+    fn strategy_names_parse() {
+        for s in Strategy::ALL {
+            assert_eq!(s.name().parse::<Strategy>().unwrap(), s);
+        }
+        assert!("fastest".parse::<Strategy>().is_err());
+    }
+}

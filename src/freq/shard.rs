@@ -1,0 +1,394 @@
+//! A shard: one [`Pool`] run by a generic server on its own thread (`freq-shard-N`), its state in
+//! in-memory tables and its allocations mirrored to a disk table.
+//!
+//! Architecture Invariant: a shard's tables are written only by its own thread. Other threads
+//! read them through [`ShardShared`] (counts for routing, table readers for status), never by
+//! messaging the shard.
+//!
+//! ## Group commit
+//! In [`Durability::Sync`] a shard handles every request waiting in its mailbox, collecting the
+//! changes in one batch and keeping each caller's reply handle. When the mailbox is momentarily
+//! empty (`handle_drained`) it writes the batch to disk atomically, flushes once, and only then
+//! replies to everyone. Many clients share one `fsync`; none is acknowledged before its change is
+//! on disk. In `Interval` the replies go out at once and the batch is written at the drain, flushed
+//! by the disk table's background timer. In `None` nothing is written.
+//!
+//! ## Restarts
+//! A shard that panics or fails a disk write exits; its supervisor starts a new instance, whose
+//! `init` reopens the disk table and rebuilds the pool from the allocations on disk. What was
+//! applied in memory but not yet on disk is dropped with the old instance, and the callers waiting
+//! for it get an error, so no one was told of a change that is gone.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+
+use super::clock::Clock;
+use super::error::FreqError;
+use super::layout::FreqRange;
+use super::pool::{Allocation, Change, Load, Pool, PoolReaders};
+use super::store::Durability;
+use crate::dets::{self, BatchOp, DiskTable, OpenOptions};
+use crate::otp::{Context, GenServer, ReplyTo};
+use crate::table::{ReadTable, TableType};
+
+/// The schema version of a shard's disk table (bump when [`Allocation`] changes shape).
+pub const DISK_VERSION: u32 = 1;
+
+/// What outlives a shard's instances: the counts the router reads and the readers of the current
+/// instance's tables.
+pub struct ShardShared {
+    index: usize,
+    load: Arc<Load>,
+    readers: RwLock<Option<PoolReaders>>,
+    recovered: AtomicU64,
+    open_micros: AtomicU64,
+}
+
+impl ShardShared {
+    pub(crate) fn new(index: usize) -> Arc<Self> {
+        Arc::new(ShardShared {
+            index,
+            load: Arc::new(Load::default()),
+            readers: RwLock::new(None),
+            recovered: AtomicU64::new(0),
+            open_micros: AtomicU64::new(0),
+        })
+    }
+
+    /// The shard's index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The shard's published counts.
+    pub fn load(&self) -> &Load {
+        &self.load
+    }
+
+    /// Readers of the current instance's tables (`None` before the first start).
+    pub fn readers(&self) -> Option<PoolReaders> {
+        self.readers.read().clone()
+    }
+
+    /// How many allocations the current instance loaded from disk when it started.
+    pub fn recovered(&self) -> u64 {
+        self.recovered.load(Ordering::Relaxed)
+    }
+
+    /// How long the current instance took to open its disk table and rebuild its tables.
+    pub fn open_time(&self) -> Duration {
+        Duration::from_micros(self.open_micros.load(Ordering::Relaxed))
+    }
+}
+
+/// What a shard is started with (again on every restart).
+#[derive(Clone)]
+pub(crate) struct ShardArgs {
+    pub ranges: Vec<FreqRange>,
+    pub dir: Option<PathBuf>,
+    pub durability: Durability,
+    pub limit: Option<usize>,
+    pub clock: Arc<dyn Clock>,
+    pub shared: Arc<ShardShared>,
+    /// The disk table opened by the allocator before the first start, so that opening errors
+    /// (locked, wrong schema, corrupt) reach the caller typed; restarts open it themselves.
+    pub preopened: Arc<parking_lot::Mutex<Option<DiskTable<u64, Allocation>>>>,
+}
+
+/// Opens shard `dir`'s disk table as `durability` asks (`None` for in-memory shards).
+pub(crate) fn open_disk(
+    dir: Option<&std::path::Path>,
+    durability: Durability,
+) -> Result<Option<DiskTable<u64, Allocation>>, FreqError> {
+    let (dir, disk_durability) = match (dir, durability) {
+        (Some(dir), Durability::Sync) => (dir, dets::Durability::Manual),
+        (Some(dir), Durability::Interval(d)) => (dir, dets::Durability::Interval(d)),
+        _ => return Ok(None),
+    };
+    let opts = OpenOptions::new(TableType::Set)
+        .durability(disk_durability)
+        .version(DISK_VERSION);
+    Ok(Some(DiskTable::open(dir, opts)?))
+}
+
+/// A fault to inject into a shard, for tests of supervision and recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The shard panics while handling the request; its supervisor restarts it.
+    Panic,
+}
+
+/// Requests a shard serves.
+#[derive(Debug)]
+pub(crate) enum ShardCall {
+    Allocate {
+        owner: String,
+        lease_ms: Option<u64>,
+    },
+    Deallocate {
+        freq: u64,
+        owner: String,
+    },
+    ReleaseAll {
+        owner: String,
+    },
+    Reap,
+    Check,
+    Inject(Fault),
+}
+
+/// Successful replies.
+#[derive(Debug)]
+pub(crate) enum ShardReply {
+    Allocated(u64),
+    Deallocated,
+    Released(Vec<u64>),
+    Reaped(Vec<(u64, String)>),
+    Checked(Vec<String>),
+}
+
+pub(crate) type ShardResult = Result<ShardReply, FreqError>;
+
+/// Timer input.
+#[derive(Debug)]
+pub(crate) enum ShardInfo {
+    LeaseTick,
+}
+
+pub(crate) struct Shard {
+    index: usize,
+    pool: Pool,
+    disk: Option<DiskTable<u64, Allocation>>,
+    durability: Durability,
+    clock: Arc<dyn Clock>,
+    /// Changes applied in memory and not yet written to disk.
+    batch: Vec<BatchOp<u64, Allocation>>,
+    /// Replies held back until the batch is on disk (Sync only).
+    pending: Vec<(ReplyTo<ShardResult>, ShardResult)>,
+    /// When the lease timer we last set will fire (ms since the epoch).
+    lease_timer_at: Option<u64>,
+}
+
+impl Shard {
+    fn record(&mut self, change: Change) {
+        if self.disk.is_none() {
+            return;
+        }
+        self.batch.push(match change {
+            Change::Allocated(f, a) => BatchOp::Insert(f, a),
+            Change::Released(f) => BatchOp::Delete(f),
+        });
+    }
+
+    fn respond(&mut self, from: ReplyTo<ShardResult>, result: ShardResult) {
+        // In Sync every reply waits for the flush of everything handled before it, so no client
+        // learns of a change (even through an error such as NotOwner) that is not yet durable.
+        if self.durability == Durability::Sync
+            && (!self.batch.is_empty() || !self.pending.is_empty())
+        {
+            self.pending.push((from, result));
+        } else {
+            from.reply(result);
+        }
+    }
+
+    /// Writes the batch (atomically) and, in Sync, flushes it.
+    fn flush(&mut self) -> Result<(), FreqError> {
+        if let Some(disk) = self.disk.as_mut() {
+            if !self.batch.is_empty() {
+                disk.apply_batch(self.batch.drain(..))?;
+                if self.durability == Durability::Sync {
+                    disk.sync()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn schedule_lease_timer(&mut self, ctx: &mut Context<Self>) {
+        let Some(next) = self.pool.next_expiry() else {
+            return;
+        };
+        if self.lease_timer_at.is_some_and(|t| t <= next) {
+            return;
+        }
+        let delay = next.saturating_sub(self.clock.now_ms());
+        ctx.send_after(Duration::from_millis(delay), ShardInfo::LeaseTick);
+        self.lease_timer_at = Some(next);
+    }
+
+    fn reap(&mut self) -> Result<Vec<(u64, String)>, FreqError> {
+        let reaped = self.pool.reap_expired(self.clock.now_ms())?;
+        for (f, _) in &reaped {
+            self.record(Change::Released(*f));
+        }
+        Ok(reaped)
+    }
+
+    fn check(&mut self) -> Result<Vec<String>, FreqError> {
+        let i = self.index;
+        let mut out: Vec<String> = self
+            .pool
+            .check()?
+            .into_iter()
+            .map(|v| format!("shard {i}: {}", v.0))
+            .collect();
+        if let Some(disk) = &self.disk {
+            let mut on_disk = ReadTable::to_vec(disk)?;
+            on_disk.sort_by_key(|(f, _)| *f);
+            let in_memory = self.pool.allocations()?;
+            if on_disk != in_memory {
+                let disk_only = on_disk.iter().filter(|x| !in_memory.contains(x)).count();
+                let memory_only = in_memory.iter().filter(|x| !on_disk.contains(x)).count();
+                out.push(format!(
+                    "shard {i}: disk and memory disagree: {disk_only} allocation(s) only on disk, \
+                     {memory_only} only in memory"
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl GenServer for Shard {
+    type Args = ShardArgs;
+    type Call = ShardCall;
+    type Reply = ShardResult;
+    type Cast = ();
+    type Info = ShardInfo;
+    type Error = FreqError;
+
+    fn init(args: ShardArgs, ctx: &mut Context<Self>) -> Result<Self, FreqError> {
+        let started = Instant::now();
+        let shared = args.shared;
+        let preopened = args.preopened.lock().take();
+        let disk = match preopened {
+            Some(disk) => Some(disk),
+            None => open_disk(args.dir.as_deref(), args.durability)?,
+        };
+        let allocations = match &disk {
+            Some(d) => ReadTable::to_vec(d)?,
+            None => Vec::new(),
+        };
+        let recovered = allocations.len() as u64;
+        let pool = Pool::rebuild(
+            &args.ranges,
+            args.limit,
+            Arc::clone(&shared.load),
+            allocations,
+        )?;
+        *shared.readers.write() = Some(pool.readers());
+        shared.recovered.store(recovered, Ordering::Relaxed);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        shared.open_micros.store(micros, Ordering::Relaxed);
+        let mut shard = Shard {
+            index: shared.index,
+            pool,
+            disk,
+            durability: args.durability,
+            clock: args.clock,
+            batch: Vec::new(),
+            pending: Vec::new(),
+            lease_timer_at: None,
+        };
+        shard.schedule_lease_timer(ctx);
+        Ok(shard)
+    }
+
+    fn handle_call(
+        &mut self,
+        request: ShardCall,
+        from: ReplyTo<ShardResult>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), FreqError> {
+        let result = match request {
+            ShardCall::Allocate { owner, lease_ms } => {
+                let now = self.clock.now_ms();
+                match self.pool.allocate(&owner, now, lease_ms) {
+                    Ok((f, change)) => {
+                        self.record(change);
+                        if lease_ms.is_some() {
+                            self.schedule_lease_timer(ctx);
+                        }
+                        Ok(ShardReply::Allocated(f))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            ShardCall::Deallocate { freq, owner } => {
+                self.pool.deallocate(freq, &owner).map(|change| {
+                    self.record(change);
+                    ShardReply::Deallocated
+                })
+            }
+            ShardCall::ReleaseAll { owner } => self.pool.release_all(&owner).map(|changes| {
+                let mut freed = Vec::with_capacity(changes.len());
+                for change in changes {
+                    if let Change::Released(f) = change {
+                        freed.push(f);
+                    }
+                    self.record(change);
+                }
+                freed.sort_unstable();
+                ShardReply::Released(freed)
+            }),
+            ShardCall::Reap => self.reap().map(ShardReply::Reaped),
+            ShardCall::Check => {
+                // Compare disk and memory with nothing in flight.
+                self.flush()?;
+                self.check().map(ShardReply::Checked)
+            }
+            ShardCall::Inject(Fault::Panic) => {
+                panic!("fault injected into shard {}", self.index)
+            }
+        };
+        self.respond(from, result);
+        Ok(())
+    }
+
+    fn handle_info(&mut self, msg: ShardInfo, ctx: &mut Context<Self>) -> Result<(), FreqError> {
+        match msg {
+            ShardInfo::LeaseTick => {
+                self.lease_timer_at = None;
+                self.reap()?;
+                self.schedule_lease_timer(ctx);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_drained(&mut self, _ctx: &mut Context<Self>) -> Result<(), FreqError> {
+        match self.flush() {
+            Ok(()) => {
+                for (from, result) in self.pending.drain(..) {
+                    from.reply(result);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing waiting was made durable: tell every caller, then exit so the
+                // supervisor restarts the shard from what is on disk.
+                let reason = e.to_string();
+                for (from, _) in self.pending.drain(..) {
+                    from.reply(Err(FreqError::ShardFailed {
+                        shard: self.index,
+                        reason: reason.clone(),
+                    }));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn terminate(&mut self, _reason: &crate::otp::ExitReason) {
+        if let Some(disk) = self.disk.take() {
+            // Errors here have no one to go to; close() flushed what it could.
+            let _ = disk.close();
+        }
+    }
+}
