@@ -1,1 +1,623 @@
-fn main() {}
+//! `freqalloc`: the command line of the sharded frequency allocator.
+//!
+//! Every command opens the store (default `data/store`, or `--data DIR`, or `FREQALLOC_DATA`),
+//! does its work and closes it. Every error is one line on stderr and a non-zero exit.
+
+use std::fs::{File, OpenOptions as FileOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use freqalloc::freq::{
+    parse_pool, Allocator, Durability, FreqError, InitOutcome, Layout, Options, Status,
+    StoreConfig, Strategy,
+};
+
+/// A persistent, sharded allocator of frequencies (the course's frequency server, scaled up).
+#[derive(Parser)]
+#[command(name = "freqalloc", version, about, long_about = None)]
+struct Cli {
+    /// The store directory.
+    #[arg(
+        long,
+        global = true,
+        env = "FREQALLOC_DATA",
+        default_value = "data/store"
+    )]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the store (or check an existing one; --grow adds frequencies).
+    Init(InitArgs),
+    /// Allocate a frequency to a client; prints the frequency alone on stdout.
+    Allocate {
+        /// The client's name.
+        #[arg(long)]
+        client: String,
+        /// Reclaim the frequency after this many seconds.
+        #[arg(long)]
+        lease: Option<u64>,
+    },
+    /// Free a frequency the client holds.
+    Deallocate {
+        /// The frequency.
+        freq: u64,
+        /// The client's name.
+        #[arg(long)]
+        client: String,
+    },
+    /// Free every frequency a client holds; prints them.
+    Release {
+        /// The client's name.
+        #[arg(long)]
+        client: String,
+    },
+    /// Print what a client holds, one frequency a line.
+    Held {
+        /// The client's name.
+        #[arg(long)]
+        client: String,
+    },
+    /// Show shards, free ranges and allocations.
+    Status {
+        /// One JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify the store's invariants; exit 0 when consistent.
+    Check,
+    /// Run N client threads allocating and deallocating for S seconds.
+    Load(LoadArgs),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// The pool: comma-separated ranges, e.g. 10-15,20-25.
+    #[arg(long)]
+    pool: String,
+    /// Split the pool evenly over this many shards (default: one shard per listed range).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// most-free, round-robin, p2c or hash.
+    #[arg(long, default_value = "most-free")]
+    strategy: String,
+    /// sync, interval:MS or none.
+    #[arg(long, default_value = "sync")]
+    durability: String,
+    /// At most this many frequencies per client.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Allow adding frequencies to an existing store's pool.
+    #[arg(long)]
+    grow: bool,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// Client threads (named c0, c1, ...).
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// How long to run.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Frequencies each client holds at most before it deallocates.
+    #[arg(long, default_value_t = 1)]
+    hold: usize,
+    /// Print the summary as one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+    /// Append a JSON line before each call and after each reply (written unbuffered).
+    #[arg(long)]
+    history: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    // A panic is a bug, but the user still gets one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("freqalloc: internal error: {info}");
+    }));
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("freqalloc: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let dir = cli.data.as_path();
+    match cli.command {
+        Command::Init(args) => init(dir, args),
+        Command::Allocate { client, lease } => {
+            let alloc = open(dir)?;
+            let f = match lease {
+                Some(secs) => alloc.allocate_with_lease(&client, Duration::from_secs(secs)),
+                None => alloc.allocate(&client),
+            }?;
+            alloc.stop();
+            println!("{f}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deallocate { freq, client } => {
+            let alloc = open(dir)?;
+            alloc.deallocate(freq, &client)?;
+            alloc.stop();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Release { client } => {
+            let alloc = open(dir)?;
+            for f in alloc.release_all(&client)? {
+                println!("{f}");
+            }
+            alloc.stop();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Held { client } => {
+            let alloc = open(dir)?;
+            for f in alloc.held_by(&client)? {
+                println!("{f}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let alloc = open(dir)?;
+            let status = alloc.status();
+            if json {
+                println!("{}", status_json(&status));
+            } else {
+                print_status(dir, &status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => {
+            let alloc = open(dir)?;
+            let violations = alloc.check()?;
+            if violations.is_empty() {
+                let s = alloc.status();
+                println!(
+                    "consistent: {} frequencies, {} free, {} allocated, {} shards",
+                    s.pool_size,
+                    s.pool_size - s.allocations.len() as u64,
+                    s.allocations.len(),
+                    s.shards.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("freqalloc: {} violation(s):", violations.len());
+                for v in &violations {
+                    eprintln!("  {v}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Load(args) => load(dir, args),
+    }
+}
+
+fn open(dir: &Path) -> Result<Allocator> {
+    // A CLI command is not a long-lived client: what it allocates stays allocated when it exits.
+    let options = Options {
+        release_on_drop: false,
+        ..Options::default()
+    };
+    Ok(Allocator::open(dir, options)?)
+}
+
+fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
+    let ranges = parse_pool(&args.pool)?;
+    let layout = match args.shards {
+        Some(n) => Layout::split_evenly(&ranges, n)?,
+        None => Layout::one_shard_per_range(&ranges)?,
+    };
+    let config = StoreConfig {
+        layout,
+        strategy: args.strategy.parse::<Strategy>()?,
+        durability: args.durability.parse::<Durability>()?,
+        client_limit: args.limit,
+    };
+    let outcome = Allocator::init(dir, config, args.grow)?;
+    // Open once so the shards' disk tables exist and a locked or damaged store shows now.
+    let alloc = open(dir)?;
+    let c = alloc.config();
+    let what = match outcome {
+        InitOutcome::Created => "created store".to_string(),
+        InitOutcome::Existing => "store exists".to_string(),
+        InitOutcome::Grown(n) => format!("added {n} frequencies to store"),
+    };
+    println!(
+        "{what} at {}: pool {} ({} frequencies) in {} shard(s), strategy {}, durability {}{}",
+        dir.display(),
+        c.layout.pool_string(),
+        c.layout.pool_size(),
+        c.layout.shard_count(),
+        c.strategy,
+        c.durability,
+        c.client_limit
+            .map(|l| format!(", limit {l} per client"))
+            .unwrap_or_default()
+    );
+    alloc.stop();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ranges_string(ranges: &[freqalloc::freq::FreqRange]) -> String {
+    let parts: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+    parts.join(",")
+}
+
+fn print_status(dir: &Path, s: &Status) {
+    println!(
+        "store {}: {} frequencies, strategy {}, durability {}",
+        dir.display(),
+        s.pool_size,
+        s.strategy,
+        s.durability
+    );
+    println!(
+        "{:>5}  {:<24} {:>10} {:>10} {:>10} {:>8}",
+        "shard", "ranges", "free", "allocated", "recovered", "restarts"
+    );
+    for sh in &s.shards {
+        println!(
+            "{:>5}  {:<24} {:>10} {:>10} {:>10} {:>8}{}",
+            sh.shard,
+            ranges_string(&sh.ranges),
+            sh.free,
+            sh.allocated,
+            sh.recovered,
+            sh.restarts,
+            if sh.alive { "" } else { "  (down)" }
+        );
+    }
+    println!(
+        "free: {}",
+        if s.free.is_empty() {
+            "none".to_string()
+        } else {
+            ranges_string(&s.free)
+        }
+    );
+    if s.allocations.is_empty() {
+        println!("allocations: none");
+        return;
+    }
+    println!("allocations:");
+    println!(
+        "{:>12}  {:<20} {:>15} {:>15}",
+        "freq", "owner", "since_ms", "lease_until_ms"
+    );
+    for (f, a) in &s.allocations {
+        let lease = a
+            .lease_until_ms
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:>12}  {:<20} {:>15} {:>15}",
+            f, a.owner, a.since_ms, lease
+        );
+    }
+}
+
+fn status_json(s: &Status) -> Value {
+    let free: Vec<u64> = s.free.iter().flat_map(|r| r.first..=r.last).collect();
+    json!({
+        "pool_size": s.pool_size,
+        "strategy": s.strategy.name(),
+        "durability": s.durability.to_string(),
+        "free_count": s.pool_size - s.allocations.len() as u64,
+        "free": free,
+        "free_ranges": s.free.iter().map(|r| [r.first, r.last]).collect::<Vec<_>>(),
+        "allocations": s.allocations.iter().map(|(f, a)| json!({
+            "freq": f,
+            "owner": a.owner,
+            "since_ms": a.since_ms,
+            "lease_until_ms": a.lease_until_ms,
+        })).collect::<Vec<_>>(),
+        "shards": s.shards.iter().map(|sh| json!({
+            "shard": sh.shard,
+            "ranges": sh.ranges.iter().map(|r| [r.first, r.last]).collect::<Vec<_>>(),
+            "free": sh.free,
+            "allocated": sh.allocated,
+            "recovered": sh.recovered,
+            "restarts": sh.restarts,
+            "alive": sh.alive,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One history line, written with a single `write` so concurrent clients never interleave
+/// within a line and a SIGKILL keeps every line already written.
+fn history_line(
+    file: &Option<File>,
+    client: &str,
+    op: &str,
+    freq: Option<u64>,
+    phase: &str,
+    error: Option<&str>,
+) -> Result<()> {
+    if let Some(mut f) = file.as_ref() {
+        let mut line =
+            json!({"client": client, "op": op, "freq": freq, "phase": phase, "error": error})
+                .to_string();
+        line.push('\n');
+        f.write_all(line.as_bytes())
+            .context("writing the history file")?;
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct ClientStats {
+    allocations: u64,
+    deallocations: u64,
+    no_frequency: u64,
+    errors: u64,
+    latencies_ns: Vec<u64>,
+    per_shard: Vec<u64>,
+    first_error: Option<String>,
+}
+
+fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
+    if args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    if args.hold == 0 {
+        bail!("--hold must be at least 1");
+    }
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        bail!("--seconds must be a positive number");
+    }
+    let history = match &args.history {
+        Some(p) => Some(
+            FileOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening history file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let history = Arc::new(history);
+    let open_started = Instant::now();
+    let alloc = open(dir)?;
+    let open_time = open_started.elapsed();
+    let recovered: u64 = alloc.recovery().iter().map(|(n, _)| n).sum();
+    let shards = alloc.shard_count();
+    let duration = Duration::from_secs_f64(args.seconds);
+    let ops = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(args.clients + 1));
+
+    let handles: Vec<_> = (0..args.clients)
+        .map(|i| {
+            let alloc = alloc.clone();
+            let (ops, stop, barrier, history) =
+                (ops.clone(), stop.clone(), barrier.clone(), history.clone());
+            let hold = args.hold;
+            std::thread::Builder::new()
+                .name(format!("load-c{i}"))
+                .spawn(move || -> Result<ClientStats> {
+                    let name = format!("c{i}");
+                    let mut st = ClientStats {
+                        per_shard: vec![0; alloc.shard_count()],
+                        ..Default::default()
+                    };
+                    // Adopt what this client already holds from an earlier run.
+                    let mut held: std::collections::VecDeque<u64> = alloc.held_by(&name)?.into();
+                    barrier.wait();
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        if held.len() < hold {
+                            history_line(&history, &name, "allocate", None, "invoke", None)?;
+                            match alloc.allocate(&name) {
+                                Ok(f) => {
+                                    history_line(&history, &name, "allocate", Some(f), "ok", None)?;
+                                    st.allocations += 1;
+                                    if let Some(s) = alloc.config().layout.owner_of(f) {
+                                        st.per_shard[s] += 1;
+                                    }
+                                    held.push_back(f);
+                                }
+                                Err(e) => {
+                                    let msg = e.to_string();
+                                    history_line(
+                                        &history,
+                                        &name,
+                                        "allocate",
+                                        None,
+                                        "fail",
+                                        Some(&msg),
+                                    )?;
+                                    if matches!(e, FreqError::NoFrequency { .. }) {
+                                        st.no_frequency += 1;
+                                        if held.is_empty() {
+                                            // Everything is held by others: let them run.
+                                            std::thread::yield_now();
+                                        } else {
+                                            // Give one back so the storm keeps moving.
+                                            hold_down(&alloc, &name, &mut held, &history, &mut st)?;
+                                        }
+                                    } else {
+                                        st.errors += 1;
+                                        st.first_error.get_or_insert(msg);
+                                    }
+                                }
+                            }
+                        } else {
+                            hold_down(&alloc, &name, &mut held, &history, &mut st)?;
+                        }
+                        st.latencies_ns
+                            .push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                        ops.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(st)
+                })
+                .context("spawning a client thread")
+        })
+        .collect::<Result<_>>()?;
+
+    barrier.wait();
+    let started = Instant::now();
+    let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // The main thread only paints the bar; clients stop on the flag when time is up.
+    while started.elapsed() < duration {
+        std::thread::sleep(
+            Duration::from_millis(100).min(duration.saturating_sub(started.elapsed())),
+        );
+        let elapsed = started.elapsed();
+        bar.set_position(elapsed.as_millis() as u64);
+        bar.set_message(format!(
+            "{} ops, {:.0} ops/s",
+            ops.load(Ordering::Relaxed),
+            ops.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64().max(1e-9)
+        ));
+    }
+    stop.store(true, Ordering::Relaxed);
+    bar.finish_and_clear();
+
+    let mut total = ClientStats {
+        per_shard: vec![0; shards],
+        ..Default::default()
+    };
+    for h in handles {
+        let st = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        total.allocations += st.allocations;
+        total.deallocations += st.deallocations;
+        total.no_frequency += st.no_frequency;
+        total.errors += st.errors;
+        total.latencies_ns.extend(st.latencies_ns);
+        if total.first_error.is_none() {
+            total.first_error = st.first_error;
+        }
+        for (a, b) in total.per_shard.iter_mut().zip(st.per_shard) {
+            *a += b;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    alloc.stop();
+
+    total.latencies_ns.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        let v = &total.latencies_ns;
+        if v.is_empty() {
+            return 0.0;
+        }
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v[i.min(v.len() - 1)] as f64 / 1000.0
+    };
+    let operations = total.latencies_ns.len() as u64;
+    let pairs = total.allocations.min(total.deallocations);
+    let config = alloc.config();
+    let summary = json!({
+        "clients": args.clients,
+        "seconds": elapsed,
+        "hold": args.hold,
+        "shards": shards,
+        "pool_size": config.layout.pool_size(),
+        "strategy": config.strategy.name(),
+        "durability": config.durability.to_string(),
+        "operations": operations,
+        "ops_per_sec": operations as f64 / elapsed,
+        "allocations": total.allocations,
+        "deallocations": total.deallocations,
+        "pairs_per_sec": pairs as f64 / elapsed,
+        "p50_us": pct(0.50),
+        "p99_us": pct(0.99),
+        "max_us": pct(1.0),
+        "no_frequency": total.no_frequency,
+        "errors": total.errors,
+        "per_shard_allocations": total.per_shard,
+        "recovered_at_open": recovered,
+        "open_ms": open_time.as_secs_f64() * 1000.0,
+    });
+    println!(
+        "{} clients x {:.1} s on {} shard(s) ({} frequencies, {}, {}):",
+        args.clients,
+        elapsed,
+        shards,
+        config.layout.pool_size(),
+        config.strategy,
+        config.durability
+    );
+    println!(
+        "  {} operations ({:.0}/s), {} allocate+deallocate pairs/s",
+        operations,
+        operations as f64 / elapsed,
+        (pairs as f64 / elapsed).round()
+    );
+    println!(
+        "  latency p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    println!(
+        "  no frequency: {}, other errors: {}{}",
+        total.no_frequency,
+        total.errors,
+        total
+            .first_error
+            .as_ref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+    println!("  allocations per shard: {:?}", total.per_shard);
+    println!(
+        "  recovered at open: {recovered} allocation(s) in {:.1} ms",
+        open_time.as_secs_f64() * 1000.0
+    );
+    if args.json {
+        println!("{summary}");
+    }
+    Ok(if total.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Deallocates the oldest frequency the client holds.
+fn hold_down(
+    alloc: &Allocator,
+    name: &str,
+    held: &mut std::collections::VecDeque<u64>,
+    history: &Option<File>,
+    st: &mut ClientStats,
+) -> Result<()> {
+    let Some(f) = held.pop_front() else {
+        return Ok(());
+    };
+    history_line(history, name, "deallocate", Some(f), "invoke", None)?;
+    match alloc.deallocate(f, name) {
+        Ok(()) => {
+            history_line(history, name, "deallocate", Some(f), "ok", None)?;
+            st.deallocations += 1;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            history_line(history, name, "deallocate", Some(f), "fail", Some(&msg))?;
+            st.errors += 1;
+            st.first_error.get_or_insert(msg);
+        }
+    }
+    Ok(())
+}
