@@ -275,6 +275,9 @@ impl Allocator {
             shared.push(s);
         }
         let supervisor = Supervisor::start(spec).map_err(start_error)?;
+        // Round robin continues from the allocations already held, so one-shot processes (the
+        // CLI) alternate shards as one long-lived front end would.
+        let held: u64 = shared.iter().map(|s| s.load().allocated()).sum();
         Ok(Allocator {
             inner: Arc::new(Inner {
                 dir,
@@ -283,7 +286,7 @@ impl Allocator {
                 shards,
                 shared,
                 supervisor: Mutex::new(Some(supervisor)),
-                ticket: AtomicU64::new(0),
+                ticket: AtomicU64::new(held),
                 clients: Mutex::new(HashSet::new()),
             }),
         })

@@ -16,7 +16,9 @@ use super::error::FreqError;
 /// How the front end picks a shard for an allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Strategy {
-    /// Alternate between shards: the course's first option.
+    /// Alternate between shards: the course's first option. An allocator's rotation starts at
+    /// the number of allocations held when it opens, so successive one-shot processes alternate
+    /// too.
     RoundRobin,
     /// The shard with the most free frequencies: the course's "larger number". Ties go to the
     /// shard after the one picked last (round robin among the tied), so two equal shards
