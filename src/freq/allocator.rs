@@ -15,7 +15,7 @@ use super::error::{FreqError, StoreError};
 use super::layout::{FreqRange, Layout};
 use super::pool::Allocation;
 use super::router::{choose, fallback_order, Pick, Strategy};
-use super::shard::{open_disk, Fault, Shard, ShardArgs, ShardCall, ShardReply, ShardShared};
+use super::shard::{load, Fault, Shard, ShardArgs, ShardCall, ShardReply, ShardShared};
 use super::store::{read_config, shard_dir, write_config, Durability, StoreConfig};
 use crate::otp::{self, ChildSpec, OtpError, Server, Supervisor, SupervisorSpec};
 
@@ -247,24 +247,41 @@ impl Allocator {
             .intensity(options.max_restarts, options.restart_period);
         let mut shards = Vec::with_capacity(n);
         let mut shared = Vec::with_capacity(n);
+        let mut all_args = Vec::with_capacity(n);
         for i in 0..n {
             let s = ShardShared::new(i);
-            let shard_path = dir.as_ref().map(|d| shard_dir(d, i));
-            let durability = if dir.is_some() {
-                config.durability
-            } else {
-                Durability::None
-            };
-            let preopened = open_disk(shard_path.as_deref(), durability)?;
-            let args = ShardArgs {
+            all_args.push(ShardArgs {
                 ranges: config.layout.ranges(i).to_vec(),
-                dir: shard_path,
-                durability,
+                dir: dir.as_ref().map(|d| shard_dir(d, i)),
+                durability: if dir.is_some() {
+                    config.durability
+                } else {
+                    Durability::None
+                },
                 limit: config.client_limit,
                 clock: Arc::clone(&options.clock),
                 shared: Arc::clone(&s),
-                preopened: Arc::new(Mutex::new(preopened)),
-            };
+                preloaded: Arc::new(Mutex::new(None)),
+            });
+            shared.push(s);
+        }
+        // Open and rebuild every shard at once: each is mostly its own disk and CPU work, and a
+        // store of a million allocations must reopen in under two seconds.
+        let loaded: Vec<Result<_, FreqError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = all_args.iter().map(|a| scope.spawn(|| load(a))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(FreqError::Corrupt("a shard panicked while loading".into()))
+                    })
+                })
+                .collect()
+        });
+        for (args, loaded) in all_args.iter().zip(loaded) {
+            *args.preloaded.lock() = Some(loaded?);
+        }
+        for (i, args) in all_args.into_iter().enumerate() {
             let (child, server) = ChildSpec::server::<Shard>(
                 format!("shard-{i}"),
                 format!("freq-shard-{i}"),
@@ -272,7 +289,6 @@ impl Allocator {
             );
             spec = spec.child(child);
             shards.push(server);
-            shared.push(s);
         }
         let supervisor = Supervisor::start(spec).map_err(start_error)?;
         // Round robin continues from the allocations already held, so one-shot processes (the

@@ -94,9 +94,41 @@ pub(crate) struct ShardArgs {
     pub limit: Option<usize>,
     pub clock: Arc<dyn Clock>,
     pub shared: Arc<ShardShared>,
-    /// The disk table opened by the allocator before the first start, so that opening errors
-    /// (locked, wrong schema, corrupt) reach the caller typed; restarts open it themselves.
-    pub preopened: Arc<parking_lot::Mutex<Option<DiskTable<u64, Allocation>>>>,
+    /// The state the allocator loaded before the first start (all shards in parallel, and so
+    /// that opening errors such as a locked, mismatched or corrupt store reach the caller
+    /// typed); restarts load it themselves.
+    pub preloaded: Arc<parking_lot::Mutex<Option<Loaded>>>,
+}
+
+/// A shard's state as loaded from disk: its disk table (if durable) and its rebuilt pool.
+pub(crate) struct Loaded {
+    disk: Option<DiskTable<u64, Allocation>>,
+    pool: Pool,
+    recovered: u64,
+    took: Duration,
+}
+
+/// Opens shard `args`' disk table and rebuilds its pool from the allocations on it.
+pub(crate) fn load(args: &ShardArgs) -> Result<Loaded, FreqError> {
+    let started = Instant::now();
+    let disk = open_disk(args.dir.as_deref(), args.durability)?;
+    let allocations = match &disk {
+        Some(d) => ReadTable::to_vec(d)?,
+        None => Vec::new(),
+    };
+    let recovered = allocations.len() as u64;
+    let pool = Pool::rebuild(
+        &args.ranges,
+        args.limit,
+        Arc::clone(&args.shared.load),
+        allocations,
+    )?;
+    Ok(Loaded {
+        disk,
+        pool,
+        recovered,
+        took: started.elapsed(),
+    })
 }
 
 /// Opens shard `dir`'s disk table as `durability` asks (`None` for in-memory shards).
@@ -264,27 +296,20 @@ impl GenServer for Shard {
     type Error = FreqError;
 
     fn init(args: ShardArgs, ctx: &mut Context<Self>) -> Result<Self, FreqError> {
-        let started = Instant::now();
+        let preloaded = args.preloaded.lock().take();
+        let Loaded {
+            disk,
+            pool,
+            recovered,
+            took,
+        } = match preloaded {
+            Some(loaded) => loaded,
+            None => load(&args)?,
+        };
         let shared = args.shared;
-        let preopened = args.preopened.lock().take();
-        let disk = match preopened {
-            Some(disk) => Some(disk),
-            None => open_disk(args.dir.as_deref(), args.durability)?,
-        };
-        let allocations = match &disk {
-            Some(d) => ReadTable::to_vec(d)?,
-            None => Vec::new(),
-        };
-        let recovered = allocations.len() as u64;
-        let pool = Pool::rebuild(
-            &args.ranges,
-            args.limit,
-            Arc::clone(&shared.load),
-            allocations,
-        )?;
         *shared.readers.write() = Some(pool.readers());
         shared.recovered.store(recovered, Ordering::Relaxed);
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         shared.open_micros.store(micros, Ordering::Relaxed);
         let mut shard = Shard {
             index: shared.index,
