@@ -26,3 +26,8 @@ pub mod otp;
 pub mod table;
 
 pub use table::{Counter, ReadTable, TableInfo, TableType, WriteTable};
+
+/// The README's Rust examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
