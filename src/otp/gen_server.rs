@@ -346,8 +346,18 @@ fn fail_init<S: GenServer>(
     let _ = started.send(Err(OtpError::InitFailed(reason)));
 }
 
-fn callback_error<E: std::fmt::Display>(r: Result<(), E>) -> Option<ExitReason> {
-    r.err().map(|e| ExitReason::Error(e.to_string()))
+/// The exit reason a callback result calls for, after settling the reply handles the callback
+/// dropped unanswered.
+fn settle<S: GenServer>(
+    r: Result<(), S::Error>,
+    ctx: &Context<S>,
+    shared: &InstanceShared,
+) -> Option<ExitReason> {
+    let err = r.err().map(|e| ExitReason::Error(e.to_string()));
+    if shared.has_dropped.load(Ordering::Relaxed) {
+        shared.settle_dropped(err.is_some() || ctx.stop.is_some());
+    }
+    err
 }
 
 fn run_loop<S: GenServer>(
@@ -362,12 +372,12 @@ fn run_loop<S: GenServer>(
             return LoopExit::Killed;
         }
         if let Some(reason) = ctx.stop.take() {
-            return orderly_stop(state, ctx, dirty, reason);
+            return orderly_stop(state, ctx, shared, dirty, reason);
         }
         if !ctx.timers.is_empty() {
             if let Some(info) = ctx.timers.pop_due(Instant::now()) {
                 dirty = true;
-                if let Some(r) = callback_error(state.handle_info(info, ctx)) {
+                if let Some(r) = settle(state.handle_info(info, ctx), ctx, shared) {
                     return LoopExit::Stop(r);
                 }
                 continue;
@@ -378,7 +388,7 @@ fn run_loop<S: GenServer>(
             Err(TryRecvError::Empty) => {
                 if dirty {
                     dirty = false;
-                    if let Some(r) = callback_error(state.handle_drained(ctx)) {
+                    if let Some(r) = settle(state.handle_drained(ctx), ctx, shared) {
                         return LoopExit::Stop(r);
                     }
                     continue;
@@ -391,6 +401,9 @@ fn run_loop<S: GenServer>(
             // The context holds a sender, so this cannot happen; treat it as a normal stop.
             Err(TryRecvError::Disconnected) => return LoopExit::Stop(ExitReason::Normal),
         };
+        if shared.killed.load(Ordering::Relaxed) {
+            return LoopExit::Killed;
+        }
         dirty = true;
         let result = match msg {
             Msg::Call(req, from) => state.handle_call(req, from, ctx),
@@ -400,9 +413,9 @@ fn run_loop<S: GenServer>(
                 ctx.timers.push(e);
                 Ok(())
             }
-            Msg::Stop(reason) => return orderly_stop(state, ctx, dirty, reason),
+            Msg::Stop(reason) => return orderly_stop(state, ctx, shared, dirty, reason),
         };
-        if let Some(r) = callback_error(result) {
+        if let Some(r) = settle(result, ctx, shared) {
             return LoopExit::Stop(r);
         }
     }
@@ -411,12 +424,15 @@ fn run_loop<S: GenServer>(
 fn orderly_stop<S: GenServer>(
     state: &mut S,
     ctx: &mut Context<S>,
+    shared: &InstanceShared,
     dirty: bool,
     reason: ExitReason,
 ) -> LoopExit {
     if dirty {
-        if let Some(r) = callback_error(state.handle_drained(ctx)) {
-            return LoopExit::Stop(r);
+        let r = state.handle_drained(ctx);
+        shared.settle_dropped(true); // we are exiting whatever the result
+        if let Err(e) = r {
+            return LoopExit::Stop(ExitReason::Error(e.to_string()));
         }
     }
     LoopExit::Stop(reason)

@@ -33,6 +33,11 @@ pub(crate) struct InstanceShared {
     pub(crate) dying: AtomicBool,
     /// Set by a brutal kill: the loop exits before its next message.
     pub(crate) killed: AtomicBool,
+    /// Set when a reply handle was dropped unanswered on the server's own thread during the
+    /// current callback: whether that is "reply dropped" or "exited" depends on how the
+    /// callback ends, so the loop settles it afterwards ([`InstanceShared::settle_dropped`]).
+    pub(crate) has_dropped: AtomicBool,
+    dropped: Mutex<Vec<Arc<dyn Orphan>>>,
     exit: Mutex<ExitState>,
     cond: Condvar,
 }
@@ -49,6 +54,8 @@ impl InstanceShared {
             thread: OnceLock::new(),
             dying: AtomicBool::new(false),
             killed: AtomicBool::new(false),
+            has_dropped: AtomicBool::new(false),
+            dropped: Mutex::new(Vec::new()),
             exit: Mutex::new(ExitState::default()),
             cond: Condvar::new(),
         }
@@ -68,6 +75,21 @@ impl InstanceShared {
                 cell.fail(OtpError::Exited(r));
             }
             None => st.orphans.push(cell),
+        }
+    }
+
+    /// Settles the reply handles dropped unanswered during the callback that just ended: if the
+    /// server is now exiting (the callback returned `Err` or asked to stop) their callers get the
+    /// exit reason, otherwise [`OtpError::ReplyDropped`].
+    pub(crate) fn settle_dropped(&self, exiting: bool) {
+        self.has_dropped.store(false, Ordering::Relaxed);
+        let cells = std::mem::take(&mut *self.dropped.lock());
+        for cell in cells {
+            if exiting {
+                self.orphan(cell);
+            } else {
+                cell.fail(OtpError::ReplyDropped);
+            }
         }
     }
 
@@ -230,10 +252,16 @@ impl<R: Send + 'static> std::fmt::Debug for ReplyTo<R> {
 impl<R: Send + 'static> Drop for ReplyTo<R> {
     fn drop(&mut self) {
         if let Some(cell) = self.cell.take() {
-            let dying = self.inst.dying.load(Ordering::Acquire)
-                || (thread::panicking() && self.inst.on_own_thread());
-            if dying {
-                self.inst.orphan(cell);
+            let inst = &self.inst;
+            if inst.dying.load(Ordering::Acquire) {
+                inst.orphan(cell);
+            } else if inst.on_own_thread() {
+                if thread::panicking() {
+                    inst.orphan(cell);
+                } else {
+                    inst.dropped.lock().push(cell);
+                    inst.has_dropped.store(true, Ordering::Relaxed);
+                }
             } else {
                 cell.put(Err(OtpError::ReplyDropped));
             }
