@@ -268,3 +268,67 @@ impl<R: Send + 'static> Drop for ReplyTo<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Arc<ReplyCell<u32>>, ReplyTo<u32>, Arc<InstanceShared>) {
+        let cell = Arc::new(ReplyCell::new());
+        let inst = Arc::new(InstanceShared::new());
+        let to = ReplyTo::new(cell.clone(), inst.clone());
+        (cell, to, inst)
+    }
+
+    #[test]
+    fn reply_from_another_thread_is_received() {
+        let (cell, to, _inst) = pair();
+        let t = thread::spawn(move || to.reply(7));
+        assert_eq!(cell.wait(Duration::from_secs(10)).unwrap(), 7);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn dropped_on_a_foreign_thread_is_reply_dropped() {
+        let (cell, to, _inst) = pair();
+        thread::spawn(move || drop(to)).join().unwrap();
+        assert!(matches!(
+            cell.wait(Duration::from_secs(10)),
+            Err(OtpError::ReplyDropped)
+        ));
+    }
+
+    #[test]
+    fn dropped_while_dying_waits_for_the_exit_reason() {
+        let (cell, to, inst) = pair();
+        inst.dying.store(true, Ordering::Release);
+        drop(to);
+        assert!(matches!(cell.wait(Duration::ZERO), Err(OtpError::Timeout)));
+        // A fresh cell: the first one was abandoned by its timeout.
+        let (cell, to, inst) = pair();
+        inst.dying.store(true, Ordering::Release);
+        drop(to);
+        inst.finish(ExitReason::Killed);
+        assert!(matches!(
+            cell.wait(Duration::from_secs(10)),
+            Err(OtpError::Exited(ExitReason::Killed))
+        ));
+    }
+
+    #[test]
+    fn late_reply_after_timeout_is_discarded() {
+        let (cell, to, _inst) = pair();
+        assert!(matches!(cell.wait(Duration::ZERO), Err(OtpError::Timeout)));
+        to.reply(1);
+        assert!(cell.take().is_none());
+    }
+
+    #[test]
+    fn wait_exit_times_out_then_sees_the_reason() {
+        let inst = InstanceShared::new();
+        assert!(!inst.wait_exit(Some(Duration::from_millis(1))));
+        inst.finish(ExitReason::Normal);
+        assert!(inst.wait_exit(None));
+        assert_eq!(inst.exit_reason(), Some(ExitReason::Normal));
+    }
+}

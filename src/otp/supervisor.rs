@@ -841,3 +841,41 @@ fn supervisor_thread(
         f(&reason);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(intensity: u32, period: Duration, clock: Arc<ManualClock>) -> State {
+        let (tx, _rx) = mpsc::channel();
+        State {
+            strategy: Strategy::OneForOne,
+            intensity,
+            period,
+            clock,
+            children: Vec::new(),
+            restarts: VecDeque::new(),
+            tx,
+            events: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn intensity_window_slides_with_the_clock() {
+        let clock = Arc::new(ManualClock::new());
+        let mut s = state(2, Duration::from_secs(5), clock.clone());
+        assert!(s.record_restart().is_ok());
+        assert!(s.record_restart().is_ok());
+        clock.advance(Duration::from_secs(6));
+        // The two old restarts left the window.
+        assert!(s.record_restart().is_ok());
+        assert!(s.record_restart().is_ok());
+        assert!(s.record_restart().is_err());
+    }
+
+    #[test]
+    fn zero_intensity_allows_no_restart() {
+        let mut s = state(0, Duration::from_secs(5), Arc::new(ManualClock::new()));
+        assert!(s.record_restart().is_err());
+    }
+}
