@@ -63,7 +63,9 @@ fn calls(c: &mut Criterion) {
                     }
                 });
                 // Time per call, counting all callers' calls.
-                start.elapsed().mul_f64(iters as f64 / (per * callers) as f64)
+                start
+                    .elapsed()
+                    .mul_f64(iters as f64 / (per * callers) as f64)
             })
         });
     }

@@ -1146,3 +1146,44 @@ fn dynamic_children() {
         ]),
     );
 }
+
+#[test]
+fn simple_one_for_one_style_start_with_args() {
+    let (log_tx, log) = mpsc::channel();
+    let sup =
+        Supervisor::start(SupervisorSpec::new(Strategy::OneForOne).name("test-sofo")).unwrap();
+    let w1 = sup
+        .start_server_child::<Worker>(
+            "w1",
+            "test-sofo-1",
+            WArgs::new("w1", &log_tx),
+            Restart::Transient,
+        )
+        .unwrap();
+    let w2 = sup
+        .start_server_child::<Worker>(
+            "w2",
+            "test-sofo-2",
+            WArgs::new("w2", &log_tx),
+            Restart::Temporary,
+        )
+        .unwrap();
+    expect_log(&log, &strs(&["start:w1", "start:w2"]));
+    assert_eq!(w1.call(Call::Add(1)).unwrap(), 1);
+    w1.cast(Cast::Fail(Fail::Panic)).unwrap();
+    w1.wait_for_generation(2, WAIT).unwrap();
+    w2.cast(Cast::Fail(Fail::Panic)).unwrap();
+    expect_log(&log, &strs(&["drop:w1", "start:w1", "drop:w2"]));
+    assert!(wait_until(WAIT, || sup.which_children().unwrap().len() == 1));
+}
+
+#[test]
+fn handles_are_send_sync_clone() {
+    fn check<T: Send + Sync + Clone>() {}
+    fn send<T: Send>() {}
+    check::<Server<Worker>>();
+    send::<ReplyTo<u64>>();
+    send::<Supervisor>();
+    fn sync<T: Sync>() {}
+    sync::<Supervisor>();
+}

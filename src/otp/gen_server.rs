@@ -13,16 +13,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::error::{ExitReason, OtpError};
-use super::reply::{InstanceShared, ReplyCell, ReplyTo};
+use super::reply::{Backoff, InstanceShared, ReplyCell, ReplyTo};
 use super::timer::{TimerEntry, TimerQueue, TimerRef};
 
 /// The default call timeout, as in OTP: 5 seconds.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How many times an idle server polls its mailbox before it parks. Measured in
-/// `benches/otp.rs`: a few µs of polling keeps a busy caller's next request from paying the
-/// ~1 µs wake-up of a parked thread.
-const SERVER_SPIN: u32 = 512;
 
 /// A generic server: the implementing type is the server's state.
 ///
@@ -440,10 +435,11 @@ fn orderly_stop<S: GenServer>(
 
 /// Spins briefly, then blocks until a message or the next timer deadline (`None`).
 fn wait_for_message<S: GenServer>(rx: &Receiver<Msg<S>>, ctx: &Context<S>) -> Option<Msg<S>> {
-    for _ in 0..SERVER_SPIN {
+    let mut backoff = Backoff::new();
+    while !backoff.is_completed() {
         match rx.try_recv() {
             Ok(m) => return Some(m),
-            Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            Err(TryRecvError::Empty) => backoff.snooze(),
             Err(TryRecvError::Disconnected) => return Some(Msg::Stop(ExitReason::Normal)),
         }
     }

@@ -14,10 +14,44 @@ use parking_lot::{Condvar, Mutex};
 
 use super::error::{ExitReason, OtpError};
 
-/// How many spin iterations a caller waits for a reply before parking. Measured in
-/// `benches/otp.rs`: with both sides busy this saves the park/unpark round trip (~1 µs each
-/// way) on most calls; longer spins only burn the core the server needs on a 2-core machine.
-const CALLER_SPIN: u32 = 256;
+/// Exponential backoff before parking (crossbeam's `Backoff::snooze` shape): spin with
+/// `2^step` pause instructions while `step <= spin_limit`, then yield the core until
+/// `step > yield_limit`. A parked thread costs ~1 µs (more in a VM) to wake on each side of a
+/// call; spinning briefly avoids that when both sides are busy, and yielding keeps a waiting
+/// thread from starving the one it waits for when cores are oversubscribed.
+const SPIN_LIMIT: u32 = 6;
+const YIELD_LIMIT: u32 = 20;
+
+pub(crate) struct Backoff {
+    step: u32,
+    spin_limit: u32,
+    yield_limit: u32,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Backoff {
+            step: 0,
+            spin_limit: SPIN_LIMIT,
+            yield_limit: YIELD_LIMIT,
+        }
+    }
+
+    pub(crate) fn snooze(&mut self) {
+        if self.step <= self.spin_limit {
+            for _ in 0..(1u32 << self.step.min(16)) {
+                std::hint::spin_loop();
+            }
+        } else {
+            thread::yield_now();
+        }
+        self.step += 1;
+    }
+
+    pub(crate) fn is_completed(&self) -> bool {
+        self.step > self.yield_limit
+    }
+}
 
 /// Something a dead server owes an answer: a reply cell of any reply type.
 pub(crate) trait Orphan: Send + Sync {
@@ -171,11 +205,12 @@ impl<R> ReplyCell<R> {
 
     /// Waits for the reply: spin, then park until `timeout`.
     pub(crate) fn wait(&self, timeout: Duration) -> Result<R, OtpError> {
-        for _ in 0..CALLER_SPIN {
+        let mut backoff = Backoff::new();
+        while !backoff.is_completed() {
             if self.ready.load(Ordering::Acquire) {
                 return self.take().unwrap_or(Err(OtpError::ReplyDropped));
             }
-            std::hint::spin_loop();
+            backoff.snooze();
         }
         let deadline = Instant::now().checked_add(timeout);
         loop {

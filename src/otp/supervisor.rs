@@ -480,6 +480,24 @@ impl Supervisor {
         self.request(|r| SupMsg::StartChild(child, r))
     }
 
+    /// Starts a server child from a value of its arguments (OTP's `simple_one_for_one`
+    /// `start_child(Sup, Args)`): the child is `restart`, with the default 5 s shutdown, and each
+    /// restart gets a clone of `args`. Returns the handle, which stays valid across restarts.
+    pub fn start_server_child<S: GenServer>(
+        &self,
+        id: impl Into<String>,
+        thread_name: impl Into<String>,
+        args: S::Args,
+        restart: Restart,
+    ) -> Result<Server<S>, OtpError>
+    where
+        S::Args: Clone,
+    {
+        let (spec, server) = ChildSpec::server::<S>(id, thread_name, move || args.clone());
+        self.start_child(spec.restart(restart))?;
+        Ok(server)
+    }
+
     /// Stops a child by its shutdown policy; its spec is kept (a temporary child's is dropped).
     pub fn terminate_child(&self, id: &str) -> Result<(), OtpError> {
         self.request(|r| SupMsg::TerminateChild(id.to_string(), r))
