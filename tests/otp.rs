@@ -89,6 +89,8 @@ enum Call {
     Get,
     Add(u64),
     Fail(Fail),
+    /// Drop the reply handle, then fail.
+    DropThenFail(Fail),
     /// Reply in the next `handle_drained`.
     Defer,
     /// Keep the reply handle forever (logs `held:<id>`).
@@ -180,6 +182,10 @@ impl GenServer for Worker {
             Call::Fail(kind) => {
                 // Keep the reply handle alive across the failure, as a deferred reply would be.
                 let _from = from;
+                self.fail(kind)?;
+            }
+            Call::DropThenFail(kind) => {
+                drop(from);
                 self.fail(kind)?;
             }
             Call::Defer => self.deferred.push(from),
@@ -1186,4 +1192,20 @@ fn handles_are_send_sync_clone() {
     send::<Supervisor>();
     fn sync<T: Sync>() {}
     sync::<Supervisor>();
+}
+
+/// Regression: a reply handle dropped unanswered by a callback that then panicked was parked
+/// waiting to learn whether the callback failed, and never settled: the caller hung until its
+/// timeout instead of getting the exit reason.
+#[test]
+fn reply_dropped_before_a_failure_gets_the_exit_reason() {
+    for kind in [Fail::Panic, Fail::Error] {
+        let (s, _log) = start_worker("w", "test-drop-then-fail");
+        let r = s.call(Call::DropThenFail(kind));
+        let ok = match kind {
+            Fail::Panic => matches!(r, Err(OtpError::Exited(ExitReason::Panic(_)))),
+            Fail::Error => matches!(r, Err(OtpError::Exited(ExitReason::Error(_)))),
+        };
+        assert!(ok, "{kind:?}: {r:?}");
+    }
 }

@@ -321,6 +321,8 @@ fn server_thread<S: GenServer>(
     let _ = catch_unwind(AssertUnwindSafe(move || drop(state)));
     drop(ctx);
     drop(rx);
+    // Reply handles dropped unanswered by a callback that then panicked.
+    shared.settle_dropped(true);
     shared.finish(reason.clone());
     if let Some(f) = on_exit {
         f(&reason);
