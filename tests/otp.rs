@@ -1209,3 +1209,28 @@ fn reply_dropped_before_a_failure_gets_the_exit_reason() {
         assert!(ok, "{kind:?}: {r:?}");
     }
 }
+
+#[test]
+fn handle_drained_runs_at_least_every_max_run_messages() {
+    let (log_tx, log) = mpsc::channel();
+    let mut args = WArgs::new("w", &log_tx);
+    args.log_drained = true;
+    let s = Server::<Worker>::start("test-max-run", args).unwrap();
+    assert_eq!(log.recv_timeout(WAIT).unwrap(), "start:w");
+    let (call, entered, unblock) = block(0);
+    thread::scope(|sc| {
+        let blocked = sc.spawn(|| s.call(call));
+        entered.recv_timeout(WAIT).unwrap();
+        for _ in 0..freqalloc::otp::MAX_RUN + 10 {
+            s.cast(Cast::Note).unwrap();
+        }
+        unblock.send(()).unwrap();
+        blocked.join().unwrap().unwrap();
+    });
+    // The blocking call plus MAX_RUN - 1 casts, then the 11 remaining casts.
+    assert_eq!(
+        log.recv_timeout(WAIT).unwrap(),
+        format!("drained:w:{}", freqalloc::otp::MAX_RUN)
+    );
+    assert_eq!(log.recv_timeout(WAIT).unwrap(), "drained:w:11");
+}

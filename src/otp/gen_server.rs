@@ -19,6 +19,10 @@ use super::timer::{TimerEntry, TimerQueue, TimerRef};
 /// The default call timeout, as in OTP: 5 seconds.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `handle_drained` also runs after this many messages in a row, so a mailbox that never empties
+/// cannot postpone a batch flush (and the deferred replies waiting on it) forever.
+pub const MAX_RUN: u32 = 1024;
+
 /// A generic server: the implementing type is the server's state.
 ///
 /// Callbacks run one at a time on the server's own named thread. Each gets a [`Context`] to cast
@@ -65,7 +69,8 @@ pub trait GenServer: Sized + Send + 'static {
     }
 
     /// Runs after a run of messages, once the mailbox is momentarily empty and before the server
-    /// waits: the place to flush a batch and answer the deferred [`ReplyTo`]s (group commit).
+    /// waits (or after [`MAX_RUN`] messages in a row): the place to flush a batch and answer the
+    /// deferred [`ReplyTo`]s (group commit).
     /// Also runs before `terminate` on an orderly stop if messages were handled since the last
     /// call. The default does nothing.
     fn handle_drained(&mut self, ctx: &mut Context<Self>) -> Result<(), Self::Error> {
@@ -363,17 +368,25 @@ fn run_loop<S: GenServer>(
     rx: &Receiver<Msg<S>>,
     shared: &InstanceShared,
 ) -> LoopExit {
-    let mut dirty = false;
+    // Messages handled since handle_drained last ran.
+    let mut run: u32 = 0;
     loop {
         if shared.killed.load(Ordering::Relaxed) {
             return LoopExit::Killed;
         }
         if let Some(reason) = ctx.stop.take() {
-            return orderly_stop(state, ctx, shared, dirty, reason);
+            return orderly_stop(state, ctx, shared, run > 0, reason);
+        }
+        if run >= MAX_RUN {
+            run = 0;
+            if let Some(r) = settle(state.handle_drained(ctx), ctx, shared) {
+                return LoopExit::Stop(r);
+            }
+            continue;
         }
         if !ctx.timers.is_empty() {
             if let Some(info) = ctx.timers.pop_due(Instant::now()) {
-                dirty = true;
+                run += 1;
                 if let Some(r) = settle(state.handle_info(info, ctx), ctx, shared) {
                     return LoopExit::Stop(r);
                 }
@@ -383,8 +396,8 @@ fn run_loop<S: GenServer>(
         let msg = match rx.try_recv() {
             Ok(m) => m,
             Err(TryRecvError::Empty) => {
-                if dirty {
-                    dirty = false;
+                if run > 0 {
+                    run = 0;
                     if let Some(r) = settle(state.handle_drained(ctx), ctx, shared) {
                         return LoopExit::Stop(r);
                     }
@@ -401,17 +414,17 @@ fn run_loop<S: GenServer>(
         if shared.killed.load(Ordering::Relaxed) {
             return LoopExit::Killed;
         }
-        dirty = true;
         let result = match msg {
             Msg::Call(req, from) => state.handle_call(req, from, ctx),
             Msg::Cast(m) => state.handle_cast(m, ctx),
             Msg::Info(m) => state.handle_info(m, ctx),
             Msg::Timer(e) => {
                 ctx.timers.push(e);
-                Ok(())
+                continue;
             }
-            Msg::Stop(reason) => return orderly_stop(state, ctx, shared, dirty, reason),
+            Msg::Stop(reason) => return orderly_stop(state, ctx, shared, run > 0, reason),
         };
+        run += 1;
         if let Some(r) = settle(result, ctx, shared) {
             return LoopExit::Stop(r);
         }
