@@ -534,11 +534,16 @@ fn timers_fire_and_cancel() {
 #[test]
 fn timer_ordering_is_by_deadline() {
     let (s, log) = start_worker("w", "test-timer-order");
-    for (d, k) in [(40u64, 3u64), (0, 1), (20, 2)] {
-        s.send_after(Duration::from_millis(d), Info::Tick(k))
+    // Absolute deadlines, so a descheduled test thread cannot reorder them.
+    let t = Instant::now();
+    for (d, k) in [(40u64, 3u64), (0, 1), (20, 2), (20, 21)] {
+        s.send_at(t + Duration::from_millis(d), Info::Tick(k))
             .unwrap();
     }
-    expect_log(&log, &strs(&["tick:w:1", "tick:w:2", "tick:w:3"]));
+    expect_log(
+        &log,
+        &strs(&["tick:w:1", "tick:w:2", "tick:w:21", "tick:w:3"]),
+    );
 }
 
 #[test]

@@ -123,6 +123,14 @@ impl<S: GenServer> Context<S> {
         tref
     }
 
+    /// Delivers `msg` to `handle_info` at `deadline` (at once if it has passed); Erlang's
+    /// `send_after` with `{abs, true}`. Timers with equal deadlines fire in the order set.
+    pub fn send_at(&mut self, deadline: Instant, msg: S::Info) -> TimerRef {
+        let (entry, tref) = TimerEntry::new(deadline, msg);
+        self.timers.push(entry);
+        tref
+    }
+
     /// Asks the server to stop with `reason` once the current callback returns; `terminate`
     /// runs. (OTP's `{stop, Reason, State}`.)
     pub fn stop(&mut self, reason: ExitReason) {
@@ -577,6 +585,14 @@ impl<S: GenServer> Server<S> {
     /// that instance.
     pub fn send_after(&self, delay: Duration, msg: S::Info) -> Result<TimerRef, OtpError> {
         let (entry, tref) = TimerEntry::new(deadline_after(delay), msg);
+        self.send_msg(Msg::Timer(entry))?;
+        Ok(tref)
+    }
+
+    /// Delivers `msg` to the current instance's `handle_info` at `deadline` (at once if it has
+    /// passed).
+    pub fn send_at(&self, deadline: Instant, msg: S::Info) -> Result<TimerRef, OtpError> {
+        let (entry, tref) = TimerEntry::new(deadline, msg);
         self.send_msg(Msg::Timer(entry))?;
         Ok(tref)
     }
