@@ -549,11 +549,13 @@ impl<S: GenServer> Server<S> {
     /// [`OtpError::Timeout`], [`OtpError::NoProc`], [`OtpError::Exited`] (the server died with the
     /// call pending), [`OtpError::ReplyDropped`], [`OtpError::CallingSelf`].
     pub fn call_timeout(&self, request: S::Call, timeout: Duration) -> Result<S::Reply, OtpError> {
-        let cell = Arc::new(ReplyCell::new());
+        let me = thread::current();
+        let me_id = me.id();
+        let cell = Arc::new(ReplyCell::new(me));
         {
             let cur = self.slot.current.read();
             let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
-            if inst.shared.thread.get() == Some(&thread::current().id()) {
+            if inst.shared.thread.get() == Some(&me_id) {
                 return Err(OtpError::CallingSelf);
             }
             let from = ReplyTo::new(cell.clone(), inst.shared.clone());

@@ -176,14 +176,14 @@ pub(crate) struct ReplyCell<R> {
 }
 
 impl<R> ReplyCell<R> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(waiter: Thread) -> Self {
         ReplyCell {
             ready: AtomicBool::new(false),
             inner: Mutex::new(CellInner {
                 value: None,
                 abandoned: false,
             }),
-            waiter: thread::current(),
+            waiter,
         }
     }
 
@@ -309,7 +309,7 @@ mod tests {
     use super::*;
 
     fn pair() -> (Arc<ReplyCell<u32>>, ReplyTo<u32>, Arc<InstanceShared>) {
-        let cell = Arc::new(ReplyCell::new());
+        let cell = Arc::new(ReplyCell::new(thread::current()));
         let inst = Arc::new(InstanceShared::new());
         let to = ReplyTo::new(cell.clone(), inst.clone());
         (cell, to, inst)
