@@ -1239,3 +1239,27 @@ fn handle_drained_runs_at_least_every_max_run_messages() {
     );
     assert_eq!(log.recv_timeout(WAIT).unwrap(), "drained:w:11");
 }
+
+/// A panicking start closure is a failed start, not a dead supervisor thread (which would leave
+/// `Supervisor::drop` waiting forever).
+#[test]
+fn panicking_start_closure_is_a_failed_start() {
+    let (log_tx, log) = mpsc::channel();
+    let sup =
+        Supervisor::start(SupervisorSpec::new(Strategy::OneForOne).name("test-sup-args")).unwrap();
+    let (spec, h) = ChildSpec::server::<Worker>("p", "test-args-panic", || -> WArgs {
+        panic!("no args today")
+    });
+    let r = sup.start_child(spec);
+    assert!(
+        matches!(&r, Err(OtpError::InitFailed(ExitReason::Panic(m))) if m == "no args today"),
+        "{r:?}"
+    );
+    assert!(matches!(h.call(Call::Get), Err(OtpError::NoProc)));
+    let args = WArgs::new("ok", &log_tx);
+    sup.start_server_child::<Worker>("ok", "test-args-ok", args, Restart::Permanent)
+        .unwrap();
+    expect_log(&log, &strs(&["start:ok"]));
+    drop(sup);
+    expect_log(&log, &strs(&["terminate:ok", "drop:ok"]));
+}

@@ -10,6 +10,7 @@
 //! any file locks) is dropped only then, possibly after its replacement has started.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -18,7 +19,9 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::error::{ExitReason, OtpError};
-use super::gen_server::{next_id, spawn_into, GenServer, OnExit, Server, ServerChild};
+use super::gen_server::{
+    next_id, panic_message, spawn_into, GenServer, OnExit, Server, ServerChild,
+};
 
 /// Which children a supervisor restarts when one of them exits abnormally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -602,7 +605,11 @@ impl State {
                 reason: reason.clone(),
             });
         });
-        let running = self.children[i].start.start(on_exit)?;
+        // The start closure is user code running on the supervisor thread: a panic in it must
+        // not kill the supervisor, it is a failed start.
+        let start = &mut self.children[i].start;
+        let running = catch_unwind(AssertUnwindSafe(|| start.start(on_exit)))
+            .unwrap_or_else(|p| Err(OtpError::InitFailed(ExitReason::Panic(panic_message(&*p)))))?;
         self.children[i].running = Some((key, running));
         let id = self.children[i].id.clone();
         self.emit(SupervisorEvent::ChildStarted { id });
