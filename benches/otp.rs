@@ -90,6 +90,26 @@ fn casts(c: &mut Criterion) {
     g.finish();
 }
 
+/// What a per-call reply cell costs: one `Arc` of an atomic flag, a mutex'd slot and a thread
+/// handle, allocated and freed (a proxy for the private `ReplyCell`). Compare with the call round
+/// trip to see whether reusing cells per thread would be worth its complexity.
+fn reply_cell_cost(c: &mut Criterion) {
+    let mut g = c.benchmark_group("reply_cell_alloc_proxy");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("arc_new_and_drop", |b| {
+        b.iter(|| {
+            let cell = std::sync::Arc::new((
+                std::sync::atomic::AtomicBool::new(false),
+                parking_lot::Mutex::new(Option::<u64>::None),
+                thread::current(),
+            ));
+            *cell.1.lock() = Some(1);
+            black_box(cell)
+        })
+    });
+    g.finish();
+}
+
 /// The floor: a bare std::sync::mpsc ping-pong between two threads, no server machinery.
 fn baseline(c: &mut Criterion) {
     let (req_tx, req_rx) = std::sync::mpsc::channel::<u64>();
@@ -122,6 +142,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = calls, casts, baseline
+    targets = calls, casts, baseline, reply_cell_cost
 }
 criterion_main!(benches);
