@@ -1263,3 +1263,50 @@ fn panicking_start_closure_is_a_failed_start() {
     drop(sup);
     expect_log(&log, &strs(&["terminate:ok", "drop:ok"]));
 }
+
+/// Calls racing with repeated crashes and restarts: every call ends with a reply, `Exited` or
+/// `NoProc`, never a hang (which would show as `Timeout`).
+#[test]
+fn calls_racing_crashes_never_hang() {
+    let (log_tx, _log) = mpsc::channel();
+    let args = WArgs::new("r", &log_tx);
+    let (spec, r) = ChildSpec::server::<Worker>("r", "test-race", move || args.clone());
+    let _sup = Supervisor::start(
+        SupervisorSpec::new(Strategy::OneForOne)
+            .name("test-sup-race")
+            .intensity(1000, Duration::from_secs(60))
+            .child(spec),
+    )
+    .unwrap();
+    let crashes = 30u64;
+    let stop = AtomicBool::new(false);
+    thread::scope(|sc| {
+        for _ in 0..3 {
+            sc.spawn(|| {
+                let mut ok = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match r.call(Call::Add(1)) {
+                        Ok(_) => ok += 1,
+                        Err(OtpError::Exited(_)) | Err(OtpError::NoProc) => {}
+                        Err(e) => panic!("call failed with {e:?}"),
+                    }
+                    match r.call(Call::Defer) {
+                        Ok(_) | Err(OtpError::Exited(_)) | Err(OtpError::NoProc) => {}
+                        Err(e) => panic!("deferred call failed with {e:?}"),
+                    }
+                }
+                ok
+            });
+        }
+        for g in 1..=crashes {
+            r.wait_for_generation(g, WAIT).unwrap();
+            let _ = r.cast(Cast::Fail(if g % 2 == 0 {
+                Fail::Panic
+            } else {
+                Fail::Error
+            }));
+        }
+        r.wait_for_generation(crashes + 1, WAIT).unwrap();
+        stop.store(true, Ordering::Relaxed);
+    });
+}
