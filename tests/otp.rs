@@ -522,6 +522,10 @@ fn timers_fire_and_cancel() {
     // From inside, via the context.
     s.send(Info::Arm(Duration::from_millis(1), 3)).unwrap();
     assert_eq!(log.recv_timeout(WAIT).unwrap(), "tick:w:3");
+    // Absurd delays and timeouts are accepted, not a panic.
+    let never = s.send_after(Duration::MAX, Info::Tick(9)).unwrap();
+    assert!(never.is_pending());
+    assert_eq!(s.call_timeout(Call::Get, Duration::MAX).unwrap(), 0);
     // Timers die with the instance.
     let orphan = s
         .send_after(Duration::from_secs(3600), Info::Tick(4))
