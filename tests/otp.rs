@@ -1314,3 +1314,21 @@ fn calls_racing_crashes_never_hang() {
         stop.store(true, Ordering::Relaxed);
     });
 }
+
+#[test]
+fn monitor_reports_the_exit_after_the_state_is_dropped() {
+    let (s, log) = start_worker("m", "test-monitor");
+    let m = s.monitor().unwrap();
+    assert_eq!(m.exit_reason(), None);
+    assert_eq!(m.wait(Duration::from_millis(1)), None);
+    s.cast(Cast::Fail(Fail::Error)).unwrap();
+    assert_eq!(m.wait(WAIT), Some(ExitReason::Error("boom m".into())));
+    // The state was dropped before the monitor heard: the log is complete already.
+    assert_eq!(log.try_recv().ok().as_deref(), Some("terminate:m"));
+    assert_eq!(log.try_recv().ok().as_deref(), Some("drop:m"));
+    // Monitoring an instance that has already exited reports its reason at once.
+    assert_eq!(
+        s.monitor().unwrap().exit_reason(),
+        Some(ExitReason::Error("boom m".into()))
+    );
+}

@@ -621,6 +621,19 @@ impl<S: GenServer> Server<S> {
         Ok(())
     }
 
+    /// Monitors the current instance (Erlang's `erlang:monitor(process, Pid)`): the returned
+    /// [`Monitor`] reports that instance's exit reason, after its state has been dropped. A
+    /// restart behind the same handle is a new instance, not covered by this monitor. If the
+    /// instance has already exited, the monitor reports its reason at once. Error:
+    /// [`OtpError::NoProc`] if no instance was ever started or it was stopped and removed.
+    pub fn monitor(&self) -> Result<Monitor, OtpError> {
+        let cur = self.slot.current.read();
+        let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
+        Ok(Monitor {
+            shared: inst.shared.clone(),
+        })
+    }
+
     /// True if an instance is running (it may exit at any moment, of course).
     pub fn is_alive(&self) -> bool {
         let cur = self.slot.current.read();
@@ -666,6 +679,33 @@ impl<S: GenServer> Server<S> {
 
     pub(crate) fn from_slot(slot: Arc<Slot<S>>) -> Self {
         Server { slot }
+    }
+}
+
+/// Watches one server instance for its exit; see [`Server::monitor`].
+#[derive(Clone)]
+pub struct Monitor {
+    shared: Arc<InstanceShared>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("exit_reason", &self.exit_reason())
+            .finish()
+    }
+}
+
+impl Monitor {
+    /// The instance's exit reason, if it has exited.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.shared.exit_reason()
+    }
+
+    /// Waits up to `timeout` for the instance to exit; its reason, if it did.
+    pub fn wait(&self, timeout: Duration) -> Option<ExitReason> {
+        self.shared.wait_exit(Some(timeout));
+        self.shared.exit_reason()
     }
 }
 
