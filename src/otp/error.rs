@@ -103,3 +103,28 @@ pub enum OtpError {
     #[error("a server cannot call itself")]
     CallingSelf,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_reasons() {
+        assert!(ExitReason::Normal.is_normal());
+        assert!(ExitReason::Shutdown.is_normal());
+        assert!(!ExitReason::Killed.is_normal());
+        assert!(!ExitReason::Panic("x".into()).is_normal());
+        assert!(!ExitReason::Error("x".into()).is_normal());
+        assert!(!ExitReason::ReachedMaxRestartIntensity.is_normal());
+    }
+
+    #[test]
+    fn display_carries_the_message() {
+        assert_eq!(ExitReason::Panic("oops".into()).to_string(), "panic: oops");
+        let e = OtpError::Exited(ExitReason::Error("disk full".into()));
+        assert_eq!(
+            e.to_string(),
+            "the server exited while the call was pending: error: disk full"
+        );
+    }
+}

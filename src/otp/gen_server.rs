@@ -13,16 +13,15 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::error::{ExitReason, OtpError};
-use super::reply::{InstanceShared, ReplyCell, ReplyTo};
+use super::reply::{Backoff, InstanceShared, ReplyCell, ReplyTo};
 use super::timer::{TimerEntry, TimerQueue, TimerRef};
 
 /// The default call timeout, as in OTP: 5 seconds.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How many times an idle server polls its mailbox before it parks. Measured in
-/// `benches/otp.rs`: a few µs of polling keeps a busy caller's next request from paying the
-/// ~1 µs wake-up of a parked thread.
-const SERVER_SPIN: u32 = 512;
+/// `handle_drained` also runs after this many messages in a row, so a mailbox that never empties
+/// cannot postpone a batch flush (and the deferred replies waiting on it) forever.
+pub const MAX_RUN: u32 = 1024;
 
 /// A generic server: the implementing type is the server's state.
 ///
@@ -70,7 +69,8 @@ pub trait GenServer: Sized + Send + 'static {
     }
 
     /// Runs after a run of messages, once the mailbox is momentarily empty and before the server
-    /// waits: the place to flush a batch and answer the deferred [`ReplyTo`]s (group commit).
+    /// waits (or after [`MAX_RUN`] messages in a row): the place to flush a batch and answer the
+    /// deferred [`ReplyTo`]s (group commit).
     /// Also runs before `terminate` on an orderly stop if messages were handled since the last
     /// call. The default does nothing.
     fn handle_drained(&mut self, ctx: &mut Context<Self>) -> Result<(), Self::Error> {
@@ -119,6 +119,14 @@ impl<S: GenServer> Context<S> {
     /// belongs to this server instance: it is dropped if the server exits first.
     pub fn send_after(&mut self, delay: Duration, msg: S::Info) -> TimerRef {
         let (entry, tref) = TimerEntry::new(deadline_after(delay), msg);
+        self.timers.push(entry);
+        tref
+    }
+
+    /// Delivers `msg` to `handle_info` at `deadline` (at once if it has passed); Erlang's
+    /// `send_after` with `{abs, true}`. Timers with equal deadlines fire in the order set.
+    pub fn send_at(&mut self, deadline: Instant, msg: S::Info) -> TimerRef {
+        let (entry, tref) = TimerEntry::new(deadline, msg);
         self.timers.push(entry);
         tref
     }
@@ -326,6 +334,8 @@ fn server_thread<S: GenServer>(
     let _ = catch_unwind(AssertUnwindSafe(move || drop(state)));
     drop(ctx);
     drop(rx);
+    // Reply handles dropped unanswered by a callback that then panicked.
+    shared.settle_dropped(true);
     shared.finish(reason.clone());
     if let Some(f) = on_exit {
         f(&reason);
@@ -346,8 +356,18 @@ fn fail_init<S: GenServer>(
     let _ = started.send(Err(OtpError::InitFailed(reason)));
 }
 
-fn callback_error<E: std::fmt::Display>(r: Result<(), E>) -> Option<ExitReason> {
-    r.err().map(|e| ExitReason::Error(e.to_string()))
+/// The exit reason a callback result calls for, after settling the reply handles the callback
+/// dropped unanswered.
+fn settle<S: GenServer>(
+    r: Result<(), S::Error>,
+    ctx: &Context<S>,
+    shared: &InstanceShared,
+) -> Option<ExitReason> {
+    let err = r.err().map(|e| ExitReason::Error(e.to_string()));
+    if shared.has_dropped.load(Ordering::Relaxed) {
+        shared.settle_dropped(err.is_some() || ctx.stop.is_some());
+    }
+    err
 }
 
 fn run_loop<S: GenServer>(
@@ -356,18 +376,26 @@ fn run_loop<S: GenServer>(
     rx: &Receiver<Msg<S>>,
     shared: &InstanceShared,
 ) -> LoopExit {
-    let mut dirty = false;
+    // Messages handled since handle_drained last ran.
+    let mut run: u32 = 0;
     loop {
         if shared.killed.load(Ordering::Relaxed) {
             return LoopExit::Killed;
         }
         if let Some(reason) = ctx.stop.take() {
-            return orderly_stop(state, ctx, dirty, reason);
+            return orderly_stop(state, ctx, shared, run > 0, reason);
+        }
+        if run >= MAX_RUN {
+            run = 0;
+            if let Some(r) = settle(state.handle_drained(ctx), ctx, shared) {
+                return LoopExit::Stop(r);
+            }
+            continue;
         }
         if !ctx.timers.is_empty() {
             if let Some(info) = ctx.timers.pop_due(Instant::now()) {
-                dirty = true;
-                if let Some(r) = callback_error(state.handle_info(info, ctx)) {
+                run += 1;
+                if let Some(r) = settle(state.handle_info(info, ctx), ctx, shared) {
                     return LoopExit::Stop(r);
                 }
                 continue;
@@ -376,9 +404,9 @@ fn run_loop<S: GenServer>(
         let msg = match rx.try_recv() {
             Ok(m) => m,
             Err(TryRecvError::Empty) => {
-                if dirty {
-                    dirty = false;
-                    if let Some(r) = callback_error(state.handle_drained(ctx)) {
+                if run > 0 {
+                    run = 0;
+                    if let Some(r) = settle(state.handle_drained(ctx), ctx, shared) {
                         return LoopExit::Stop(r);
                     }
                     continue;
@@ -391,18 +419,21 @@ fn run_loop<S: GenServer>(
             // The context holds a sender, so this cannot happen; treat it as a normal stop.
             Err(TryRecvError::Disconnected) => return LoopExit::Stop(ExitReason::Normal),
         };
-        dirty = true;
+        if shared.killed.load(Ordering::Relaxed) {
+            return LoopExit::Killed;
+        }
         let result = match msg {
             Msg::Call(req, from) => state.handle_call(req, from, ctx),
             Msg::Cast(m) => state.handle_cast(m, ctx),
             Msg::Info(m) => state.handle_info(m, ctx),
             Msg::Timer(e) => {
                 ctx.timers.push(e);
-                Ok(())
+                continue;
             }
-            Msg::Stop(reason) => return orderly_stop(state, ctx, dirty, reason),
+            Msg::Stop(reason) => return orderly_stop(state, ctx, shared, run > 0, reason),
         };
-        if let Some(r) = callback_error(result) {
+        run += 1;
+        if let Some(r) = settle(result, ctx, shared) {
             return LoopExit::Stop(r);
         }
     }
@@ -411,12 +442,15 @@ fn run_loop<S: GenServer>(
 fn orderly_stop<S: GenServer>(
     state: &mut S,
     ctx: &mut Context<S>,
+    shared: &InstanceShared,
     dirty: bool,
     reason: ExitReason,
 ) -> LoopExit {
     if dirty {
-        if let Some(r) = callback_error(state.handle_drained(ctx)) {
-            return LoopExit::Stop(r);
+        let r = state.handle_drained(ctx);
+        shared.settle_dropped(true); // we are exiting whatever the result
+        if let Err(e) = r {
+            return LoopExit::Stop(ExitReason::Error(e.to_string()));
         }
     }
     LoopExit::Stop(reason)
@@ -424,10 +458,11 @@ fn orderly_stop<S: GenServer>(
 
 /// Spins briefly, then blocks until a message or the next timer deadline (`None`).
 fn wait_for_message<S: GenServer>(rx: &Receiver<Msg<S>>, ctx: &Context<S>) -> Option<Msg<S>> {
-    for _ in 0..SERVER_SPIN {
+    let mut backoff = Backoff::new();
+    while !backoff.is_completed() {
         match rx.try_recv() {
             Ok(m) => return Some(m),
-            Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            Err(TryRecvError::Empty) => backoff.snooze(),
             Err(TryRecvError::Disconnected) => return Some(Msg::Stop(ExitReason::Normal)),
         }
     }
@@ -514,11 +549,13 @@ impl<S: GenServer> Server<S> {
     /// [`OtpError::Timeout`], [`OtpError::NoProc`], [`OtpError::Exited`] (the server died with the
     /// call pending), [`OtpError::ReplyDropped`], [`OtpError::CallingSelf`].
     pub fn call_timeout(&self, request: S::Call, timeout: Duration) -> Result<S::Reply, OtpError> {
-        let cell = Arc::new(ReplyCell::new());
+        let me = thread::current();
+        let me_id = me.id();
+        let cell = Arc::new(ReplyCell::new(me));
         {
             let cur = self.slot.current.read();
             let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
-            if inst.shared.thread.get() == Some(&thread::current().id()) {
+            if inst.shared.thread.get() == Some(&me_id) {
                 return Err(OtpError::CallingSelf);
             }
             let from = ReplyTo::new(cell.clone(), inst.shared.clone());
@@ -554,6 +591,14 @@ impl<S: GenServer> Server<S> {
         Ok(tref)
     }
 
+    /// Delivers `msg` to the current instance's `handle_info` at `deadline` (at once if it has
+    /// passed).
+    pub fn send_at(&self, deadline: Instant, msg: S::Info) -> Result<TimerRef, OtpError> {
+        let (entry, tref) = TimerEntry::new(deadline, msg);
+        self.send_msg(Msg::Timer(entry))?;
+        Ok(tref)
+    }
+
     /// Stops the server with `reason` and waits until it has terminated (OTP's
     /// `gen_server:stop/2`): `terminate` has run, the state is dropped, the thread is joined.
     /// A supervisor restarts a stopped permanent child, as in OTP. Error: [`OtpError::NoProc`].
@@ -574,6 +619,19 @@ impl<S: GenServer> Server<S> {
             inst.join();
         }
         Ok(())
+    }
+
+    /// Monitors the current instance (Erlang's `erlang:monitor(process, Pid)`): the returned
+    /// [`Monitor`] reports that instance's exit reason, after its state has been dropped. A
+    /// restart behind the same handle is a new instance, not covered by this monitor. If the
+    /// instance has already exited, the monitor reports its reason at once. Error:
+    /// [`OtpError::NoProc`] if no instance was ever started or it was stopped and removed.
+    pub fn monitor(&self) -> Result<Monitor, OtpError> {
+        let cur = self.slot.current.read();
+        let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
+        Ok(Monitor {
+            shared: inst.shared.clone(),
+        })
     }
 
     /// True if an instance is running (it may exit at any moment, of course).
@@ -621,6 +679,33 @@ impl<S: GenServer> Server<S> {
 
     pub(crate) fn from_slot(slot: Arc<Slot<S>>) -> Self {
         Server { slot }
+    }
+}
+
+/// Watches one server instance for its exit; see [`Server::monitor`].
+#[derive(Clone)]
+pub struct Monitor {
+    shared: Arc<InstanceShared>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("exit_reason", &self.exit_reason())
+            .finish()
+    }
+}
+
+impl Monitor {
+    /// The instance's exit reason, if it has exited.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.shared.exit_reason()
+    }
+
+    /// Waits up to `timeout` for the instance to exit; its reason, if it did.
+    pub fn wait(&self, timeout: Duration) -> Option<ExitReason> {
+        self.shared.wait_exit(Some(timeout));
+        self.shared.exit_reason()
     }
 }
 

@@ -97,7 +97,7 @@ mod supervisor;
 mod timer;
 
 pub use error::{ExitReason, OtpError};
-pub use gen_server::{Context, GenServer, Server, DEFAULT_CALL_TIMEOUT};
+pub use gen_server::{Context, GenServer, Monitor, Server, DEFAULT_CALL_TIMEOUT, MAX_RUN};
 pub use registry::{register, unregister, whereis};
 pub use reply::ReplyTo;
 pub use supervisor::{

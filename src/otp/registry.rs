@@ -1,4 +1,5 @@
-//! A process-wide name registry for servers (Erlang's `register/2` and `whereis/1`).
+//! A process-wide name registry for servers (Erlang's `register/2` and `whereis/1`,
+//! <https://www.erlang.org/doc/apps/erts/erlang.html#register/2>).
 //!
 //! Names map to *handles*, not instances, so a registered supervised server stays reachable under
 //! its name across restarts. The registry holds weak references: it never keeps a server alive,

@@ -14,10 +14,44 @@ use parking_lot::{Condvar, Mutex};
 
 use super::error::{ExitReason, OtpError};
 
-/// How many spin iterations a caller waits for a reply before parking. Measured in
-/// `benches/otp.rs`: with both sides busy this saves the park/unpark round trip (~1 µs each
-/// way) on most calls; longer spins only burn the core the server needs on a 2-core machine.
-const CALLER_SPIN: u32 = 256;
+/// Exponential backoff before parking (crossbeam's `Backoff::snooze` shape): spin with
+/// `2^step` pause instructions while `step <= spin_limit`, then yield the core until
+/// `step > yield_limit`. A parked thread costs ~1 µs (more in a VM) to wake on each side of a
+/// call; spinning briefly avoids that when both sides are busy, and yielding keeps a waiting
+/// thread from starving the one it waits for when cores are oversubscribed.
+const SPIN_LIMIT: u32 = 6;
+const YIELD_LIMIT: u32 = 20;
+
+pub(crate) struct Backoff {
+    step: u32,
+    spin_limit: u32,
+    yield_limit: u32,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Backoff {
+            step: 0,
+            spin_limit: SPIN_LIMIT,
+            yield_limit: YIELD_LIMIT,
+        }
+    }
+
+    pub(crate) fn snooze(&mut self) {
+        if self.step <= self.spin_limit {
+            for _ in 0..(1u32 << self.step.min(16)) {
+                std::hint::spin_loop();
+            }
+        } else {
+            thread::yield_now();
+        }
+        self.step += 1;
+    }
+
+    pub(crate) fn is_completed(&self) -> bool {
+        self.step > self.yield_limit
+    }
+}
 
 /// Something a dead server owes an answer: a reply cell of any reply type.
 pub(crate) trait Orphan: Send + Sync {
@@ -33,6 +67,11 @@ pub(crate) struct InstanceShared {
     pub(crate) dying: AtomicBool,
     /// Set by a brutal kill: the loop exits before its next message.
     pub(crate) killed: AtomicBool,
+    /// Set when a reply handle was dropped unanswered on the server's own thread during the
+    /// current callback: whether that is "reply dropped" or "exited" depends on how the
+    /// callback ends, so the loop settles it afterwards ([`InstanceShared::settle_dropped`]).
+    pub(crate) has_dropped: AtomicBool,
+    dropped: Mutex<Vec<Arc<dyn Orphan>>>,
     exit: Mutex<ExitState>,
     cond: Condvar,
 }
@@ -49,6 +88,8 @@ impl InstanceShared {
             thread: OnceLock::new(),
             dying: AtomicBool::new(false),
             killed: AtomicBool::new(false),
+            has_dropped: AtomicBool::new(false),
+            dropped: Mutex::new(Vec::new()),
             exit: Mutex::new(ExitState::default()),
             cond: Condvar::new(),
         }
@@ -68,6 +109,21 @@ impl InstanceShared {
                 cell.fail(OtpError::Exited(r));
             }
             None => st.orphans.push(cell),
+        }
+    }
+
+    /// Settles the reply handles dropped unanswered during the callback that just ended: if the
+    /// server is now exiting (the callback returned `Err` or asked to stop) their callers get the
+    /// exit reason, otherwise [`OtpError::ReplyDropped`].
+    pub(crate) fn settle_dropped(&self, exiting: bool) {
+        self.has_dropped.store(false, Ordering::Relaxed);
+        let cells = std::mem::take(&mut *self.dropped.lock());
+        for cell in cells {
+            if exiting {
+                self.orphan(cell);
+            } else {
+                cell.fail(OtpError::ReplyDropped);
+            }
         }
     }
 
@@ -120,14 +176,14 @@ pub(crate) struct ReplyCell<R> {
 }
 
 impl<R> ReplyCell<R> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(waiter: Thread) -> Self {
         ReplyCell {
             ready: AtomicBool::new(false),
             inner: Mutex::new(CellInner {
                 value: None,
                 abandoned: false,
             }),
-            waiter: thread::current(),
+            waiter,
         }
     }
 
@@ -149,11 +205,12 @@ impl<R> ReplyCell<R> {
 
     /// Waits for the reply: spin, then park until `timeout`.
     pub(crate) fn wait(&self, timeout: Duration) -> Result<R, OtpError> {
-        for _ in 0..CALLER_SPIN {
+        let mut backoff = Backoff::new();
+        while !backoff.is_completed() {
             if self.ready.load(Ordering::Acquire) {
                 return self.take().unwrap_or(Err(OtpError::ReplyDropped));
             }
-            std::hint::spin_loop();
+            backoff.snooze();
         }
         let deadline = Instant::now().checked_add(timeout);
         loop {
@@ -230,13 +287,83 @@ impl<R: Send + 'static> std::fmt::Debug for ReplyTo<R> {
 impl<R: Send + 'static> Drop for ReplyTo<R> {
     fn drop(&mut self) {
         if let Some(cell) = self.cell.take() {
-            let dying = self.inst.dying.load(Ordering::Acquire)
-                || (thread::panicking() && self.inst.on_own_thread());
-            if dying {
-                self.inst.orphan(cell);
+            let inst = &self.inst;
+            if inst.dying.load(Ordering::Acquire) {
+                inst.orphan(cell);
+            } else if inst.on_own_thread() {
+                if thread::panicking() {
+                    inst.orphan(cell);
+                } else {
+                    inst.dropped.lock().push(cell);
+                    inst.has_dropped.store(true, Ordering::Relaxed);
+                }
             } else {
                 cell.put(Err(OtpError::ReplyDropped));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Arc<ReplyCell<u32>>, ReplyTo<u32>, Arc<InstanceShared>) {
+        let cell = Arc::new(ReplyCell::new(thread::current()));
+        let inst = Arc::new(InstanceShared::new());
+        let to = ReplyTo::new(cell.clone(), inst.clone());
+        (cell, to, inst)
+    }
+
+    #[test]
+    fn reply_from_another_thread_is_received() {
+        let (cell, to, _inst) = pair();
+        let t = thread::spawn(move || to.reply(7));
+        assert_eq!(cell.wait(Duration::from_secs(10)).unwrap(), 7);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn dropped_on_a_foreign_thread_is_reply_dropped() {
+        let (cell, to, _inst) = pair();
+        thread::spawn(move || drop(to)).join().unwrap();
+        assert!(matches!(
+            cell.wait(Duration::from_secs(10)),
+            Err(OtpError::ReplyDropped)
+        ));
+    }
+
+    #[test]
+    fn dropped_while_dying_waits_for_the_exit_reason() {
+        let (cell, to, inst) = pair();
+        inst.dying.store(true, Ordering::Release);
+        drop(to);
+        assert!(matches!(cell.wait(Duration::ZERO), Err(OtpError::Timeout)));
+        // A fresh cell: the first one was abandoned by its timeout.
+        let (cell, to, inst) = pair();
+        inst.dying.store(true, Ordering::Release);
+        drop(to);
+        inst.finish(ExitReason::Killed);
+        assert!(matches!(
+            cell.wait(Duration::from_secs(10)),
+            Err(OtpError::Exited(ExitReason::Killed))
+        ));
+    }
+
+    #[test]
+    fn late_reply_after_timeout_is_discarded() {
+        let (cell, to, _inst) = pair();
+        assert!(matches!(cell.wait(Duration::ZERO), Err(OtpError::Timeout)));
+        to.reply(1);
+        assert!(cell.take().is_none());
+    }
+
+    #[test]
+    fn wait_exit_times_out_then_sees_the_reason() {
+        let inst = InstanceShared::new();
+        assert!(!inst.wait_exit(Some(Duration::from_millis(1))));
+        inst.finish(ExitReason::Normal);
+        assert!(inst.wait_exit(None));
+        assert_eq!(inst.exit_reason(), Some(ExitReason::Normal));
     }
 }

@@ -10,6 +10,7 @@
 //! any file locks) is dropped only then, possibly after its replacement has started.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -18,7 +19,9 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::error::{ExitReason, OtpError};
-use super::gen_server::{next_id, spawn_into, GenServer, OnExit, Server, ServerChild};
+use super::gen_server::{
+    next_id, panic_message, spawn_into, GenServer, OnExit, Server, ServerChild,
+};
 
 /// Which children a supervisor restarts when one of them exits abnormally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -480,6 +483,24 @@ impl Supervisor {
         self.request(|r| SupMsg::StartChild(child, r))
     }
 
+    /// Starts a server child from a value of its arguments (OTP's `simple_one_for_one`
+    /// `start_child(Sup, Args)`): the child is `restart`, with the default 5 s shutdown, and each
+    /// restart gets a clone of `args`. Returns the handle, which stays valid across restarts.
+    pub fn start_server_child<S: GenServer>(
+        &self,
+        id: impl Into<String>,
+        thread_name: impl Into<String>,
+        args: S::Args,
+        restart: Restart,
+    ) -> Result<Server<S>, OtpError>
+    where
+        S::Args: Clone,
+    {
+        let (spec, server) = ChildSpec::server::<S>(id, thread_name, move || args.clone());
+        self.start_child(spec.restart(restart))?;
+        Ok(server)
+    }
+
     /// Stops a child by its shutdown policy; its spec is kept (a temporary child's is dropped).
     pub fn terminate_child(&self, id: &str) -> Result<(), OtpError> {
         self.request(|r| SupMsg::TerminateChild(id.to_string(), r))
@@ -584,7 +605,11 @@ impl State {
                 reason: reason.clone(),
             });
         });
-        let running = self.children[i].start.start(on_exit)?;
+        // The start closure is user code running on the supervisor thread: a panic in it must
+        // not kill the supervisor, it is a failed start.
+        let start = &mut self.children[i].start;
+        let running = catch_unwind(AssertUnwindSafe(|| start.start(on_exit)))
+            .unwrap_or_else(|p| Err(OtpError::InitFailed(ExitReason::Panic(panic_message(&*p)))))?;
         self.children[i].running = Some((key, running));
         let id = self.children[i].id.clone();
         self.emit(SupervisorEvent::ChildStarted { id });
@@ -839,5 +864,43 @@ fn supervisor_thread(
     drop(state);
     if let Some(f) = on_exit {
         f(&reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(intensity: u32, period: Duration, clock: Arc<ManualClock>) -> State {
+        let (tx, _rx) = mpsc::channel();
+        State {
+            strategy: Strategy::OneForOne,
+            intensity,
+            period,
+            clock,
+            children: Vec::new(),
+            restarts: VecDeque::new(),
+            tx,
+            events: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn intensity_window_slides_with_the_clock() {
+        let clock = Arc::new(ManualClock::new());
+        let mut s = state(2, Duration::from_secs(5), clock.clone());
+        assert!(s.record_restart().is_ok());
+        assert!(s.record_restart().is_ok());
+        clock.advance(Duration::from_secs(6));
+        // The two old restarts left the window.
+        assert!(s.record_restart().is_ok());
+        assert!(s.record_restart().is_ok());
+        assert!(s.record_restart().is_err());
+    }
+
+    #[test]
+    fn zero_intensity_allows_no_restart() {
+        let mut s = state(0, Duration::from_secs(5), Arc::new(ManualClock::new()));
+        assert!(s.record_restart().is_err());
     }
 }

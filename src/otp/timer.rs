@@ -1,4 +1,5 @@
-//! Timers that deliver a message to a server's `handle_info` (Erlang's `erlang:send_after/3`).
+//! Timers that deliver a message to a server's `handle_info` (Erlang's `erlang:send_after/3`,
+//! <https://www.erlang.org/doc/apps/erts/erlang.html#send_after/3>).
 //!
 //! Each server keeps its own timer heap and waits on its mailbox only until the next deadline, so
 //! timers cost no extra thread. Timers die with the server instance that owns them, as in Erlang.
