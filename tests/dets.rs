@@ -1,8 +1,13 @@
 //! Integration tests of the disk tables ([`freqalloc::dets`]): semantics per table type,
 //! persistence across reopen, and every error path of open.
 
+mod common;
+
 use std::ops::Bound;
 use std::path::Path;
+
+use common::model;
+use proptest::prelude::*;
 
 use freqalloc::dets::{BatchOp, DetsError, DiskTable, Durability, OpenOptions};
 use freqalloc::{ReadTable, TableType, WriteTable};
@@ -447,4 +452,66 @@ fn copy_into_and_replace_from_between_disk_tables() {
     let mut c: DiskTable<u32, String> = open(&dir.path().join("c"), TableType::Bag);
     a.copy_into(&mut c).unwrap();
     assert_eq!(c.to_vec().unwrap(), a.to_vec().unwrap());
+}
+
+/// Runs the shared model (tests/common/model.rs) over a disk table of `tt` in a fresh
+/// directory; `Reopen` closes the table (checking the close) and opens it again.
+fn run_disk_model(tt: TableType, ops: &[model::Op]) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("t");
+    // Manual durability: the model checks semantics; durability is the crash test's job.
+    let o = opts(tt);
+    model::run_model(
+        tt,
+        || DiskTable::<u8, u8>::open(&path, o).expect("open"),
+        |t| {
+            t.close().expect("close");
+            DiskTable::open(&path, o).expect("reopen")
+        },
+        ops,
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::proptest_cases(48)))]
+
+    #[test]
+    fn model_set(ops in model::ops(TableType::Set)) {
+        run_disk_model(TableType::Set, &ops);
+    }
+
+    #[test]
+    fn model_ordered_set(ops in model::ops(TableType::OrderedSet)) {
+        run_disk_model(TableType::OrderedSet, &ops);
+    }
+
+    #[test]
+    fn model_bag(ops in model::ops(TableType::Bag)) {
+        run_disk_model(TableType::Bag, &ops);
+    }
+
+    #[test]
+    fn model_duplicate_bag(ops in model::ops(TableType::DuplicateBag)) {
+        run_disk_model(TableType::DuplicateBag, &ops);
+    }
+
+    /// Ordered traversal of `(i64, String)` keys on disk matches `BTreeMap` order, across a
+    /// reopen (negative numbers and string prefixes included).
+    #[test]
+    fn ordered_set_tuple_keys_follow_btreemap_order(
+        keys in proptest::collection::vec((-3i64..3, "[ab\\x00]{0,3}"), 0..30)
+    ) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p = dir.path().join("t");
+        let mut t: DiskTable<(i64, String), u8> = open(&p, TableType::OrderedSet);
+        let mut want = std::collections::BTreeMap::new();
+        for (i, k) in keys.into_iter().enumerate() {
+            t.insert(k.clone(), i as u8).expect("insert");
+            want.insert(k, i as u8);
+        }
+        t.close().expect("close");
+        let t: DiskTable<(i64, String), u8> = open(&p, TableType::OrderedSet);
+        let want: Vec<_> = want.into_iter().collect();
+        prop_assert_eq!(t.to_vec().expect("to_vec"), want);
+    }
 }

@@ -924,6 +924,10 @@ where
     }
 
     fn last(&self) -> Result<Option<K>, DetsError> {
+        if !self.schema.table_type.is_ordered() {
+            // As ETS: `last` is `first` on the unordered types.
+            return self.first();
+        }
         match self.data.last().map_err(|e| self.err(e))? {
             Some((_, rec)) => Ok(Some(self.decode(&rec)?.0)),
             None => Ok(None),
@@ -931,7 +935,10 @@ where
     }
 
     fn prev(&self, key: &K) -> Result<Option<K>, DetsError> {
-        // A bag's objects under `key` all sort after the bare key bytes.
+        if !self.schema.table_type.is_ordered() {
+            // As ETS: `prev` is `next` on the unordered types.
+            return self.next(key);
+        }
         match self.data.get_lt(key_bytes(key)?).map_err(|e| self.err(e))? {
             Some((_, rec)) => Ok(Some(self.decode(&rec)?.0)),
             None => Ok(None),
