@@ -515,3 +515,39 @@ proptest! {
         prop_assert_eq!(t.to_vec().expect("to_vec"), want);
     }
 }
+
+#[test]
+fn to_ets_and_from_ets_move_tables_between_tiers() {
+    use freqalloc::ets;
+    for tt in TableType::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        let mut d: DiskTable<u32, String> = open(&p, tt);
+        d.insert_many([
+            (1, "a".to_string()),
+            (1, "b".to_string()),
+            (2, "c".to_string()),
+        ])
+        .unwrap();
+        let mem = d.to_ets().unwrap();
+        assert_eq!(mem.table_type(), tt);
+        let mut got = ReadTable::to_vec(&mem).unwrap();
+        let mut want = d.to_vec().unwrap();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{tt}");
+
+        let mut src: ets::Table<u32, String> = ets::Table::new(tt);
+        src.insert(7, "x".to_string());
+        src.insert(3, "y".to_string());
+        d.from_ets(&src.reader()).unwrap();
+        drop(d);
+        let d: DiskTable<u32, String> = open(&p, tt);
+        assert_eq!(
+            d.to_vec().unwrap(),
+            vec![(3, "y".to_string()), (7, "x".to_string())],
+            "{tt}"
+        );
+        assert_eq!(d.info().unwrap().keys, 2);
+    }
+}

@@ -1,8 +1,8 @@
 //! Crash test of the disk tables: a child process writes in `EveryWrite` durability and reports
 //! every acknowledged write on its stdout; the parent SIGKILLs it at a random moment, reopens
 //! the table, and checks that it holds exactly the effect of the acknowledged operations, or of
-//! those plus the one in flight, applied whole (so many-object inserts and mixed batches are
-//! all-or-nothing).
+//! those plus the one in flight, applied whole (so many-object inserts, mixed batches and
+//! `from_ets` are all-or-nothing).
 //!
 //! A `harness = false` test: the binary re-runs itself as the child (`std::env::current_exe`)
 //! with `FREQALLOC_DETS_CRASH_CHILD` set. Iterations: `FREQALLOC_CRASH_ITERS` (default 5);
@@ -42,6 +42,8 @@ enum Op {
     Delete(u64),
     InsertMany(Vec<(u64, u64)>),
     Batch(Vec<BatchOp<u64, u64>>),
+    /// `from_ets` of an in-memory table holding these objects.
+    Replace(Vec<(u64, u64)>),
 }
 
 /// The `i`-th operation of the sequence of `seed` is `ops(seed).nth(i)`.
@@ -50,7 +52,11 @@ fn ops(seed: u64) -> impl Iterator<Item = Op> {
     let mut stamp = 0u64;
     std::iter::from_fn(move || {
         stamp += 1;
-        let op = match rng.below(10) {
+        let op = match rng.below(11) {
+            10 => {
+                let n = rng.below(20);
+                Op::Replace((0..n).map(|j| (rng.below(KEYS), stamp * 100 + j)).collect())
+            }
             0..=4 => Op::Insert(rng.below(KEYS), stamp),
             5..=6 => Op::Delete(rng.below(KEYS)),
             7..=8 => {
@@ -96,6 +102,10 @@ impl Model {
                 self.0.remove(k);
             }
             Op::InsertMany(objs) => objs.iter().for_each(|(k, v)| self.insert(t, *k, *v)),
+            Op::Replace(objs) => {
+                self.0.clear();
+                objs.iter().for_each(|(k, v)| self.insert(t, *k, *v));
+            }
             Op::Batch(bops) => {
                 for b in bops {
                     match b {
@@ -142,6 +152,11 @@ fn child(dir: &str) -> Result<(), DetsError> {
             }
             Op::InsertMany(objs) => table.insert_many(objs)?,
             Op::Batch(bops) => table.apply_batch(bops)?,
+            Op::Replace(objs) => {
+                let mut mem = freqalloc::ets::Table::new(t);
+                mem.insert_many(objs);
+                table.from_ets(&mem)?;
+            }
         }
         // One line per acknowledged write, flushed before the next write starts.
         if writeln!(out, "ack {i}").and_then(|_| out.flush()).is_err() {

@@ -784,6 +784,30 @@ where
         self.commit(plan)
     }
 
+    /// Loads this table into a new in-memory [`ets::Table`](crate::ets::Table) of the same
+    /// type (the DETS idiom `dets:to_ets/2`). The disk table is not changed.
+    pub fn to_ets(&self) -> Result<crate::ets::Table<K, V>, DetsError>
+    where
+        K: Eq + std::hash::Hash + Ord + Clone,
+        V: Clone + PartialEq,
+    {
+        let mut t = crate::ets::Table::new(self.schema.table_type);
+        self.copy_into(&mut t)?;
+        Ok(t)
+    }
+
+    /// Replaces this table's contents by those of an in-memory table (any ETS handle:
+    /// [`Table`](crate::ets::Table), [`TableReader`](crate::ets::TableReader),
+    /// [`PublicTable`](crate::ets::PublicTable)), atomically: after a crash the disk table
+    /// holds the old contents or the new ones (`dets:from_ets/2`, which DETS does not make
+    /// atomic). Objects are inserted with this table's type semantics.
+    pub fn from_ets<T>(&mut self, src: &T) -> Result<(), DetsError>
+    where
+        T: ReadTable<K, V, Error = crate::ets::EtsError>,
+    {
+        self.replace_from(src)
+    }
+
     /// The first stored key strictly after the key bytes (bag suffixes skipped).
     fn key_after(&self, kb: Vec<u8>) -> Result<Option<K>, DetsError> {
         let mut kb = kb;
