@@ -259,6 +259,8 @@ pub struct DiskTable<K, V> {
     /// Declared first so it drops first: unregisters the directory (see `open_db`).
     _registered: OpenGuard,
     db: sled::Db,
+    /// sled's log file, opened again to `fdatasync` it (see [`DiskTable::sync`]).
+    log_file: std::fs::File,
     data: sled::Tree,
     path: PathBuf,
     schema: Schema,
@@ -309,6 +311,13 @@ fn sled_error(path: &Path, e: sled::Error) -> DetsError {
             detail: e.to_string(),
         },
     }
+}
+
+/// sled `flush`, then `fdatasync` of its log file.
+fn flush_and_sync(db: &sled::Db, log_file: &std::fs::File) -> sled::Result<()> {
+    db.flush()?;
+    log_file.sync_data()?;
+    Ok(())
 }
 
 fn corrupted(path: &Path, detail: impl Into<String>) -> DetsError {
@@ -420,9 +429,12 @@ fn record<K: Serialize, V: Serialize>(key: &K, value: &V) -> Result<Vec<u8>, Det
 /// The objects pending under one key while a batch is planned: (data key, record) pairs.
 type Pending = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// An atomic write being planned: a sled batch plus the count changes it makes.
+/// One planned write of a data key: `Some(record)` to store, `None` to remove.
+type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// An atomic write being planned: its writes in order plus the count changes they make.
 struct Plan {
-    batch: sled::Batch,
+    writes: Vec<Write>,
     /// The objects under each key touched so far, as they will be after the batch.
     touched: HashMap<Vec<u8>, Pending>,
     /// True when the batch starts by removing every object (replace, clear).
@@ -516,9 +528,11 @@ where
                 db.flush().map_err(|e| sled_error(&path, e))?;
             }
         }
+        let log_file = std::fs::File::open(path.join("db")).map_err(|e| io_error(&path, e))?;
         let mut table = DiskTable {
             _registered: path_guard,
             db,
+            log_file,
             data,
             path,
             schema: expected,
@@ -601,10 +615,13 @@ where
         self.durability
     }
 
-    /// Writes every pending write to disk and waits for it (sled `flush`). Erlang: `sync/1`.
+    /// Writes every pending write to disk and waits for it. Erlang: `sync/1`.
+    ///
+    /// sled's `flush` writes its log buffers but, on Linux, syncs them with
+    /// `sync_file_range`, which neither flushes the drive's write cache nor the file's size;
+    /// so after it we `fdatasync` the log file ourselves, which does both.
     pub fn sync(&self) -> Result<(), DetsError> {
-        self.db.flush().map_err(|e| self.err(e))?;
-        Ok(())
+        flush_and_sync(&self.db, &self.log_file).map_err(|e| self.err(e))
     }
 
     /// Flushes and closes the table, returning any error of the final flush (`Drop` would
@@ -654,14 +671,14 @@ where
     }
 
     fn plan(&self, from_empty: bool) -> Result<Plan, DetsError> {
-        let mut batch = sled::Batch::default();
+        let mut writes = Vec::new();
         if from_empty {
             for k in self.data.iter().keys() {
-                batch.remove(k.map_err(|e| self.err(e))?);
+                writes.push((k.map_err(|e| self.err(e))?.to_vec(), None));
             }
         }
         Ok(Plan {
-            batch,
+            writes,
             touched: HashMap::new(),
             from_empty,
             len: if from_empty { 0 } else { self.len },
@@ -710,7 +727,7 @@ where
                 .checked_add(1)
                 .ok_or_else(|| corrupted(&self.path, "bag sequence numbers exhausted"))?;
         }
-        plan.batch.insert(dk, rec);
+        plan.writes.push((dk, Some(rec)));
         plan.len += usize::from(added);
         plan.keys += usize::from(was_empty);
         Ok(())
@@ -725,17 +742,20 @@ where
             plan.keys -= 1;
         }
         for (dk, _) in removed {
-            plan.batch.remove(dk);
+            plan.writes.push((dk, None));
         }
         Ok(())
     }
 
     fn commit(&mut self, plan: Plan) -> Result<(), DetsError> {
-        self.data.apply_batch(plan.batch).map_err(|e| self.err(e))?;
+        let wrote = self.write_all(plan.writes)?;
         self.len = plan.len;
         self.keys = plan.keys;
         self.next_seq = plan.next_seq;
-        self.after_write()
+        if wrote {
+            self.after_write()?;
+        }
+        Ok(())
     }
 
     /// Applies a mixed batch of inserts and deletes atomically: readers and a crash see all of
@@ -840,20 +860,45 @@ where
         Ok(())
     }
 
-    /// Removes the data keys, as one atomic batch, and recounts bag keys touched.
+    /// Applies the writes atomically: one sled write when there is one (a sled batch costs
+    /// much more than a single write), one sled batch otherwise. Returns whether it wrote;
+    /// the caller updates the counts, then calls `after_write`.
+    fn write_all(&self, mut writes: Vec<Write>) -> Result<bool, DetsError> {
+        match writes.len() {
+            0 => return Ok(false),
+            1 => {
+                let Some((dk, rec)) = writes.pop() else {
+                    return Ok(false);
+                };
+                match rec {
+                    Some(rec) => self.data.insert(dk, rec).map(drop),
+                    None => self.data.remove(dk).map(drop),
+                }
+                .map_err(|e| self.err(e))?;
+            }
+            _ => {
+                let mut batch = sled::Batch::default();
+                for (dk, rec) in writes {
+                    match rec {
+                        Some(rec) => batch.insert(dk, rec),
+                        None => batch.remove(dk),
+                    }
+                }
+                self.data.apply_batch(batch).map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Removes the data keys atomically and updates the counts.
     fn remove_all(&mut self, dks: Vec<Vec<u8>>, removed_keys: usize) -> Result<(), DetsError> {
-        if dks.is_empty() {
-            return Ok(());
-        }
         let n = dks.len();
-        let mut batch = sled::Batch::default();
-        for dk in dks {
-            batch.remove(dk);
+        if self.write_all(dks.into_iter().map(|dk| (dk, None)).collect())? {
+            self.len -= n;
+            self.keys -= removed_keys;
+            self.after_write()?;
         }
-        self.data.apply_batch(batch).map_err(|e| self.err(e))?;
-        self.len -= n;
-        self.keys -= removed_keys;
-        self.after_write()
+        Ok(())
     }
 
     fn sets_only(&self, op: &'static str) -> Result<(), DetsError> {
@@ -871,7 +916,7 @@ impl<K, V> Drop for DiskTable<K, V> {
     /// Flushes and records a clean close, as `dets:close/1` would; use [`DiskTable::close`] to
     /// see the error.
     fn drop(&mut self) {
-        if !self.closed && self.db.flush().is_ok() {
+        if !self.closed && flush_and_sync(&self.db, &self.log_file).is_ok() {
             let counts = (self.len as u64, self.keys as u64, self.next_seq);
             let _ = write_state(&self.path, &self.schema, Some(counts));
         }
@@ -1079,6 +1124,16 @@ where
 
     fn delete(&mut self, key: &K) -> Result<usize, DetsError> {
         let kb = key_bytes(key)?;
+        if !self.schema.table_type.is_bag() {
+            let old = self.data.remove(kb).map_err(|e| self.err(e))?;
+            if old.is_none() {
+                return Ok(0);
+            }
+            self.len -= 1;
+            self.keys -= 1;
+            self.after_write()?;
+            return Ok(1);
+        }
         let dks: Vec<Vec<u8>> = self.stored(&kb)?.into_iter().map(|(dk, _)| dk).collect();
         let n = dks.len();
         self.remove_all(dks, usize::from(n > 0))?;
