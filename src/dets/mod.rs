@@ -38,27 +38,32 @@
 //!
 //! Chosen at open with [`Durability`]:
 //!
-//! - [`Durability::EveryWrite`]: a write returns only after sled's `flush` (which writes the
-//!   log and calls `fsync`) has returned. A process killed at any instant loses no
-//!   acknowledged write; `insert_many`, `insert_new_many`, [`DiskTable::apply_batch`],
-//!   `delete_all_objects`, `select_delete` and [`DiskTable::replace_from`] are all-or-nothing
-//!   across a crash (one sled batch each).
+//! - [`Durability::EveryWrite`]: a write returns only after [`DiskTable::sync`] has returned
+//!   (sled's `flush`, then an `fdatasync` of sled's log file, see below). A process killed at
+//!   any instant loses no acknowledged write; `insert_many`, `insert_new_many`,
+//!   [`DiskTable::apply_batch`], `delete_all_objects`, `select_delete`, `take` and
+//!   [`DiskTable::from_ets`]/[`DiskTable::replace_from`] are all-or-nothing across a crash
+//!   (one sled batch each). Tested by `tests/dets_crash.rs`, which SIGKILLs a writer.
 //! - [`Durability::Interval(d)`](Durability::Interval): sled's background flusher writes every
 //!   `d` (as DETS's `auto_save`). A crash loses at most the writes of the last `d` plus the
 //!   time of one flush; what it keeps is a prefix of the writes (sled recovers a consistent
-//!   prefix of its log), and batches stay all-or-nothing.
+//!   prefix of its log), and batches stay all-or-nothing. The background flush is sled's own
+//!   (no `fdatasync`), so against power loss only `sync` counts.
 //! - [`Durability::Manual`]: only [`DiskTable::sync`], [`DiskTable::close`] and `Drop` flush.
 //!   A crash loses everything since the last of these (again a consistent prefix).
 //!
-//! What sled 0.34 promises and what it does not: `flush` writes the dirty log buffers and
-//! `fsync`s them, and recovery replays the log up to the last valid (checksummed) entry, so an
-//! acknowledged write survives a *process* crash. Power loss is another matter: sled 0.34 is
-//! beta software whose on-disk format and guarantees its authors do not freeze, its recovery
-//! relies on the drive honouring `fsync` (a drive with a volatile write cache that ignores
-//! flushes can lose acknowledged writes), and there are open upstream issues about its use of
-//! `sync_file_range` on Linux not flushing file metadata or the disk's write cache. Treat
-//! `EveryWrite` as "survives `kill -9`", tested in `tests/dets_crash.rs`, and power-loss
-//! durability as unproven.
+//! What sled 0.34 promises and what it does not. `flush` writes sled's dirty log buffers and,
+//! on Linux, waits for them with `sync_file_range`, which does not flush the drive's volatile
+//! write cache nor the file's metadata (its size, as the log grows): upstream
+//! [spacejam/sled#1452](https://github.com/spacejam/sled/issues/1452) ("Data is not written
+//! durably", open) and [#1351](https://github.com/spacejam/sled/issues/1351) (btrfs). So
+//! [`DiskTable::sync`] follows it with an `fdatasync` of sled's log file (`db`), which flushes
+//! both; that is what `EveryWrite` costs (about one `fdatasync` per write; batch to share it).
+//! Recovery replays the log up to the last entry whose checksum holds, so a torn tail is cut,
+//! not fatal. Limits that remain: sled writes values too large for its log (blobs, a fraction
+//! of its 512 KiB segment) to separate files without any sync, and sled 0.34 is beta software
+//! whose authors do not freeze its format. Treat `EveryWrite` as "survives `kill -9`"
+//! (tested) and "survives power loss if the drive honours `fdatasync`" (argued, not tested).
 //!
 //! ## Errors
 //!
@@ -67,6 +72,14 @@
 //! ([`DetsError::SchemaMismatch`], naming both), damaged or truncated files
 //! ([`DetsError::Corrupted`]), I/O errors. The schema is recorded at creation: the table type,
 //! `std::any::type_name` of `K` and `V`, and the user's [`OpenOptions::version`].
+//!
+//! Damage detection needs help: sled recovers a garbled or truncated log by cutting it at the
+//! first bad entry, silently, which can drop every object. So a small state file beside sled's
+//! (`freqalloc-dets.state`, replaced atomically) records the schema and, at each clean close,
+//! the object and key counts; open recounts (one scan) and a mismatch, or a state file without
+//! a schema record in sled, is [`DetsError::Corrupted`]. After a crash (no clean close) the
+//! counts are unknown, so damage that sled cuts away silently is only caught if it removes the
+//! schema record.
 //!
 //! ## Storage layout
 //!
