@@ -348,19 +348,15 @@ where
         }
     }
 
-    /// Visits every object; stops early when `f` returns false.
-    pub(crate) fn for_each<V>(&self, acc: Access, mut f: impl FnMut(&K, &V) -> bool)
+    /// Folds over every object (a key's objects in insertion order).
+    pub(crate) fn fold<V, A>(&self, acc: Access, init: A, mut f: impl FnMut(A, &K, &V) -> A) -> A
     where
         S: Slot<V>,
     {
         let _g = self.gate.shared(acc);
-        for r in self.map.iter() {
-            for v in r.value().objects() {
-                if !f(r.key(), v) {
-                    return;
-                }
-            }
-        }
+        self.map.iter().fold(init, |a, r| {
+            r.value().objects().iter().fold(a, |a, v| f(a, r.key(), v))
+        })
     }
 
     pub(crate) fn select_delete<V>(&self, mut pred: impl FnMut(&K, &V) -> bool) -> usize

@@ -266,13 +266,24 @@ where
         }
     }
 
-    /// Visits every object (key order for ordered_set) until `f` returns false.
-    fn for_each(&self, acc: Access, f: impl FnMut(&K, &V) -> bool) {
+    /// Folds over every object (key order for ordered_set).
+    fn fold<A>(&self, acc: Access, init: A, f: impl FnMut(A, &K, &V) -> A) -> A {
         match &self.backend {
-            Backend::Set(h) => h.for_each(acc, f),
-            Backend::Bag(h) => h.for_each(acc, f),
-            Backend::Ordered(o) => o.for_each(f),
+            Backend::Set(h) => h.fold(acc, init, f),
+            Backend::Bag(h) => h.fold(acc, init, f),
+            Backend::Ordered(o) => o.fold(init, f),
         }
+    }
+
+    fn select<R>(&self, acc: Access, mut f: impl FnMut(&K, &V) -> Option<R>) -> Vec<R> {
+        self.fold(acc, Vec::new(), |mut out, k, v| {
+            out.extend(f(k, v));
+            out
+        })
+    }
+
+    fn select_count(&self, acc: Access, mut pred: impl FnMut(&K, &V) -> bool) -> usize {
+        self.fold(acc, 0, |n, k, v| n + usize::from(pred(k, v)))
     }
 
     fn select_delete(&self, pred: impl FnMut(&K, &V) -> bool) -> usize {
@@ -363,12 +374,7 @@ where
     }
 
     fn to_vec(&self, acc: Access) -> Vec<(K, V)> {
-        let mut out = Vec::new();
-        self.for_each(acc, |k, v| {
-            out.push((k.clone(), v.clone()));
-            true
-        });
-        out
+        self.select(acc, |k, v| Some((k.clone(), v.clone())))
     }
 
     fn tab2file(&self, acc: Access, path: &Path) -> Result<(), EtsError>
@@ -474,62 +480,40 @@ macro_rules! read_api {
 
         /// Folds over the objects whose keys lie in `range`, in key order, without copying
         /// them. `OrderedSet` only.
-        pub fn range_fold<A, R, F>(&self, range: R, init: A, mut f: F) -> Result<A, EtsError>
+        pub fn range_fold<A, R, F>(&self, range: R, init: A, f: F) -> Result<A, EtsError>
         where
             R: RangeBounds<K>,
             F: FnMut(A, &K, &V) -> A,
         {
             let (lo, hi) = bounds(&range);
-            let o = self.inner.ordered("range_fold")?;
-            let mut acc = Some(init);
-            o.range_for_each(lo, hi, |k, v| {
-                acc = acc.take().map(|a| f(a, k, v));
-                true
-            });
-            acc.ok_or(EtsError::Corrupt("fold state lost"))
+            Ok(self
+                .inner
+                .ordered("range_fold")?
+                .range_fold(lo, hi, init, f))
         }
 
         /// Collects `f(object)` for every object where it is `Some`. Erlang: `select/2`.
-        pub fn select<R, F>(&self, mut f: F) -> Vec<R>
+        pub fn select<R, F>(&self, f: F) -> Vec<R>
         where
             F: FnMut(&K, &V) -> Option<R>,
         {
-            let mut out = Vec::new();
-            self.inner.for_each($acc, |k, v| {
-                out.extend(f(k, v));
-                true
-            });
-            out
+            self.inner.select($acc, f)
         }
 
         /// Counts the objects for which `pred` holds. Erlang: `select_count/2`.
-        pub fn select_count<F>(&self, mut pred: F) -> usize
+        pub fn select_count<F>(&self, pred: F) -> usize
         where
             F: FnMut(&K, &V) -> bool,
         {
-            let mut n = 0;
-            self.inner.for_each($acc, |k, v| {
-                n += usize::from(pred(k, v));
-                true
-            });
-            n
+            self.inner.select_count($acc, pred)
         }
 
         /// Folds over every object (key order for `OrderedSet`). Erlang: `foldl/3`.
-        pub fn fold<A, F>(&self, init: A, mut f: F) -> A
+        pub fn fold<A, F>(&self, init: A, f: F) -> A
         where
             F: FnMut(A, &K, &V) -> A,
         {
-            let mut acc = Some(init);
-            self.inner.for_each($acc, |k, v| {
-                acc = acc.take().map(|a| f(a, k, v));
-                true
-            });
-            // `acc` is refilled by every call of the closure above.
-            match acc {
-                Some(a) => a,
-                None => unreachable!("fold accumulator is always refilled"),
-            }
+            self.inner.fold($acc, init, f)
         }
 
         /// Dumps the table to `path`: header, objects, CRC32 (see the module docs). Written
@@ -664,38 +648,23 @@ macro_rules! trait_impls {
             fn range(&self, lower: Bound<&K>, upper: Bound<&K>) -> Result<Vec<(K, V)>, EtsError> {
                 Ok(self.inner.ordered("range")?.range(lower, upper))
             }
-            fn select<R, F>(&self, mut f: F) -> Result<Vec<R>, EtsError>
+            fn select<R, F>(&self, f: F) -> Result<Vec<R>, EtsError>
             where
                 F: FnMut(&K, &V) -> Option<R>,
             {
-                let mut out = Vec::new();
-                self.inner.for_each($acc, |k, v| {
-                    out.extend(f(k, v));
-                    true
-                });
-                Ok(out)
+                Ok(self.inner.select($acc, f))
             }
-            fn select_count<F>(&self, mut pred: F) -> Result<usize, EtsError>
+            fn select_count<F>(&self, pred: F) -> Result<usize, EtsError>
             where
                 F: FnMut(&K, &V) -> bool,
             {
-                let mut n = 0;
-                self.inner.for_each($acc, |k, v| {
-                    n += usize::from(pred(k, v));
-                    true
-                });
-                Ok(n)
+                Ok(self.inner.select_count($acc, pred))
             }
-            fn fold<A, F>(&self, init: A, mut f: F) -> Result<A, EtsError>
+            fn fold<A, F>(&self, init: A, f: F) -> Result<A, EtsError>
             where
                 F: FnMut(A, &K, &V) -> A,
             {
-                let mut acc = Some(init);
-                self.inner.for_each($acc, |k, v| {
-                    acc = acc.take().map(|a| f(a, k, v));
-                    true
-                });
-                acc.ok_or(EtsError::Corrupt("fold state lost"))
+                Ok(self.inner.fold($acc, init, f))
             }
         }
     };
