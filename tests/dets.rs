@@ -473,7 +473,7 @@ fn run_disk_model(tt: TableType, ops: &[model::Op]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(common::proptest_cases(48)))]
+    #![proptest_config(ProptestConfig::with_cases(common::proptest_cases(32)))]
 
     #[test]
     fn model_set(ops in model::ops(TableType::Set)) {

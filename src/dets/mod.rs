@@ -412,7 +412,10 @@ fn open_db(path: &Path, config: &sled::Config) -> Result<(sled::Db, PathBuf), De
         };
         match attempt {
             Ok(db) => {
-                // Ownership of the registration passes to the caller's guard.
+                // Ownership of the registration passes to the caller's guard; the path is
+                // recorded as closed again when that guard drops, so the set stays bounded by
+                // the directories this process has closed and not reopened.
+                REGISTRY.lock().closed.remove(&canonical);
                 guard.path = None;
                 return Ok((db, canonical));
             }
