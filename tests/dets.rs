@@ -69,10 +69,17 @@ fn truncate(file: &Path, keep: u64) {
         .expect("truncate");
 }
 
+/// Opening fails with `Corrupted`, and keeps failing: a failed open must not "heal" the
+/// evidence (regression: an early return once recorded the damaged counts as a clean close).
 fn assert_corrupted(p: &Path) {
-    match DiskTable::<u64, String>::open(p, opts(TableType::Set)) {
-        Err(DetsError::Corrupted { path, .. }) => assert_eq!(path, p),
-        other => panic!("expected Corrupted, got {:?}", other.map(|t| t.len())),
+    for attempt in 0..2 {
+        match DiskTable::<u64, String>::open(p, opts(TableType::Set)) {
+            Err(DetsError::Corrupted { path, .. }) => assert_eq!(path, p),
+            other => panic!(
+                "attempt {attempt}: expected Corrupted, got {:?}",
+                other.map(|t| t.len())
+            ),
+        }
     }
 }
 

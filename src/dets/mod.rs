@@ -284,7 +284,7 @@ pub struct DiskTable<K, V> {
     keys: usize,
     /// The next bag sequence number (bags only).
     next_seq: u64,
-    /// Set by `close`, so `Drop` does not close twice.
+    /// Set by `close` (so `Drop` does not close twice) and during `open`.
     closed: bool,
     _types: PhantomData<fn() -> (K, V)>,
 }
@@ -487,6 +487,7 @@ where
             path: Some(canonical),
             sled_opened: true,
         };
+        let log_file = std::fs::File::open(path.join("db")).map_err(|e| io_error(&path, e))?;
         let meta = db.open_tree(META_TREE).map_err(|e| sled_error(&path, e))?;
         let data = db.open_tree(DATA_TREE).map_err(|e| sled_error(&path, e))?;
         let expected = Schema::of::<K, V>(&opts);
@@ -541,10 +542,10 @@ where
                 let rec = codec::encode(&(FORMAT, &expected))?;
                 meta.insert(SCHEMA_KEY, rec)
                     .map_err(|e| sled_error(&path, e))?;
-                db.flush().map_err(|e| sled_error(&path, e))?;
+                // Durable before the state file below says the table exists.
+                flush_and_sync(&db, &log_file).map_err(|e| sled_error(&path, e))?;
             }
         }
-        let log_file = std::fs::File::open(path.join("db")).map_err(|e| io_error(&path, e))?;
         let mut table = DiskTable {
             _registered: path_guard,
             db,
@@ -556,7 +557,9 @@ where
             len: 0,
             keys: 0,
             next_seq: 0,
-            closed: false,
+            // Until open succeeds, `Drop` must not record a clean close: that would overwrite
+            // the counts that reveal a damaged store.
+            closed: true,
             _types: PhantomData,
         };
         table.recount()?;
@@ -575,6 +578,7 @@ where
         }
         // Mark the table open: a crash from here on leaves no counts to check against.
         write_state(&table.path, &table.schema, None)?;
+        table.closed = false;
         Ok(table)
     }
 
