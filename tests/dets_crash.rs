@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use freqalloc::dets::{BatchOp, DetsError, DiskTable, Durability, OpenOptions};
 use freqalloc::{ReadTable, TableType, WriteTable};
@@ -176,7 +177,13 @@ fn contents(table: &DiskTable<u64, u64>) -> Result<Model, DetsError> {
 }
 
 /// One kill-and-verify round; `Err` describes the failure.
-fn round(seed: u64, t: TableType, kill_after: u64, dir: &Path) -> Result<String, String> {
+fn round(
+    seed: u64,
+    t: TableType,
+    kill_after: u64,
+    delay: Duration,
+    dir: &Path,
+) -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
         .env(CHILD_ENV, dir)
@@ -196,6 +203,12 @@ fn round(seed: u64, t: TableType, kill_after: u64, dir: &Path) -> Result<String,
             Some(Err(e)) => return Err(e.to_string()),
             None => break,
         }
+    }
+    // Land the kill at a random point inside the next write: busy-wait (not a sleep: nothing
+    // is being waited for, the delay only moves the kill).
+    let spin = Instant::now();
+    while spin.elapsed() < delay {
+        std::hint::spin_loop();
     }
     // SIGKILL on unix: no destructor, no flush, no clean close.
     child.kill().map_err(|e| e.to_string())?;
@@ -305,6 +318,7 @@ fn main() {
         let t = TableType::ALL[(i % 4) as usize];
         let round_seed = rng.next();
         let kill_after = rng.below(120);
+        let delay = Duration::from_micros(rng.below(1500));
         let dir = match tempfile::tempdir() {
             Ok(d) => d,
             Err(e) => {
@@ -313,8 +327,9 @@ fn main() {
             }
         };
         let path = dir.path().join("t");
-        let name = format!("round {i} ({t}, seed {round_seed}, kill after {kill_after} acks)");
-        report(name, round(round_seed, t, kill_after, &path));
+        let name =
+            format!("round {i} ({t}, seed {round_seed}, kill {delay:?} after ack {kill_after})");
+        report(name, round(round_seed, t, kill_after, delay, &path));
     }
     match tempfile::tempdir() {
         Ok(d) => {

@@ -221,6 +221,11 @@ impl Default for OpenOptions {
 }
 
 /// What a store records about itself at creation, and checks at every open.
+///
+/// The type names come from `std::any::type_name`, whose exact text Rust does not promise to
+/// keep across compiler versions: a toolchain upgrade could turn a matching schema into a
+/// [`DetsError::SchemaMismatch`] (a refusal, never a misread). Bump [`OpenOptions::version`]
+/// when a type changes shape but not name: names alone cannot see that.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schema {
     /// The table type.
