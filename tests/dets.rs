@@ -558,3 +558,15 @@ fn to_ets_and_from_ets_move_tables_between_tiers() {
         assert_eq!(d.info().unwrap().keys, 2);
     }
 }
+
+#[test]
+fn a_disk_table_can_move_to_its_owner_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<DiskTable<u64, String>>();
+    let dir = tempfile::tempdir().unwrap();
+    let mut t: DiskTable<u64, String> = open(&dir.path().join("t"), TableType::Set);
+    std::thread::scope(|s| {
+        s.spawn(|| t.insert(1, "from a thread".into()).unwrap());
+    });
+    assert_eq!(t.len().unwrap(), 1);
+}
