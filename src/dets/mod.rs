@@ -1109,9 +1109,33 @@ where
             }
             return self.after_write();
         }
-        let mut plan = self.plan(false)?;
-        self.plan_insert(&mut plan, &key, &value)?;
-        self.commit(plan)
+        // Bags: one prefix scan (the whole key for `Bag`, to find an identical object; the
+        // first object for `DuplicateBag`, to know whether the key is new), one sled insert.
+        let kb = key_bytes(&key)?;
+        let rec = record(&key, &value)?;
+        let dedupe = self.schema.table_type == TableType::Bag;
+        let mut key_is_new = true;
+        for item in self.data.scan_prefix(&kb).values() {
+            let stored = item.map_err(|e| self.err(e))?;
+            key_is_new = false;
+            if !dedupe {
+                break;
+            }
+            if *stored == *rec {
+                return Ok(());
+            }
+        }
+        let seq = self.next_seq;
+        let next_seq = seq
+            .checked_add(1)
+            .ok_or_else(|| corrupted(&self.path, "bag sequence numbers exhausted"))?;
+        let mut dk = kb;
+        dk.extend_from_slice(&seq.to_be_bytes());
+        self.data.insert(dk, rec).map_err(|e| self.err(e))?;
+        self.next_seq = next_seq;
+        self.len += 1;
+        self.keys += usize::from(key_is_new);
+        self.after_write()
     }
 
     fn insert_many<I>(&mut self, objects: I) -> Result<(), DetsError>
