@@ -85,7 +85,8 @@
 //!
 //! Two sled trees: `meta` holds the [`Schema`]; `data` maps the key bytes (see the private
 //! `key` module; for bags followed by an 8-byte big-endian sequence number, so a key's objects
-//! are a prefix scan in insertion order) to the record `codec::encode(&(key, value))`. The
+//! are a prefix scan in insertion order) to the record `codec::encode(&(value, key))` (value first, so a lookup decodes only the
+//! value). The
 //! object and key counts live in memory and are recomputed by one scan at open, so `len` is
 //! O(1). Comparisons of objects (`Bag` dedup, `delete_object`) compare encoded records, so
 //! `V`'s encoding must be deterministic (no `HashMap` values).
@@ -442,9 +443,9 @@ fn key_bytes<K: Serialize>(key: &K) -> Result<Vec<u8>, DetsError> {
     Ok(out)
 }
 
-/// The stored record of an object.
+/// The stored record of an object: value first, so lookups decode only the value.
 fn record<K: Serialize, V: Serialize>(key: &K, value: &V) -> Result<Vec<u8>, DetsError> {
-    Ok(codec::encode(&(key, value))?)
+    Ok(codec::encode(&(value, key))?)
 }
 
 /// The objects pending under one key while a batch is planned: (data key, record) pairs.
@@ -672,7 +673,16 @@ where
     }
 
     fn decode(&self, rec: &[u8]) -> Result<(K, V), DetsError> {
-        codec::decode(rec).map_err(|e| corrupted(&self.path, format!("unreadable record: {e}")))
+        let (v, k): (V, K) = codec::decode(rec)
+            .map_err(|e| corrupted(&self.path, format!("unreadable record: {e}")))?;
+        Ok((k, v))
+    }
+
+    /// Decodes only the value of a record (its first part).
+    fn decode_value(&self, rec: &[u8]) -> Result<V, DetsError> {
+        codec::decode_prefix::<V>(rec)
+            .map(|(v, _)| v)
+            .map_err(|e| corrupted(&self.path, format!("unreadable record: {e}")))
     }
 
     /// The (data key, record) pairs stored under the key bytes `kb`, in insertion order.
@@ -965,11 +975,11 @@ where
             self.data
                 .scan_prefix(&kb)
                 .values()
-                .map(|r| Ok(self.decode(&r.map_err(|e| self.err(e))?)?.1))
+                .map(|r| self.decode_value(&r.map_err(|e| self.err(e))?))
                 .collect()
         } else {
             match self.data.get(&kb).map_err(|e| self.err(e))? {
-                Some(rec) => Ok(vec![self.decode(&rec)?.1]),
+                Some(rec) => Ok(vec![self.decode_value(&rec)?]),
                 None => Ok(Vec::new()),
             }
         }
@@ -1215,7 +1225,7 @@ where
         let mut values = Vec::with_capacity(stored.len());
         let mut dks = Vec::with_capacity(stored.len());
         for (dk, rec) in stored {
-            values.push(self.decode(&rec)?.1);
+            values.push(self.decode_value(&rec)?);
             dks.push(dk);
         }
         let some = !dks.is_empty();
@@ -1230,7 +1240,7 @@ where
         self.sets_only("update_counter")?;
         let kb = key_bytes(key)?;
         let current = match self.data.get(&kb).map_err(|e| self.err(e))? {
-            Some(rec) => self.decode(&rec)?.1,
+            Some(rec) => self.decode_value(&rec)?,
             None => default.ok_or(DetsError::NoSuchKey)?,
         };
         let new = current
@@ -1257,7 +1267,7 @@ where
         let Some(rec) = self.data.get(&kb).map_err(|e| self.err(e))? else {
             return Ok(false);
         };
-        let mut value = self.decode(&rec)?.1;
+        let mut value = self.decode_value(&rec)?;
         f(&mut value);
         self.data
             .insert(kb, record(key, &value)?)
