@@ -111,9 +111,10 @@ impl Subject for EtsPublic {
     }
 }
 
-/// A set, looking up with the allocation-free `get` instead of `lookup` (which returns a
-/// `Vec`): the owner's handle, or with `public` a public table's.
+/// An ETS table looking up with the allocation-free `get` instead of `lookup` (which returns
+/// a `Vec`): the owner's handle, or with `public` a public table's.
 struct EtsGet {
+    tt: TableType,
     public: bool,
 }
 enum GetVia {
@@ -147,13 +148,13 @@ impl Subject for EtsGet {
     type H = GetVia;
     fn name(&self) -> String {
         let who = if self.public { "public" } else { "owner" };
-        format!("ets/set/{who}-get")
+        format!("ets/{}/{who}-get", self.tt)
     }
     fn make(&self) -> GetVia {
         if self.public {
-            GetVia::Public(PublicTable::new(TableType::Set))
+            GetVia::Public(PublicTable::new(self.tt))
         } else {
-            GetVia::Owner(Table::new(TableType::Set))
+            GetVia::Owner(Table::new(self.tt))
         }
     }
     fn second(&self, h: &GetVia) -> Option<GetVia> {
@@ -358,8 +359,11 @@ fn benches(c: &mut Criterion) {
         bench_subject(c, &EtsOwner(tt));
         bench_subject(c, &EtsPublic(tt));
     }
-    bench_subject(c, &EtsGet { public: false });
-    bench_subject(c, &EtsGet { public: true });
+    for tt in TableType::ALL {
+        for public in [false, true] {
+            bench_subject(c, &EtsGet { tt, public });
+        }
+    }
     bench_subject(c, &Baseline);
     bench_subject(
         c,

@@ -142,26 +142,61 @@ impl<V: PartialEq> Slot<V> for One<V> {
     }
 }
 
-impl<V: PartialEq> Slot<V> for Vec<V> {
+/// The slot of a bag: a key's objects in insertion order, with no allocation while there is
+/// only one (the common case: most keys of most bags hold one object).
+pub(crate) enum Objs<V> {
+    One(V),
+    Many(Vec<V>),
+}
+
+impl<V: PartialEq> Slot<V> for Objs<V> {
     const SINGLE: bool = false;
     fn new(v: V) -> Self {
-        vec![v]
+        Objs::One(v)
     }
+    #[inline]
     fn objects(&self) -> &[V] {
-        self
+        match self {
+            Objs::One(v) => std::slice::from_ref(v),
+            Objs::Many(vs) => vs,
+        }
     }
     fn add(&mut self, v: V, dedupe: bool) {
-        if !(dedupe && self.contains(&v)) {
-            self.push(v);
+        if dedupe && self.objects().contains(&v) {
+            return;
+        }
+        match self {
+            Objs::Many(vs) => vs.push(v),
+            Objs::One(_) => {
+                let old = std::mem::replace(self, Objs::Many(Vec::with_capacity(2)));
+                if let (Objs::One(first), Objs::Many(vs)) = (old, &mut *self) {
+                    vs.push(first);
+                    vs.push(v);
+                }
+            }
         }
     }
     fn remove_where(&mut self, mut remove: impl FnMut(&V) -> bool) -> (usize, bool) {
-        let before = self.len();
-        self.retain(|v| !remove(v));
-        (before - self.len(), self.is_empty())
+        match self {
+            Objs::One(v) => {
+                if remove(v) {
+                    (1, true)
+                } else {
+                    (0, false)
+                }
+            }
+            Objs::Many(vs) => {
+                let before = vs.len();
+                vs.retain(|v| !remove(v));
+                (before - vs.len(), vs.is_empty())
+            }
+        }
     }
     fn into_vec(self) -> Vec<V> {
-        self
+        match self {
+            Objs::One(v) => vec![v],
+            Objs::Many(vs) => vs,
+        }
     }
     fn single_mut(&mut self) -> Option<&mut V> {
         None
