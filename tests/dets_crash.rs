@@ -1,8 +1,8 @@
 //! Crash test of the disk tables: a child process writes in `EveryWrite` durability and reports
 //! every acknowledged write on its stdout; the parent SIGKILLs it at a random moment, reopens
 //! the table, and checks that it holds exactly the effect of the acknowledged operations, or of
-//! those plus the one in flight, applied whole (so many-object inserts and mixed batches are
-//! all-or-nothing).
+//! those plus the one in flight, applied whole (so many-object inserts, mixed batches and
+//! `from_ets` are all-or-nothing).
 //!
 //! A `harness = false` test: the binary re-runs itself as the child (`std::env::current_exe`)
 //! with `FREQALLOC_DETS_CRASH_CHILD` set. Iterations: `FREQALLOC_CRASH_ITERS` (default 5);
@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use freqalloc::dets::{BatchOp, DetsError, DiskTable, Durability, OpenOptions};
 use freqalloc::{ReadTable, TableType, WriteTable};
@@ -42,6 +43,8 @@ enum Op {
     Delete(u64),
     InsertMany(Vec<(u64, u64)>),
     Batch(Vec<BatchOp<u64, u64>>),
+    /// `from_ets` of an in-memory table holding these objects.
+    Replace(Vec<(u64, u64)>),
 }
 
 /// The `i`-th operation of the sequence of `seed` is `ops(seed).nth(i)`.
@@ -50,7 +53,11 @@ fn ops(seed: u64) -> impl Iterator<Item = Op> {
     let mut stamp = 0u64;
     std::iter::from_fn(move || {
         stamp += 1;
-        let op = match rng.below(10) {
+        let op = match rng.below(11) {
+            10 => {
+                let n = rng.below(20);
+                Op::Replace((0..n).map(|j| (rng.below(KEYS), stamp * 100 + j)).collect())
+            }
             0..=4 => Op::Insert(rng.below(KEYS), stamp),
             5..=6 => Op::Delete(rng.below(KEYS)),
             7..=8 => {
@@ -96,6 +103,10 @@ impl Model {
                 self.0.remove(k);
             }
             Op::InsertMany(objs) => objs.iter().for_each(|(k, v)| self.insert(t, *k, *v)),
+            Op::Replace(objs) => {
+                self.0.clear();
+                objs.iter().for_each(|(k, v)| self.insert(t, *k, *v));
+            }
             Op::Batch(bops) => {
                 for b in bops {
                     match b {
@@ -142,6 +153,11 @@ fn child(dir: &str) -> Result<(), DetsError> {
             }
             Op::InsertMany(objs) => table.insert_many(objs)?,
             Op::Batch(bops) => table.apply_batch(bops)?,
+            Op::Replace(objs) => {
+                let mut mem = freqalloc::ets::Table::new(t);
+                mem.insert_many(objs);
+                table.from_ets(&mem)?;
+            }
         }
         // One line per acknowledged write, flushed before the next write starts.
         if writeln!(out, "ack {i}").and_then(|_| out.flush()).is_err() {
@@ -161,7 +177,13 @@ fn contents(table: &DiskTable<u64, u64>) -> Result<Model, DetsError> {
 }
 
 /// One kill-and-verify round; `Err` describes the failure.
-fn round(seed: u64, t: TableType, kill_after: u64, dir: &Path) -> Result<String, String> {
+fn round(
+    seed: u64,
+    t: TableType,
+    kill_after: u64,
+    delay: Duration,
+    dir: &Path,
+) -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
         .env(CHILD_ENV, dir)
@@ -181,6 +203,12 @@ fn round(seed: u64, t: TableType, kill_after: u64, dir: &Path) -> Result<String,
             Some(Err(e)) => return Err(e.to_string()),
             None => break,
         }
+    }
+    // Land the kill at a random point inside the next write: busy-wait (not a sleep: nothing
+    // is being waited for, the delay only moves the kill).
+    let spin = Instant::now();
+    while spin.elapsed() < delay {
+        std::hint::spin_loop();
     }
     // SIGKILL on unix: no destructor, no flush, no clean close.
     child.kill().map_err(|e| e.to_string())?;
@@ -290,6 +318,7 @@ fn main() {
         let t = TableType::ALL[(i % 4) as usize];
         let round_seed = rng.next();
         let kill_after = rng.below(120);
+        let delay = Duration::from_micros(rng.below(1500));
         let dir = match tempfile::tempdir() {
             Ok(d) => d,
             Err(e) => {
@@ -298,8 +327,9 @@ fn main() {
             }
         };
         let path = dir.path().join("t");
-        let name = format!("round {i} ({t}, seed {round_seed}, kill after {kill_after} acks)");
-        report(name, round(round_seed, t, kill_after, &path));
+        let name =
+            format!("round {i} ({t}, seed {round_seed}, kill {delay:?} after ack {kill_after})");
+        report(name, round(round_seed, t, kill_after, delay, &path));
     }
     match tempfile::tempdir() {
         Ok(d) => {

@@ -366,6 +366,54 @@ fn insert_many_is_seen_all_or_nothing() {
     }
 }
 
+/// Single-key reads are isolated from many-key writes: the writer replaces keys 0..64 in one
+/// `insert_many`, writing key 0 first; a reader that sees round n under key 0 must then see at
+/// least round n under key 63 (a torn batch would show n - 1).
+#[test]
+fn single_key_reads_never_see_half_a_batch() {
+    for tt in [TableType::Set, TableType::OrderedSet] {
+        for public in [false, true] {
+            let owner: Table<u8, u64> = Table::new(tt);
+            let reader = owner.reader();
+            let mut writer: Box<dyn FnMut(u64) + Send> = if public {
+                let p = owner.into_public();
+                Box::new(move |n| p.insert_many((0..64).map(|k| (k, n))))
+            } else {
+                let mut o = owner;
+                Box::new(move |n| o.insert_many((0..64).map(|k| (k, n))))
+            };
+            writer(0);
+            let stop = AtomicBool::new(false);
+            let checks = AtomicUsize::new(0);
+            thread::scope(|s| {
+                let (stop, checks, reader) = (&stop, &checks, &reader);
+                let watcher = s.spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        let v0 = reader.get(&0).expect("key 0");
+                        let v1 = reader.get(&63).expect("key 63");
+                        assert!(v1 >= v0, "{tt}: saw key 0 at {v0} but key 63 at {v1}");
+                        let m = reader.lookup(&63);
+                        assert_eq!(m.len(), 1);
+                        checks.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                let mut n = 1;
+                let ok = wait_until(
+                    || {
+                        writer(n);
+                        n += 1;
+                        // A panicked reader stops checking: end early, its panic fails the test.
+                        checks.load(Ordering::Relaxed) > 100_000 || watcher.is_finished()
+                    },
+                    Duration::from_secs(30),
+                );
+                stop.store(true, Ordering::Release);
+                assert!(ok, "{tt}: reader made no progress");
+            });
+        }
+    }
+}
+
 /// A storm of every operation from several threads on a public table finishes (no deadlock)
 /// and leaves counts that agree with each other.
 #[test]

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::codec::CodecError;
+use crate::ets::EtsError;
 use crate::table::TableType;
 
 use super::Schema;
@@ -86,6 +87,10 @@ pub enum DetsError {
     /// `update_counter` found no object under the key and was given no default.
     #[error("no object under the key")]
     NoSuchKey,
+    /// An in-memory table that a disk table was loaded into or saved from failed
+    /// ([`DiskTable::to_ets`](super::DiskTable::to_ets), [`DiskTable::from_ets`](super::DiskTable::from_ets)).
+    #[error("in-memory table: {0}")]
+    Ets(#[from] EtsError),
     /// `update_counter` would overflow or underflow the value type.
     #[error("counter overflow: adding {incr} does not fit the value type")]
     CounterOverflow {

@@ -38,27 +38,32 @@
 //!
 //! Chosen at open with [`Durability`]:
 //!
-//! - [`Durability::EveryWrite`]: a write returns only after sled's `flush` (which writes the
-//!   log and calls `fsync`) has returned. A process killed at any instant loses no
-//!   acknowledged write; `insert_many`, `insert_new_many`, [`DiskTable::apply_batch`],
-//!   `delete_all_objects`, `select_delete` and [`DiskTable::replace_from`] are all-or-nothing
-//!   across a crash (one sled batch each).
+//! - [`Durability::EveryWrite`]: a write returns only after [`DiskTable::sync`] has returned
+//!   (sled's `flush`, then an `fdatasync` of sled's log file, see below). A process killed at
+//!   any instant loses no acknowledged write; `insert_many`, `insert_new_many`,
+//!   [`DiskTable::apply_batch`], `delete_all_objects`, `select_delete`, `take` and
+//!   [`DiskTable::from_ets`]/[`DiskTable::replace_from`] are all-or-nothing across a crash
+//!   (one sled batch each). Tested by `tests/dets_crash.rs`, which SIGKILLs a writer.
 //! - [`Durability::Interval(d)`](Durability::Interval): sled's background flusher writes every
 //!   `d` (as DETS's `auto_save`). A crash loses at most the writes of the last `d` plus the
 //!   time of one flush; what it keeps is a prefix of the writes (sled recovers a consistent
-//!   prefix of its log), and batches stay all-or-nothing.
+//!   prefix of its log), and batches stay all-or-nothing. The background flush is sled's own
+//!   (no `fdatasync`), so against power loss only `sync` counts.
 //! - [`Durability::Manual`]: only [`DiskTable::sync`], [`DiskTable::close`] and `Drop` flush.
 //!   A crash loses everything since the last of these (again a consistent prefix).
 //!
-//! What sled 0.34 promises and what it does not: `flush` writes the dirty log buffers and
-//! `fsync`s them, and recovery replays the log up to the last valid (checksummed) entry, so an
-//! acknowledged write survives a *process* crash. Power loss is another matter: sled 0.34 is
-//! beta software whose on-disk format and guarantees its authors do not freeze, its recovery
-//! relies on the drive honouring `fsync` (a drive with a volatile write cache that ignores
-//! flushes can lose acknowledged writes), and there are open upstream issues about its use of
-//! `sync_file_range` on Linux not flushing file metadata or the disk's write cache. Treat
-//! `EveryWrite` as "survives `kill -9`", tested in `tests/dets_crash.rs`, and power-loss
-//! durability as unproven.
+//! What sled 0.34 promises and what it does not. `flush` writes sled's dirty log buffers and,
+//! on Linux, waits for them with `sync_file_range`, which does not flush the drive's volatile
+//! write cache nor the file's metadata (its size, as the log grows): upstream
+//! [spacejam/sled#1452](https://github.com/spacejam/sled/issues/1452) ("Data is not written
+//! durably", open) and [#1351](https://github.com/spacejam/sled/issues/1351) (btrfs). So
+//! [`DiskTable::sync`] follows it with an `fdatasync` of sled's log file (`db`), which flushes
+//! both; that is what `EveryWrite` costs (about one `fdatasync` per write; batch to share it).
+//! Recovery replays the log up to the last entry whose checksum holds, so a torn tail is cut,
+//! not fatal. Limits that remain: sled writes values too large for its log (blobs, a fraction
+//! of its 512 KiB segment) to separate files without any sync, and sled 0.34 is beta software
+//! whose authors do not freeze its format. Treat `EveryWrite` as "survives `kill -9`"
+//! (tested) and "survives power loss if the drive honours `fdatasync`" (argued, not tested).
 //!
 //! ## Errors
 //!
@@ -68,11 +73,20 @@
 //! ([`DetsError::Corrupted`]), I/O errors. The schema is recorded at creation: the table type,
 //! `std::any::type_name` of `K` and `V`, and the user's [`OpenOptions::version`].
 //!
+//! Damage detection needs help: sled recovers a garbled or truncated log by cutting it at the
+//! first bad entry, silently, which can drop every object. So a small state file beside sled's
+//! (`freqalloc-dets.state`, replaced atomically) records the schema and, at each clean close,
+//! the object and key counts; open recounts (one scan) and a mismatch, or a state file without
+//! a schema record in sled, is [`DetsError::Corrupted`]. After a crash (no clean close) the
+//! counts are unknown, so damage that sled cuts away silently is only caught if it removes the
+//! schema record.
+//!
 //! ## Storage layout
 //!
 //! Two sled trees: `meta` holds the [`Schema`]; `data` maps the key bytes (see the private
 //! `key` module; for bags followed by an 8-byte big-endian sequence number, so a key's objects
-//! are a prefix scan in insertion order) to the record `codec::encode(&(key, value))`. The
+//! are a prefix scan in insertion order) to the record `codec::encode(&(value, key))` (value first, so a lookup decodes only the
+//! value). The
 //! object and key counts live in memory and are recomputed by one scan at open, so `len` is
 //! O(1). Comparisons of objects (`Bag` dedup, `delete_object`) compare encoded records, so
 //! `V`'s encoding must be deterministic (no `HashMap` values).
@@ -208,6 +222,11 @@ impl Default for OpenOptions {
 }
 
 /// What a store records about itself at creation, and checks at every open.
+///
+/// The type names come from `std::any::type_name`, whose exact text Rust does not promise to
+/// keep across compiler versions: a toolchain upgrade could turn a matching schema into a
+/// [`DetsError::SchemaMismatch`] (a refusal, never a misread). Bump [`OpenOptions::version`]
+/// when a type changes shape but not name: names alone cannot see that.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schema {
     /// The table type.
@@ -259,6 +278,8 @@ pub struct DiskTable<K, V> {
     /// Declared first so it drops first: unregisters the directory (see `open_db`).
     _registered: OpenGuard,
     db: sled::Db,
+    /// sled's log file, opened again to `fdatasync` it (see [`DiskTable::sync`]).
+    log_file: std::fs::File,
     data: sled::Tree,
     path: PathBuf,
     schema: Schema,
@@ -269,7 +290,7 @@ pub struct DiskTable<K, V> {
     keys: usize,
     /// The next bag sequence number (bags only).
     next_seq: u64,
-    /// Set by `close`, so `Drop` does not close twice.
+    /// Set by `close` (so `Drop` does not close twice) and during `open`.
     closed: bool,
     _types: PhantomData<fn() -> (K, V)>,
 }
@@ -309,6 +330,13 @@ fn sled_error(path: &Path, e: sled::Error) -> DetsError {
             detail: e.to_string(),
         },
     }
+}
+
+/// sled `flush`, then `fdatasync` of its log file.
+fn flush_and_sync(db: &sled::Db, log_file: &std::fs::File) -> sled::Result<()> {
+    db.flush()?;
+    log_file.sync_data()?;
+    Ok(())
 }
 
 fn corrupted(path: &Path, detail: impl Into<String>) -> DetsError {
@@ -390,7 +418,10 @@ fn open_db(path: &Path, config: &sled::Config) -> Result<(sled::Db, PathBuf), De
         };
         match attempt {
             Ok(db) => {
-                // Ownership of the registration passes to the caller's guard.
+                // Ownership of the registration passes to the caller's guard; the path is
+                // recorded as closed again when that guard drops, so the set stays bounded by
+                // the directories this process has closed and not reopened.
+                REGISTRY.lock().closed.remove(&canonical);
                 guard.path = None;
                 return Ok((db, canonical));
             }
@@ -412,17 +443,20 @@ fn key_bytes<K: Serialize>(key: &K) -> Result<Vec<u8>, DetsError> {
     Ok(out)
 }
 
-/// The stored record of an object.
+/// The stored record of an object: value first, so lookups decode only the value.
 fn record<K: Serialize, V: Serialize>(key: &K, value: &V) -> Result<Vec<u8>, DetsError> {
-    Ok(codec::encode(&(key, value))?)
+    Ok(codec::encode(&(value, key))?)
 }
 
 /// The objects pending under one key while a batch is planned: (data key, record) pairs.
 type Pending = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// An atomic write being planned: a sled batch plus the count changes it makes.
+/// One planned write of a data key: `Some(record)` to store, `None` to remove.
+type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// An atomic write being planned: its writes in order plus the count changes they make.
 struct Plan {
-    batch: sled::Batch,
+    writes: Vec<Write>,
     /// The objects under each key touched so far, as they will be after the batch.
     touched: HashMap<Vec<u8>, Pending>,
     /// True when the batch starts by removing every object (replace, clear).
@@ -459,6 +493,7 @@ where
             path: Some(canonical),
             sled_opened: true,
         };
+        let log_file = std::fs::File::open(path.join("db")).map_err(|e| io_error(&path, e))?;
         let meta = db.open_tree(META_TREE).map_err(|e| sled_error(&path, e))?;
         let data = db.open_tree(DATA_TREE).map_err(|e| sled_error(&path, e))?;
         let expected = Schema::of::<K, V>(&opts);
@@ -513,12 +548,14 @@ where
                 let rec = codec::encode(&(FORMAT, &expected))?;
                 meta.insert(SCHEMA_KEY, rec)
                     .map_err(|e| sled_error(&path, e))?;
-                db.flush().map_err(|e| sled_error(&path, e))?;
+                // Durable before the state file below says the table exists.
+                flush_and_sync(&db, &log_file).map_err(|e| sled_error(&path, e))?;
             }
         }
         let mut table = DiskTable {
             _registered: path_guard,
             db,
+            log_file,
             data,
             path,
             schema: expected,
@@ -526,7 +563,9 @@ where
             len: 0,
             keys: 0,
             next_seq: 0,
-            closed: false,
+            // Until open succeeds, `Drop` must not record a clean close: that would overwrite
+            // the counts that reveal a damaged store.
+            closed: true,
             _types: PhantomData,
         };
         table.recount()?;
@@ -545,6 +584,7 @@ where
         }
         // Mark the table open: a crash from here on leaves no counts to check against.
         write_state(&table.path, &table.schema, None)?;
+        table.closed = false;
         Ok(table)
     }
 
@@ -601,10 +641,13 @@ where
         self.durability
     }
 
-    /// Writes every pending write to disk and waits for it (sled `flush`). Erlang: `sync/1`.
+    /// Writes every pending write to disk and waits for it. Erlang: `sync/1`.
+    ///
+    /// sled's `flush` writes its log buffers but, on Linux, syncs them with
+    /// `sync_file_range`, which neither flushes the drive's write cache nor the file's size;
+    /// so after it we `fdatasync` the log file ourselves, which does both.
     pub fn sync(&self) -> Result<(), DetsError> {
-        self.db.flush().map_err(|e| self.err(e))?;
-        Ok(())
+        flush_and_sync(&self.db, &self.log_file).map_err(|e| self.err(e))
     }
 
     /// Flushes and closes the table, returning any error of the final flush (`Drop` would
@@ -630,7 +673,16 @@ where
     }
 
     fn decode(&self, rec: &[u8]) -> Result<(K, V), DetsError> {
-        codec::decode(rec).map_err(|e| corrupted(&self.path, format!("unreadable record: {e}")))
+        let (v, k): (V, K) = codec::decode(rec)
+            .map_err(|e| corrupted(&self.path, format!("unreadable record: {e}")))?;
+        Ok((k, v))
+    }
+
+    /// Decodes only the value of a record (its first part).
+    fn decode_value(&self, rec: &[u8]) -> Result<V, DetsError> {
+        codec::decode_prefix::<V>(rec)
+            .map(|(v, _)| v)
+            .map_err(|e| corrupted(&self.path, format!("unreadable record: {e}")))
     }
 
     /// The (data key, record) pairs stored under the key bytes `kb`, in insertion order.
@@ -654,14 +706,14 @@ where
     }
 
     fn plan(&self, from_empty: bool) -> Result<Plan, DetsError> {
-        let mut batch = sled::Batch::default();
+        let mut writes = Vec::new();
         if from_empty {
             for k in self.data.iter().keys() {
-                batch.remove(k.map_err(|e| self.err(e))?);
+                writes.push((k.map_err(|e| self.err(e))?.to_vec(), None));
             }
         }
         Ok(Plan {
-            batch,
+            writes,
             touched: HashMap::new(),
             from_empty,
             len: if from_empty { 0 } else { self.len },
@@ -710,7 +762,7 @@ where
                 .checked_add(1)
                 .ok_or_else(|| corrupted(&self.path, "bag sequence numbers exhausted"))?;
         }
-        plan.batch.insert(dk, rec);
+        plan.writes.push((dk, Some(rec)));
         plan.len += usize::from(added);
         plan.keys += usize::from(was_empty);
         Ok(())
@@ -725,17 +777,20 @@ where
             plan.keys -= 1;
         }
         for (dk, _) in removed {
-            plan.batch.remove(dk);
+            plan.writes.push((dk, None));
         }
         Ok(())
     }
 
     fn commit(&mut self, plan: Plan) -> Result<(), DetsError> {
-        self.data.apply_batch(plan.batch).map_err(|e| self.err(e))?;
+        let wrote = self.write_all(plan.writes)?;
         self.len = plan.len;
         self.keys = plan.keys;
         self.next_seq = plan.next_seq;
-        self.after_write()
+        if wrote {
+            self.after_write()?;
+        }
+        Ok(())
     }
 
     /// Applies a mixed batch of inserts and deletes atomically: readers and a crash see all of
@@ -784,6 +839,30 @@ where
         self.commit(plan)
     }
 
+    /// Loads this table into a new in-memory [`ets::Table`](crate::ets::Table) of the same
+    /// type (the DETS idiom `dets:to_ets/2`). The disk table is not changed.
+    pub fn to_ets(&self) -> Result<crate::ets::Table<K, V>, DetsError>
+    where
+        K: Eq + std::hash::Hash + Ord + Clone,
+        V: Clone + PartialEq,
+    {
+        let mut t = crate::ets::Table::new(self.schema.table_type);
+        self.copy_into(&mut t)?;
+        Ok(t)
+    }
+
+    /// Replaces this table's contents by those of an in-memory table (any ETS handle:
+    /// [`Table`](crate::ets::Table), [`TableReader`](crate::ets::TableReader),
+    /// [`PublicTable`](crate::ets::PublicTable)), atomically: after a crash the disk table
+    /// holds the old contents or the new ones (`dets:from_ets/2`, which DETS does not make
+    /// atomic). Objects are inserted with this table's type semantics.
+    pub fn from_ets<T>(&mut self, src: &T) -> Result<(), DetsError>
+    where
+        T: ReadTable<K, V, Error = crate::ets::EtsError>,
+    {
+        self.replace_from(src)
+    }
+
     /// The first stored key strictly after the key bytes (bag suffixes skipped).
     fn key_after(&self, kb: Vec<u8>) -> Result<Option<K>, DetsError> {
         let mut kb = kb;
@@ -816,20 +895,45 @@ where
         Ok(())
     }
 
-    /// Removes the data keys, as one atomic batch, and recounts bag keys touched.
+    /// Applies the writes atomically: one sled write when there is one (a sled batch costs
+    /// much more than a single write), one sled batch otherwise. Returns whether it wrote;
+    /// the caller updates the counts, then calls `after_write`.
+    fn write_all(&self, mut writes: Vec<Write>) -> Result<bool, DetsError> {
+        match writes.len() {
+            0 => return Ok(false),
+            1 => {
+                let Some((dk, rec)) = writes.pop() else {
+                    return Ok(false);
+                };
+                match rec {
+                    Some(rec) => self.data.insert(dk, rec).map(drop),
+                    None => self.data.remove(dk).map(drop),
+                }
+                .map_err(|e| self.err(e))?;
+            }
+            _ => {
+                let mut batch = sled::Batch::default();
+                for (dk, rec) in writes {
+                    match rec {
+                        Some(rec) => batch.insert(dk, rec),
+                        None => batch.remove(dk),
+                    }
+                }
+                self.data.apply_batch(batch).map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Removes the data keys atomically and updates the counts.
     fn remove_all(&mut self, dks: Vec<Vec<u8>>, removed_keys: usize) -> Result<(), DetsError> {
-        if dks.is_empty() {
-            return Ok(());
-        }
         let n = dks.len();
-        let mut batch = sled::Batch::default();
-        for dk in dks {
-            batch.remove(dk);
+        if self.write_all(dks.into_iter().map(|dk| (dk, None)).collect())? {
+            self.len -= n;
+            self.keys -= removed_keys;
+            self.after_write()?;
         }
-        self.data.apply_batch(batch).map_err(|e| self.err(e))?;
-        self.len -= n;
-        self.keys -= removed_keys;
-        self.after_write()
+        Ok(())
     }
 
     fn sets_only(&self, op: &'static str) -> Result<(), DetsError> {
@@ -847,7 +951,7 @@ impl<K, V> Drop for DiskTable<K, V> {
     /// Flushes and records a clean close, as `dets:close/1` would; use [`DiskTable::close`] to
     /// see the error.
     fn drop(&mut self) {
-        if !self.closed && self.db.flush().is_ok() {
+        if !self.closed && flush_and_sync(&self.db, &self.log_file).is_ok() {
             let counts = (self.len as u64, self.keys as u64, self.next_seq);
             let _ = write_state(&self.path, &self.schema, Some(counts));
         }
@@ -871,11 +975,11 @@ where
             self.data
                 .scan_prefix(&kb)
                 .values()
-                .map(|r| Ok(self.decode(&r.map_err(|e| self.err(e))?)?.1))
+                .map(|r| self.decode_value(&r.map_err(|e| self.err(e))?))
                 .collect()
         } else {
             match self.data.get(&kb).map_err(|e| self.err(e))? {
-                Some(rec) => Ok(vec![self.decode(&rec)?.1]),
+                Some(rec) => Ok(vec![self.decode_value(&rec)?]),
                 None => Ok(Vec::new()),
             }
         }
@@ -924,6 +1028,10 @@ where
     }
 
     fn last(&self) -> Result<Option<K>, DetsError> {
+        if !self.schema.table_type.is_ordered() {
+            // As ETS: `last` is `first` on the unordered types.
+            return self.first();
+        }
         match self.data.last().map_err(|e| self.err(e))? {
             Some((_, rec)) => Ok(Some(self.decode(&rec)?.0)),
             None => Ok(None),
@@ -931,7 +1039,10 @@ where
     }
 
     fn prev(&self, key: &K) -> Result<Option<K>, DetsError> {
-        // A bag's objects under `key` all sort after the bare key bytes.
+        if !self.schema.table_type.is_ordered() {
+            // As ETS: `prev` is `next` on the unordered types.
+            return self.next(key);
+        }
         match self.data.get_lt(key_bytes(key)?).map_err(|e| self.err(e))? {
             Some((_, rec)) => Ok(Some(self.decode(&rec)?.0)),
             None => Ok(None),
@@ -1008,9 +1119,33 @@ where
             }
             return self.after_write();
         }
-        let mut plan = self.plan(false)?;
-        self.plan_insert(&mut plan, &key, &value)?;
-        self.commit(plan)
+        // Bags: one prefix scan (the whole key for `Bag`, to find an identical object; the
+        // first object for `DuplicateBag`, to know whether the key is new), one sled insert.
+        let kb = key_bytes(&key)?;
+        let rec = record(&key, &value)?;
+        let dedupe = self.schema.table_type == TableType::Bag;
+        let mut key_is_new = true;
+        for item in self.data.scan_prefix(&kb).values() {
+            let stored = item.map_err(|e| self.err(e))?;
+            key_is_new = false;
+            if !dedupe {
+                break;
+            }
+            if *stored == *rec {
+                return Ok(());
+            }
+        }
+        let seq = self.next_seq;
+        let next_seq = seq
+            .checked_add(1)
+            .ok_or_else(|| corrupted(&self.path, "bag sequence numbers exhausted"))?;
+        let mut dk = kb;
+        dk.extend_from_slice(&seq.to_be_bytes());
+        self.data.insert(dk, rec).map_err(|e| self.err(e))?;
+        self.next_seq = next_seq;
+        self.len += 1;
+        self.keys += usize::from(key_is_new);
+        self.after_write()
     }
 
     fn insert_many<I>(&mut self, objects: I) -> Result<(), DetsError>
@@ -1048,6 +1183,16 @@ where
 
     fn delete(&mut self, key: &K) -> Result<usize, DetsError> {
         let kb = key_bytes(key)?;
+        if !self.schema.table_type.is_bag() {
+            let old = self.data.remove(kb).map_err(|e| self.err(e))?;
+            if old.is_none() {
+                return Ok(0);
+            }
+            self.len -= 1;
+            self.keys -= 1;
+            self.after_write()?;
+            return Ok(1);
+        }
         let dks: Vec<Vec<u8>> = self.stored(&kb)?.into_iter().map(|(dk, _)| dk).collect();
         let n = dks.len();
         self.remove_all(dks, usize::from(n > 0))?;
@@ -1080,7 +1225,7 @@ where
         let mut values = Vec::with_capacity(stored.len());
         let mut dks = Vec::with_capacity(stored.len());
         for (dk, rec) in stored {
-            values.push(self.decode(&rec)?.1);
+            values.push(self.decode_value(&rec)?);
             dks.push(dk);
         }
         let some = !dks.is_empty();
@@ -1095,7 +1240,7 @@ where
         self.sets_only("update_counter")?;
         let kb = key_bytes(key)?;
         let current = match self.data.get(&kb).map_err(|e| self.err(e))? {
-            Some(rec) => self.decode(&rec)?.1,
+            Some(rec) => self.decode_value(&rec)?,
             None => default.ok_or(DetsError::NoSuchKey)?,
         };
         let new = current
@@ -1122,7 +1267,7 @@ where
         let Some(rec) = self.data.get(&kb).map_err(|e| self.err(e))? else {
             return Ok(false);
         };
-        let mut value = self.decode(&rec)?.1;
+        let mut value = self.decode_value(&rec)?;
         f(&mut value);
         self.data
             .insert(kb, record(key, &value)?)

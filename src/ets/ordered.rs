@@ -130,12 +130,8 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Ordered<K, V> {
         }
     }
 
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V) -> bool) {
-        for (k, v) in self.map.read().iter() {
-            if !f(k, v) {
-                return;
-            }
-        }
+    pub(crate) fn fold<A>(&self, init: A, mut f: impl FnMut(A, &K, &V) -> A) -> A {
+        self.map.read().iter().fold(init, |a, (k, v)| f(a, k, v))
     }
 
     pub(crate) fn select_delete(&self, mut pred: impl FnMut(&K, &V) -> bool) -> usize {
@@ -180,21 +176,21 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Ordered<K, V> {
             .collect()
     }
 
-    /// Visits the objects with keys in the bounds, in key order, until `f` returns false.
-    pub(crate) fn range_for_each(
+    /// Folds over the objects with keys in the bounds, in key order.
+    pub(crate) fn range_fold<A>(
         &self,
         lower: Bound<&K>,
         upper: Bound<&K>,
-        mut f: impl FnMut(&K, &V) -> bool,
-    ) {
+        init: A,
+        mut f: impl FnMut(A, &K, &V) -> A,
+    ) -> A {
         if empty_or_inverted(lower, upper) {
-            return;
+            return init;
         }
-        for (k, v) in self.map.read().range::<K, _>((lower, upper)) {
-            if !f(k, v) {
-                return;
-            }
-        }
+        self.map
+            .read()
+            .range::<K, _>((lower, upper))
+            .fold(init, |a, (k, v)| f(a, k, v))
     }
 
     pub(crate) fn len(&self) -> usize {
