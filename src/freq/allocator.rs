@@ -359,13 +359,17 @@ impl Allocator {
                 owner: client.to_string(),
                 lease_ms,
             };
-            match self.call(shard, request) {
-                Ok(ShardReply::Allocated(f)) => return Ok(f),
-                Ok(other) => return Err(unexpected(shard, &other)),
-                Err(FreqError::NoFrequency { .. }) => continue,
-                // A shard that is down is skipped; another may serve.
-                Err(e @ FreqError::ShardFailed { .. }) => failure = Some(e),
-                Err(e) => return Err(e),
+            let server = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
+            match server.call_timeout(request, self.inner.options.call_timeout) {
+                Ok(Ok(ShardReply::Allocated(f))) => return Ok(f),
+                Ok(Ok(other)) => return Err(unexpected(shard, &other)),
+                Ok(Err(FreqError::NoFrequency { .. })) => continue,
+                Ok(Err(e)) => return Err(e),
+                // A shard that is not running never saw the call: skip it, another may serve.
+                Err(e @ OtpError::NoProc) => failure = Some(shard_error(shard, e)),
+                // The call failed in flight (timeout, crash): the shard may still make the
+                // allocation, so trying another shard could allocate twice. Not retried.
+                Err(e) => return Err(shard_error(shard, e)),
             }
         }
         Err(failure.unwrap_or(FreqError::NoFrequency {
