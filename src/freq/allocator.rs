@@ -338,6 +338,17 @@ impl Allocator {
 
     fn allocate_inner(&self, client: &str, lease_ms: Option<u64>) -> Result<u64, FreqError> {
         check_name(client)?;
+        // The limit is per client over the whole pool, so it is checked here against every
+        // shard's owner index (a shard alone sees only its part). Allocations racing under the
+        // same name may pass it together; one client handle allocating in turn never does.
+        if let Some(limit) = self.inner.config.client_limit {
+            if self.held_count(client) >= limit {
+                return Err(FreqError::LimitReached {
+                    client: client.to_string(),
+                    limit,
+                });
+            }
+        }
         let free = self.free_per_shard();
         let pick = Pick {
             free: &free,
@@ -447,6 +458,16 @@ impl Allocator {
         }
         held.sort_unstable();
         Ok(held)
+    }
+
+    fn held_count(&self, client: &str) -> usize {
+        let owner = client.to_string();
+        self.inner
+            .shared
+            .iter()
+            .filter_map(|s| s.readers())
+            .map(|r| r.owners.lookup(&owner).len())
+            .sum()
     }
 
     /// Reclaims every expired lease now (the shards also do it on their own timers).
