@@ -274,7 +274,14 @@ impl Allocator {
             shards.push(server);
             shared.push(s);
         }
-        let supervisor = Supervisor::start(spec).map_err(start_error)?;
+        // A shard that cannot start reports why in its typed error (the supervisor only has
+        // the text): corrupt or foreign contents, a disk failure.
+        let supervisor = Supervisor::start(spec).map_err(|e| {
+            shared
+                .iter()
+                .find_map(|s| s.take_init_error())
+                .unwrap_or_else(|| start_error(e))
+        })?;
         Ok(Allocator {
             inner: Arc::new(Inner {
                 dir,

@@ -46,6 +46,9 @@ pub struct ShardShared {
     readers: RwLock<Option<PoolReaders>>,
     recovered: AtomicU64,
     open_micros: AtomicU64,
+    /// Why the last `init` failed, kept typed for the caller of the first start (the generic
+    /// server only reports an exit reason as text).
+    init_error: parking_lot::Mutex<Option<FreqError>>,
 }
 
 impl ShardShared {
@@ -56,7 +59,13 @@ impl ShardShared {
             readers: RwLock::new(None),
             recovered: AtomicU64::new(0),
             open_micros: AtomicU64::new(0),
+            init_error: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// Takes the error of the last failed start, if any.
+    pub(crate) fn take_init_error(&self) -> Option<FreqError> {
+        self.init_error.lock().take()
     }
 
     /// The shard's index.
@@ -255,15 +264,9 @@ impl Shard {
     }
 }
 
-impl GenServer for Shard {
-    type Args = ShardArgs;
-    type Call = ShardCall;
-    type Reply = ShardResult;
-    type Cast = ();
-    type Info = ShardInfo;
-    type Error = FreqError;
-
-    fn init(args: ShardArgs, ctx: &mut Context<Self>) -> Result<Self, FreqError> {
+impl Shard {
+    /// Opens the disk table (or takes the pre-opened one) and rebuilds the pool from it.
+    fn start(args: ShardArgs, ctx: &mut Context<Self>) -> Result<Self, FreqError> {
         let started = Instant::now();
         let shared = args.shared;
         let preopened = args.preopened.lock().take();
@@ -281,7 +284,19 @@ impl GenServer for Shard {
             args.limit,
             Arc::clone(&shared.load),
             allocations,
-        )?;
+        )
+        .map_err(|e| match e {
+            FreqError::UnknownFrequency(f) => FreqError::Corrupt(format!(
+                "shard {}'s disk table holds frequency {f}, outside the shard's ranges {}",
+                shared.index,
+                args.ranges
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
+            e => e,
+        })?;
         *shared.readers.write() = Some(pool.readers());
         shared.recovered.store(recovered, Ordering::Relaxed);
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -298,6 +313,27 @@ impl GenServer for Shard {
         };
         shard.schedule_lease_timer(ctx);
         Ok(shard)
+    }
+}
+
+impl GenServer for Shard {
+    type Args = ShardArgs;
+    type Call = ShardCall;
+    type Reply = ShardResult;
+    type Cast = ();
+    type Info = ShardInfo;
+    type Error = FreqError;
+
+    fn init(args: ShardArgs, ctx: &mut Context<Self>) -> Result<Self, FreqError> {
+        let shared = Arc::clone(&args.shared);
+        Shard::start(args, ctx).map_err(|e| {
+            let reason = e.to_string();
+            *shared.init_error.lock() = Some(e);
+            FreqError::ShardFailed {
+                shard: shared.index,
+                reason,
+            }
+        })
     }
 
     fn handle_call(
