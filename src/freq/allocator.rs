@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,6 +115,9 @@ struct Inner {
     supervisor: Mutex<Option<Supervisor>>,
     ticket: AtomicU64,
     clients: Mutex<HashSet<String>>,
+    /// Set by [`Allocator::stop`]: calls then fail with `Stopped` at once instead of waiting
+    /// for a restart that will never come.
+    stopped: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -292,6 +295,7 @@ impl Allocator {
                 supervisor: Mutex::new(Some(supervisor)),
                 ticket: AtomicU64::new(0),
                 clients: Mutex::new(HashSet::new()),
+                stopped: AtomicBool::new(false),
             }),
         })
     }
@@ -321,7 +325,15 @@ impl Allocator {
         self.inner.shared.iter().map(|s| s.load().free()).collect()
     }
 
+    fn check_running(&self) -> Result<(), FreqError> {
+        if self.inner.stopped.load(Ordering::Acquire) {
+            return Err(FreqError::Stopped);
+        }
+        Ok(())
+    }
+
     fn call(&self, shard: usize, request: ShardCall) -> Result<ShardReply, FreqError> {
+        self.check_running()?;
         let server = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
         match server.call_timeout(request, self.inner.options.call_timeout) {
             Ok(result) => result,
@@ -345,6 +357,7 @@ impl Allocator {
 
     fn allocate_inner(&self, client: &str, lease_ms: Option<u64>) -> Result<u64, FreqError> {
         check_name(client)?;
+        self.check_running()?;
         // The limit is per client over the whole pool, so it is checked here against every
         // shard's owner index (a shard alone sees only its part). Allocations racing under the
         // same name may pass it together; one client handle allocating in turn never does.
@@ -423,11 +436,13 @@ impl Allocator {
         shard: usize,
         request: impl Fn() -> ShardCall,
     ) -> Result<ShardReply, FreqError> {
+        self.check_running()?;
         let server = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
         let generation = server.generation();
         match server.call_timeout(request(), self.inner.options.call_timeout) {
             Ok(result) => result,
             Err(OtpError::NoProc) => {
+                self.check_running()?;
                 server
                     .wait_for_generation(generation + 1, self.inner.options.call_timeout)
                     .map_err(|e| shard_error(shard, e))?;
@@ -601,9 +616,10 @@ impl Allocator {
             .collect()
     }
 
-    /// Stops the shards (each flushes what it holds) and the supervisor. Other clones then get
+    /// Stops the shards (each flushes what it holds) and the supervisor. Every clone then gets
     /// `Stopped` or a shard error.
     pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::Release);
         if let Some(sup) = self.inner.supervisor.lock().take() {
             sup.stop();
         }
