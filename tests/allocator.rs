@@ -687,6 +687,12 @@ fn a_shard_panic_mid_storm_is_restarted_and_loses_nothing_acknowledged() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for (name, log) in &logs {
+        eprintln!(
+            "{name}: {} ops, {} failed allocations, {} uncertain deallocations",
+            log.ops,
+            log.failed_allocations,
+            log.maybe_freed.len()
+        );
         assert!(
             log.failed_shards.iter().all(|&s| s == 1),
             "{name}: failures on {:?}",
@@ -839,4 +845,25 @@ fn a_store_with_100_000_allocations_reopens() {
     assert_eq!(recovered, 100_000);
     assert_eq!(holdings(&alloc.status()), before);
     assert_consistent(&alloc);
+}
+
+/// Regression: after `stop()`, deallocations, releases, checks and reaps waited for a restart
+/// that never comes (the call timeout, 5 s per shard, so dropping a `Client` after a stop hung)
+/// and then failed with `ShardFailed`; they now fail at once with `Stopped`, as documented.
+#[test]
+fn calls_after_stop_fail_with_stopped() {
+    let alloc = Allocator::in_memory(course(), Strategy::RoundRobin, None).unwrap();
+    let client = alloc.client("a").unwrap();
+    let f = client.allocate().unwrap();
+    let clone = alloc.clone();
+    alloc.stop();
+    assert!(matches!(clone.allocate("b"), Err(FreqError::Stopped)));
+    assert!(matches!(clone.deallocate(f, "a"), Err(FreqError::Stopped)));
+    assert!(matches!(clone.release_all("a"), Err(FreqError::Stopped)));
+    assert!(matches!(clone.reap_expired(), Err(FreqError::Stopped)));
+    assert!(matches!(clone.check(), Err(FreqError::Stopped)));
+    assert!(matches!(client.deallocate(f), Err(FreqError::Stopped)));
+    drop(client);
+    // Stopping twice is harmless.
+    alloc.stop();
 }
