@@ -401,7 +401,7 @@ fn main() {
     let (mut passed, mut failed) = (0u32, 0u32);
     for (i, mode) in rounds.into_iter().enumerate() {
         let round_seed = rng.next();
-        let kill_after = 10 + rng.below(600);
+        let kill_after = 10 + rng.below(1500);
         let name = format!(
             "round {i} ({}, seed {round_seed}, kill after {kill_after} acks)",
             mode.name()
