@@ -5,7 +5,8 @@
 //! The child writes, one flushed line each (under one lock, so lines never interleave):
 //! `a C` before client `C` calls allocate, `A C F` after it returned `Ok(F)`; `d C F` before it
 //! deallocates `F`, `D C F` once the frequency is known to be free of it (the call returned
-//! `Ok`, or a retry after a `ShardFailed` found it already freed).
+//! `Ok`, or a retry after a `ShardFailed` found it already freed); `r C` before it releases
+//! everything it holds, `X C` once that returned.
 //!
 //! In `Sync` durability, after the kill and a reopen:
 //! - an acknowledged allocation (`A c f`) not followed by an acknowledged deallocation of `f` by
@@ -129,7 +130,31 @@ fn client_storm(
     let mut held: Vec<u64> = Vec::new();
     // Bounded, so a child the parent forgot cannot run forever.
     for _ in 0..2_000_000 {
-        if held.is_empty() || (held.len() < HOLD && rng.below(2) == 0) {
+        if !held.is_empty() && rng.below(40) == 0 {
+            emit(out, format_args!("r {name}"));
+            let mut retried = false;
+            loop {
+                match alloc.release_all(name) {
+                    Ok(freed) => {
+                        // It frees exactly what the client holds (a part of it if an earlier
+                        // attempt failed after freeing some).
+                        let mut mine = held.clone();
+                        mine.sort_unstable();
+                        let subset = freed.iter().all(|f| mine.contains(f));
+                        if !subset || (!retried && freed != mine) {
+                            eprintln!("child: {name} released {freed:?}, it held {mine:?}");
+                            std::process::exit(3);
+                        }
+                        emit(out, format_args!("X {name}"));
+                        held.clear();
+                        break;
+                    }
+                    // Idempotent: retried until it answers.
+                    Err(FreqError::ShardFailed { .. }) => retried = true,
+                    Err(e) => fatal("release_all", &e),
+                }
+            }
+        } else if held.is_empty() || (held.len() < HOLD && rng.below(2) == 0) {
             emit(out, format_args!("a {name}"));
             match alloc.allocate(name) {
                 Ok(f) => {
@@ -204,6 +229,8 @@ struct History {
     deallocating: BTreeSet<(String, u64)>,
     /// Per client: allocations started and not acknowledged.
     unacked: BTreeMap<String, u64>,
+    /// Per client: what it held when it started a `release_all` not yet acknowledged.
+    releasing: BTreeMap<String, Vec<u64>>,
     acks: u64,
 }
 
@@ -218,6 +245,27 @@ impl History {
         };
         match parts.as_slice() {
             ["R"] => {}
+            ["r", c] => {
+                let held: Vec<u64> = self
+                    .holder
+                    .iter()
+                    .filter(|(_, o)| o.as_str() == *c)
+                    .map(|(f, _)| *f)
+                    .collect();
+                for f in &held {
+                    self.deallocating.insert((c.to_string(), *f));
+                }
+                self.releasing.insert(c.to_string(), held);
+            }
+            ["X", c] => {
+                for f in self.releasing.remove(*c).unwrap_or_default() {
+                    self.deallocating.remove(&(c.to_string(), f));
+                    if self.holder.get(&f).map(String::as_str) == Some(*c) {
+                        self.holder.remove(&f);
+                    }
+                }
+                self.acks += 1;
+            }
             ["a", c] => *self.unacked.entry(c.to_string()).or_default() += 1,
             ["A", c, _] => {
                 let f = freq(2)?;
