@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use super::clock::{Clock, SystemClock};
 use super::error::{FreqError, StoreError};
-use super::layout::{FreqRange, Layout};
+use super::layout::{coalesce, FreqRange, Layout};
 use super::pool::Allocation;
 use super::router::{choose, fallback_order, Pick, Strategy};
 use super::shard::{open_disk, Fault, Shard, ShardArgs, ShardCall, ShardReply, ShardShared};
@@ -184,8 +184,28 @@ impl Allocator {
             write_config(dir, &config)?;
             return Ok(InitOutcome::Created);
         };
-        let same_pool = existing.layout.all_ranges() == config.layout.all_ranges();
+        // The same frequencies split another way are the same pool (`0-999` over 4 shards is
+        // `0-249,250-499,...`): compare the frequencies, not the ranges.
+        let same_pool =
+            coalesce(existing.layout.all_ranges()) == coalesce(config.layout.all_ranges());
         let outcome = if same_pool {
+            if existing.layout.shard_count() != config.layout.shard_count() {
+                // Moving allocations between shards is not supported: refuse, naming both.
+                return Err(StoreError::ConfigMismatch {
+                    path: dir.to_path_buf(),
+                    existing: format!(
+                        "pool {} over {} shards",
+                        existing.layout.pool_string(),
+                        existing.layout.shard_count()
+                    ),
+                    requested: format!(
+                        "pool {} over {} shards",
+                        config.layout.pool_string(),
+                        config.layout.shard_count()
+                    ),
+                }
+                .into());
+            }
             InitOutcome::Existing
         } else if grow {
             let grown = existing.layout.grow_to(&config.layout.all_ranges())?;
