@@ -867,3 +867,48 @@ fn calls_after_stop_fail_with_stopped() {
     // Stopping twice is harmless.
     alloc.stop();
 }
+
+/// Regression: `init` compared the pools range by range, so the same frequencies split another
+/// way were "another pool": refused with the message "created with pool 0-999; refusing pool
+/// 0-999", or with `grow` reported as `Grown(0)` while the requested split was silently ignored.
+/// Now the same frequencies over the same shard count are `Existing` (also after a growth, when
+/// the grown pool is given again), and another shard count is refused naming both counts.
+#[test]
+fn init_compares_frequencies_not_how_they_are_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = |n| Layout::split_evenly(&parse_pool("0-999").unwrap(), n).unwrap();
+    let cfg = |layout| config(layout, Strategy::MostFree, Durability::Sync);
+    Allocator::init(dir.path(), cfg(split(4)), false).unwrap();
+    for grow in [false, true] {
+        assert_eq!(
+            Allocator::init(dir.path(), cfg(split(4)), grow).unwrap(),
+            InitOutcome::Existing
+        );
+        let err = Allocator::init(dir.path(), cfg(split(2)), grow).unwrap_err();
+        assert!(
+            matches!(err, FreqError::Store(StoreError::ConfigMismatch { .. })),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("4 shards") && msg.contains("2 shards"),
+            "{msg}"
+        );
+    }
+    // After a growth, giving the grown pool again is not a change.
+    let two = tempfile::tempdir().unwrap();
+    Allocator::init(two.path(), cfg(course()), false).unwrap();
+    let grown = Layout::one_shard_per_range(&parse_pool("10-15,20-30").unwrap()).unwrap();
+    assert_eq!(
+        Allocator::init(two.path(), cfg(grown.clone()), true).unwrap(),
+        InitOutcome::Grown(5)
+    );
+    for grow in [false, true] {
+        assert_eq!(
+            Allocator::init(two.path(), cfg(grown.clone()), grow).unwrap(),
+            InitOutcome::Existing
+        );
+    }
+    let alloc = Allocator::open(two.path(), Options::default()).unwrap();
+    assert_eq!((alloc.shard_count(), alloc.pool_size()), (2, 17));
+}
