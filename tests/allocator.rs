@@ -260,6 +260,23 @@ fn leases_expire_on_the_injected_clock() {
     alloc.deallocate(g, "a").unwrap();
     clock.advance(2 * 3_600_000);
     assert!(alloc.reap_expired().unwrap().is_empty());
+    // A lease too long to represent saturates and never expires.
+    let forever = alloc.allocate_with_lease("c", Duration::MAX).unwrap();
+    clock.advance(u64::MAX / 2);
+    assert!(alloc.reap_expired().unwrap().is_empty());
+    assert_eq!(alloc.held_by("c").unwrap(), vec![forever]);
+    assert_consistent(&alloc);
+
+    // An expired lease is reaped by the shard's own timer, unasked. (The timer runs on real
+    // time, set from the clock's reading, so with a manual clock only an already-expired
+    // lease is reaped by it promptly: the first timer a shard sets.)
+    let options = Options {
+        clock: Arc::new(ManualClock::new(1_000)),
+        ..Options::default()
+    };
+    let alloc = Allocator::in_memory_with(course(), Strategy::RoundRobin, None, options).unwrap();
+    alloc.allocate_with_lease("d", Duration::ZERO).unwrap();
+    assert!(wait_until(|| alloc.held_by("d").unwrap().is_empty(), LONG));
     assert_consistent(&alloc);
 }
 
