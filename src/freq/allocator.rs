@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use super::clock::{Clock, SystemClock};
 use super::error::{FreqError, StoreError};
-use super::layout::{FreqRange, Layout};
+use super::layout::{coalesce, FreqRange, Layout};
 use super::pool::Allocation;
 use super::router::{choose, fallback_order, Pick, Strategy};
 use super::shard::{load, Fault, Shard, ShardArgs, ShardCall, ShardReply, ShardShared};
@@ -115,6 +115,9 @@ struct Inner {
     supervisor: Mutex<Option<Supervisor>>,
     ticket: AtomicU64,
     clients: Mutex<HashSet<String>>,
+    /// Set by [`Allocator::stop`]: calls then fail with `Stopped` at once instead of waiting
+    /// for a restart that will never come.
+    stopped: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -181,8 +184,28 @@ impl Allocator {
             write_config(dir, &config)?;
             return Ok(InitOutcome::Created);
         };
-        let same_pool = existing.layout.all_ranges() == config.layout.all_ranges();
+        // The same frequencies split another way are the same pool (`0-999` over 4 shards is
+        // `0-249,250-499,...`): compare the frequencies, not the ranges.
+        let same_pool =
+            coalesce(existing.layout.all_ranges()) == coalesce(config.layout.all_ranges());
         let outcome = if same_pool {
+            if existing.layout.shard_count() != config.layout.shard_count() {
+                // Moving allocations between shards is not supported: refuse, naming both.
+                return Err(StoreError::ConfigMismatch {
+                    path: dir.to_path_buf(),
+                    existing: format!(
+                        "pool {} over {} shards",
+                        existing.layout.pool_string(),
+                        existing.layout.shard_count()
+                    ),
+                    requested: format!(
+                        "pool {} over {} shards",
+                        config.layout.pool_string(),
+                        config.layout.shard_count()
+                    ),
+                }
+                .into());
+            }
             InitOutcome::Existing
         } else if grow {
             let grown = existing.layout.grow_to(&config.layout.all_ranges())?;
@@ -290,7 +313,14 @@ impl Allocator {
             spec = spec.child(child);
             shards.push(server);
         }
-        let supervisor = Supervisor::start(spec).map_err(start_error)?;
+        // A shard that cannot start reports why in its typed error (the supervisor only has
+        // the text): corrupt or foreign contents, a disk failure.
+        let supervisor = Supervisor::start(spec).map_err(|e| {
+            shared
+                .iter()
+                .find_map(|s| s.take_init_error())
+                .unwrap_or_else(|| start_error(e))
+        })?;
         // Round robin continues from the allocations already held, so one-shot processes (the
         // CLI) alternate shards as one long-lived front end would.
         let held: u64 = shared.iter().map(|s| s.load().allocated()).sum();
@@ -304,6 +334,7 @@ impl Allocator {
                 supervisor: Mutex::new(Some(supervisor)),
                 ticket: AtomicU64::new(held),
                 clients: Mutex::new(HashSet::new()),
+                stopped: AtomicBool::new(false),
             }),
         })
     }
@@ -333,7 +364,15 @@ impl Allocator {
         self.inner.shared.iter().map(|s| s.load().free()).collect()
     }
 
+    fn check_running(&self) -> Result<(), FreqError> {
+        if self.inner.stopped.load(Ordering::Acquire) {
+            return Err(FreqError::Stopped);
+        }
+        Ok(())
+    }
+
     fn call(&self, shard: usize, request: ShardCall) -> Result<ShardReply, FreqError> {
+        self.check_running()?;
         let server = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
         match server.call_timeout(request, self.inner.options.call_timeout) {
             Ok(result) => result,
@@ -357,6 +396,18 @@ impl Allocator {
 
     fn allocate_inner(&self, client: &str, lease_ms: Option<u64>) -> Result<u64, FreqError> {
         check_name(client)?;
+        self.check_running()?;
+        // The limit is per client over the whole pool, so it is checked here against every
+        // shard's owner index (a shard alone sees only its part). Allocations racing under the
+        // same name may pass it together; one client handle allocating in turn never does.
+        if let Some(limit) = self.inner.config.client_limit {
+            if self.held_count(client) >= limit {
+                return Err(FreqError::LimitReached {
+                    client: client.to_string(),
+                    limit,
+                });
+            }
+        }
         let free = self.free_per_shard();
         let pick = Pick {
             free: &free,
@@ -378,13 +429,17 @@ impl Allocator {
                 owner: client.to_string(),
                 lease_ms,
             };
-            match self.call(shard, request) {
-                Ok(ShardReply::Allocated(f)) => return Ok(f),
-                Ok(other) => return Err(unexpected(shard, &other)),
-                Err(FreqError::NoFrequency { .. }) => continue,
-                // A shard that is down is skipped; another may serve.
-                Err(e @ FreqError::ShardFailed { .. }) => failure = Some(e),
-                Err(e) => return Err(e),
+            let server = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
+            match server.call_timeout(request, self.inner.options.call_timeout) {
+                Ok(Ok(ShardReply::Allocated(f))) => return Ok(f),
+                Ok(Ok(other)) => return Err(unexpected(shard, &other)),
+                Ok(Err(FreqError::NoFrequency { .. })) => continue,
+                Ok(Err(e)) => return Err(e),
+                // A shard that is not running never saw the call: skip it, another may serve.
+                Err(e @ OtpError::NoProc) => failure = Some(shard_error(shard, e)),
+                // The call failed in flight (timeout, crash): the shard may still make the
+                // allocation, so trying another shard could allocate twice. Not retried.
+                Err(e) => return Err(shard_error(shard, e)),
             }
         }
         Err(failure.unwrap_or(FreqError::NoFrequency {
@@ -420,11 +475,13 @@ impl Allocator {
         shard: usize,
         request: impl Fn() -> ShardCall,
     ) -> Result<ShardReply, FreqError> {
+        self.check_running()?;
         let server = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
         let generation = server.generation();
         match server.call_timeout(request(), self.inner.options.call_timeout) {
             Ok(result) => result,
             Err(OtpError::NoProc) => {
+                self.check_running()?;
                 server
                     .wait_for_generation(generation + 1, self.inner.options.call_timeout)
                     .map_err(|e| shard_error(shard, e))?;
@@ -462,6 +519,16 @@ impl Allocator {
         }
         held.sort_unstable();
         Ok(held)
+    }
+
+    fn held_count(&self, client: &str) -> usize {
+        let owner = client.to_string();
+        self.inner
+            .shared
+            .iter()
+            .filter_map(|s| s.readers())
+            .map(|r| r.owners.lookup(&owner).len())
+            .sum()
     }
 
     /// Reclaims every expired lease now (the shards also do it on their own timers).
@@ -588,9 +655,10 @@ impl Allocator {
             .collect()
     }
 
-    /// Stops the shards (each flushes what it holds) and the supervisor. Other clones then get
+    /// Stops the shards (each flushes what it holds) and the supervisor. Every clone then gets
     /// `Stopped` or a shard error.
     pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::Release);
         if let Some(sup) = self.inner.supervisor.lock().take() {
             sup.stop();
         }

@@ -46,6 +46,9 @@ pub struct ShardShared {
     readers: RwLock<Option<PoolReaders>>,
     recovered: AtomicU64,
     open_micros: AtomicU64,
+    /// Why the last `init` failed, kept typed for the caller of the first start (the generic
+    /// server only reports an exit reason as text).
+    init_error: parking_lot::Mutex<Option<FreqError>>,
 }
 
 impl ShardShared {
@@ -56,7 +59,13 @@ impl ShardShared {
             readers: RwLock::new(None),
             recovered: AtomicU64::new(0),
             open_micros: AtomicU64::new(0),
+            init_error: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// Takes the error of the last failed start, if any.
+    pub(crate) fn take_init_error(&self) -> Option<FreqError> {
+        self.init_error.lock().take()
     }
 
     /// The shard's index.
@@ -122,7 +131,20 @@ pub(crate) fn load(args: &ShardArgs) -> Result<Loaded, FreqError> {
         args.limit,
         Arc::clone(&args.shared.load),
         allocations,
-    )?;
+    )
+    .map_err(|e| match e {
+        // Not the user's error of naming a frequency outside the pool: the disk is wrong.
+        FreqError::UnknownFrequency(f) => FreqError::Corrupt(format!(
+            "shard {}'s disk table holds frequency {f}, outside the shard's ranges {}",
+            args.shared.index,
+            args.ranges
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
+        e => e,
+    })?;
     Ok(Loaded {
         disk,
         pool,
@@ -300,15 +322,9 @@ impl Shard {
     }
 }
 
-impl GenServer for Shard {
-    type Args = ShardArgs;
-    type Call = ShardCall;
-    type Reply = ShardResult;
-    type Cast = ();
-    type Info = ShardInfo;
-    type Error = FreqError;
-
-    fn init(args: ShardArgs, ctx: &mut Context<Self>) -> Result<Self, FreqError> {
+impl Shard {
+    /// Takes the state loaded at open (or loads it) and starts serving.
+    fn start(args: ShardArgs, ctx: &mut Context<Self>) -> Result<Self, FreqError> {
         let preloaded = args.preloaded.lock().take();
         let Loaded {
             disk,
@@ -336,6 +352,27 @@ impl GenServer for Shard {
         };
         shard.schedule_lease_timer(ctx);
         Ok(shard)
+    }
+}
+
+impl GenServer for Shard {
+    type Args = ShardArgs;
+    type Call = ShardCall;
+    type Reply = ShardResult;
+    type Cast = ();
+    type Info = ShardInfo;
+    type Error = FreqError;
+
+    fn init(args: ShardArgs, ctx: &mut Context<Self>) -> Result<Self, FreqError> {
+        let shared = Arc::clone(&args.shared);
+        Shard::start(args, ctx).map_err(|e| {
+            let reason = e.to_string();
+            *shared.init_error.lock() = Some(e);
+            FreqError::ShardFailed {
+                shard: shared.index,
+                reason,
+            }
+        })
     }
 
     fn handle_call(
