@@ -4,6 +4,10 @@
 //!
 //! Run: `cargo bench --bench tables -- --warm-up-time 1 --measurement-time 2`
 //! (filter with e.g. `-- ets/set`). All ETS figures are in memory (no durability).
+//! `FREQALLOC_BENCH_CLOCK=cpu` times the busiest worker's CPU time instead of wall time (for
+//! a shared, overloaded machine); `FREQALLOC_BENCH_KEYS=scrambled` uses random key order.
+//! `*/lookup` goes through `ReadTable::lookup` (one `Vec` per hit); `*-get/lookup` uses the
+//! allocation-free inherent `get`.
 //!
 //! Adding a backend (e.g. DETS) is one `Subject` impl and one line in `subjects()`: the
 //! workloads only need `WriteTable<u64, u64>` (through [`Via`]).

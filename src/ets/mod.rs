@@ -33,7 +33,7 @@
 //! free.insert_many([(100, 199), (10, 19), (50, 59)]);
 //! assert_eq!(free.first(), Some(10));
 //! assert_eq!(free.next(&10), Some(50));
-//! assert_eq!(free.range(50.., ).unwrap(), vec![(50, 59), (100, 199)]);
+//! assert_eq!(free.range(50..).unwrap(), vec![(50, 59), (100, 199)]);
 //!
 //! // Any thread may read through a reader while the owner keeps writing.
 //! let reader = free.reader();
