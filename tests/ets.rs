@@ -342,7 +342,10 @@ fn insert_many_is_seen_all_or_nothing() {
                         let n = r.len() as u64;
                         assert!(n.is_multiple_of(N), "{tt}: len {n} is part of a batch");
                         let v = r.to_vec();
-                        assert!((v.len() as u64).is_multiple_of(N), "{tt}: to_vec saw part of a batch");
+                        assert!(
+                            (v.len() as u64).is_multiple_of(N),
+                            "{tt}: to_vec saw part of a batch"
+                        );
                         observations.fetch_add(1, Ordering::Relaxed);
                     }
                 });

@@ -87,9 +87,11 @@ pub struct ShardStatus {
     pub alive: bool,
 }
 
-/// A snapshot of the allocator, read from the shards' tables without messaging them. Taken while
-/// operations run, each shard's part is a consistent read of that shard's counts and tables as
-/// they stood at some moment during the call.
+/// A view of the allocator, read from the shards' tables without messaging them (a dirty read,
+/// like `ets:tab2list/1` on a table others write). At quiescence it is exact. Taken while
+/// operations run, counts and tables are read at slightly different moments, so they may
+/// disagree by the operations in flight, and in `Sync` it may show changes not yet flushed
+/// (their callers have not been answered). For a verified view use [`Allocator::check`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     /// Frequencies in the pool.

@@ -8,10 +8,12 @@
 //! ## Group commit
 //! In [`Durability::Sync`] a shard handles every request waiting in its mailbox, collecting the
 //! changes in one batch and keeping each caller's reply handle. When the mailbox is momentarily
-//! empty (`handle_drained`) it writes the batch to disk atomically, flushes once, and only then
+//! empty (`handle_drained`) it writes the batch to its disk table, flushes once, and only then
 //! replies to everyone. Many clients share one `fsync`; none is acknowledged before its change is
-//! on disk. In `Interval` the replies go out at once and the batch is written at the drain, flushed
-//! by the disk table's background timer. In `None` nothing is written.
+//! on disk. In `Interval` the batch is written at the drain and the replies go out right after,
+//! without waiting for a flush (the disk table's background timer flushes): a crash of the shard
+//! alone loses nothing acknowledged, a crash of the process loses at most the last interval. In
+//! `None` nothing is written.
 //!
 //! ## Restarts
 //! A shard that panics or fails a disk write exits; its supervisor starts a new instance, whose
@@ -240,14 +242,37 @@ impl Shard {
     }
 
     fn respond(&mut self, from: ReplyTo<ShardResult>, result: ShardResult) {
-        // In Sync every reply waits for the flush of everything handled before it, so no client
-        // learns of a change (even through an error such as NotOwner) that is not yet durable.
-        if self.durability == Durability::Sync
-            && (!self.batch.is_empty() || !self.pending.is_empty())
-        {
+        // With a disk table every reply waits until everything handled before it is written
+        // (and, in Sync, flushed), so no client learns of a change (even through an error such
+        // as NotOwner) that a crash of this shard alone could take back.
+        if self.disk.is_some() && (!self.batch.is_empty() || !self.pending.is_empty()) {
             self.pending.push((from, result));
         } else {
             from.reply(result);
+        }
+    }
+
+    /// Writes the batch (flushing it in Sync) and answers every reply held for it. On a disk
+    /// error nothing held was made durable: every held caller gets `ShardFailed` and the error
+    /// is returned, so the shard exits and restarts from what is on disk.
+    fn commit(&mut self) -> Result<(), FreqError> {
+        match self.flush() {
+            Ok(()) => {
+                for (from, result) in self.pending.drain(..) {
+                    from.reply(result);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                for (from, _) in self.pending.drain(..) {
+                    from.reply(Err(FreqError::ShardFailed {
+                        shard: self.index,
+                        reason: reason.clone(),
+                    }));
+                }
+                Err(e)
+            }
         }
     }
 
@@ -412,10 +437,15 @@ impl GenServer for Shard {
                 freed.sort_unstable();
                 ShardReply::Released(freed)
             }),
-            ShardCall::Reap => self.reap().map(ShardReply::Reaped),
+            ShardCall::Reap => {
+                let reaped = self.reap().map(ShardReply::Reaped);
+                self.schedule_lease_timer(ctx);
+                reaped
+            }
             ShardCall::Check => {
-                // Compare disk and memory with nothing in flight.
-                self.flush()?;
+                // Compare disk and memory with nothing in flight; what was held for the batch
+                // is durable now, so it is answered at once.
+                self.commit()?;
                 self.check().map(ShardReply::Checked)
             }
             ShardCall::Inject(Fault::Panic) => {
@@ -438,26 +468,7 @@ impl GenServer for Shard {
     }
 
     fn handle_drained(&mut self, _ctx: &mut Context<Self>) -> Result<(), FreqError> {
-        match self.flush() {
-            Ok(()) => {
-                for (from, result) in self.pending.drain(..) {
-                    from.reply(result);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // Nothing waiting was made durable: tell every caller, then exit so the
-                // supervisor restarts the shard from what is on disk.
-                let reason = e.to_string();
-                for (from, _) in self.pending.drain(..) {
-                    from.reply(Err(FreqError::ShardFailed {
-                        shard: self.index,
-                        reason: reason.clone(),
-                    }));
-                }
-                Err(e)
-            }
-        }
+        self.commit()
     }
 
     fn terminate(&mut self, _reason: &crate::otp::ExitReason) {
