@@ -9,8 +9,11 @@
 //! `*/lookup` goes through `ReadTable::lookup` (one `Vec` per hit); `*-get/lookup` uses the
 //! allocation-free inherent `get`.
 //!
-//! Adding a backend (e.g. DETS) is one `Subject` impl and one line in `subjects()`: the
-//! workloads only need `WriteTable<u64, u64>` (through [`Via`]).
+//! The DETS analogue runs the same workloads at 100,000 keys (`dets/<type>/sync_at_end`:
+//! `Manual` durability, one `sync` at the end of each insert or delete run);
+//! `benches/dets.rs` adds durable single writes (`EveryWrite`), batches and raw sled.
+//! Adding a backend is one `Subject` impl and one line in `benches()`: the workloads only need
+//! `WriteTable<u64, u64>` (through [`Via`]).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dashmap::DashMap;
+use freqalloc::dets::{DiskTable, Durability, OpenOptions};
 use freqalloc::ets::{PublicTable, Table};
 use freqalloc::{TableType, WriteTable};
 use parking_lot::RwLock;
@@ -51,6 +55,8 @@ pub trait Kv: Send {
     /// Returns how many objects it found (so the lookup is not optimised away).
     fn get(&self, k: u64) -> usize;
     fn del(&mut self, k: u64);
+    /// Ends a run of writes (a disk table syncs: one flush per run, as the DETS figures state).
+    fn finish(&mut self) {}
 }
 
 /// Any [`WriteTable`] is a [`Kv`]: this is how ETS, DETS and future tables join in.
@@ -83,6 +89,52 @@ pub trait Subject {
     fn make(&self) -> Self::H;
     /// A second writing handle to the same table, for the two-thread runs (`None`: one only).
     fn second(&self, h: &Self::H) -> Option<Self::H>;
+    /// Keys per run (1,000,000 in memory; fewer on disk).
+    fn keys(&self) -> u64 {
+        N
+    }
+}
+
+/// A DETS-analogue disk table in its own temporary directory, `Manual` durability, one `sync`
+/// at the end of every insert or delete run.
+struct Dets(TableType);
+struct DiskHandle {
+    table: Via<DiskTable<u64, u64>>,
+    _dir: tempfile::TempDir,
+}
+impl Kv for DiskHandle {
+    fn put(&mut self, k: u64, v: u64) {
+        self.table.put(k, v)
+    }
+    fn get(&self, k: u64) -> usize {
+        self.table.get(k)
+    }
+    fn del(&mut self, k: u64) {
+        self.table.del(k)
+    }
+    fn finish(&mut self) {
+        self.table.0.sync().expect("sync");
+    }
+}
+impl Subject for Dets {
+    type H = DiskHandle;
+    fn name(&self) -> String {
+        format!("dets/{}/sync_at_end", self.0)
+    }
+    fn make(&self) -> Self::H {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = OpenOptions::new(self.0).durability(Durability::Manual);
+        DiskHandle {
+            table: Via(DiskTable::open(dir.path(), opts).expect("open")),
+            _dir: dir,
+        }
+    }
+    fn second(&self, _: &Self::H) -> Option<Self::H> {
+        None
+    }
+    fn keys(&self) -> u64 {
+        100_000
+    }
 }
 
 /// The owner of a protected ETS table (one thread only: it is the only writer).
@@ -246,9 +298,10 @@ enum Work {
 fn handles<S: Subject>(s: &S, threads: usize, filled: bool) -> Option<Vec<S::H>> {
     let mut first = s.make();
     if filled {
-        for (i, &k) in keys().iter().enumerate() {
+        for (i, &k) in keys()[..s.keys() as usize].iter().enumerate() {
             first.put(k, i as u64);
         }
+        first.finish();
     }
     let mut hs = Vec::with_capacity(threads);
     for _ in 1..threads {
@@ -261,7 +314,7 @@ fn handles<S: Subject>(s: &S, threads: usize, filled: bool) -> Option<Vec<S::H>>
 fn bench_subject<S: Subject>(c: &mut Criterion, s: &S) {
     let mut g = c.benchmark_group(s.name());
     g.sample_size(10);
-    g.throughput(Throughput::Elements(N));
+    g.throughput(Throughput::Elements(s.keys()));
     for threads in [1usize, 2] {
         if handles(s, threads, false).is_none() {
             continue;
@@ -283,7 +336,7 @@ fn bench_subject<S: Subject>(c: &mut Criterion, s: &S) {
                             (Work::Lookup, Some(hs)) => hs,
                             _ => handles(s, threads, need_fill).expect("handles"),
                         };
-                        total += timed(work, &mut hs);
+                        total += timed(work, &mut hs, s.keys());
                         if matches!(work, Work::Lookup) {
                             filled = Some(hs);
                         }
@@ -316,9 +369,9 @@ fn cpu_clock() -> bool {
 
 /// Times `work` across the handles: from releasing the start barrier to the last thread done
 /// (or, with the CPU clock, the largest CPU time of one worker).
-fn timed(work: Work, hs: &mut [impl Kv]) -> Duration {
+fn timed(work: Work, hs: &mut [impl Kv], keys_per_run: u64) -> Duration {
     let n = hs.len();
-    let per = N as usize / n;
+    let per = keys_per_run as usize / n;
     let barrier = Barrier::new(n + 1);
     std::thread::scope(|sc| {
         let mut joins = Vec::new();
@@ -333,6 +386,9 @@ fn timed(work: Work, hs: &mut [impl Kv]) -> Duration {
                     Work::Insert => mine.iter().for_each(|&k| h.put(k, k)),
                     Work::Lookup => mine.iter().for_each(|&k| found += h.get(k)),
                     Work::Delete => mine.iter().for_each(|&k| h.del(k)),
+                }
+                if !matches!(work, Work::Lookup) {
+                    h.finish();
                 }
                 let cpu = match (cpu0, thread_cpu()) {
                     (Some(a), Some(b)) => b.saturating_sub(a),
@@ -352,7 +408,7 @@ fn timed(work: Work, hs: &mut [impl Kv]) -> Duration {
         let busiest = results.iter().map(|r| r.1).max().unwrap_or_default();
         let elapsed = if cpu_clock() { busiest } else { wall };
         if matches!(work, Work::Lookup) {
-            assert_eq!(found as u64, N, "every key must be found");
+            assert_eq!(found as u64, keys_per_run, "every key must be found");
         }
         elapsed
     })
@@ -367,6 +423,9 @@ fn benches(c: &mut Criterion) {
         for public in [false, true] {
             bench_subject(c, &EtsGet { tt, public });
         }
+    }
+    for tt in TableType::ALL {
+        bench_subject(c, &Dets(tt));
     }
     bench_subject(c, &Baseline);
     bench_subject(
