@@ -666,6 +666,38 @@ fn verify_beliefs(alloc: &Allocator, logs: &BTreeMap<String, ClientLog>) {
     }
 }
 
+/// Runs `clients` storm clients (`c0`, `c1`, ...) on `alloc`, each holding up to `hold`, and
+/// calls `during(ops)` on this thread while they run (it waits on the shared operation counter);
+/// stops them when it returns and collects their logs.
+fn storm(
+    alloc: &Allocator,
+    clients: usize,
+    seed: u64,
+    hold: usize,
+    during: impl FnOnce(&AtomicU64),
+) -> BTreeMap<String, ClientLog> {
+    let stop = AtomicBool::new(false);
+    let ops = AtomicU64::new(0);
+    let start = Barrier::new(clients + 1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|i| {
+                let (stop, ops, start) = (&stop, &ops, &start);
+                s.spawn(move || {
+                    let name = format!("c{i}");
+                    start.wait();
+                    let log = storm_client(alloc, &name, seed + i as u64, hold, stop, ops);
+                    (name, log)
+                })
+            })
+            .collect();
+        start.wait();
+        during(&ops);
+        stop.store(true, Ordering::Relaxed);
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 #[test]
 fn a_shard_panic_mid_storm_is_restarted_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -674,23 +706,7 @@ fn a_shard_panic_mid_storm_is_restarted_and_loses_nothing_acknowledged() {
         dir.path(),
         config(layout, Strategy::PowerOfTwoChoices, Durability::Sync),
     );
-    let clients = 4;
-    let stop = AtomicBool::new(false);
-    let ops = AtomicU64::new(0);
-    let start = Barrier::new(clients + 1);
-    let logs: BTreeMap<String, ClientLog> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..clients)
-            .map(|i| {
-                let (alloc, stop, ops, start) = (&alloc, &stop, &ops, &start);
-                s.spawn(move || {
-                    let name = format!("c{i}");
-                    start.wait();
-                    let log = storm_client(alloc, &name, 0x9E37 + i as u64, 8, stop, ops);
-                    (name, log)
-                })
-            })
-            .collect();
-        start.wait();
+    let logs = storm(&alloc, 4, 0x9E37, 8, |ops| {
         assert!(wait_until(|| ops.load(Ordering::Relaxed) >= 200, LONG));
         // The injecting call is itself in flight when the shard dies.
         match alloc.inject_fault(1, Fault::Panic) {
@@ -700,8 +716,6 @@ fn a_shard_panic_mid_storm_is_restarted_and_loses_nothing_acknowledged() {
         alloc.wait_for_shard_generation(1, 2, LONG).unwrap();
         let at = ops.load(Ordering::Relaxed);
         assert!(wait_until(|| ops.load(Ordering::Relaxed) >= at + 200, LONG));
-        stop.store(true, Ordering::Relaxed);
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for (name, log) in &logs {
         eprintln!(
@@ -739,26 +753,8 @@ fn many_clients_at_quiescence_hold_exactly_the_allocations() {
     for strategy in Strategy::ALL {
         let layout = Layout::split_evenly(&parse_pool("0-9999").unwrap(), 4).unwrap();
         let alloc = Allocator::in_memory(layout, strategy, None).unwrap();
-        let clients = 8;
-        let stop = AtomicBool::new(false);
-        let ops = AtomicU64::new(0);
-        let start = Barrier::new(clients + 1);
-        let logs: BTreeMap<String, ClientLog> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..clients)
-                .map(|i| {
-                    let (alloc, stop, ops, start) = (&alloc, &stop, &ops, &start);
-                    s.spawn(move || {
-                        let name = format!("c{i}");
-                        start.wait();
-                        let log = storm_client(alloc, &name, 7 + i as u64, 50, stop, ops);
-                        (name, log)
-                    })
-                })
-                .collect();
-            start.wait();
+        let logs = storm(&alloc, 8, 7, 50, |ops| {
             assert!(wait_until(|| ops.load(Ordering::Relaxed) >= 20_000, LONG));
-            stop.store(true, Ordering::Relaxed);
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let mut union = BTreeMap::new();
         for (name, log) in &logs {

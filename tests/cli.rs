@@ -234,10 +234,7 @@ fn beliefs(history: &str) -> BTreeMap<String, Belief> {
 /// consistent. Repeated `FREQALLOC_CLI_CRASH_ITERS` times (default 2).
 #[test]
 fn sigkill_mid_storm_loses_no_acknowledged_operation() {
-    let iters: usize = std::env::var("FREQALLOC_CLI_CRASH_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    let iters = common::env_u64("FREQALLOC_CLI_CRASH_ITERS", 2) as usize;
     for iter in 0..iters {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");

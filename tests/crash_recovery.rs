@@ -26,6 +26,10 @@
 //! (default from time and pid, printed). Prints `N passed, M failed` and exits non-zero on
 //! failure.
 
+mod common;
+
+use common::{crash_seed, env_u64, Rng};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -48,20 +52,6 @@ const CLIENTS: usize = 4;
 const HOLD: usize = 16;
 
 /// splitmix64: a tiny deterministic generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -428,20 +418,8 @@ fn main() {
         }
         return;
     }
-    let iters: u64 = std::env::var("FREQALLOC_CRASH_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
-    let seed: u64 = std::env::var("FREQALLOC_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            nanos ^ (u64::from(std::process::id()) << 32)
-        });
+    let iters = env_u64("FREQALLOC_CRASH_ITERS", 4);
+    let seed = crash_seed();
     println!("allocator crash test: seed {seed} (FREQALLOC_CRASH_SEED), {iters} sync iterations");
     let mut rng = Rng(seed);
     let mut rounds: Vec<Mode> = (0..iters).map(|_| Mode::Sync).collect();

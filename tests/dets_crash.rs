@@ -9,6 +9,10 @@
 //! seed: `FREQALLOC_CRASH_SEED` (default from time and pid, printed). Prints `N passed, M
 //! failed` and exits non-zero on failure.
 
+mod common;
+
+use common::{crash_seed, env_u64, Rng};
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -22,20 +26,6 @@ const CHILD_ENV: &str = "FREQALLOC_DETS_CRASH_CHILD";
 const KEYS: u64 = 48;
 
 /// splitmix64: a tiny deterministic generator both processes run from the same seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -287,20 +277,8 @@ fn main() {
         }
         return;
     }
-    let iters: u64 = std::env::var("FREQALLOC_CRASH_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let seed: u64 = std::env::var("FREQALLOC_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            nanos ^ (u64::from(std::process::id()) << 32)
-        });
+    let iters = env_u64("FREQALLOC_CRASH_ITERS", 5);
+    let seed = crash_seed();
     println!("dets crash test: seed {seed} (FREQALLOC_CRASH_SEED), {iters} iterations");
     let mut rng = Rng(seed);
     let (mut passed, mut failed) = (0u32, 0u32);
