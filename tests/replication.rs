@@ -11,13 +11,13 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Barrier;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::wait_until;
 use freqalloc::freq::{
-    parse_pool, Allocator, Durability, Fault, FreqError, Layout, Options, Role, Status,
-    StoreConfig, StoreError, Strategy,
+    parse_pool, Allocator, Durability, Fault, FreqError, Layout, ManualClock, Options, Role,
+    Status, StoreConfig, StoreError, Strategy,
 };
 
 const LONG: Duration = Duration::from_secs(30);
@@ -430,4 +430,41 @@ fn the_replica_count_is_validated_and_fixed_at_creation() {
     // Single-replica stores show no replicas.
     let alloc = Allocator::open(dir.path(), Options::default()).unwrap();
     assert!(alloc.status().shards.iter().all(|s| s.replicas.is_empty()));
+}
+
+#[test]
+fn the_promoted_backup_reaps_leases_the_old_primary_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    Allocator::init(dir.path(), config(Durability::Sync, 2), false).unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let opts = Options {
+        clock: Arc::new(clock.clone()),
+        ..options(10_000)
+    };
+    let alloc = Allocator::open(dir.path(), opts).unwrap();
+    wait_all_in_sync(&alloc);
+    let leased = alloc
+        .allocate_with_lease("l", Duration::from_secs(60))
+        .unwrap();
+    let kept = alloc.allocate("k").unwrap();
+    let shard = alloc.config().layout.owner_of(leased).unwrap();
+    alloc.wait_for_sync(shard, LONG).unwrap();
+    let primary_of = |alloc: &Allocator| {
+        alloc.status().shards[shard]
+            .replicas
+            .iter()
+            .position(|r| r.role == Role::Primary)
+    };
+    let before = primary_of(&alloc).unwrap();
+    kill_primary(&alloc, shard);
+    // The in-sync backup took over (a running primary is never demoted, so the old one, once
+    // restarted, is the backup).
+    assert!(wait_until(|| primary_of(&alloc) == Some(1 - before), LONG));
+    // The backup serves at once, with the lease it was shipped.
+    assert_eq!(alloc.held_by("l").unwrap(), vec![leased]);
+    clock.advance(61_000);
+    let reaped = alloc.reap_expired().unwrap();
+    assert_eq!(reaped, vec![(leased, "l".to_string())]);
+    assert_eq!(alloc.held_by("k").unwrap(), vec![kept]);
+    assert_consistent(&alloc);
 }

@@ -528,14 +528,34 @@ impl Allocator {
                 .find_map(|s| s.take_init_error())
                 .unwrap_or_else(|| start_error(e))
         })?;
-        Ok(Allocator::assemble(
+        let alloc = Allocator::assemble(
             dir,
             config,
             options,
             Servers::Pairs(pairs),
             shared,
             supervisor,
-        ))
+        );
+        // Start replicating before the first request: each primary catches its backup up (one
+        // round trip when both hold the same sequence). A replica that could not come up leaves
+        // its shard serving alone, as `status` shows; that is no error here.
+        for shard in 0..n {
+            alloc.wait_for_pair_if_both_up(shard);
+        }
+        Ok(alloc)
+    }
+
+    /// Waits (up to the call timeout) for shard `shard`'s pair to be in sync, if both of its
+    /// replicas are running.
+    fn wait_for_pair_if_both_up(&self, shard: usize) {
+        if let Servers::Pairs(pairs) = &self.inner.shards {
+            let both_up = pairs
+                .get(shard)
+                .is_some_and(|p| p.shared.state().roles.iter().all(|r| *r != Role::Down));
+            if both_up {
+                let _ = self.wait_for_sync(shard, self.inner.options.call_timeout);
+            }
+        }
     }
 
     /// The store's directory (`None` in memory).
@@ -872,12 +892,15 @@ impl Allocator {
 
     /// Verifies the invariants in every shard (each shard checks itself with nothing in flight):
     /// every frequency exactly once, free or allocated to one owner; the owner index agrees; disk
-    /// and memory agree; and across shards, free plus allocated equals the pool. Returns the
-    /// violations; empty means consistent.
+    /// and memory agree; and across shards, free plus allocated equals the pool. With
+    /// replication, when both replicas of a shard run, it waits for the pair to be in sync and
+    /// compares them too. Returns the violations; empty means consistent.
     pub fn check(&self) -> Result<Vec<String>, FreqError> {
         let mut out = Vec::new();
         let mut total = 0u64;
         for shard in 0..self.shard_count() {
+            // With both replicas running, compare them: let the backup finish catching up.
+            self.wait_for_pair_if_both_up(shard);
             match self.call_retrying(shard, || ShardCall::Check)? {
                 ShardReply::Checked(v) => out.extend(v),
                 other => return Err(unexpected(shard, &other)),
