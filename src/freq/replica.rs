@@ -1,5 +1,10 @@
 //! Replication: each shard as a primary/backup pair of generic servers over a [`ReplicaLink`].
 //!
+//! Erlang docs: the pair's two servers are
+//! [`gen_server`](https://www.erlang.org/doc/apps/stdlib/gen_server.html)s; failover and takeover
+//! between nodes are the subject of
+//! [distributed applications](https://www.erlang.org/doc/system/distributed_applications.html).
+//!
 //! With `replicas: 2` ([`StoreConfig::replicas`](super::StoreConfig::replicas)) a shard runs as
 //! two generic servers (`freq-shard-N-a`, `freq-shard-N-b`), each with its own in-memory tables
 //! and its own disk table. One is the **primary**: it serves the clients. The other is the
