@@ -100,6 +100,7 @@ fn durabilities(c: &mut Criterion) {
             strategy: Strategy::MostFree,
             durability,
             client_limit: None,
+            replicas: 1,
         };
         Allocator::init(dir.path(), config, false).expect("init");
         let alloc = Allocator::open(dir.path(), Options::default()).expect("open");
@@ -115,11 +116,54 @@ fn durabilities(c: &mut Criterion) {
     g.finish();
 }
 
+/// The cost of the second copy: 8 shards, one replica or a primary/backup pair, in `Sync` (both
+/// replicas flush every batch) and `None` (the batch is still shipped to the backup in memory).
+fn replication(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pairs/replication");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10);
+    for (dname, durability) in [("sync", Durability::Sync), ("none", Durability::None)] {
+        for replicas in [1usize, 2] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let config = StoreConfig {
+                layout: layout(100_000, 8),
+                strategy: Strategy::MostFree,
+                durability,
+                client_limit: None,
+                replicas,
+            };
+            Allocator::init(dir.path(), config, false).expect("init");
+            let alloc = Allocator::open(dir.path(), Options::default()).expect("open");
+            for shard in 0..8 {
+                alloc
+                    .wait_for_sync(shard, Duration::from_secs(10))
+                    .expect("pair in sync");
+            }
+            for clients in [1usize, 64] {
+                g.bench_with_input(
+                    BenchmarkId::new(
+                        format!(
+                            "{dname}_{replicas}_replica{}",
+                            if replicas > 1 { "s" } else { "" }
+                        ),
+                        format!("{clients}_clients"),
+                    ),
+                    &clients,
+                    |b, &clients| b.iter_custom(|iters| run_pairs(&alloc, clients, iters)),
+                );
+            }
+            alloc.stop();
+        }
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     shards_and_clients,
     strategies,
     pool_sizes,
-    durabilities
+    durabilities,
+    replication
 );
 criterion_main!(benches);

@@ -45,6 +45,7 @@ fn main() -> Result<(), FreqError> {
         strategy: Strategy::MostFree,
         durability: Durability::Interval(Duration::from_millis(200)),
         client_limit: None,
+        replicas: 1,
     };
     Allocator::init(dir.path(), config, false)?;
     let alloc = Allocator::open(dir.path(), Options::default())?;

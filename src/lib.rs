@@ -42,6 +42,7 @@
 //!     strategy: Strategy::MostFree,
 //!     durability: Durability::Sync, // acknowledged only once on disk (group commit)
 //!     client_limit: None,
+//!     replicas: 1,          // 2: a primary/backup pair per shard
 //! };
 //! Allocator::init(dir.path(), config, false)?;
 //! let alloc = Allocator::open(dir.path(), Options::default())?;

@@ -32,6 +32,7 @@ fn config(layout: Layout, strategy: Strategy, durability: Durability) -> StoreCo
         strategy,
         durability,
         client_limit: None,
+        replicas: 1,
     }
 }
 

@@ -317,3 +317,36 @@ fn sigkill_mid_storm_loses_no_acknowledged_operation() {
         assert!(ok(&store, &["check"]).starts_with("consistent"));
     }
 }
+
+#[test]
+fn init_with_two_replicas_shows_both_in_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let out = ok(
+        &store,
+        &["init", "--pool", "10-15,20-25", "--replicas", "2"],
+    );
+    assert!(out.contains("2 replicas"), "{out}");
+    let f = ok(&store, &["allocate", "--client", "radio-7"]);
+    let s = status(&store);
+    for sh in s["shards"].as_array().unwrap() {
+        assert_eq!(sh["in_sync"], true, "{sh}");
+        let roles: Vec<&str> = sh["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["role"].as_str().unwrap())
+            .collect();
+        assert!(
+            roles.contains(&"primary") && roles.contains(&"backup"),
+            "{sh}"
+        );
+    }
+    assert_eq!(s["allocations"][0]["freq"].to_string(), f.trim());
+    assert!(ok(&store, &["check"]).starts_with("consistent"));
+    assert!(store.join("shard-0").join("replica-1").is_dir());
+    let err = fails(&store, &["init", "--pool", "10-15,20-25"]);
+    assert!(err.contains("replica"), "{err}");
+    let err = fails(&store, &["init", "--pool", "1-5", "--replicas", "3"]);
+    assert!(err.contains("replicas"), "{err}");
+}

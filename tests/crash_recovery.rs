@@ -16,6 +16,10 @@
 //!   most as many such holdings as `a` lines without an `A`;
 //! - no frequency is held twice, free plus allocated equals the pool, and `check()` is empty.
 //!
+//! Three rounds run with `replicas: 2` under the same `Sync` promises, one of them killing the
+//! primary of a shard (a failover) in the child before the kill; after the reopen each pair is
+//! caught up and `check()` also compares the two replicas.
+//!
 //! One round injects a shard panic in the child (and waits for the restart) before the kill. In
 //! `Interval` durability there is no durability promise, so those rounds check consistency
 //! only.
@@ -58,6 +62,10 @@ enum Mode {
     Sync,
     Panic,
     Interval,
+    /// `Sync` with `replicas: 2`.
+    Replicated,
+    /// `Sync` with `replicas: 2`, the primary of shard 1 killed (a failover) before the kill.
+    ReplicatedPanic,
 }
 
 impl Mode {
@@ -66,16 +74,33 @@ impl Mode {
             Mode::Sync => "sync",
             Mode::Panic => "sync+panic",
             Mode::Interval => "interval",
+            Mode::Replicated => "sync+replicas",
+            Mode::ReplicatedPanic => "sync+replicas+failover",
+        }
+    }
+    fn panics(self) -> bool {
+        matches!(self, Mode::Panic | Mode::ReplicatedPanic)
+    }
+    fn replicas(self) -> usize {
+        match self {
+            Mode::Replicated | Mode::ReplicatedPanic => 2,
+            _ => 1,
         }
     }
     fn parse(s: &str) -> Option<Mode> {
-        [Mode::Sync, Mode::Panic, Mode::Interval]
-            .into_iter()
-            .find(|m| m.name() == s)
+        [
+            Mode::Sync,
+            Mode::Panic,
+            Mode::Interval,
+            Mode::Replicated,
+            Mode::ReplicatedPanic,
+        ]
+        .into_iter()
+        .find(|m| m.name() == s)
     }
     fn durability(self) -> Durability {
         match self {
-            Mode::Sync | Mode::Panic => Durability::Sync,
+            Mode::Sync | Mode::Panic | Mode::Replicated | Mode::ReplicatedPanic => Durability::Sync,
             Mode::Interval => Durability::Interval(Duration::from_millis(20)),
         }
     }
@@ -88,6 +113,7 @@ fn store_config(mode: Mode) -> Result<StoreConfig, String> {
         strategy: Strategy::PowerOfTwoChoices,
         durability: mode.durability(),
         client_limit: None,
+        replicas: mode.replicas(),
     })
 }
 
@@ -190,7 +216,7 @@ fn child(dir: &Path, mode: Mode, seed: u64) -> Result<(), FreqError> {
             })
         })
         .collect();
-    if mode == Mode::Panic {
+    if mode.panics() {
         while ops.load(Ordering::Relaxed) < 100 {
             std::thread::yield_now();
         }
@@ -314,7 +340,7 @@ fn round(dir: &Path, mode: Mode, seed: u64, kill_after: u64) -> Result<String, S
     let mut reader = BufReader::new(stdout);
     let mut history = History::default();
     // In the panic round the kill point is counted from the restart.
-    let mut counting = mode != Mode::Panic;
+    let mut counting = !mode.panics();
     let mut counted = 0u64;
     while counted < kill_after {
         let Some(line) = read_line(&mut reader)? else {
@@ -340,6 +366,12 @@ fn round(dir: &Path, mode: Mode, seed: u64, kill_after: u64) -> Result<String, S
     }
     let alloc = Allocator::open(dir, Options::default())
         .map_err(|e| format!("reopen after the kill failed: {e}"))?;
+    // A replicated store's pairs catch up first, so that check() compares both replicas.
+    for shard in 0..alloc.shard_count() {
+        alloc
+            .wait_for_sync(shard, Duration::from_secs(30))
+            .map_err(|e| format!("shard {shard} not in sync after the reopen: {e}"))?;
+    }
     let mut problems = alloc.check().map_err(|e| format!("check: {e}"))?;
     let status_now = alloc.status();
     let free: u64 = status_now.free.iter().map(FreqRange::len).sum();
@@ -423,7 +455,14 @@ fn main() {
     println!("allocator crash test: seed {seed} (FREQALLOC_CRASH_SEED), {iters} sync iterations");
     let mut rng = Rng(seed);
     let mut rounds: Vec<Mode> = (0..iters).map(|_| Mode::Sync).collect();
-    rounds.extend([Mode::Panic, Mode::Interval, Mode::Interval]);
+    rounds.extend([
+        Mode::Panic,
+        Mode::Interval,
+        Mode::Interval,
+        Mode::Replicated,
+        Mode::Replicated,
+        Mode::ReplicatedPanic,
+    ]);
     let (mut passed, mut failed) = (0u32, 0u32);
     for (i, mode) in rounds.into_iter().enumerate() {
         let round_seed = rng.next();

@@ -111,6 +111,9 @@ struct InitArgs {
     /// Allow adding frequencies to an existing store's pool.
     #[arg(long)]
     grow: bool,
+    /// Copies of each shard: 1, or 2 for a primary/backup pair.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 #[derive(Args)]
@@ -248,6 +251,7 @@ fn demo(dir: &Path, seconds: f64, clients: usize) -> Result<ExitCode> {
                 strategy: Strategy::MostFree,
                 durability: Durability::Sync,
                 client_limit: None,
+                replicas: 1,
             };
             Allocator::init(dir, config, false)?;
             println!(
@@ -327,6 +331,7 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
         strategy: args.strategy.parse::<Strategy>()?,
         durability: args.durability.parse::<Durability>()?,
         client_limit: args.limit,
+        replicas: args.replicas,
     };
     let outcome = Allocator::init(dir, config, args.grow)?;
     // Open once so the shards' disk tables exist and a locked or damaged store shows now.
@@ -338,7 +343,7 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
         InitOutcome::Grown(n) => format!("added {n} frequencies to store"),
     };
     println!(
-        "{what} at {}: pool {} ({} frequencies) in {} shard(s), strategy {}, durability {}{}",
+        "{what} at {}: pool {} ({} frequencies) in {} shard(s), strategy {}, durability {}{}{}",
         dir.display(),
         c.layout.pool_string(),
         c.layout.pool_size(),
@@ -347,7 +352,12 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
         c.durability,
         c.client_limit
             .map(|l| format!(", limit {l} per client"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if c.replicas > 1 {
+            format!(", {} replicas", c.replicas)
+        } else {
+            String::new()
+        }
     );
     alloc.stop();
     Ok(ExitCode::SUCCESS)
@@ -381,6 +391,22 @@ fn print_status(dir: &Path, s: &Status) {
             sh.restarts,
             if sh.alive { "" } else { "  (down)" }
         );
+        for r in &sh.replicas {
+            println!(
+                "{:>5}  replica {}: {:<8} applied {:>10}, lag {:>6}, restarts {}{}",
+                "",
+                r.replica,
+                r.role.to_string(),
+                r.applied,
+                r.lag,
+                r.restarts,
+                if r.role == freqalloc::freq::Role::Backup && !sh.in_sync {
+                    "  (catching up)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     println!(
         "free: {}",
@@ -434,6 +460,14 @@ fn status_json(s: &Status) -> Value {
             "recovered": sh.recovered,
             "restarts": sh.restarts,
             "alive": sh.alive,
+            "in_sync": sh.in_sync,
+            "replicas": sh.replicas.iter().map(|r| json!({
+                "replica": r.replica,
+                "role": r.role.to_string(),
+                "applied": r.applied,
+                "lag": r.lag,
+                "restarts": r.restarts,
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }

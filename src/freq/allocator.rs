@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -14,9 +14,12 @@ use super::clock::{Clock, SystemClock};
 use super::error::{FreqError, StoreError};
 use super::layout::{coalesce, FreqRange, Layout};
 use super::pool::Allocation;
+use super::replica::{
+    load_replica, InProcessLink, PairShared, Replica, ReplicaArgs, Role, DEFAULT_LOG_ENTRIES,
+};
 use super::router::{choose, fallback_order, Pick, Strategy};
 use super::shard::{load, Fault, Shard, ShardArgs, ShardCall, ShardReply, ShardShared};
-use super::store::{read_config, shard_dir, write_config, Durability, StoreConfig};
+use super::store::{read_config, replica_dir, shard_dir, write_config, Durability, StoreConfig};
 use crate::otp::{self, ChildSpec, OtpError, Server, Supervisor, SupervisorSpec};
 
 /// Run-time options of an [`Allocator`] (what is not stored with the pool).
@@ -32,6 +35,13 @@ pub struct Options {
     pub max_restarts: u32,
     /// ...within this period, or the supervisor gives up. Default: 10 in 10 s.
     pub restart_period: Duration,
+    /// With `replicas: 2`: the base directories of replica 0 and replica 1 (for instance on two
+    /// disks); replica `r` of shard `N` lives in `dirs[r]/shard-N`. Default (`None`): both in
+    /// the store, as `shard-N/replica-0` and `shard-N/replica-1`.
+    pub replica_dirs: Option<[PathBuf; 2]>,
+    /// With `replicas: 2`: how many recent log entries a replica keeps to catch its partner up
+    /// incrementally; a partner further behind gets a full state transfer. Default: 10,000.
+    pub replica_log_entries: usize,
 }
 
 impl Default for Options {
@@ -42,6 +52,8 @@ impl Default for Options {
             call_timeout: otp::DEFAULT_CALL_TIMEOUT,
             max_restarts: 10,
             restart_period: Duration::from_secs(10),
+            replica_dirs: None,
+            replica_log_entries: DEFAULT_LOG_ENTRIES,
         }
     }
 }
@@ -53,6 +65,8 @@ impl std::fmt::Debug for Options {
             .field("call_timeout", &self.call_timeout)
             .field("max_restarts", &self.max_restarts)
             .field("restart_period", &self.restart_period)
+            .field("replica_dirs", &self.replica_dirs)
+            .field("replica_log_entries", &self.replica_log_entries)
             .finish_non_exhaustive()
     }
 }
@@ -83,8 +97,27 @@ pub struct ShardStatus {
     pub recovered: u64,
     /// How many times it has been restarted.
     pub restarts: u64,
-    /// Whether an instance is running.
+    /// Whether an instance is running (with replication: whether a primary serves).
     pub alive: bool,
+    /// With replication, each replica's state (empty without).
+    pub replicas: Vec<ReplicaStatus>,
+    /// With replication, whether the backup has everything the primary has.
+    pub in_sync: bool,
+}
+
+/// One replica's line in a [`ShardStatus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// 0 or 1.
+    pub replica: usize,
+    /// Primary, backup or down.
+    pub role: Role,
+    /// The sequence number of the last change it applied.
+    pub applied: u64,
+    /// How many changes it is behind the other replica.
+    pub lag: u64,
+    /// How many times it has been restarted.
+    pub restarts: u64,
 }
 
 /// A view of the allocator, read from the shards' tables without messaging them (a dirty read,
@@ -108,11 +141,32 @@ pub struct Status {
     pub allocations: Vec<(u64, Allocation)>,
 }
 
+/// A replicated shard's two servers.
+struct Pair {
+    servers: [Server<Replica>; 2],
+    shared: Arc<PairShared>,
+}
+
+/// The shards' servers: one per shard, or a pair per shard.
+enum Servers {
+    Single(Vec<Server<Shard>>),
+    Pairs(Vec<Pair>),
+}
+
+impl Servers {
+    fn len(&self) -> usize {
+        match self {
+            Servers::Single(s) => s.len(),
+            Servers::Pairs(p) => p.len(),
+        }
+    }
+}
+
 struct Inner {
     dir: Option<PathBuf>,
     config: StoreConfig,
     options: Options,
-    shards: Vec<Server<Shard>>,
+    shards: Servers,
     shared: Vec<Arc<ShardShared>>,
     supervisor: Mutex<Option<Supervisor>>,
     ticket: AtomicU64,
@@ -182,6 +236,7 @@ impl Allocator {
         grow: bool,
     ) -> Result<InitOutcome, FreqError> {
         let dir = dir.as_ref();
+        config.check_replicas()?;
         let Some(existing) = read_config(dir)? else {
             write_config(dir, &config)?;
             return Ok(InitOutcome::Created);
@@ -190,6 +245,15 @@ impl Allocator {
         // `0-249,250-499,...`): compare the frequencies, not the ranges.
         let same_pool =
             coalesce(existing.layout.all_ranges()) == coalesce(config.layout.all_ranges());
+        if existing.replicas != config.replicas {
+            // The replicas' tables live elsewhere than a single shard's: no conversion (yet).
+            return Err(StoreError::ConfigMismatch {
+                path: dir.to_path_buf(),
+                existing: format!("{} replica(s)", existing.replicas),
+                requested: format!("{} replica(s)", config.replicas),
+            }
+            .into());
+        }
         let outcome = if same_pool {
             if existing.layout.shard_count() != config.layout.shard_count() {
                 // Moving allocations between shards is not supported: refuse, naming both.
@@ -257,6 +321,7 @@ impl Allocator {
             strategy,
             durability: Durability::None,
             client_limit,
+            replicas: 1,
         };
         Allocator::start(None, config, options)
     }
@@ -266,6 +331,10 @@ impl Allocator {
         config: StoreConfig,
         options: Options,
     ) -> Result<Self, FreqError> {
+        config.check_replicas()?;
+        if config.replicas == 2 {
+            return Allocator::start_pairs(dir, config, options);
+        }
         let n = config.layout.shard_count();
         let mut spec = SupervisorSpec::new(otp::Strategy::OneForOne)
             .name("freq-supervisor")
@@ -323,10 +392,28 @@ impl Allocator {
                 .find_map(|s| s.take_init_error())
                 .unwrap_or_else(|| start_error(e))
         })?;
+        Ok(Allocator::assemble(
+            dir,
+            config,
+            options,
+            Servers::Single(shards),
+            shared,
+            supervisor,
+        ))
+    }
+
+    fn assemble(
+        dir: Option<PathBuf>,
+        config: StoreConfig,
+        options: Options,
+        shards: Servers,
+        shared: Vec<Arc<ShardShared>>,
+        supervisor: Supervisor,
+    ) -> Self {
         // Round robin continues from the allocations already held, so one-shot processes (the
         // CLI) alternate shards as one long-lived front end would.
         let held: u64 = shared.iter().map(|s| s.load().allocated()).sum();
-        Ok(Allocator {
+        Allocator {
             inner: Arc::new(Inner {
                 dir,
                 config,
@@ -338,7 +425,137 @@ impl Allocator {
                 clients: Mutex::new(HashSet::new()),
                 stopped: AtomicBool::new(false),
             }),
-        })
+        }
+    }
+
+    /// Starts every shard as a primary/backup pair (`replicas: 2`).
+    fn start_pairs(
+        dir: Option<PathBuf>,
+        config: StoreConfig,
+        options: Options,
+    ) -> Result<Self, FreqError> {
+        let n = config.layout.shard_count();
+        let durability = if dir.is_some() {
+            config.durability
+        } else {
+            Durability::None
+        };
+        let replica_path = |i: usize, r: usize| -> Option<PathBuf> {
+            match (&options.replica_dirs, &dir) {
+                (Some(bases), _) => Some(shard_dir(&bases[r], i)),
+                (None, Some(d)) => Some(replica_dir(d, i, r)),
+                (None, None) => None,
+            }
+        };
+        let mut all_args: Vec<[ShardArgs; 2]> = Vec::with_capacity(n);
+        for i in 0..n {
+            let one = |r: usize| ShardArgs {
+                ranges: config.layout.ranges(i).to_vec(),
+                dir: replica_path(i, r),
+                durability,
+                limit: config.client_limit,
+                clock: Arc::clone(&options.clock),
+                shared: ShardShared::new(i),
+                preloaded: Arc::new(Mutex::new(None)),
+            };
+            all_args.push([one(0), one(1)]);
+        }
+        // Open every replica at once, as for single shards.
+        let loaded: Vec<Result<_, FreqError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = all_args
+                .iter()
+                .flat_map(|pair| pair.iter())
+                .map(|a| scope.spawn(|| load_replica(a)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(FreqError::Corrupt(
+                            "a replica panicked while loading".into(),
+                        ))
+                    })
+                })
+                .collect()
+        });
+        let mut loaded = loaded.into_iter();
+        let mut spec = SupervisorSpec::new(otp::Strategy::OneForOne)
+            .name("freq-supervisor")
+            .intensity(options.max_restarts, options.restart_period);
+        let mut pairs = Vec::with_capacity(n);
+        let mut shared = Vec::with_capacity(n);
+        for (i, args) in all_args.into_iter().enumerate() {
+            let (a, b) = match (loaded.next(), loaded.next()) {
+                (Some(a), Some(b)) => (a?, b?),
+                _ => return Err(FreqError::Corrupt("a replica did not load".into())),
+            };
+            let seqs = [a.seq(), b.seq()];
+            // The higher applied sequence starts as primary (the other catches up).
+            let pair = PairShared::new(usize::from(seqs[1] > seqs[0]), seqs);
+            let s = ShardShared::new_pair(i, Arc::clone(&pair));
+            let servers = [
+                Server::<Replica>::unstarted(format!("freq-shard-{i}-a")),
+                Server::<Replica>::unstarted(format!("freq-shard-{i}-b")),
+            ];
+            for (r, (mut shard_args, pre)) in args.into_iter().zip([a, b]).enumerate() {
+                shard_args.shared = Arc::clone(&s);
+                let replica_args = ReplicaArgs {
+                    shard: shard_args,
+                    me: r,
+                    pair: Arc::clone(&pair),
+                    link: Arc::new(InProcessLink::new(
+                        i,
+                        servers[1 - r].clone(),
+                        options.call_timeout,
+                    )),
+                    log_entries: options.replica_log_entries,
+                    preloaded: Arc::new(Mutex::new(Some(pre))),
+                };
+                let id = format!("shard-{i}-{}", ["a", "b"][r]);
+                spec = spec.child(ChildSpec::for_server(id, &servers[r], move || {
+                    replica_args.clone()
+                }));
+            }
+            pairs.push(Pair {
+                servers,
+                shared: pair,
+            });
+            shared.push(s);
+        }
+        let supervisor = Supervisor::start(spec).map_err(|e| {
+            shared
+                .iter()
+                .find_map(|s| s.take_init_error())
+                .unwrap_or_else(|| start_error(e))
+        })?;
+        let alloc = Allocator::assemble(
+            dir,
+            config,
+            options,
+            Servers::Pairs(pairs),
+            shared,
+            supervisor,
+        );
+        // Start replicating before the first request: each primary catches its backup up (one
+        // round trip when both hold the same sequence). A replica that could not come up leaves
+        // its shard serving alone, as `status` shows; that is no error here.
+        for shard in 0..n {
+            alloc.wait_for_pair_if_both_up(shard);
+        }
+        Ok(alloc)
+    }
+
+    /// Waits (up to the call timeout) for shard `shard`'s pair to be in sync, if both of its
+    /// replicas are running.
+    fn wait_for_pair_if_both_up(&self, shard: usize) {
+        if let Servers::Pairs(pairs) = &self.inner.shards {
+            let both_up = pairs
+                .get(shard)
+                .is_some_and(|p| p.shared.state().roles.iter().all(|r| *r != Role::Down));
+            if both_up {
+                let _ = self.wait_for_sync(shard, self.inner.options.call_timeout);
+            }
+        }
     }
 
     /// The store's directory (`None` in memory).
@@ -375,10 +592,61 @@ impl Allocator {
 
     fn call(&self, shard: usize, request: ShardCall) -> Result<ShardReply, FreqError> {
         self.check_running()?;
-        let server = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
-        match server.call_timeout(request, self.inner.options.call_timeout) {
+        match self.raw_call(shard, || request.clone()) {
             Ok(result) => result,
             Err(e) => Err(shard_error(shard, e)),
+        }
+    }
+
+    /// Sends `request()` to shard `shard`: its server, or its pair's primary. With replication,
+    /// a call that never reached a primary (none serving, or the roles changed under it) waits
+    /// for the roles to change and is sent again, up to the call timeout; a call in flight when
+    /// the primary fails is not retried.
+    fn raw_call(
+        &self,
+        shard: usize,
+        mut request: impl FnMut() -> ShardCall,
+    ) -> Result<Result<ShardReply, FreqError>, OtpError> {
+        let timeout = self.inner.options.call_timeout;
+        match &self.inner.shards {
+            Servers::Single(servers) => {
+                let server = servers.get(shard).ok_or(OtpError::NoProc)?;
+                server.call_timeout(request(), timeout)
+            }
+            Servers::Pairs(pairs) => {
+                let pair = pairs.get(shard).ok_or(OtpError::NoProc)?;
+                let deadline = Instant::now() + timeout;
+                loop {
+                    let st = pair.shared.state();
+                    if st.roles[st.primary] == Role::Primary {
+                        let server = &pair.servers[st.primary];
+                        let generation = server.generation();
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match server.call_timeout(request(), left) {
+                            Ok(Err(FreqError::NotPrimary { .. })) => {}
+                            // A primary still in `init` (its role is set before it is installed),
+                            // or one that just died: wait for its next start or a role change.
+                            Err(OtpError::NoProc) => {
+                                if self.inner.stopped.load(Ordering::Acquire) {
+                                    return Err(OtpError::NoProc);
+                                }
+                                if pair.shared.state().version == st.version {
+                                    let left = deadline.saturating_duration_since(Instant::now());
+                                    server.wait_for_generation(generation + 1, left)?;
+                                }
+                                continue;
+                            }
+                            other => return other,
+                        }
+                    }
+                    if self.inner.stopped.load(Ordering::Acquire) {
+                        return Err(OtpError::NoProc);
+                    }
+                    if !pair.shared.wait_change(st.version, deadline) {
+                        return Err(OtpError::Timeout);
+                    }
+                }
+            }
         }
     }
 
@@ -427,12 +695,11 @@ impl Allocator {
             // Computed only if the proposed shard has none (lazily, off the fast path).
             std::iter::once(()).flat_map(|_| fallback_order(proposed, &free).into_iter().skip(1)),
         ) {
-            let request = ShardCall::Allocate {
+            let request = || ShardCall::Allocate {
                 owner: client.to_string(),
                 lease_ms,
             };
-            let server = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
-            match server.call_timeout(request, self.inner.options.call_timeout) {
+            match self.raw_call(shard, request) {
                 Ok(Ok(ShardReply::Allocated(f))) => return Ok(f),
                 Ok(Ok(other)) => return Err(unexpected(shard, &other)),
                 Ok(Err(FreqError::NoFrequency { .. })) => continue,
@@ -478,7 +745,17 @@ impl Allocator {
         request: impl Fn() -> ShardCall,
     ) -> Result<ShardReply, FreqError> {
         self.check_running()?;
-        let server = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
+        let servers = match &self.inner.shards {
+            Servers::Single(servers) => servers,
+            // A pair's call already waits for a primary.
+            Servers::Pairs(_) => {
+                return match self.raw_call(shard, request) {
+                    Ok(result) => result,
+                    Err(e) => Err(shard_error(shard, e)),
+                }
+            }
+        };
+        let server = servers.get(shard).ok_or(FreqError::Stopped)?;
         let generation = server.generation();
         match server.call_timeout(request(), self.inner.options.call_timeout) {
             Ok(result) => result,
@@ -552,15 +829,44 @@ impl Allocator {
         let mut free = Vec::new();
         let mut allocations = Vec::new();
         for (i, s) in self.inner.shared.iter().enumerate() {
-            let server = &self.inner.shards[i];
+            let (restarts, alive, replicas, in_sync) = match &self.inner.shards {
+                Servers::Single(servers) => (
+                    servers[i].generation().saturating_sub(1),
+                    servers[i].is_alive(),
+                    Vec::new(),
+                    false,
+                ),
+                Servers::Pairs(pairs) => {
+                    let pair = &pairs[i];
+                    let st = pair.shared.state();
+                    let applied = [pair.shared.applied(0), pair.shared.applied(1)];
+                    let replicas: Vec<ReplicaStatus> = (0..2)
+                        .map(|r| ReplicaStatus {
+                            replica: r,
+                            role: st.roles[r],
+                            applied: applied[r],
+                            lag: applied[1 - r].saturating_sub(applied[r]),
+                            restarts: pair.servers[r].generation().saturating_sub(1),
+                        })
+                        .collect();
+                    (
+                        replicas.iter().map(|r| r.restarts).sum(),
+                        st.roles[st.primary] == Role::Primary,
+                        replicas,
+                        st.in_sync,
+                    )
+                }
+            };
             shards.push(ShardStatus {
                 shard: i,
                 ranges: self.inner.config.layout.ranges(i).to_vec(),
                 free: s.load().free(),
                 allocated: s.load().allocated(),
                 recovered: s.recovered(),
-                restarts: server.generation().saturating_sub(1),
-                alive: server.is_alive(),
+                restarts,
+                alive,
+                replicas,
+                in_sync,
             });
             if let Some(r) = s.readers() {
                 free.extend(
@@ -586,12 +892,15 @@ impl Allocator {
 
     /// Verifies the invariants in every shard (each shard checks itself with nothing in flight):
     /// every frequency exactly once, free or allocated to one owner; the owner index agrees; disk
-    /// and memory agree; and across shards, free plus allocated equals the pool. Returns the
-    /// violations; empty means consistent.
+    /// and memory agree; and across shards, free plus allocated equals the pool. With
+    /// replication, when both replicas of a shard run, it waits for the pair to be in sync and
+    /// compares them too. Returns the violations; empty means consistent.
     pub fn check(&self) -> Result<Vec<String>, FreqError> {
         let mut out = Vec::new();
         let mut total = 0u64;
         for shard in 0..self.shard_count() {
+            // With both replicas running, compare them: let the backup finish catching up.
+            self.wait_for_pair_if_both_up(shard);
             match self.call_retrying(shard, || ShardCall::Check)? {
                 ShardReply::Checked(v) => out.extend(v),
                 other => return Err(unexpected(shard, &other)),
@@ -624,14 +933,69 @@ impl Allocator {
     }
 
     /// Injects a fault into a shard (for tests of supervision and recovery). The call itself
-    /// returns the shard's failure.
+    /// returns the shard's failure. With replication, [`Fault::Panic`] and
+    /// [`Fault::PanicPrimary`] hit the primary and [`Fault::PanicBackup`] the backup
+    /// (`NotBackup`, with nothing done, when the shard has no running backup).
     pub fn inject_fault(&self, shard: usize, fault: Fault) -> Result<(), FreqError> {
+        if let (Fault::PanicBackup, Servers::Pairs(pairs)) = (fault, &self.inner.shards) {
+            self.check_running()?;
+            let pair = pairs.get(shard).ok_or(FreqError::Stopped)?;
+            let st = pair.shared.state();
+            let backup = 1 - st.primary;
+            if st.roles[backup] != Role::Backup {
+                return Err(FreqError::NotBackup { shard });
+            }
+            let call = ShardCall::Inject(fault);
+            return match pair.servers[backup].call_timeout(call, self.inner.options.call_timeout) {
+                Ok(r) => r.map(|_| ()),
+                // Still starting (its role is set before it is installed): nothing happened.
+                Err(OtpError::NoProc) => Err(FreqError::NotBackup { shard }),
+                Err(e) => Err(shard_error(shard, e)),
+            };
+        }
         self.call(shard, ShardCall::Inject(fault)).map(|_| ())
     }
 
     /// How many times shard `shard` has been started (1, then 2 after its first restart...).
+    /// With replication: starts of both replicas, minus one.
     pub fn shard_generation(&self, shard: usize) -> u64 {
-        self.inner.shards.get(shard).map_or(0, Server::generation)
+        match &self.inner.shards {
+            Servers::Single(servers) => servers.get(shard).map_or(0, Server::generation),
+            Servers::Pairs(pairs) => pairs.get(shard).map_or(0, |p| {
+                (p.servers[0].generation() + p.servers[1].generation()).saturating_sub(1)
+            }),
+        }
+    }
+
+    /// With replication: waits until shard `shard` has a primary and an in-sync backup, up to
+    /// `timeout` (how tests see a failover and catch-up complete without sleeping). Without
+    /// replication: waits until the shard runs.
+    pub fn wait_for_sync(&self, shard: usize, timeout: Duration) -> Result<(), FreqError> {
+        let deadline = Instant::now() + timeout;
+        match &self.inner.shards {
+            Servers::Single(servers) => {
+                let server = servers.get(shard).ok_or(FreqError::Stopped)?;
+                while !server.is_alive() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    server
+                        .wait_for_generation(server.generation() + 1, left)
+                        .map_err(|e| shard_error(shard, e))?;
+                }
+                Ok(())
+            }
+            Servers::Pairs(pairs) => {
+                let pair = pairs.get(shard).ok_or(FreqError::Stopped)?;
+                loop {
+                    let st = pair.shared.state();
+                    if st.in_sync && st.roles[st.primary] == Role::Primary {
+                        return Ok(());
+                    }
+                    if !pair.shared.wait_change(st.version, deadline) {
+                        return Err(shard_error(shard, OtpError::Timeout));
+                    }
+                }
+            }
+        }
     }
 
     /// Waits until shard `shard` has been started `generation` times, up to `timeout`: how tests
@@ -642,10 +1006,29 @@ impl Allocator {
         generation: u64,
         timeout: Duration,
     ) -> Result<u64, FreqError> {
-        let server = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
-        server
-            .wait_for_generation(generation, timeout)
-            .map_err(|e| shard_error(shard, e))
+        match &self.inner.shards {
+            Servers::Single(servers) => {
+                let server = servers.get(shard).ok_or(FreqError::Stopped)?;
+                server
+                    .wait_for_generation(generation, timeout)
+                    .map_err(|e| shard_error(shard, e))
+            }
+            Servers::Pairs(pairs) => {
+                let pair = pairs.get(shard).ok_or(FreqError::Stopped)?;
+                let deadline = Instant::now() + timeout;
+                loop {
+                    // Every start changes the pair's roles, so its version is the clock here.
+                    let version = pair.shared.state().version;
+                    let g = self.shard_generation(shard);
+                    if g >= generation {
+                        return Ok(g);
+                    }
+                    if !pair.shared.wait_change(version, deadline) {
+                        return Err(shard_error(shard, OtpError::Timeout));
+                    }
+                }
+            }
+        }
     }
 
     /// Per shard: allocations loaded from disk at its last start, and how long that open took.

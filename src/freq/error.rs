@@ -122,6 +122,34 @@ pub enum FreqError {
     /// The allocator has been stopped.
     #[error("the allocator is stopped")]
     Stopped,
+    /// A replica count other than 1 or 2, or a replicated pool holding the frequency `u64::MAX`
+    /// (reserved for a replica's sequence record).
+    #[error("bad replication setting: {0}")]
+    BadReplicas(String),
+    /// A client request reached a replica that is not (or no longer) its shard's primary; the
+    /// allocator sends it again to the primary (nothing was done).
+    #[error("shard {shard}: this replica is not the primary")]
+    NotPrimary {
+        /// The shard.
+        shard: usize,
+    },
+    /// A replication request reached a replica that is not a backup (nothing was done).
+    #[error("shard {shard}: this replica is not a backup")]
+    NotBackup {
+        /// The shard.
+        shard: usize,
+    },
+    /// Log entries that do not follow what the backup has applied (nothing was done; the
+    /// primary catches the backup up instead).
+    #[error("shard {shard}: backup has applied up to {applied}, got entries from {got}")]
+    ReplicaGap {
+        /// The shard.
+        shard: usize,
+        /// The backup's applied sequence number.
+        applied: u64,
+        /// The first sequence number shipped.
+        got: u64,
+    },
 }
 
 /// Errors of a store directory: its configuration file and its disk tables.

@@ -13,6 +13,9 @@
 //!   ([`crate::dets`]) and the rest is rebuilt from them at open;
 //! - **durability**: [`Durability::Sync`] acknowledges only what is on disk, with group commit;
 //!   `Interval` and `None` trade that for speed;
+//! - **replication** (`replicas: 2`): each shard is a primary/backup pair that acknowledges a
+//!   change only once both replicas applied it, and fails over to the backup (over a
+//!   [`ReplicaLink`]);
 //! - **supervision**: shards run under a one-for-one supervisor; a shard that crashes is restarted
 //!   and rebuilds its tables from disk. A call in flight when its shard crashes gets
 //!   [`FreqError::ShardFailed`] and is *not* retried (an allocation might otherwise be made twice);
@@ -38,17 +41,20 @@ mod clock;
 mod error;
 mod layout;
 mod pool;
+mod replica;
 mod router;
 mod shard;
 mod store;
 
-pub use allocator::{Allocator, Client, InitOutcome, Options, ShardStatus, Status};
+pub use allocator::{Allocator, Client, InitOutcome, Options, ReplicaStatus, ShardStatus, Status};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{FreqError, LayoutError, StoreError};
 pub use layout::{coalesce, parse_pool, FreqRange, Layout};
 pub use pool::{Allocation, Change, Load, Pool, PoolReaders, Violation};
+pub use replica::{LogEntry, ReplicaDump, ReplicaLink, Role, Snapshot, DEFAULT_LOG_ENTRIES};
 pub use router::{choose, fallback_order, hash_name, Pick, Strategy};
 pub use shard::{Fault, ShardShared, DISK_VERSION};
 pub use store::{
-    meta_path, read_config, shard_dir, write_config, Durability, StoreConfig, META_FILE,
+    meta_path, read_config, replica_dir, shard_dir, write_config, Durability, StoreConfig,
+    META_FILE,
 };

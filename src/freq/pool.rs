@@ -69,7 +69,7 @@ impl Load {
         self.allocated.load(Ordering::Relaxed)
     }
 
-    fn set(&self, free: u64, allocated: u64) {
+    pub(crate) fn set(&self, free: u64, allocated: u64) {
         self.free.store(free, Ordering::Relaxed);
         self.allocated.store(allocated, Ordering::Relaxed);
     }
@@ -370,6 +370,75 @@ impl Pool {
             .collect())
     }
 
+    /// Applies a change another replica made (replication): `Allocated(f, a)` makes `f`
+    /// allocated exactly as `a` says, `Released(f)` makes `f` free. Each change is an absolute
+    /// assignment, so applying one that is already in effect changes nothing (replaying a log
+    /// suffix over a state that has part of it is safe). `UnknownFrequency` outside the pool.
+    pub fn apply(&mut self, change: &Change) -> Result<(), FreqError> {
+        match change {
+            Change::Allocated(f, a) => {
+                let f = *f;
+                if !self.owns(f) {
+                    return Err(FreqError::UnknownFrequency(f));
+                }
+                if let Some(old) = self.allocations.get(&f) {
+                    if old == *a {
+                        return Ok(());
+                    }
+                    if let Some(t) = old.lease_until_ms {
+                        self.leases.remove(&(t, f));
+                    }
+                    self.release(f, &old.owner)?;
+                }
+                // The free range holding f: the one starting at f, or the last one below it.
+                let start = if self.free.member(&f) {
+                    f
+                } else {
+                    self.free
+                        .prev(&f)
+                        .ok_or_else(|| FreqError::Corrupt(format!("free {f} has no range")))?
+                };
+                let last =
+                    self.free.take(&start).first().copied().ok_or_else(|| {
+                        FreqError::Corrupt(format!("free range at {start} vanished"))
+                    })?;
+                if last < f {
+                    self.free.insert(start, last);
+                    return Err(FreqError::Corrupt(format!(
+                        "frequency {f} is neither free nor allocated"
+                    )));
+                }
+                if start < f {
+                    self.free.insert(start, f - 1);
+                }
+                if f < last {
+                    self.free.insert(f + 1, last);
+                }
+                self.allocations.insert(f, a.clone());
+                self.owners.insert(a.owner.clone(), f);
+                if let Some(t) = a.lease_until_ms {
+                    self.leases.insert((t, f));
+                }
+                self.free_count -= 1;
+                self.publish();
+                Ok(())
+            }
+            Change::Released(f) => {
+                let f = *f;
+                match self.allocations.get(&f) {
+                    None if self.owns(f) => Ok(()),
+                    None => Err(FreqError::UnknownFrequency(f)),
+                    Some(a) => {
+                        if let Some(t) = a.lease_until_ms {
+                            self.leases.remove(&(t, f));
+                        }
+                        self.release(f, &a.owner)
+                    }
+                }
+            }
+        }
+    }
+
     /// Verifies the invariants (module docs); returns every violation found.
     pub fn check(&self) -> Result<Vec<Violation>, FreqError> {
         let mut v = Vec::new();
@@ -457,6 +526,34 @@ mod tests {
             .map(|&(a, b)| FreqRange::new(a, b).unwrap())
             .collect();
         Pool::new(&rs, None).unwrap()
+    }
+
+    #[test]
+    fn apply_replays_changes_idempotently() {
+        let mut a = pool(&[(10, 20)]);
+        let mut b = pool(&[(10, 20)]);
+        let mut changes = Vec::new();
+        for i in 0..6 {
+            changes.push(a.allocate(&format!("c{}", i % 2), 7, Some(5)).unwrap().1);
+        }
+        changes.push(a.deallocate(12, "c0").unwrap());
+        changes.extend(a.release_all("c1").unwrap());
+        changes.push(a.allocate("c2", 9, None).unwrap().1);
+        for c in &changes {
+            b.apply(c).unwrap();
+        }
+        // A replay of a suffix changes nothing.
+        for c in &changes[3..] {
+            b.apply(c).unwrap();
+        }
+        assert_eq!(a.allocations().unwrap(), b.allocations().unwrap());
+        assert_eq!(a.free_ranges().unwrap(), b.free_ranges().unwrap());
+        assert_eq!(a.next_expiry(), b.next_expiry());
+        assert!(b.check().unwrap().is_empty());
+        assert!(matches!(
+            b.apply(&Change::Released(99)),
+            Err(FreqError::UnknownFrequency(99))
+        ));
     }
 
     #[test]

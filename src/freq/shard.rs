@@ -32,6 +32,7 @@ use super::clock::Clock;
 use super::error::FreqError;
 use super::layout::FreqRange;
 use super::pool::{Allocation, Change, Load, Pool, PoolReaders};
+use super::replica::{LinkCall, PairShared, ReplicaDump};
 use super::store::Durability;
 use crate::dets::{self, BatchOp, DiskTable, OpenOptions};
 use crate::otp::{Context, GenServer, ReplyTo};
@@ -51,6 +52,8 @@ pub struct ShardShared {
     /// Why the last `init` failed, kept typed for the caller of the first start (the generic
     /// server only reports an exit reason as text).
     init_error: parking_lot::Mutex<Option<FreqError>>,
+    /// With `replicas: 2`, the pair's roles and readers.
+    pair: Option<Arc<PairShared>>,
 }
 
 impl ShardShared {
@@ -62,7 +65,33 @@ impl ShardShared {
             recovered: AtomicU64::new(0),
             open_micros: AtomicU64::new(0),
             init_error: parking_lot::Mutex::new(None),
+            pair: None,
         })
+    }
+
+    /// The shared part of a replicated shard.
+    pub(crate) fn new_pair(index: usize, pair: Arc<PairShared>) -> Arc<Self> {
+        Arc::new(ShardShared {
+            index,
+            load: Arc::new(Load::default()),
+            readers: RwLock::new(None),
+            recovered: AtomicU64::new(0),
+            open_micros: AtomicU64::new(0),
+            init_error: parking_lot::Mutex::new(None),
+            pair: Some(pair),
+        })
+    }
+
+    /// Records what the instance just started loaded, and how long it took.
+    pub(crate) fn set_opened(&self, recovered: u64, took: Duration) {
+        self.recovered.store(recovered, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.open_micros.store(micros, Ordering::Relaxed);
+    }
+
+    /// Keeps the typed error of a failed start.
+    pub(crate) fn set_init_error(&self, e: FreqError) {
+        *self.init_error.lock() = Some(e);
     }
 
     /// Takes the error of the last failed start, if any.
@@ -80,9 +109,13 @@ impl ShardShared {
         &self.load
     }
 
-    /// Readers of the current instance's tables (`None` before the first start).
+    /// Readers of the current instance's tables (`None` before the first start); of the
+    /// primary's, with replication.
     pub fn readers(&self) -> Option<PoolReaders> {
-        self.readers.read().clone()
+        match &self.pair {
+            Some(pair) => pair.readers(),
+            None => self.readers.read().clone(),
+        }
     }
 
     /// How many allocations the current instance loaded from disk when it started.
@@ -128,13 +161,23 @@ pub(crate) fn load(args: &ShardArgs) -> Result<Loaded, FreqError> {
         None => Vec::new(),
     };
     let recovered = allocations.len() as u64;
-    let pool = Pool::rebuild(
-        &args.ranges,
-        args.limit,
-        Arc::clone(&args.shared.load),
-        allocations,
-    )
-    .map_err(|e| match e {
+    let pool = rebuild_pool(args, Arc::clone(&args.shared.load), allocations)?;
+    Ok(Loaded {
+        disk,
+        pool,
+        recovered,
+        took: started.elapsed(),
+    })
+}
+
+/// Rebuilds shard `args`' pool from `allocations` read from its disk (or received from its
+/// other replica), publishing its counts to `load`.
+pub(crate) fn rebuild_pool(
+    args: &ShardArgs,
+    load: Arc<Load>,
+    allocations: impl IntoIterator<Item = (u64, Allocation)>,
+) -> Result<Pool, FreqError> {
+    Pool::rebuild(&args.ranges, args.limit, load, allocations).map_err(|e| match e {
         // Not the user's error of naming a frequency outside the pool: the disk is wrong.
         FreqError::UnknownFrequency(f) => FreqError::Corrupt(format!(
             "shard {}'s disk table holds frequency {f}, outside the shard's ranges {}",
@@ -146,12 +189,6 @@ pub(crate) fn load(args: &ShardArgs) -> Result<Loaded, FreqError> {
                 .join(",")
         )),
         e => e,
-    })?;
-    Ok(Loaded {
-        disk,
-        pool,
-        recovered,
-        took: started.elapsed(),
     })
 }
 
@@ -175,12 +212,19 @@ pub(crate) fn open_disk(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Fault {
-    /// The shard panics while handling the request; its supervisor restarts it.
+    /// The shard panics while handling the request; its supervisor restarts it. With
+    /// replication, the primary panics (as [`Fault::PanicPrimary`]).
     Panic,
+    /// With replication: the shard's primary panics; its backup takes over if it was in sync.
+    /// Without replication, as [`Fault::Panic`].
+    PanicPrimary,
+    /// With replication: the shard's backup panics (the call fails if there is no live backup).
+    /// Without replication, as [`Fault::Panic`].
+    PanicBackup,
 }
 
 /// Requests a shard serves.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum ShardCall {
     Allocate {
         owner: String,
@@ -196,6 +240,8 @@ pub(crate) enum ShardCall {
     Reap,
     Check,
     Inject(Fault),
+    /// From the other replica of a pair (replicated shards only).
+    Link(LinkCall),
 }
 
 /// Successful replies.
@@ -206,6 +252,10 @@ pub(crate) enum ShardReply {
     Released(Vec<u64>),
     Reaped(Vec<(u64, String)>),
     Checked(Vec<String>),
+    /// A replica's applied sequence number.
+    Applied(u64),
+    /// A replica's contents.
+    Dumped(Box<ReplicaDump>),
 }
 
 pub(crate) type ShardResult = Result<ShardReply, FreqError>;
@@ -448,9 +498,10 @@ impl GenServer for Shard {
                 self.commit()?;
                 self.check().map(ShardReply::Checked)
             }
-            ShardCall::Inject(Fault::Panic) => {
-                panic!("fault injected into shard {}", self.index)
+            ShardCall::Inject(fault) => {
+                panic!("fault {fault:?} injected into shard {}", self.index)
             }
+            ShardCall::Link(_) => Err(FreqError::NotBackup { shard: self.index }),
         };
         self.respond(from, result);
         Ok(())

@@ -73,6 +73,31 @@ pub struct StoreConfig {
     pub durability: Durability,
     /// At most this many frequencies per client, if set.
     pub client_limit: Option<usize>,
+    /// Copies of each shard: 1, or 2 for a primary/backup pair (see
+    /// [`ReplicaLink`](super::ReplicaLink)). Stores written before replication read as 1.
+    #[serde(default = "one")]
+    pub replicas: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl StoreConfig {
+    /// Checks the replication setting: 1 or 2 copies, and with 2 no frequency `u64::MAX` (the
+    /// key of a replica's sequence record).
+    pub fn check_replicas(&self) -> Result<(), FreqError> {
+        match self.replicas {
+            1 => Ok(()),
+            2 if self.layout.owner_of(u64::MAX).is_some() => Err(FreqError::BadReplicas(
+                "a replicated pool may not contain frequency 18446744073709551615".into(),
+            )),
+            2 => Ok(()),
+            n => Err(FreqError::BadReplicas(format!(
+                "{n} replicas: expected 1 or 2"
+            ))),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -89,6 +114,11 @@ pub fn meta_path(dir: &Path) -> PathBuf {
 /// The directory of shard `i`'s disk table in `dir`.
 pub fn shard_dir(dir: &Path, shard: usize) -> PathBuf {
     dir.join(format!("shard-{shard}"))
+}
+
+/// The directory of replica `replica` (0 or 1) of shard `shard` in `dir`.
+pub fn replica_dir(dir: &Path, shard: usize, replica: usize) -> PathBuf {
+    shard_dir(dir, shard).join(format!("replica-{replica}"))
 }
 
 /// Reads a store's configuration; `Ok(None)` when `dir` holds no store.
@@ -179,11 +209,28 @@ mod tests {
             strategy: Strategy::MostFree,
             durability: Durability::Sync,
             client_limit: Some(3),
+            replicas: 2,
         };
         write_config(dir.path(), &config).unwrap();
         let back = read_config(dir.path()).unwrap().unwrap();
         assert_eq!(back, config);
         assert_eq!(back.layout.owner_of(21), Some(1));
+        // A configuration written before replication reads as one replica.
+        let old = fs::read_to_string(meta_path(dir.path()))
+            .unwrap()
+            .replace("\"replicas\": 2", "\"replicas_gone\": 0");
+        fs::write(meta_path(dir.path()), old).unwrap();
+        let back = read_config(dir.path()).unwrap().unwrap();
+        assert_eq!(back.replicas, 1);
+        assert!(back.check_replicas().is_ok());
+        assert!(matches!(
+            StoreConfig {
+                replicas: 3,
+                ..back.clone()
+            }
+            .check_replicas(),
+            Err(FreqError::BadReplicas(_))
+        ));
         fs::write(meta_path(dir.path()), "{\"format\": 1, \"config\": ").unwrap();
         assert!(matches!(
             read_config(dir.path()),
