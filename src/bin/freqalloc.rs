@@ -89,6 +89,9 @@ enum Command {
         #[arg(long, default_value_t = 12)]
         clients: usize,
     },
+    /// Machine-readable benchmarks of the workloads benches/beam/compare.sh runs on BEAM too.
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 #[derive(Args)]
@@ -235,6 +238,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Load(args) => load(dir, args),
         Command::Demo { seconds, clients } => demo(dir, seconds, clients),
+        Command::Bench(BenchCommand::Tables(args)) => bench_tables(args),
     }
 }
 
@@ -754,4 +758,264 @@ fn hold_down(
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------- bench
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Insert, lookup and delete of keys 0..N (value = key), in key order, for every ETS table
+    /// type on 1 thread (the owner's table) and 2 threads (a public table, half the keys each),
+    /// and for the DETS analogue (one sync at the end of each write run), then durable single
+    /// writes (insert + sync each). One warm-up run per configuration; wall-clock timed.
+    /// The workload names match benches/beam/freqbench.erl.
+    Tables(BenchTablesArgs),
+}
+
+#[derive(Args)]
+struct BenchTablesArgs {
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Keys per ETS run.
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
+    /// Threads of the ETS runs, 1 or 2 (default: both).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=2))]
+    threads: Option<u64>,
+    /// Keys per DETS run.
+    #[arg(long, default_value_t = 100_000)]
+    dets_keys: u64,
+    /// Durable single writes (insert + sync each) on a DETS set.
+    #[arg(long, default_value_t = 2_000)]
+    sync_writes: u64,
+    /// Run only the ETS or only the DETS workloads.
+    #[arg(long, value_parser = ["ets", "dets"])]
+    only: Option<String>,
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+struct BenchDir(PathBuf);
+
+impl BenchDir {
+    fn new() -> Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let path =
+            std::env::temp_dir().join(format!("freqalloc-bench-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(BenchDir(path))
+    }
+}
+
+impl Drop for BenchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Prints one result as it comes: a JSON line, or a table row.
+fn bench_row(json: bool, workload: &str, threads: u64, keys: u64, seconds: f64) {
+    let rate = keys as f64 / seconds.max(1e-12);
+    if json {
+        println!(
+            "{}",
+            json!({
+                "side": "rust",
+                "workload": workload,
+                "threads": threads,
+                "keys": keys,
+                "seconds": seconds,
+                "ops_per_sec": rate,
+            })
+        );
+    } else {
+        println!("{workload:<32} {threads:>7} {keys:>9} {rate:>14.0}");
+    }
+}
+
+/// Runs `work(handle, first_key, end_key)` on one thread per handle over equal slices of
+/// `0..keys`, released together; returns the wall time from the first worker's start to the
+/// last one's end, and the sum of what the workers returned.
+///
+/// Each worker reads the clock itself: on 2 cores the releasing thread may not run again
+/// until a worker is done, so its own clock would start late.
+fn bench_timed<T, F>(handles: &mut [T], keys: u64, work: F) -> Result<(f64, u64)>
+where
+    T: Send,
+    F: Fn(&mut T, u64, u64) -> Result<u64> + Sync,
+{
+    let per = keys / handles.len() as u64;
+    let barrier = Barrier::new(handles.len());
+    std::thread::scope(|scope| {
+        let joins: Vec<_> = handles
+            .iter_mut()
+            .zip(0u64..)
+            .map(|(h, i)| {
+                let (barrier, work) = (&barrier, &work);
+                scope.spawn(move || {
+                    barrier.wait();
+                    let started = Instant::now();
+                    let r = work(h, i * per, (i + 1) * per);
+                    (started, Instant::now(), r)
+                })
+            })
+            .collect();
+        let mut sum = 0;
+        let mut span: Option<(Instant, Instant)> = None;
+        for j in joins {
+            let (a, b, r) = j
+                .join()
+                .map_err(|_| anyhow::anyhow!("a benchmark thread panicked"))?;
+            sum += r?;
+            span = Some(match span {
+                Some((s, e)) => (s.min(a), e.max(b)),
+                None => (a, b),
+            });
+        }
+        let (s, e) = span.ok_or_else(|| anyhow::anyhow!("no benchmark thread"))?;
+        Ok((e.duration_since(s).as_secs_f64(), sum))
+    })
+}
+
+/// Insert, lookup, delete of `0..keys` over `handles` (all handles of one table); `finish`
+/// ends each write run (a disk table syncs). Returns the seconds of each operation.
+fn bench_cycle<T, S>(handles: &mut [T], keys: u64, finish: S) -> Result<[(&'static str, f64); 3]>
+where
+    T: freqalloc::WriteTable<u64, u64> + Send,
+    S: Fn(&mut T) -> Result<()> + Sync,
+{
+    let expected = keys / handles.len() as u64 * handles.len() as u64;
+    let (insert, _) = bench_timed(handles, keys, |t, from, to| {
+        for k in from..to {
+            freqalloc::WriteTable::insert(t, k, k)?;
+        }
+        finish(t)?;
+        Ok(0)
+    })?;
+    let (lookup, found) = bench_timed(handles, keys, |t, from, to| {
+        let mut found = 0;
+        for k in from..to {
+            found += freqalloc::ReadTable::lookup(t, &k)?.len() as u64;
+        }
+        Ok(found)
+    })?;
+    if found != expected {
+        bail!("lookup found {found} of {expected} keys");
+    }
+    let (delete, _) = bench_timed(handles, keys, |t, from, to| {
+        for k in from..to {
+            freqalloc::WriteTable::delete(t, &k)?;
+        }
+        finish(t)?;
+        Ok(0)
+    })?;
+    Ok([("insert", insert), ("lookup", lookup), ("delete", delete)])
+}
+
+fn bench_ets(
+    tt: freqalloc::TableType,
+    threads: u64,
+    keys: u64,
+) -> Result<[(&'static str, f64); 3]> {
+    use freqalloc::ets::{PublicTable, Table};
+    // In memory: nothing to finish.
+    if threads == 1 {
+        bench_cycle(&mut [Table::<u64, u64>::new(tt)], keys, |_| Ok(()))
+    } else {
+        let t = PublicTable::<u64, u64>::new(tt);
+        let mut handles: Vec<_> = (0..threads).map(|_| t.clone()).collect();
+        bench_cycle(&mut handles, keys, |_| Ok(()))
+    }
+}
+
+fn bench_dets(dir: &Path, tt: freqalloc::TableType, keys: u64) -> Result<[(&'static str, f64); 3]> {
+    use freqalloc::dets::{DiskTable, Durability as DetsDurability, OpenOptions as DetsOptions};
+    let path = dir.join(tt.erlang_name());
+    let _ = std::fs::remove_dir_all(&path);
+    let table: DiskTable<u64, u64> = DiskTable::open(
+        &path,
+        DetsOptions::new(tt).durability(DetsDurability::Manual),
+    )?;
+    let mut handles = [table];
+    let result = bench_cycle(&mut handles, keys, |t: &mut DiskTable<u64, u64>| {
+        Ok(t.sync()?)
+    })?;
+    let [table] = handles;
+    table.close()?;
+    std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+    Ok(result)
+}
+
+fn bench_dets_sync_each(dir: &Path, writes: u64) -> Result<f64> {
+    use freqalloc::dets::{DiskTable, Durability as DetsDurability, OpenOptions as DetsOptions};
+    let path = dir.join("sync-each");
+    let opts = DetsOptions::new(freqalloc::TableType::Set).durability(DetsDurability::EveryWrite);
+    let table: DiskTable<u64, u64> = DiskTable::open(&path, opts)?;
+    let mut handles = [table];
+    let (seconds, _) = bench_timed(&mut handles, writes, |t, from, to| {
+        for k in from..to {
+            freqalloc::WriteTable::insert(t, k, k)?;
+        }
+        Ok(0)
+    })?;
+    let [table] = handles;
+    table.close()?;
+    std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+    Ok(seconds)
+}
+
+fn bench_tables(args: BenchTablesArgs) -> Result<ExitCode> {
+    let threads: Vec<u64> = match args.threads {
+        Some(t) => vec![t],
+        None => vec![1, 2],
+    };
+    if args.keys < 2 || args.dets_keys == 0 || args.sync_writes == 0 {
+        bail!("--keys must be at least 2, --dets-keys and --sync-writes at least 1");
+    }
+    let only = args.only.as_deref();
+    if !args.json {
+        println!(
+            "{:<32} {:>7} {:>9} {:>14}",
+            "workload", "threads", "keys", "ops/s"
+        );
+    }
+    if only != Some("dets") {
+        for tt in freqalloc::TableType::ALL {
+            for &n in &threads {
+                let keys = args.keys / n * n;
+                bench_ets(tt, n, keys)?; // warm-up
+                for (op, seconds) in bench_ets(tt, n, keys)? {
+                    bench_row(args.json, &format!("ets/{tt}/{op}"), n, keys, seconds);
+                }
+            }
+        }
+    }
+    if only != Some("ets") {
+        use freqalloc::TableType;
+        let dir = BenchDir::new()?;
+        for tt in [TableType::Set, TableType::Bag, TableType::DuplicateBag] {
+            bench_dets(&dir.0, tt, args.dets_keys)?; // warm-up
+            for (op, seconds) in bench_dets(&dir.0, tt, args.dets_keys)? {
+                bench_row(
+                    args.json,
+                    &format!("dets/{tt}/{op}"),
+                    1,
+                    args.dets_keys,
+                    seconds,
+                );
+            }
+        }
+        let seconds = bench_dets_sync_each(&dir.0, args.sync_writes)?;
+        bench_row(
+            args.json,
+            "dets/set/insert_sync_each",
+            1,
+            args.sync_writes,
+            seconds,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
