@@ -104,7 +104,7 @@ fn durabilities(c: &mut Criterion) {
         };
         Allocator::init(dir.path(), config, false).expect("init");
         let alloc = Allocator::open(dir.path(), Options::default()).expect("open");
-        for clients in [1usize, 64] {
+        for clients in [1usize, 4, 12, 64] {
             g.bench_with_input(
                 BenchmarkId::new(name, format!("{clients}_clients")),
                 &clients,

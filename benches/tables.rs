@@ -1,4 +1,5 @@
-//! Table benchmarks: insert, lookup and delete of 1,000,000 u64 keys with a u64 value, on one
+//! Table benchmarks: insert, lookup, delete and a `fold` scan (the select/fold workload, one
+//! thread) of 1,000,000 u64 keys with a u64 value, on one
 //! thread and on two (each thread half the keys, on a shared public table), for every ETS table
 //! type, plus a `Mutex<HashMap>` baseline and the design alternatives the ETS docs cite.
 //!
@@ -57,6 +58,11 @@ pub trait Kv: Send {
     fn del(&mut self, k: u64);
     /// Ends a run of writes (a disk table syncs: one flush per run, as the DETS figures state).
     fn finish(&mut self) {}
+    /// A full scan with the `fold` analogue (`ets:foldl/3`, the select/fold workload); returns
+    /// how many objects it saw. `None`: this handle has no fold (the raw baselines).
+    fn scan(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Any [`WriteTable`] is a [`Kv`]: this is how ETS, DETS and future tables join in.
@@ -77,6 +83,9 @@ where
     #[inline]
     fn del(&mut self, k: u64) {
         self.0.delete(&k).expect("delete");
+    }
+    fn scan(&self) -> Option<usize> {
+        Some(self.0.fold(0usize, |n, _, _| n + 1).expect("fold"))
     }
 }
 
@@ -114,6 +123,9 @@ impl Kv for DiskHandle {
     }
     fn finish(&mut self) {
         self.table.0.sync().expect("sync");
+    }
+    fn scan(&self) -> Option<usize> {
+        self.table.scan()
     }
 }
 impl Subject for Dets {
@@ -292,6 +304,8 @@ enum Work {
     Insert,
     Lookup,
     Delete,
+    /// One full `fold` over the filled table (one thread; throughput counts objects visited).
+    Scan,
 }
 
 /// Handles for `threads` threads, on a table holding keys `0..N` if `filled`.
@@ -319,11 +333,24 @@ fn bench_subject<S: Subject>(c: &mut Criterion, s: &S) {
         if handles(s, threads, false).is_none() {
             continue;
         }
-        for (wname, work) in [
-            ("insert", Work::Insert),
-            ("lookup", Work::Lookup),
-            ("delete", Work::Delete),
-        ] {
+        // The fold scan runs on one thread, for the handles that have a fold.
+        let scans = threads == 1
+            && handles(s, 1, false).is_some_and(|hs| hs.first().and_then(Kv::scan).is_some());
+        let works: &[(&str, Work)] = if scans {
+            &[
+                ("insert", Work::Insert),
+                ("lookup", Work::Lookup),
+                ("delete", Work::Delete),
+                ("fold_scan", Work::Scan),
+            ]
+        } else {
+            &[
+                ("insert", Work::Insert),
+                ("lookup", Work::Lookup),
+                ("delete", Work::Delete),
+            ]
+        };
+        for &(wname, work) in works {
             let id = BenchmarkId::new(wname, format!("{threads}thr"));
             g.bench_function(id, |b| {
                 b.iter_custom(|iters| {
@@ -331,13 +358,14 @@ fn bench_subject<S: Subject>(c: &mut Criterion, s: &S) {
                     let mut filled = None;
                     for _ in 0..iters {
                         let need_fill = !matches!(work, Work::Insert);
-                        // Lookup reuses one filled table; insert and delete need a fresh one.
+                        // Lookup and scan reuse one filled table; insert and delete need a
+                        // fresh one.
                         let mut hs = match (work, filled.take()) {
-                            (Work::Lookup, Some(hs)) => hs,
+                            (Work::Lookup | Work::Scan, Some(hs)) => hs,
                             _ => handles(s, threads, need_fill).expect("handles"),
                         };
                         total += timed(work, &mut hs, s.keys());
-                        if matches!(work, Work::Lookup) {
+                        if matches!(work, Work::Lookup | Work::Scan) {
                             filled = Some(hs);
                         }
                     }
@@ -386,8 +414,9 @@ fn timed(work: Work, hs: &mut [impl Kv], keys_per_run: u64) -> Duration {
                     Work::Insert => mine.iter().for_each(|&k| h.put(k, k)),
                     Work::Lookup => mine.iter().for_each(|&k| found += h.get(k)),
                     Work::Delete => mine.iter().for_each(|&k| h.del(k)),
+                    Work::Scan => found += h.scan().unwrap_or(0),
                 }
-                if !matches!(work, Work::Lookup) {
+                if matches!(work, Work::Insert | Work::Delete) {
                     h.finish();
                 }
                 let cpu = match (cpu0, thread_cpu()) {
@@ -407,7 +436,7 @@ fn timed(work: Work, hs: &mut [impl Kv], keys_per_run: u64) -> Duration {
         let found: usize = results.iter().map(|r| r.0).sum();
         let busiest = results.iter().map(|r| r.1).max().unwrap_or_default();
         let elapsed = if cpu_clock() { busiest } else { wall };
-        if matches!(work, Work::Lookup) {
+        if matches!(work, Work::Lookup | Work::Scan) {
             assert_eq!(found as u64, keys_per_run, "every key must be found");
         }
         elapsed
