@@ -72,7 +72,9 @@ use super::clock::Clock;
 use super::error::FreqError;
 use super::layout::FreqRange;
 use super::pool::{Allocation, Change, Load, Pool, PoolReaders};
-use super::shard::{open_disk, rebuild_pool, ShardArgs, ShardCall, ShardReply, ShardResult};
+use super::shard::{
+    apply_client_call, open_disk, rebuild_pool, ShardArgs, ShardCall, ShardReply, ShardResult,
+};
 use super::store::Durability;
 use crate::dets::{BatchOp, DiskTable};
 use crate::otp::{Context, GenServer, ReplyTo, Server};
@@ -878,36 +880,6 @@ impl GenServer for Replica {
             self.become_primary(ctx);
         }
         let result = match request {
-            ShardCall::Allocate { owner, lease_ms } => {
-                let now = self.clock.now_ms();
-                match self.pool.allocate(&owner, now, lease_ms) {
-                    Ok((f, change)) => {
-                        self.record(change);
-                        if lease_ms.is_some() {
-                            self.schedule_lease_timer(ctx);
-                        }
-                        Ok(ShardReply::Allocated(f))
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            ShardCall::Deallocate { freq, owner } => {
-                self.pool.deallocate(freq, &owner).map(|change| {
-                    self.record(change);
-                    ShardReply::Deallocated
-                })
-            }
-            ShardCall::ReleaseAll { owner } => self.pool.release_all(&owner).map(|changes| {
-                let mut freed = Vec::with_capacity(changes.len());
-                for change in changes {
-                    if let Change::Released(f) = change {
-                        freed.push(f);
-                    }
-                    self.record(change);
-                }
-                freed.sort_unstable();
-                ShardReply::Released(freed)
-            }),
             ShardCall::Reap => {
                 let reaped = self.reap().map(ShardReply::Reaped);
                 self.schedule_lease_timer(ctx);
@@ -916,6 +888,18 @@ impl GenServer for Replica {
             ShardCall::Check => self.check(ctx).map(ShardReply::Checked),
             ShardCall::Link(_) | ShardCall::Inject(_) => {
                 Err(FreqError::NotPrimary { shard: self.shard })
+            }
+            client => {
+                let now = self.clock.now_ms();
+                let (seq, batch) = (&mut self.seq, &mut self.batch);
+                let (result, leased) = apply_client_call(&mut self.pool, now, client, |change| {
+                    *seq += 1;
+                    batch.push(LogEntry { seq: *seq, change });
+                });
+                if leased {
+                    self.schedule_lease_timer(ctx);
+                }
+                result
             }
         };
         self.publish_load();

@@ -266,6 +266,63 @@ pub(crate) enum ShardInfo {
     LeaseTick,
 }
 
+/// Applies a client request (allocate, deallocate, release-all) to `pool`, handing every change
+/// it makes to `record`; returns the reply and whether a lease was granted (the server then
+/// reschedules its lease timer). The single shard and both replicas run the course's semantics
+/// through this one function. Any other request is answered with an error: servers handle those
+/// themselves and never pass them here.
+pub(crate) fn apply_client_call(
+    pool: &mut Pool,
+    now_ms: u64,
+    request: ShardCall,
+    mut record: impl FnMut(Change),
+) -> (ShardResult, bool) {
+    match request {
+        ShardCall::Allocate { owner, lease_ms } => match pool.allocate(&owner, now_ms, lease_ms) {
+            Ok((f, change)) => {
+                record(change);
+                (Ok(ShardReply::Allocated(f)), lease_ms.is_some())
+            }
+            Err(e) => (Err(e), false),
+        },
+        ShardCall::Deallocate { freq, owner } => {
+            let result = pool.deallocate(freq, &owner).map(|change| {
+                record(change);
+                ShardReply::Deallocated
+            });
+            (result, false)
+        }
+        ShardCall::ReleaseAll { owner } => {
+            let result = pool.release_all(&owner).map(|changes| {
+                let mut freed = Vec::with_capacity(changes.len());
+                for change in changes {
+                    if let Change::Released(f) = change {
+                        freed.push(f);
+                    }
+                    record(change);
+                }
+                freed.sort_unstable();
+                ShardReply::Released(freed)
+            });
+            (result, false)
+        }
+        other => (
+            Err(FreqError::Corrupt(format!(
+                "{other:?} is not a client request"
+            ))),
+            false,
+        ),
+    }
+}
+
+/// The disk write for a change.
+fn batch_op(change: Change) -> BatchOp<u64, Allocation> {
+    match change {
+        Change::Allocated(f, a) => BatchOp::Insert(f, a),
+        Change::Released(f) => BatchOp::Delete(f),
+    }
+}
+
 pub(crate) struct Shard {
     index: usize,
     pool: Pool,
@@ -285,10 +342,7 @@ impl Shard {
         if self.disk.is_none() {
             return;
         }
-        self.batch.push(match change {
-            Change::Allocated(f, a) => BatchOp::Insert(f, a),
-            Change::Released(f) => BatchOp::Delete(f),
-        });
+        self.batch.push(batch_op(change));
     }
 
     fn respond(&mut self, from: ReplyTo<ShardResult>, result: ShardResult) {
@@ -457,36 +511,6 @@ impl GenServer for Shard {
         ctx: &mut Context<Self>,
     ) -> Result<(), FreqError> {
         let result = match request {
-            ShardCall::Allocate { owner, lease_ms } => {
-                let now = self.clock.now_ms();
-                match self.pool.allocate(&owner, now, lease_ms) {
-                    Ok((f, change)) => {
-                        self.record(change);
-                        if lease_ms.is_some() {
-                            self.schedule_lease_timer(ctx);
-                        }
-                        Ok(ShardReply::Allocated(f))
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            ShardCall::Deallocate { freq, owner } => {
-                self.pool.deallocate(freq, &owner).map(|change| {
-                    self.record(change);
-                    ShardReply::Deallocated
-                })
-            }
-            ShardCall::ReleaseAll { owner } => self.pool.release_all(&owner).map(|changes| {
-                let mut freed = Vec::with_capacity(changes.len());
-                for change in changes {
-                    if let Change::Released(f) = change {
-                        freed.push(f);
-                    }
-                    self.record(change);
-                }
-                freed.sort_unstable();
-                ShardReply::Released(freed)
-            }),
             ShardCall::Reap => {
                 let reaped = self.reap().map(ShardReply::Reaped);
                 self.schedule_lease_timer(ctx);
@@ -502,6 +526,20 @@ impl GenServer for Shard {
                 panic!("fault {fault:?} injected into shard {}", self.index)
             }
             ShardCall::Link(_) => Err(FreqError::NotBackup { shard: self.index }),
+            client => {
+                let now = self.clock.now_ms();
+                let durable = self.disk.is_some();
+                let batch = &mut self.batch;
+                let (result, leased) = apply_client_call(&mut self.pool, now, client, |change| {
+                    if durable {
+                        batch.push(batch_op(change));
+                    }
+                });
+                if leased {
+                    self.schedule_lease_timer(ctx);
+                }
+                result
+            }
         };
         self.respond(from, result);
         Ok(())
