@@ -73,7 +73,8 @@ use super::error::FreqError;
 use super::layout::FreqRange;
 use super::pool::{Allocation, Change, Load, Pool, PoolReaders};
 use super::shard::{
-    apply_client_call, open_disk, rebuild_pool, ShardArgs, ShardCall, ShardReply, ShardResult,
+    apply_client_call, next_lease_timer, open_disk, reap_leases, rebuild_pool, ShardArgs,
+    ShardCall, ShardReply, ShardResult,
 };
 use super::store::Durability;
 use crate::dets::{BatchOp, DiskTable};
@@ -533,15 +534,6 @@ impl Replica {
             .load()
             .set(free, self.pool.size().saturating_sub(free));
     }
-
-    fn record(&mut self, change: Change) {
-        self.seq += 1;
-        self.batch.push(LogEntry {
-            seq: self.seq,
-            change,
-        });
-    }
-
     fn respond(&mut self, from: ReplyTo<ShardResult>, result: ShardResult) {
         // Every reply waits until everything handled before it is on both replicas.
         if !self.batch.is_empty() || !self.pending.is_empty() {
@@ -666,22 +658,19 @@ impl Replica {
     }
 
     fn schedule_lease_timer(&mut self, ctx: &mut Context<Self>) {
-        let Some(next) = self.pool.next_expiry() else {
-            return;
-        };
-        if self.lease_timer_at.is_some_and(|t| t <= next) {
-            return;
+        let now = self.clock.now_ms();
+        if let Some(delay) = next_lease_timer(&self.pool, now, &mut self.lease_timer_at) {
+            ctx.send_after(delay, ReplicaInfo::LeaseTick);
         }
-        let delay = next.saturating_sub(self.clock.now_ms());
-        ctx.send_after(Duration::from_millis(delay), ReplicaInfo::LeaseTick);
-        self.lease_timer_at = Some(next);
     }
 
     fn reap(&mut self) -> Result<Vec<(u64, String)>, FreqError> {
-        let reaped = self.pool.reap_expired(self.clock.now_ms())?;
-        for (f, _) in &reaped {
-            self.record(Change::Released(*f));
-        }
+        let now = self.clock.now_ms();
+        let (seq, batch) = (&mut self.seq, &mut self.batch);
+        let reaped = reap_leases(&mut self.pool, now, |change| {
+            *seq += 1;
+            batch.push(LogEntry { seq: *seq, change });
+        })?;
         self.publish_load();
         Ok(reaped)
     }

@@ -315,6 +315,35 @@ pub(crate) fn apply_client_call(
     }
 }
 
+/// When to set a lease timer: the delay to the earliest lease expiry, unless a timer already set
+/// (`timer_at`) fires no later; records the new deadline. Shared by the shard and the replicas.
+pub(crate) fn next_lease_timer(
+    pool: &Pool,
+    now_ms: u64,
+    timer_at: &mut Option<u64>,
+) -> Option<Duration> {
+    let next = pool.next_expiry()?;
+    if timer_at.is_some_and(|t| t <= next) {
+        return None;
+    }
+    *timer_at = Some(next);
+    Some(Duration::from_millis(next.saturating_sub(now_ms)))
+}
+
+/// Frees every lease expired at `now_ms`, handing each release to `record`; returns what it freed
+/// with the owners that lost it. Shared by the shard and the replicas.
+pub(crate) fn reap_leases(
+    pool: &mut Pool,
+    now_ms: u64,
+    mut record: impl FnMut(Change),
+) -> Result<Vec<(u64, String)>, FreqError> {
+    let reaped = pool.reap_expired(now_ms)?;
+    for (f, _) in &reaped {
+        record(Change::Released(*f));
+    }
+    Ok(reaped)
+}
+
 /// The disk write for a change.
 fn batch_op(change: Change) -> BatchOp<u64, Allocation> {
     match change {
@@ -338,13 +367,6 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    fn record(&mut self, change: Change) {
-        if self.disk.is_none() {
-            return;
-        }
-        self.batch.push(batch_op(change));
-    }
-
     fn respond(&mut self, from: ReplyTo<ShardResult>, result: ShardResult) {
         // With a disk table every reply waits until everything handled before it is written
         // (and, in Sync, flushed), so no client learns of a change (even through an error such
@@ -407,23 +429,21 @@ impl Shard {
     }
 
     fn schedule_lease_timer(&mut self, ctx: &mut Context<Self>) {
-        let Some(next) = self.pool.next_expiry() else {
-            return;
-        };
-        if self.lease_timer_at.is_some_and(|t| t <= next) {
-            return;
+        let now = self.clock.now_ms();
+        if let Some(delay) = next_lease_timer(&self.pool, now, &mut self.lease_timer_at) {
+            ctx.send_after(delay, ShardInfo::LeaseTick);
         }
-        let delay = next.saturating_sub(self.clock.now_ms());
-        ctx.send_after(Duration::from_millis(delay), ShardInfo::LeaseTick);
-        self.lease_timer_at = Some(next);
     }
 
     fn reap(&mut self) -> Result<Vec<(u64, String)>, FreqError> {
-        let reaped = self.pool.reap_expired(self.clock.now_ms())?;
-        for (f, _) in &reaped {
-            self.record(Change::Released(*f));
-        }
-        Ok(reaped)
+        let now = self.clock.now_ms();
+        let durable = self.disk.is_some();
+        let batch = &mut self.batch;
+        reap_leases(&mut self.pool, now, |change| {
+            if durable {
+                batch.push(batch_op(change));
+            }
+        })
     }
 
     fn check(&mut self) -> Result<Vec<String>, FreqError> {
