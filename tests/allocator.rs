@@ -701,11 +701,22 @@ fn storm(
 
 #[test]
 fn a_shard_panic_mid_storm_is_restarted_and_loses_nothing_acknowledged() {
+    shard_panic_mid_storm(Durability::Sync);
+}
+
+/// As above in `Interval`, where the shards take direct calls: the storm's calls, and the
+/// injected panic itself, run on the clients' threads.
+#[test]
+fn a_shard_panic_in_a_direct_call_mid_storm_loses_nothing_acknowledged() {
+    shard_panic_mid_storm(Durability::Interval(Duration::from_millis(50)));
+}
+
+fn shard_panic_mid_storm(durability: Durability) {
     let dir = tempfile::tempdir().unwrap();
     let layout = Layout::split_evenly(&parse_pool("0-399").unwrap(), 4).unwrap();
     let alloc = create(
         dir.path(),
-        config(layout, Strategy::PowerOfTwoChoices, Durability::Sync),
+        config(layout, Strategy::PowerOfTwoChoices, durability),
     );
     let logs = storm(&alloc, 4, 0x9E37, 8, |ops| {
         assert!(wait_until(|| ops.load(Ordering::Relaxed) >= 200, LONG));

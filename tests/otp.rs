@@ -59,6 +59,8 @@ struct WArgs {
     lock: Option<Lock>,
     /// Log every `handle_drained` with the size of the run it ends.
     log_drained: bool,
+    /// Allow direct calls (run on the caller's thread when the mailbox is empty).
+    direct: bool,
 }
 
 impl WArgs {
@@ -69,6 +71,7 @@ impl WArgs {
             init_fail: Arc::default(),
             lock: None,
             log_drained: false,
+            direct: false,
         }
     }
 }
@@ -105,11 +108,16 @@ enum Call {
     ThreadName,
     Reenter,
     StopMe,
+    /// Set a timer that sends `Info::Tick(k)` after the delay.
+    Arm(Duration, u64),
+    /// Turn direct calls on or off.
+    Direct(bool),
 }
 
 enum Cast {
     Fail(Fail),
     Note,
+    Add(u64),
 }
 
 enum Info {
@@ -138,7 +146,8 @@ impl GenServer for Worker {
     type Info = Info;
     type Error = WError;
 
-    fn init(a: WArgs, _ctx: &mut Context<Self>) -> Result<Self, WError> {
+    fn init(a: WArgs, ctx: &mut Context<Self>) -> Result<Self, WError> {
+        ctx.allow_direct_calls(a.direct);
         let injected = a.init_fail.lock().unwrap().pop_front();
         if let Some(f) = injected {
             let _ = a.log.send(format!("initfail:{}", a.id));
@@ -216,6 +225,14 @@ impl GenServer for Worker {
                 from.reply(0);
                 ctx.stop(ExitReason::Normal);
             }
+            Call::Arm(d, k) => {
+                ctx.send_after(d, Info::Tick(k));
+                from.reply(0)
+            }
+            Call::Direct(on) => {
+                ctx.allow_direct_calls(on);
+                from.reply(0)
+            }
         }
         Ok(())
     }
@@ -225,6 +242,10 @@ impl GenServer for Worker {
         match msg {
             Cast::Fail(kind) => self.fail(kind),
             Cast::Note => Ok(()),
+            Cast::Add(k) => {
+                self.n += k;
+                Ok(())
+            }
         }
     }
 
@@ -285,8 +306,19 @@ fn block(value: u64) -> (Call, Receiver<()>, Sender<()>) {
 }
 
 fn start_worker(id: &str, thread_name: &str) -> (Server<Worker>, Receiver<String>) {
+    start_worker_mode(id, thread_name, false)
+}
+
+/// Starts a worker that allows direct calls (`direct`) or not.
+fn start_worker_mode(
+    id: &str,
+    thread_name: &str,
+    direct: bool,
+) -> (Server<Worker>, Receiver<String>) {
     let (log, rx) = mpsc::channel();
-    let s = Server::start(thread_name, WArgs::new(id, &log)).expect("start");
+    let mut args = WArgs::new(id, &log);
+    args.direct = direct;
+    let s = Server::start(thread_name, args).expect("start");
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), format!("start:{id}"));
     (s, rx)
 }
@@ -1331,4 +1363,185 @@ fn monitor_reports_the_exit_after_the_state_is_dropped() {
         s.monitor().unwrap().exit_reason(),
         Some(ExitReason::Error("boom m".into()))
     );
+}
+
+// ---------------------------------------------------------------- direct calls
+//
+// The same server with `Context::allow_direct_calls(true)`: a call made when the mailbox is empty
+// runs on the caller's thread. Each test below checks one guarantee the docs give for it.
+
+#[test]
+fn direct_calls_run_on_the_callers_thread_and_can_be_turned_off() {
+    let (s, _log) = start_worker_mode("d", "test-named-thread", true);
+    // Nothing is queued, so the call runs here, not on `test-named-thread`.
+    assert_eq!(s.call(Call::ThreadName).unwrap(), 0);
+    assert_eq!(s.call(Call::Direct(false)).unwrap(), 0);
+    assert_eq!(s.call(Call::ThreadName).unwrap(), 1);
+    // Turned on from the server's own thread, it takes effect for the next call.
+    assert_eq!(s.call(Call::Direct(true)).unwrap(), 0);
+    assert_eq!(s.call(Call::ThreadName).unwrap(), 0);
+}
+
+#[test]
+fn direct_calls_keep_each_senders_order() {
+    let (s, _log) = start_worker_mode("d", "test-direct-order", true);
+    // A call right behind a cast must see the cast's effect, whether the cast is still queued
+    // (the call then goes through the mailbox) or already handled (the call runs here).
+    for i in 1..=2000u64 {
+        s.cast(Cast::Add(1)).unwrap();
+        assert_eq!(s.call(Call::Get).unwrap(), i);
+    }
+}
+
+#[test]
+fn direct_calls_are_mutually_exclusive() {
+    let (s, _log) = start_worker_mode("d", "test-direct-excl", true);
+    let threads = 4u64;
+    let per = 5000u64;
+    let barrier = Barrier::new(threads as usize);
+    thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| {
+                barrier.wait();
+                for _ in 0..per {
+                    s.call(Call::Add(1)).unwrap();
+                    s.cast(Cast::Add(1)).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(s.call(Call::Get).unwrap(), 2 * threads * per);
+}
+
+#[test]
+fn direct_call_deferred_reply_is_answered_by_handle_drained() {
+    let (s, _log) = start_worker_mode("d", "test-direct-defer", true);
+    // A direct call is a run of one message: handle_drained runs right after it.
+    assert_eq!(s.call(Call::Defer).unwrap(), 1);
+    assert!(matches!(
+        s.call(Call::DropReply),
+        Err(OtpError::ReplyDropped)
+    ));
+    assert_eq!(s.call(Call::Add(2)).unwrap(), 2);
+}
+
+#[test]
+fn direct_call_calling_self_is_an_error_not_a_deadlock() {
+    let (s, _log) = start_worker_mode("d", "test-direct-self", true);
+    assert_eq!(s.call(Call::Reenter).unwrap(), 1);
+}
+
+#[test]
+fn direct_call_panic_ends_the_server_like_its_own_thread() {
+    let (s, log) = start_worker_mode("d", "test-direct-panic", true);
+    let m = s.monitor().unwrap();
+    let (held_tx, held_rx) = mpsc::channel();
+    thread::scope(|sc| {
+        let s2 = &s;
+        sc.spawn(move || held_tx.send(s2.call(Call::Hold)).unwrap());
+        assert_eq!(log.recv_timeout(WAIT).unwrap(), "held:d");
+        let r = s.call(Call::Fail(Fail::Panic));
+        assert!(
+            matches!(&r, Err(OtpError::Exited(ExitReason::Panic(msg))) if msg == "boom d"),
+            "{r:?}"
+        );
+    });
+    let held = held_rx.recv_timeout(WAIT).unwrap();
+    assert!(
+        matches!(held, Err(OtpError::Exited(ExitReason::Panic(_)))),
+        "{held:?}"
+    );
+    assert_eq!(m.wait(WAIT), Some(ExitReason::Panic("boom d".into())));
+    // No terminate after a panic; the state was dropped before the exit was reported.
+    assert_eq!(log.try_recv().ok().as_deref(), Some("drop:d"));
+    assert!(wait_until(WAIT, || matches!(
+        s.call(Call::Get),
+        Err(OtpError::NoProc)
+    )));
+}
+
+#[test]
+fn direct_call_error_runs_terminate_and_reports_the_reason() {
+    let (s, log) = start_worker_mode("d", "test-direct-error", true);
+    let m = s.monitor().unwrap();
+    let r = s.call(Call::Fail(Fail::Error));
+    assert!(
+        matches!(&r, Err(OtpError::Exited(ExitReason::Error(msg))) if msg == "boom d"),
+        "{r:?}"
+    );
+    assert_eq!(m.wait(WAIT), Some(ExitReason::Error("boom d".into())));
+    expect_log(&log, &strs(&["terminate:d", "drop:d"]));
+}
+
+#[test]
+fn direct_call_stop_request_stops_the_server() {
+    let (s, log) = start_worker_mode("d", "test-direct-stop", true);
+    let m = s.monitor().unwrap();
+    assert_eq!(s.call(Call::StopMe).unwrap(), 0);
+    assert_eq!(m.wait(WAIT), Some(ExitReason::Normal));
+    expect_log(&log, &strs(&["terminate:d", "drop:d"]));
+}
+
+#[test]
+fn timer_set_by_a_direct_call_wakes_the_idle_server() {
+    let (s, log) = start_worker_mode("d", "test-direct-timer", true);
+    // The server thread is parked with no timer; the direct call sets one and must wake it.
+    assert_eq!(s.call(Call::Arm(Duration::from_millis(5), 7)).unwrap(), 0);
+    assert_eq!(log.recv_timeout(WAIT).unwrap(), "tick:d:7");
+    assert_eq!(s.call(Call::Arm(Duration::ZERO, 8)).unwrap(), 0);
+    assert_eq!(log.recv_timeout(WAIT).unwrap(), "tick:d:8");
+}
+
+#[test]
+fn direct_calls_racing_supervised_crashes_never_hang() {
+    let (log_tx, _log) = mpsc::channel();
+    let mut args = WArgs::new("r", &log_tx);
+    args.direct = true;
+    let (spec, r) = ChildSpec::server::<Worker>("r", "test-direct-race", move || args.clone());
+    let _sup = Supervisor::start(
+        SupervisorSpec::new(Strategy::OneForOne)
+            .name("test-sup-direct-race")
+            .intensity(1000, Duration::from_secs(60))
+            .child(spec),
+    )
+    .unwrap();
+    let crashes = 30u64;
+    let stop = AtomicBool::new(false);
+    thread::scope(|sc| {
+        for t in 0..3u64 {
+            let (r, stop) = (&r, &stop);
+            sc.spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    // Some calls crash the server themselves, on this thread.
+                    let call = if t == 0 && i.is_multiple_of(64) {
+                        Call::Fail(if i.is_multiple_of(128) {
+                            Fail::Panic
+                        } else {
+                            Fail::Error
+                        })
+                    } else if i.is_multiple_of(2) {
+                        Call::Defer
+                    } else {
+                        Call::Add(1)
+                    };
+                    match r.call(call) {
+                        Ok(_) | Err(OtpError::Exited(_)) | Err(OtpError::NoProc) => {}
+                        Err(e) => panic!("call failed with {e:?}"),
+                    }
+                }
+            });
+        }
+        for g in 1..=crashes {
+            r.wait_for_generation(g, WAIT).unwrap();
+            let _ = r.cast(Cast::Fail(if g % 2 == 0 {
+                Fail::Panic
+            } else {
+                Fail::Error
+            }));
+        }
+        r.wait_for_generation(crashes + 1, WAIT).unwrap();
+        stop.store(true, Ordering::Relaxed);
+    });
 }

@@ -500,6 +500,10 @@ impl Shard {
             lease_timer_at: None,
         };
         shard.schedule_lease_timer(ctx);
+        // Group commit needs the calls queued on the shard's thread, so that many share one
+        // flush; otherwise a call is a few table operations, cheaper than the two thread hops
+        // it would take to run it there.
+        ctx.allow_direct_calls(args.durability != Durability::Sync);
         Ok(shard)
     }
 }

@@ -4,7 +4,7 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::error::{ExitReason, OtpError};
-use super::reply::{Backoff, InstanceShared, ReplyCell, ReplyTo};
+use super::reply::{running_here, Backoff, InstanceShared, ReplyCell, ReplyTo, RunningFrame};
 use super::timer::{TimerEntry, TimerQueue, TimerRef};
 
 /// The default call timeout, as in OTP: 5 seconds.
@@ -93,14 +93,48 @@ pub(crate) enum Msg<S: GenServer> {
     Info(S::Info),
     Timer(TimerEntry<S::Info>),
     Stop(ExitReason),
+    /// Wakes the server thread after a direct call changed what it waits for (a new timer, a
+    /// stop request, a crash).
+    Wake,
+}
+
+/// The sending side of a server's mailbox, counting the messages sent and not yet handled.
+///
+/// The count is what makes direct calls safe: a caller runs a call on its own thread only when
+/// it holds the state lock and the count is zero, that is, when every message sent before (by
+/// anyone, including itself) has been handled, so a sender's messages keep their order.
+pub(crate) struct Mailbox<S: GenServer> {
+    tx: Sender<Msg<S>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl<S: GenServer> Clone for Mailbox<S> {
+    fn clone(&self) -> Self {
+        Mailbox {
+            tx: self.tx.clone(),
+            queued: self.queued.clone(),
+        }
+    }
+}
+
+impl<S: GenServer> Mailbox<S> {
+    /// Queues `msg`; gives it back if the server's thread has gone.
+    fn send(&self, msg: Msg<S>) -> Result<(), Msg<S>> {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(msg).map_err(|e| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            e.0
+        })
+    }
 }
 
 /// What a callback can do besides changing the state.
 pub struct Context<S: GenServer> {
-    tx: Sender<Msg<S>>,
+    tx: Mailbox<S>,
     slot: Weak<Slot<S>>,
     timers: TimerQueue<S::Info>,
     stop: Option<ExitReason>,
+    direct: Arc<AtomicBool>,
 }
 
 impl<S: GenServer> Context<S> {
@@ -137,6 +171,29 @@ impl<S: GenServer> Context<S> {
         self.stop = Some(reason);
     }
 
+    /// Lets callers run this server's calls on their own threads ("direct calls"), or stops
+    /// them doing so. Off by default.
+    ///
+    /// While it is on, a [`Server::call`] made when the mailbox is empty takes the server's
+    /// state lock and runs `handle_call`, then `handle_drained`, on the *caller's* thread,
+    /// instead of handing the request to the server's thread and waiting for the reply: two
+    /// thread hops (a futex wake and a context switch each way when a side sleeps) become one
+    /// uncontended lock. Nothing else changes: callbacks still run one at a time on the one
+    /// state; a sender's messages are handled in the order sent (a call goes direct only when
+    /// every message sent before it has been handled); casts, infos and timers still run on
+    /// the server's thread; a direct call that returns `Err` or panics ends the server exactly
+    /// as on its own thread (state dropped before the exit is reported, the caller gets
+    /// [`OtpError::Exited`]). A call that finds the mailbox busy goes through it as usual.
+    ///
+    /// Erlang has no equivalent because it does not need one: a BEAM message send between
+    /// two processes on one scheduler costs no system call. Turn it on for a server whose
+    /// callbacks are short and do not block; keep it off where batching the mailbox matters
+    /// (group commit: a shard in `Sync` durability keeps its calls on its thread so that many
+    /// callers share one flush).
+    pub fn allow_direct_calls(&self, allow: bool) {
+        self.direct.store(allow, Ordering::Release);
+    }
+
     /// A handle to this server. Note: a handle stored in the server's own state keeps the server
     /// alive until it is stopped explicitly (a reference cycle). Returns `None` only while the
     /// last external handle is being dropped.
@@ -152,9 +209,114 @@ fn deadline_after(delay: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
+/// What the state lock guards: the state, its context, and a crash left by a direct call for
+/// the server thread to report.
+struct Inner<S: GenServer> {
+    /// `None` once the instance has exited or crashed.
+    state: Option<S>,
+    ctx: Context<S>,
+    /// The panic message of a direct call that crashed the server (the state is already gone).
+    crashed: Option<String>,
+}
+
+/// One instance's state behind its lock, shared by the server thread and direct callers.
+pub(crate) struct Core<S: GenServer> {
+    inner: Mutex<Inner<S>>,
+    queued: Arc<AtomicUsize>,
+    direct: Arc<AtomicBool>,
+}
+
+/// How a callback ended.
+enum Step {
+    Go,
+    /// Orderly exit: `terminate` runs.
+    Exit(ExitReason),
+    /// A panic: the state is already dropped.
+    Crashed(String),
+}
+
+/// Runs one callback on the state under the lock, catching a panic: a panicking callback's
+/// state is dropped here, before the lock is released, so no one (server thread or direct
+/// caller) ever runs a callback on a half-updated state.
+fn invoke<S: GenServer>(
+    g: &mut Inner<S>,
+    shared: &InstanceShared,
+    f: impl FnOnce(&mut S, &mut Context<S>) -> Result<(), S::Error>,
+) -> Step {
+    let Some(state) = g.state.as_mut() else {
+        return Step::Crashed("the server's state is gone".into());
+    };
+    let ctx = &mut g.ctx;
+    match catch_unwind(AssertUnwindSafe(|| f(state, ctx))) {
+        Ok(r) => match settle(r, &g.ctx, shared) {
+            None => Step::Go,
+            Some(reason) => Step::Exit(reason),
+        },
+        Err(p) => {
+            shared.dying.store(true, Ordering::Release);
+            let state = g.state.take();
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(state)));
+            Step::Crashed(panic_message(&*p))
+        }
+    }
+}
+
+impl<S: GenServer> Core<S> {
+    /// Runs `request` on the caller's thread if the server allows direct calls and nothing is
+    /// queued before it; otherwise hands the message back to be sent. Waits up to `timeout` for
+    /// the lock.
+    fn direct_call(
+        &self,
+        request: S::Call,
+        from: ReplyTo<S::Reply>,
+        shared: &InstanceShared,
+        mailbox: &Mailbox<S>,
+        timeout: Duration,
+    ) -> Result<Option<Msg<S>>, OtpError> {
+        let Some(mut guard) = self.inner.try_lock_for(timeout) else {
+            return Err(OtpError::Timeout);
+        };
+        let g = &mut *guard;
+        if self.queued.load(Ordering::Acquire) != 0
+            || !self.direct.load(Ordering::Acquire)
+            || g.state.is_none()
+            || g.crashed.is_some()
+            || g.ctx.stop.is_some()
+            || shared.dying.load(Ordering::Acquire)
+            || shared.killed.load(Ordering::Acquire)
+        {
+            return Ok(Some(Msg::Call(request, from)));
+        }
+        let _frame = RunningFrame::enter(shared);
+        let timer_before = g.ctx.timers.next_deadline();
+        let mut step = invoke(g, shared, |s, c| s.handle_call(request, from, c));
+        if matches!(step, Step::Go) && g.ctx.stop.is_none() {
+            // The mailbox was empty: this call is a run of one message.
+            step = invoke(g, shared, |s, c| s.handle_drained(c));
+        }
+        let wake = match step {
+            Step::Go => g.ctx.stop.is_some() || g.ctx.timers.next_deadline() != timer_before,
+            Step::Exit(reason) => {
+                g.ctx.stop = Some(reason);
+                true
+            }
+            Step::Crashed(message) => {
+                g.crashed = Some(message);
+                true
+            }
+        };
+        drop(guard);
+        if wake {
+            let _ = mailbox.send(Msg::Wake);
+        }
+        Ok(None)
+    }
+}
+
 /// One running thread of a server.
 pub(crate) struct Instance<S: GenServer> {
-    tx: Sender<Msg<S>>,
+    tx: Mailbox<S>,
+    core: Arc<Core<S>>,
     shared: Arc<InstanceShared>,
     join: Option<JoinHandle<()>>,
 }
@@ -241,18 +403,34 @@ pub(crate) fn spawn_into<S: GenServer>(
     on_exit: Option<OnExit>,
 ) -> Result<Arc<InstanceShared>, OtpError> {
     let (tx, rx) = mpsc::channel::<Msg<S>>();
+    let mailbox = Mailbox {
+        tx,
+        queued: Arc::new(AtomicUsize::new(0)),
+    };
     let shared = Arc::new(InstanceShared::new());
     let (started_tx, started_rx) = mpsc::sync_channel::<Result<(), OtpError>>(1);
+    let direct = Arc::new(AtomicBool::new(false));
     let ctx = Context {
-        tx: tx.clone(),
+        tx: mailbox.clone(),
         slot: Arc::downgrade(slot),
         timers: TimerQueue::new(),
         stop: None,
+        direct: direct.clone(),
     };
+    let core = Arc::new(Core {
+        inner: Mutex::new(Inner {
+            state: None,
+            ctx,
+            crashed: None,
+        }),
+        queued: mailbox.queued.clone(),
+        direct,
+    });
     let thread_shared = shared.clone();
+    let thread_core = core.clone();
     let join = thread::Builder::new()
         .name(slot.thread_name.clone())
-        .spawn(move || server_thread(args, ctx, rx, thread_shared, started_tx, on_exit))?;
+        .spawn(move || server_thread(args, thread_core, rx, thread_shared, started_tx, on_exit))?;
     let started = started_rx
         .recv()
         .unwrap_or(Err(OtpError::InitFailed(ExitReason::Error(
@@ -261,7 +439,8 @@ pub(crate) fn spawn_into<S: GenServer>(
     match started {
         Ok(()) => {
             slot.install(Instance {
-                tx,
+                tx: mailbox,
+                core,
                 shared: shared.clone(),
                 join: Some(join),
             });
@@ -290,49 +469,61 @@ enum LoopExit {
     Stop(ExitReason),
     /// Brutal kill: terminate does not run.
     Killed,
+    /// A callback panicked (on this thread or in a direct call); the state is already dropped.
+    Crashed(String),
 }
 
 fn server_thread<S: GenServer>(
     args: S::Args,
-    mut ctx: Context<S>,
+    core: Arc<Core<S>>,
     rx: Receiver<Msg<S>>,
     shared: Arc<InstanceShared>,
     started: mpsc::SyncSender<Result<(), OtpError>>,
     on_exit: Option<OnExit>,
 ) {
     let _ = shared.thread.set(thread::current().id());
-    let init = catch_unwind(AssertUnwindSafe(|| S::init(args, &mut ctx)));
-    let mut state = match init {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let reason = ExitReason::Error(e.to_string());
-            fail_init(&shared, ctx, rx, &started, reason);
-            return;
-        }
-        Err(p) => {
-            let reason = ExitReason::Panic(panic_message(&*p));
-            fail_init(&shared, ctx, rx, &started, reason);
-            return;
+    let init = {
+        let mut g = core.inner.lock();
+        match catch_unwind(AssertUnwindSafe(|| S::init(args, &mut g.ctx))) {
+            Ok(Ok(s)) => {
+                g.state = Some(s);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(ExitReason::Error(e.to_string())),
+            Err(p) => Err(ExitReason::Panic(panic_message(&*p))),
         }
     };
+    if let Err(reason) = init {
+        shared.dying.store(true, Ordering::Release);
+        drop(rx);
+        shared.finish(reason.clone());
+        let _ = started.send(Err(OtpError::InitFailed(reason)));
+        return;
+    }
     let _ = started.send(Ok(()));
     drop(started);
 
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        run_loop(&mut state, &mut ctx, &rx, &shared)
-    }));
+    let outcome = catch_unwind(AssertUnwindSafe(|| run_loop(&core, &rx, &shared)));
     shared.dying.store(true, Ordering::Release);
     let (reason, run_terminate) = match outcome {
         Ok(LoopExit::Stop(r)) => (r, true),
         Ok(LoopExit::Killed) => (ExitReason::Killed, false),
+        Ok(LoopExit::Crashed(message)) => (ExitReason::Panic(message), false),
         Err(p) => (ExitReason::Panic(panic_message(&*p)), false),
     };
+    let (mut state, timers) = {
+        let mut g = core.inner.lock();
+        let timers = std::mem::replace(&mut g.ctx.timers, TimerQueue::new());
+        (g.state.take(), timers)
+    };
     if run_terminate {
-        let _ = catch_unwind(AssertUnwindSafe(|| state.terminate(&reason)));
+        if let Some(s) = state.as_mut() {
+            let _ = catch_unwind(AssertUnwindSafe(|| s.terminate(&reason)));
+        }
     }
     // Release the state's resources (file locks, deferred replies) before anyone hears of the exit.
     let _ = catch_unwind(AssertUnwindSafe(move || drop(state)));
-    drop(ctx);
+    drop(timers);
     drop(rx);
     // Reply handles dropped unanswered by a callback that then panicked.
     shared.settle_dropped(true);
@@ -340,20 +531,6 @@ fn server_thread<S: GenServer>(
     if let Some(f) = on_exit {
         f(&reason);
     }
-}
-
-fn fail_init<S: GenServer>(
-    shared: &InstanceShared,
-    ctx: Context<S>,
-    rx: Receiver<Msg<S>>,
-    started: &mpsc::SyncSender<Result<(), OtpError>>,
-    reason: ExitReason,
-) {
-    shared.dying.store(true, Ordering::Release);
-    drop(ctx);
-    drop(rx);
-    shared.finish(reason.clone());
-    let _ = started.send(Err(OtpError::InitFailed(reason)));
 }
 
 /// The exit reason a callback result calls for, after settling the reply handles the callback
@@ -370,94 +547,157 @@ fn settle<S: GenServer>(
     err
 }
 
+/// Sets `dying` if dropped during a panic, so that a panic outside any callback (which leaves
+/// the state in place) still keeps direct callers off the state once the lock is released.
+struct DyingOnUnwind<'a>(&'a InstanceShared);
+
+impl Drop for DyingOnUnwind<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.dying.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// The server thread: takes the state lock, handles messages and timers until the mailbox is
+/// empty, runs `handle_drained`, releases the lock and waits. Direct calls run in between.
 fn run_loop<S: GenServer>(
-    state: &mut S,
-    ctx: &mut Context<S>,
+    core: &Core<S>,
     rx: &Receiver<Msg<S>>,
     shared: &InstanceShared,
 ) -> LoopExit {
     // Messages handled since handle_drained last ran.
     let mut run: u32 = 0;
+    // A message received while the lock was released.
+    let mut incoming: Option<Msg<S>> = None;
     loop {
-        if shared.killed.load(Ordering::Relaxed) {
-            return LoopExit::Killed;
-        }
-        if let Some(reason) = ctx.stop.take() {
-            return orderly_stop(state, ctx, shared, run > 0, reason);
-        }
-        if run >= MAX_RUN {
-            run = 0;
-            if let Some(r) = settle(state.handle_drained(ctx), ctx, shared) {
-                return LoopExit::Stop(r);
+        let mut guard = core.inner.lock();
+        let dying_guard = DyingOnUnwind(shared);
+        match serve(&mut guard, core, rx, shared, &mut run, &mut incoming) {
+            Ok(deadline) => {
+                drop(dying_guard);
+                drop(guard);
+                incoming = wait_for_message(rx, deadline);
             }
-            continue;
-        }
-        if !ctx.timers.is_empty() {
-            if let Some(info) = ctx.timers.pop_due(Instant::now()) {
-                run += 1;
-                if let Some(r) = settle(state.handle_info(info, ctx), ctx, shared) {
-                    return LoopExit::Stop(r);
-                }
-                continue;
+            Err(exit) => {
+                // Before the lock is released: no direct call may start on an exiting server.
+                shared.dying.store(true, Ordering::Release);
+                return exit;
             }
-        }
-        let msg = match rx.try_recv() {
-            Ok(m) => m,
-            Err(TryRecvError::Empty) => {
-                if run > 0 {
-                    run = 0;
-                    if let Some(r) = settle(state.handle_drained(ctx), ctx, shared) {
-                        return LoopExit::Stop(r);
-                    }
-                    continue;
-                }
-                match wait_for_message(rx, ctx) {
-                    Some(m) => m,
-                    None => continue,
-                }
-            }
-            // The context holds a sender, so this cannot happen; treat it as a normal stop.
-            Err(TryRecvError::Disconnected) => return LoopExit::Stop(ExitReason::Normal),
-        };
-        if shared.killed.load(Ordering::Relaxed) {
-            return LoopExit::Killed;
-        }
-        let result = match msg {
-            Msg::Call(req, from) => state.handle_call(req, from, ctx),
-            Msg::Cast(m) => state.handle_cast(m, ctx),
-            Msg::Info(m) => state.handle_info(m, ctx),
-            Msg::Timer(e) => {
-                ctx.timers.push(e);
-                continue;
-            }
-            Msg::Stop(reason) => return orderly_stop(state, ctx, shared, run > 0, reason),
-        };
-        run += 1;
-        if let Some(r) = settle(result, ctx, shared) {
-            return LoopExit::Stop(r);
         }
     }
 }
 
+/// Handles what is due under the lock; returns when the server should wait (with the next timer
+/// deadline) or exit.
+fn serve<S: GenServer>(
+    g: &mut Inner<S>,
+    core: &Core<S>,
+    rx: &Receiver<Msg<S>>,
+    shared: &InstanceShared,
+    run: &mut u32,
+    incoming: &mut Option<Msg<S>>,
+) -> Result<Option<Instant>, LoopExit> {
+    loop {
+        if shared.killed.load(Ordering::Relaxed) {
+            return Err(LoopExit::Killed);
+        }
+        if let Some(message) = g.crashed.take() {
+            return Err(LoopExit::Crashed(message));
+        }
+        if let Some(reason) = g.ctx.stop.take() {
+            return Err(orderly_stop(g, shared, *run > 0, reason));
+        }
+        if *run >= MAX_RUN {
+            *run = 0;
+            step_or_exit(invoke(g, shared, |s, c| s.handle_drained(c)))?;
+            continue;
+        }
+        if !g.ctx.timers.is_empty() {
+            if let Some(info) = g.ctx.timers.pop_due(Instant::now()) {
+                *run += 1;
+                step_or_exit(invoke(g, shared, |s, c| s.handle_info(info, c)))?;
+                continue;
+            }
+        }
+        let msg = match incoming.take() {
+            Some(m) => m,
+            None => match rx.try_recv() {
+                Ok(m) => m,
+                Err(TryRecvError::Empty) => {
+                    if *run > 0 {
+                        *run = 0;
+                        step_or_exit(invoke(g, shared, |s, c| s.handle_drained(c)))?;
+                        continue;
+                    }
+                    return Ok(g.ctx.timers.next_deadline());
+                }
+                // The context holds a sender, so this cannot happen; treat it as a normal stop.
+                Err(TryRecvError::Disconnected) => return Err(LoopExit::Stop(ExitReason::Normal)),
+            },
+        };
+        if shared.killed.load(Ordering::Relaxed) {
+            return Err(LoopExit::Killed);
+        }
+        let step = match msg {
+            Msg::Call(req, from) => invoke(g, shared, |s, c| s.handle_call(req, from, c)),
+            Msg::Cast(m) => invoke(g, shared, |s, c| s.handle_cast(m, c)),
+            Msg::Info(m) => invoke(g, shared, |s, c| s.handle_info(m, c)),
+            Msg::Timer(e) => {
+                g.ctx.timers.push(e);
+                core.queued.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            Msg::Wake => {
+                core.queued.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            Msg::Stop(reason) => return Err(orderly_stop(g, shared, *run > 0, reason)),
+        };
+        // Counted as handled only now, under the lock: a direct caller that sees zero knows
+        // every earlier message has taken effect.
+        core.queued.fetch_sub(1, Ordering::AcqRel);
+        *run += 1;
+        step_or_exit(step)?;
+    }
+}
+
+fn step_or_exit(step: Step) -> Result<(), LoopExit> {
+    match step {
+        Step::Go => Ok(()),
+        Step::Exit(reason) => Err(LoopExit::Stop(reason)),
+        Step::Crashed(message) => Err(LoopExit::Crashed(message)),
+    }
+}
+
 fn orderly_stop<S: GenServer>(
-    state: &mut S,
-    ctx: &mut Context<S>,
+    g: &mut Inner<S>,
     shared: &InstanceShared,
     dirty: bool,
     reason: ExitReason,
 ) -> LoopExit {
     if dirty {
-        let r = state.handle_drained(ctx);
-        shared.settle_dropped(true); // we are exiting whatever the result
-        if let Err(e) = r {
-            return LoopExit::Stop(ExitReason::Error(e.to_string()));
+        if let Some(state) = g.state.as_mut() {
+            let ctx = &mut g.ctx;
+            match catch_unwind(AssertUnwindSafe(|| state.handle_drained(ctx))) {
+                Ok(r) => {
+                    shared.settle_dropped(true); // we are exiting whatever the result
+                    if let Err(e) = r {
+                        return LoopExit::Stop(ExitReason::Error(e.to_string()));
+                    }
+                }
+                Err(p) => return LoopExit::Crashed(panic_message(&*p)),
+            }
         }
     }
     LoopExit::Stop(reason)
 }
 
-/// Spins briefly, then blocks until a message or the next timer deadline (`None`).
-fn wait_for_message<S: GenServer>(rx: &Receiver<Msg<S>>, ctx: &Context<S>) -> Option<Msg<S>> {
+/// Spins briefly, then blocks until a message or `deadline` (`None`: no timer is set).
+fn wait_for_message<S: GenServer>(
+    rx: &Receiver<Msg<S>>,
+    deadline: Option<Instant>,
+) -> Option<Msg<S>> {
     let mut backoff = Backoff::new();
     while !backoff.is_completed() {
         match rx.try_recv() {
@@ -466,7 +706,7 @@ fn wait_for_message<S: GenServer>(rx: &Receiver<Msg<S>>, ctx: &Context<S>) -> Op
             Err(TryRecvError::Disconnected) => return Some(Msg::Stop(ExitReason::Normal)),
         }
     }
-    match ctx.timers.next_deadline() {
+    match deadline {
         None => rx.recv().ok(),
         Some(d) => {
             let now = Instant::now();
@@ -552,16 +792,30 @@ impl<S: GenServer> Server<S> {
         let me = thread::current();
         let me_id = me.id();
         let cell = Arc::new(ReplyCell::new(me));
-        {
+        let (core, shared, mailbox, from) = {
             let cur = self.slot.current.read();
             let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
-            if inst.shared.thread.get() == Some(&me_id) {
+            if inst.shared.thread.get() == Some(&me_id) || running_here(&inst.shared) {
                 return Err(OtpError::CallingSelf);
             }
             let from = ReplyTo::new(cell.clone(), inst.shared.clone());
-            if inst.tx.send(Msg::Call(request, from)).is_err() {
-                return Err(OtpError::NoProc);
+            if !inst.core.direct.load(Ordering::Acquire) {
+                inst.tx
+                    .send(Msg::Call(request, from))
+                    .map_err(|_| OtpError::NoProc)?;
+                drop(cur);
+                return cell.wait(timeout);
             }
+            // A direct call: run it here without holding the slot lock (a restart needs it).
+            (
+                inst.core.clone(),
+                inst.shared.clone(),
+                inst.tx.clone(),
+                from,
+            )
+        };
+        if let Some(msg) = core.direct_call(request, from, &shared, &mailbox, timeout)? {
+            mailbox.send(msg).map_err(|_| OtpError::NoProc)?;
         }
         cell.wait(timeout)
     }
@@ -606,7 +860,9 @@ impl<S: GenServer> Server<S> {
         let shared = {
             let cur = self.slot.current.read();
             let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
-            if inst.shared.thread.get() == Some(&thread::current().id()) {
+            if inst.shared.thread.get() == Some(&thread::current().id())
+                || running_here(&inst.shared)
+            {
                 return Err(OtpError::CallingSelf);
             }
             inst.tx

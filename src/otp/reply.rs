@@ -5,6 +5,7 @@
 //! A cell belongs to exactly one call, so a reply that arrives after the caller gave up is simply
 //! dropped: it can never reach a later call.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, Thread, ThreadId};
@@ -95,8 +96,10 @@ impl InstanceShared {
         }
     }
 
-    fn on_own_thread(&self) -> bool {
-        self.thread.get() == Some(&thread::current().id())
+    /// True on the instance's own thread, and on a caller's thread while it runs one of the
+    /// instance's callbacks (a direct call, see [`crate::otp::Context::allow_direct_calls`]).
+    pub(crate) fn on_own_thread(&self) -> bool {
+        self.thread.get() == Some(&thread::current().id()) || running_here(self)
     }
 
     /// Parks an unanswered reply until the exit reason is known (or fails it now if it is).
@@ -160,6 +163,47 @@ impl InstanceShared {
             }
         }
         true
+    }
+}
+
+thread_local! {
+    /// The instances whose callbacks this thread is running as direct calls, innermost last.
+    static RUNNING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+fn instance_key(inst: &InstanceShared) -> usize {
+    inst as *const InstanceShared as usize
+}
+
+/// True if this thread is running one of `inst`'s callbacks as a direct call.
+pub(crate) fn running_here(inst: &InstanceShared) -> bool {
+    let key = instance_key(inst);
+    RUNNING.with(|r| r.borrow().contains(&key))
+}
+
+/// Marks this thread as running `inst`'s callbacks until dropped: reply handles dropped here
+/// count as dropped by the server, and a call back into the same server is
+/// [`OtpError::CallingSelf`] instead of a deadlock.
+pub(crate) struct RunningFrame {
+    key: usize,
+}
+
+impl RunningFrame {
+    pub(crate) fn enter(inst: &InstanceShared) -> Self {
+        let key = instance_key(inst);
+        RUNNING.with(|r| r.borrow_mut().push(key));
+        RunningFrame { key }
+    }
+}
+
+impl Drop for RunningFrame {
+    fn drop(&mut self) {
+        RUNNING.with(|r| {
+            let mut r = r.borrow_mut();
+            if let Some(i) = r.iter().rposition(|k| *k == self.key) {
+                r.remove(i);
+            }
+        });
     }
 }
 
