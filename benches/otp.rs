@@ -1,4 +1,5 @@
-//! Benchmarks of `freqalloc::otp`: call round trips (1, 2 and 4 callers) and cast throughput.
+//! Benchmarks of `freqalloc::otp`: call round trips (1, 2 and 4 callers) through the server's
+//! thread and as direct calls (`Context::allow_direct_calls`), and cast throughput.
 //!
 //! The BEAM reference on our 2-core machine is about 0.9 M plain message round trips per second
 //! between two processes. Run briefly (other builds share the machine):
@@ -15,14 +16,16 @@ use freqalloc::otp::{Context, GenServer, ReplyTo, Server};
 struct Sum(u64);
 
 impl GenServer for Sum {
-    type Args = ();
+    /// Allow direct calls?
+    type Args = bool;
     type Call = u64;
     type Reply = u64;
     type Cast = u64;
     type Info = ();
     type Error = std::convert::Infallible;
 
-    fn init(_: (), _: &mut Context<Self>) -> Result<Self, Self::Error> {
+    fn init(direct: bool, ctx: &mut Context<Self>) -> Result<Self, Self::Error> {
+        ctx.allow_direct_calls(direct);
         Ok(Sum(0))
     }
 
@@ -44,8 +47,13 @@ impl GenServer for Sum {
 }
 
 fn calls(c: &mut Criterion) {
-    let server = Server::<Sum>::start("bench-sum", ()).expect("start");
-    let mut g = c.benchmark_group("otp_call_round_trip");
+    call_group(c, "otp_call_round_trip", false);
+    call_group(c, "otp_direct_call", true);
+}
+
+fn call_group(c: &mut Criterion, group: &str, direct: bool) {
+    let server = Server::<Sum>::start("bench-sum", direct).expect("start");
+    let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(1));
     for callers in [1u64, 2, 4] {
         g.bench_function(format!("{callers}_callers"), |b| {
@@ -73,7 +81,7 @@ fn calls(c: &mut Criterion) {
 }
 
 fn casts(c: &mut Criterion) {
-    let server = Server::<Sum>::start("bench-cast", ()).expect("start");
+    let server = Server::<Sum>::start("bench-cast", false).expect("start");
     let mut g = c.benchmark_group("otp_cast");
     g.throughput(Throughput::Elements(1));
     g.bench_function("cast_then_sync_call", |b| {

@@ -173,6 +173,17 @@ fn rows(r: &Results, clients: &[u64], shards: &[u64], shard_clients: u64) -> Vec
             });
         }
     }
+    // The floor: sled itself (no codec, no table type) against BEAM's dets set.
+    for op in OPS {
+        rows.push(Row {
+            beam: r.table("beam", &format!("dets/set/{op}"), 1),
+            rust: r.table("rust", &format!("dets/sled_raw/{op}"), 1),
+            workload: format!("raw sled vs BEAM dets/set/{op}"),
+            setup: "1 thr".into(),
+            unit: "ops/s",
+            target: Target::None,
+        });
+    }
     let w = "dets/set/insert_sync_each";
     rows.push(Row {
         beam: r.table("beam", w, 1),

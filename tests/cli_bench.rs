@@ -65,7 +65,7 @@ fn json_lines_name_every_workload_once() {
             }
         }
     }
-    for tt in ["set", "bag", "duplicate_bag"] {
+    for tt in ["set", "bag", "duplicate_bag", "sled_raw"] {
         for op in ["insert", "lookup", "delete"] {
             expected.insert((format!("dets/{tt}/{op}"), 1));
         }

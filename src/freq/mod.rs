@@ -4,7 +4,9 @@
 //! `allocate` and `deallocate`. Here:
 //!
 //! - **sharding**: the pool is split over shards ([`Layout`]); each shard is a generic server
-//!   ([`crate::otp`]) on its own thread, the only writer of its tables;
+//!   ([`crate::otp`]) on its own thread, whose callbacks are the only writers of its tables (outside
+//!   `Sync` durability they may run on the caller's thread: direct calls, see
+//!   [`crate::otp::Context::allow_direct_calls`]);
 //! - **routing**: [`Allocator`] decides in the caller's thread which shard serves an allocation
 //!   ([`Strategy`]), from counts every shard publishes, so no router process sits on every request;
 //!   deallocation goes straight to the owning shard;

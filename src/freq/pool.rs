@@ -53,6 +53,7 @@ pub enum Change {
 /// Counts a shard publishes for the router and status: plain atomics, read without messaging
 /// the shard.
 #[derive(Debug, Default)]
+#[repr(align(128))] // its own cache lines: every shard writes its counts on every change
 pub struct Load {
     free: AtomicU64,
     allocated: AtomicU64,

@@ -1,9 +1,11 @@
 //! A shard: one [`Pool`] run by a generic server on its own thread (`freq-shard-N`), its state in
 //! in-memory tables and its allocations mirrored to a disk table.
 //!
-//! Architecture Invariant: a shard's tables are written only by its own thread. Other threads
-//! read them through [`ShardShared`] (counts for routing, table readers for status), never by
-//! messaging the shard.
+//! Architecture Invariant: a shard's tables are written only by its callbacks, one at a time under
+//! the shard's state lock: on its own thread, or on a caller's thread for a direct call
+//! ([`Context::allow_direct_calls`], on outside `Sync`, where group commit needs the calls queued
+//! on the shard's thread). Other threads read them through [`ShardShared`] (counts for routing,
+//! table readers for status), never by messaging the shard.
 //!
 //! ## Group commit
 //! In [`Durability::Sync`] a shard handles every request waiting in its mailbox, collecting the

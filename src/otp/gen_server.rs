@@ -25,8 +25,9 @@ pub const MAX_RUN: u32 = 1024;
 
 /// A generic server: the implementing type is the server's state.
 ///
-/// Callbacks run one at a time on the server's own named thread. Each gets a [`Context`] to cast
-/// to itself, set timers and stop. A callback that returns `Err` stops the server with
+/// Callbacks run one at a time on the server's own named thread (or, for a server that allows
+/// them, calls may run on the caller's thread: [`Context::allow_direct_calls`]). Each gets a
+/// [`Context`] to cast to itself, set timers and stop. A callback that returns `Err` stops the server with
 /// [`ExitReason::Error`] (after [`GenServer::terminate`]); a callback that panics stops it with
 /// [`ExitReason::Panic`] *without* running `terminate` (the state may be half-updated), but the
 /// state is always dropped, releasing its resources, before the exit is reported to callers and to
@@ -340,6 +341,8 @@ pub(crate) struct Slot<S: GenServer> {
     thread_name: String,
     current: RwLock<Option<Instance<S>>>,
     generation: Mutex<u64>,
+    /// A copy of `generation` for readers that do not wait (written under its mutex).
+    generation_now: AtomicU64,
     generation_changed: Condvar,
 }
 
@@ -349,6 +352,7 @@ impl<S: GenServer> Slot<S> {
             thread_name,
             current: RwLock::new(None),
             generation: Mutex::new(0),
+            generation_now: AtomicU64::new(0),
             generation_changed: Condvar::new(),
         })
     }
@@ -359,6 +363,7 @@ impl<S: GenServer> Slot<S> {
         {
             let mut g = self.generation.lock();
             *g += 1;
+            self.generation_now.store(*g, Ordering::Release);
         }
         self.generation_changed.notify_all();
         if let Some(old) = old {
@@ -377,7 +382,7 @@ impl<S: GenServer> Slot<S> {
     }
 
     fn send_stop_to(&self, shared: &Arc<InstanceShared>, reason: ExitReason) {
-        let cur = self.current.read();
+        let cur = self.current.read_recursive();
         if let Some(i) = cur.as_ref().filter(|i| Arc::ptr_eq(&i.shared, shared)) {
             let _ = i.tx.send(Msg::Stop(reason));
         }
@@ -785,43 +790,41 @@ impl<S: GenServer> Server<S> {
         self.call_timeout(request, DEFAULT_CALL_TIMEOUT)
     }
 
-    /// Calls the server and waits up to `timeout` for the reply. Errors:
+    /// Calls the server and waits up to `timeout` for the reply. For a direct call
+    /// ([`Context::allow_direct_calls`]) `timeout` bounds the wait for the server's state lock and
+    /// for a deferred reply; the callback itself runs on this thread to its end. Errors:
     /// [`OtpError::Timeout`], [`OtpError::NoProc`], [`OtpError::Exited`] (the server died with the
     /// call pending), [`OtpError::ReplyDropped`], [`OtpError::CallingSelf`].
     pub fn call_timeout(&self, request: S::Call, timeout: Duration) -> Result<S::Reply, OtpError> {
         let me = thread::current();
         let me_id = me.id();
         let cell = Arc::new(ReplyCell::new(me));
-        let (core, shared, mailbox, from) = {
-            let cur = self.slot.current.read();
+        {
+            // `read_recursive`: a direct call's callback may call this server again (and get
+            // `CallingSelf`) while a restart waits for the write lock. The guard is held across a
+            // direct call: cloning the instance's handles instead would write to cache lines that
+            // every caller of this server shares.
+            let cur = self.slot.current.read_recursive();
             let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
             if inst.shared.thread.get() == Some(&me_id) || running_here(&inst.shared) {
                 return Err(OtpError::CallingSelf);
             }
             let from = ReplyTo::new(cell.clone(), inst.shared.clone());
-            if !inst.core.direct.load(Ordering::Acquire) {
-                inst.tx
-                    .send(Msg::Call(request, from))
-                    .map_err(|_| OtpError::NoProc)?;
-                drop(cur);
-                return cell.wait(timeout);
+            let queued = if inst.core.direct.load(Ordering::Acquire) {
+                inst.core
+                    .direct_call(request, from, &inst.shared, &inst.tx, timeout)?
+            } else {
+                Some(Msg::Call(request, from))
+            };
+            if let Some(msg) = queued {
+                inst.tx.send(msg).map_err(|_| OtpError::NoProc)?;
             }
-            // A direct call: run it here without holding the slot lock (a restart needs it).
-            (
-                inst.core.clone(),
-                inst.shared.clone(),
-                inst.tx.clone(),
-                from,
-            )
-        };
-        if let Some(msg) = core.direct_call(request, from, &shared, &mailbox, timeout)? {
-            mailbox.send(msg).map_err(|_| OtpError::NoProc)?;
         }
         cell.wait(timeout)
     }
 
     fn send_msg(&self, msg: Msg<S>) -> Result<(), OtpError> {
-        let cur = self.slot.current.read();
+        let cur = self.slot.current.read_recursive();
         let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
         inst.tx.send(msg).map_err(|_| OtpError::NoProc)
     }
@@ -858,7 +861,7 @@ impl<S: GenServer> Server<S> {
     /// A supervisor restarts a stopped permanent child, as in OTP. Error: [`OtpError::NoProc`].
     pub fn stop(&self, reason: ExitReason) -> Result<(), OtpError> {
         let shared = {
-            let cur = self.slot.current.read();
+            let cur = self.slot.current.read_recursive();
             let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
             if inst.shared.thread.get() == Some(&thread::current().id())
                 || running_here(&inst.shared)
@@ -883,7 +886,7 @@ impl<S: GenServer> Server<S> {
     /// instance has already exited, the monitor reports its reason at once. Error:
     /// [`OtpError::NoProc`] if no instance was ever started or it was stopped and removed.
     pub fn monitor(&self) -> Result<Monitor, OtpError> {
-        let cur = self.slot.current.read();
+        let cur = self.slot.current.read_recursive();
         let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
         Ok(Monitor {
             shared: inst.shared.clone(),
@@ -892,7 +895,7 @@ impl<S: GenServer> Server<S> {
 
     /// True if an instance is running (it may exit at any moment, of course).
     pub fn is_alive(&self) -> bool {
-        let cur = self.slot.current.read();
+        let cur = self.slot.current.read_recursive();
         cur.as_ref().is_some_and(|i| {
             i.shared.exit_reason().is_none() && !i.shared.killed.load(Ordering::Relaxed)
         })
@@ -901,7 +904,7 @@ impl<S: GenServer> Server<S> {
     /// How many instances have been started behind this handle (1 after the first start, 2 after
     /// the first restart, ...).
     pub fn generation(&self) -> u64 {
-        *self.slot.generation.lock()
+        self.slot.generation_now.load(Ordering::Acquire)
     }
 
     /// Waits until at least `generation` instances have been started, up to `timeout`. Returns

@@ -10,6 +10,11 @@
 //! replies until a batch is on disk, in [`GenServer::handle_drained`], which runs whenever the
 //! mailbox has just been emptied (group commit).
 //!
+//! A server whose callbacks are short may allow **direct calls**
+//! ([`Context::allow_direct_calls`]): a call made when the mailbox is empty then runs on the
+//! caller's thread under the server's state lock, saving the two thread hops of a round trip, with
+//! the same ordering, one-at-a-time and crash semantics.
+//!
 //! A [`Supervisor`] starts children from [`ChildSpec`]s in order, restarts them by
 //! [`Strategy`] and [`Restart`] type, stops them in reverse order by their [`Shutdown`] policy, and
 //! gives up (stopping everything) after more than `N` restarts in `T`. A handle to a supervised
