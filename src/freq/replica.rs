@@ -879,9 +879,9 @@ impl GenServer for Replica {
                 Err(FreqError::NotPrimary { shard: self.shard })
             }
             client => {
-                let now = self.clock.now_ms();
+                let clock = &*self.clock;
                 let (seq, batch) = (&mut self.seq, &mut self.batch);
-                let (result, leased) = apply_client_call(&mut self.pool, now, client, |change| {
+                let (result, leased) = apply_client_call(&mut self.pool, clock, client, |change| {
                     *seq += 1;
                     batch.push(LogEntry { seq: *seq, change });
                 });

@@ -275,18 +275,21 @@ pub(crate) enum ShardInfo {
 /// themselves and never pass them here.
 pub(crate) fn apply_client_call(
     pool: &mut Pool,
-    now_ms: u64,
+    clock: &dyn Clock,
     request: ShardCall,
     mut record: impl FnMut(Change),
 ) -> (ShardResult, bool) {
     match request {
-        ShardCall::Allocate { owner, lease_ms } => match pool.allocate(&owner, now_ms, lease_ms) {
-            Ok((f, change)) => {
-                record(change);
-                (Ok(ShardReply::Allocated(f)), lease_ms.is_some())
+        // Only an allocation reads the clock (a system call's worth on the hot path otherwise).
+        ShardCall::Allocate { owner, lease_ms } => {
+            match pool.allocate(&owner, clock.now_ms(), lease_ms) {
+                Ok((f, change)) => {
+                    record(change);
+                    (Ok(ShardReply::Allocated(f)), lease_ms.is_some())
+                }
+                Err(e) => (Err(e), false),
             }
-            Err(e) => (Err(e), false),
-        },
+        }
         ShardCall::Deallocate { freq, owner } => {
             let result = pool.deallocate(freq, &owner).map(|change| {
                 record(change);
@@ -553,10 +556,10 @@ impl GenServer for Shard {
             }
             ShardCall::Link(_) => Err(FreqError::NotBackup { shard: self.index }),
             client => {
-                let now = self.clock.now_ms();
                 let durable = self.disk.is_some();
                 let batch = &mut self.batch;
-                let (result, leased) = apply_client_call(&mut self.pool, now, client, |change| {
+                let clock = &*self.clock;
+                let (result, leased) = apply_client_call(&mut self.pool, clock, client, |change| {
                     if durable {
                         batch.push(batch_op(change));
                     }
