@@ -471,7 +471,15 @@ fn many_short_timeouts_never_cross_replies() {
 
 #[test]
 fn panic_in_unsupervised_server_fails_pending_and_held_calls() {
-    let (s, log) = start_worker("w", "test-panic");
+    panic_fails_pending_and_held_calls(false);
+}
+
+/// A call that panics (on the server's thread, or on the caller's with `direct`) fails itself and
+/// a held call with the panic; no terminate runs, the state is dropped before the exit is
+/// reported, and later calls find no process.
+fn panic_fails_pending_and_held_calls(direct: bool) {
+    let (s, log) = start_worker_mode("w", "test-panic", direct);
+    let m = s.monitor().unwrap();
     let (held_tx, held_rx) = mpsc::channel();
     thread::scope(|sc| {
         let s2 = &s;
@@ -488,9 +496,13 @@ fn panic_in_unsupervised_server_fails_pending_and_held_calls() {
         matches!(held, Err(OtpError::Exited(ExitReason::Panic(_)))),
         "{held:?}"
     );
-    // No terminate after a panic, but the state is dropped.
-    expect_log(&log, &strs(&["drop:w"]));
-    assert!(matches!(s.call(Call::Get), Err(OtpError::NoProc)));
+    assert_eq!(m.wait(WAIT), Some(ExitReason::Panic("boom w".into())));
+    // No terminate after a panic, but the state was dropped before the exit was reported.
+    assert_eq!(log.try_recv().ok().as_deref(), Some("drop:w"));
+    assert!(wait_until(WAIT, || matches!(
+        s.call(Call::Get),
+        Err(OtpError::NoProc)
+    )));
 }
 
 #[test]
@@ -1304,12 +1316,25 @@ fn panicking_start_closure_is_a_failed_start() {
 /// `NoProc`, never a hang (which would show as `Timeout`).
 #[test]
 fn calls_racing_crashes_never_hang() {
+    calls_racing_crashes(false);
+}
+
+/// Three callers call a supervised server while it is crashed 30 times (alternating panics and
+/// errors, by casts). With `direct`, the server takes direct calls and one caller's own calls
+/// crash it too, on that caller's thread. No call may hang or fail with anything but the exit.
+fn calls_racing_crashes(direct: bool) {
     let (log_tx, _log) = mpsc::channel();
-    let args = WArgs::new("r", &log_tx);
-    let (spec, r) = ChildSpec::server::<Worker>("r", "test-race", move || args.clone());
+    let mut args = WArgs::new("r", &log_tx);
+    args.direct = direct;
+    let thread = if direct {
+        "test-direct-race"
+    } else {
+        "test-race"
+    };
+    let (spec, r) = ChildSpec::server::<Worker>("r", thread, move || args.clone());
     let _sup = Supervisor::start(
         SupervisorSpec::new(Strategy::OneForOne)
-            .name("test-sup-race")
+            .name(format!("{thread}-sup"))
             .intensity(1000, Duration::from_secs(60))
             .child(spec),
     )
@@ -1317,21 +1342,28 @@ fn calls_racing_crashes_never_hang() {
     let crashes = 30u64;
     let stop = AtomicBool::new(false);
     thread::scope(|sc| {
-        for _ in 0..3 {
-            sc.spawn(|| {
-                let mut ok = 0u64;
+        for t in 0..3u64 {
+            let (r, stop) = (&r, &stop);
+            sc.spawn(move || {
+                let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    match r.call(Call::Add(1)) {
-                        Ok(_) => ok += 1,
-                        Err(OtpError::Exited(_)) | Err(OtpError::NoProc) => {}
+                    i += 1;
+                    let call = if direct && t == 0 && i.is_multiple_of(64) {
+                        Call::Fail(if i.is_multiple_of(128) {
+                            Fail::Panic
+                        } else {
+                            Fail::Error
+                        })
+                    } else if i.is_multiple_of(2) {
+                        Call::Defer
+                    } else {
+                        Call::Add(1)
+                    };
+                    match r.call(call) {
+                        Ok(_) | Err(OtpError::Exited(_)) | Err(OtpError::NoProc) => {}
                         Err(e) => panic!("call failed with {e:?}"),
                     }
-                    match r.call(Call::Defer) {
-                        Ok(_) | Err(OtpError::Exited(_)) | Err(OtpError::NoProc) => {}
-                        Err(e) => panic!("deferred call failed with {e:?}"),
-                    }
                 }
-                ok
             });
         }
         for g in 1..=crashes {
@@ -1433,31 +1465,7 @@ fn direct_call_calling_self_is_an_error_not_a_deadlock() {
 
 #[test]
 fn direct_call_panic_ends_the_server_like_its_own_thread() {
-    let (s, log) = start_worker_mode("d", "test-direct-panic", true);
-    let m = s.monitor().unwrap();
-    let (held_tx, held_rx) = mpsc::channel();
-    thread::scope(|sc| {
-        let s2 = &s;
-        sc.spawn(move || held_tx.send(s2.call(Call::Hold)).unwrap());
-        assert_eq!(log.recv_timeout(WAIT).unwrap(), "held:d");
-        let r = s.call(Call::Fail(Fail::Panic));
-        assert!(
-            matches!(&r, Err(OtpError::Exited(ExitReason::Panic(msg))) if msg == "boom d"),
-            "{r:?}"
-        );
-    });
-    let held = held_rx.recv_timeout(WAIT).unwrap();
-    assert!(
-        matches!(held, Err(OtpError::Exited(ExitReason::Panic(_)))),
-        "{held:?}"
-    );
-    assert_eq!(m.wait(WAIT), Some(ExitReason::Panic("boom d".into())));
-    // No terminate after a panic; the state was dropped before the exit was reported.
-    assert_eq!(log.try_recv().ok().as_deref(), Some("drop:d"));
-    assert!(wait_until(WAIT, || matches!(
-        s.call(Call::Get),
-        Err(OtpError::NoProc)
-    )));
+    panic_fails_pending_and_held_calls(true);
 }
 
 #[test]
@@ -1494,54 +1502,5 @@ fn timer_set_by_a_direct_call_wakes_the_idle_server() {
 
 #[test]
 fn direct_calls_racing_supervised_crashes_never_hang() {
-    let (log_tx, _log) = mpsc::channel();
-    let mut args = WArgs::new("r", &log_tx);
-    args.direct = true;
-    let (spec, r) = ChildSpec::server::<Worker>("r", "test-direct-race", move || args.clone());
-    let _sup = Supervisor::start(
-        SupervisorSpec::new(Strategy::OneForOne)
-            .name("test-sup-direct-race")
-            .intensity(1000, Duration::from_secs(60))
-            .child(spec),
-    )
-    .unwrap();
-    let crashes = 30u64;
-    let stop = AtomicBool::new(false);
-    thread::scope(|sc| {
-        for t in 0..3u64 {
-            let (r, stop) = (&r, &stop);
-            sc.spawn(move || {
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    // Some calls crash the server themselves, on this thread.
-                    let call = if t == 0 && i.is_multiple_of(64) {
-                        Call::Fail(if i.is_multiple_of(128) {
-                            Fail::Panic
-                        } else {
-                            Fail::Error
-                        })
-                    } else if i.is_multiple_of(2) {
-                        Call::Defer
-                    } else {
-                        Call::Add(1)
-                    };
-                    match r.call(call) {
-                        Ok(_) | Err(OtpError::Exited(_)) | Err(OtpError::NoProc) => {}
-                        Err(e) => panic!("call failed with {e:?}"),
-                    }
-                }
-            });
-        }
-        for g in 1..=crashes {
-            r.wait_for_generation(g, WAIT).unwrap();
-            let _ = r.cast(Cast::Fail(if g % 2 == 0 {
-                Fail::Panic
-            } else {
-                Fail::Error
-            }));
-        }
-        r.wait_for_generation(crashes + 1, WAIT).unwrap();
-        stop.store(true, Ordering::Relaxed);
-    });
+    calls_racing_crashes(true);
 }
