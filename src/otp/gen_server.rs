@@ -798,7 +798,7 @@ impl<S: GenServer> Server<S> {
     pub fn call_timeout(&self, request: S::Call, timeout: Duration) -> Result<S::Reply, OtpError> {
         let me = thread::current();
         let me_id = me.id();
-        let cell = Arc::new(ReplyCell::new(me));
+        let cell = ReplyCell::for_call();
         {
             // `read_recursive`: a direct call's callback may call this server again (and get
             // `CallingSelf`) while a restart waits for the write lock. The guard is held across a
@@ -820,7 +820,9 @@ impl<S: GenServer> Server<S> {
                 inst.tx.send(msg).map_err(|_| OtpError::NoProc)?;
             }
         }
-        cell.wait(timeout)
+        let reply = cell.wait(timeout);
+        ReplyCell::recycle(cell);
+        reply
     }
 
     fn send_msg(&self, msg: Msg<S>) -> Result<(), OtpError> {

@@ -310,6 +310,35 @@ impl<R> ReplyCell<R> {
     }
 }
 
+thread_local! {
+    /// One spare reply cell per thread (of the reply type it last served), reused by the next
+    /// call when no one else holds it any more: a call then costs no allocation for its cell.
+    static SPARE_CELL: RefCell<Option<Arc<dyn std::any::Any + Send + Sync>>> =
+        const { RefCell::new(None) };
+}
+
+impl<R: Send + 'static> ReplyCell<R> {
+    /// A fresh cell for a call made by this thread: the thread's spare one if it has one of this
+    /// type, else a new one.
+    pub(crate) fn for_call() -> Arc<Self> {
+        let spare = SPARE_CELL
+            .with(|s| s.borrow_mut().take())
+            .and_then(|any| any.downcast::<Self>().ok());
+        spare.unwrap_or_else(|| Arc::new(ReplyCell::new(thread::current())))
+    }
+
+    /// Gives a finished call's cell back to this thread for reuse, if this was its last holder
+    /// (a late reply can only reach a cell someone still holds, so a reused cell never sees
+    /// one).
+    pub(crate) fn recycle(mut cell: Arc<Self>) {
+        if let Some(c) = Arc::get_mut(&mut cell) {
+            *c.state.get_mut() = EMPTY;
+            *c.value.get_mut() = None;
+            SPARE_CELL.with(|s| *s.borrow_mut() = Some(cell));
+        }
+    }
+}
+
 impl<R: Send> Orphan for ReplyCell<R> {
     fn fail(&self, err: OtpError) {
         self.put(Err(err));
@@ -437,5 +466,28 @@ mod tests {
         inst.finish(ExitReason::Normal);
         assert!(inst.wait_exit(None));
         assert_eq!(inst.exit_reason(), Some(ExitReason::Normal));
+    }
+
+    #[test]
+    fn a_cell_is_reused_only_when_no_one_else_holds_it() {
+        let cell = ReplyCell::<u32>::for_call();
+        let inst = Arc::new(InstanceShared::new());
+        ReplyTo::new(cell.clone(), inst.clone()).reply(5);
+        assert_eq!(cell.wait(Duration::from_secs(10)).unwrap(), 5);
+        let addr = Arc::as_ptr(&cell);
+        ReplyCell::recycle(cell);
+        // Reused, and empty again.
+        let again = ReplyCell::<u32>::for_call();
+        assert_eq!(Arc::as_ptr(&again), addr);
+        assert!(!again.is_ready());
+        // A reply handle still out (a timed-out call): the cell is not reused, so the late reply
+        // cannot reach the next call.
+        let late = ReplyTo::new(again.clone(), inst);
+        assert!(matches!(again.wait(Duration::ZERO), Err(OtpError::Timeout)));
+        ReplyCell::recycle(again);
+        let fresh = ReplyCell::<u32>::for_call();
+        assert_ne!(Arc::as_ptr(&fresh), addr);
+        late.reply(9);
+        assert!(!fresh.is_ready());
     }
 }
