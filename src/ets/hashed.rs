@@ -293,12 +293,26 @@ where
         true
     }
 
+    /// Calls `f` once with the slot under `key`, while holding its shard's read lock.
+    ///
+    /// Shared handles validate the gate's version after taking the shard lock and before
+    /// calling `f`: an unchanged even version proves that no many-key operation had started
+    /// by then, and none can touch this shard while we hold its lock, so the slot `f` sees
+    /// is never part of a half-done batch. Otherwise it retries under the gate, shared.
     #[inline]
-    pub(crate) fn with<R>(&self, acc: Access, key: &K, f: impl Fn(Option<&S>) -> R) -> R {
-        self.gate.read(acc, || {
-            let r = self.map.get(key);
-            f(r.as_deref())
-        })
+    pub(crate) fn with<R>(&self, acc: Access, key: &K, f: impl FnOnce(Option<&S>) -> R) -> R {
+        if let Access::Shared = acc {
+            let before = self.gate.version.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let r = self.map.get(key);
+                if self.gate.version.load(Ordering::Acquire) == before {
+                    return f(r.as_deref());
+                }
+            }
+            let _g = self.gate.lock.read();
+            return f(self.map.get(key).as_deref());
+        }
+        f(self.map.get(key).as_deref())
     }
 
     pub(crate) fn member(&self, acc: Access, key: &K) -> bool {

@@ -182,6 +182,16 @@ where
         .unwrap_or_default()
     }
 
+    /// Calls `f` with the objects under `key` (empty when none), borrowed in place.
+    #[inline]
+    fn lookup_with<R>(&self, acc: Access, key: &K, f: impl FnOnce(&[V]) -> R) -> R {
+        match &self.backend {
+            Backend::Set(h) => h.with(acc, key, |s| f(s.map_or(&[][..], |s| s.objects()))),
+            Backend::Bag(h) => h.with(acc, key, |s| f(s.map_or(&[][..], |s| s.objects()))),
+            Backend::Ordered(o) => o.with(key, |v| f(v.map_or(&[][..], std::slice::from_ref))),
+        }
+    }
+
     #[inline]
     fn get(&self, acc: Access, key: &K) -> Option<V> {
         match &self.backend {
@@ -423,6 +433,14 @@ macro_rules! read_api {
             self.inner.lookup($acc, key)
         }
 
+        /// Calls `f` with the objects under `key` (an empty slice when none; insertion order
+        /// for bags), borrowed in place: `lookup` without allocating a `Vec`. `f` runs while
+        /// the key's shard is read-locked and must not call into this table.
+        #[inline]
+        pub fn lookup_with<R, F: FnOnce(&[V]) -> R>(&self, key: &K, f: F) -> R {
+            self.inner.lookup_with($acc, key, f)
+        }
+
         /// The (first) object under `key`, without allocating: the fast path for sets.
         pub fn get(&self, key: &K) -> Option<V> {
             self.inner.get($acc, key)
@@ -625,6 +643,13 @@ macro_rules! trait_impls {
             }
             fn lookup(&self, key: &K) -> Result<Vec<V>, EtsError> {
                 Ok(self.inner.lookup($acc, key))
+            }
+            #[inline]
+            fn lookup_with<R, F>(&self, key: &K, f: F) -> Result<R, EtsError>
+            where
+                F: FnOnce(&[V]) -> R,
+            {
+                Ok(self.inner.lookup_with($acc, key, f))
             }
             fn member(&self, key: &K) -> Result<bool, EtsError> {
                 Ok(self.inner.member($acc, key))
