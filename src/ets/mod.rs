@@ -101,11 +101,22 @@ use crate::table::{Counter, ReadTable, TableInfo, TableType, WriteTable};
 use hashed::{CounterError, Hashed, Objs, One, Slot};
 use ordered::Ordered;
 
-/// Who is calling: the owner of a protected table (no other writer exists, so single-key
-/// operations skip the gate) or a shared handle.
+/// Who is calling, which decides which locks an operation needs.
+///
+/// Safety invariant (the backends' `unsafe` lock elision rests on it): `Owner` and `Sole` are
+/// only ever made by [`Table`] (and `Sole` by `file2tab` for a table no one else can see yet).
+/// Every write through a `Table` takes `&mut Table`, and a protected table's other handles
+/// ([`TableReader`]) never write.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Access {
+    /// The owner of a protected table, reading through `&Table` or writing through
+    /// `&mut Table` while other handles (readers) may exist: reads need no lock (no writer
+    /// can run during them); writes lock against the readers.
     Owner,
+    /// The owner writing through `&mut Table` when no other handle exists (its `Arc` is the
+    /// only one): single-key writes need no lock either.
+    Sole,
+    /// A [`TableReader`] or a [`PublicTable`]: every operation locks.
     Shared,
 }
 
@@ -145,7 +156,7 @@ where
         match &self.backend {
             Backend::Set(h) => h.insert(acc, key, value),
             Backend::Bag(h) => h.insert(acc, key, value),
-            Backend::Ordered(o) => o.insert(key, value),
+            Backend::Ordered(o) => o.insert(acc, key, value),
         }
     }
 
@@ -161,7 +172,7 @@ where
         match &self.backend {
             Backend::Set(h) => h.insert_new(acc, key, value),
             Backend::Bag(h) => h.insert_new(acc, key, value),
-            Backend::Ordered(o) => o.insert_new(key, value),
+            Backend::Ordered(o) => o.insert_new(acc, key, value),
         }
     }
 
@@ -177,7 +188,7 @@ where
         match &self.backend {
             Backend::Set(h) => h.with(acc, key, |s| s.map(|s| vec![s.0.clone()])),
             Backend::Bag(h) => h.with(acc, key, |s| s.map(|s| s.objects().to_vec())),
-            Backend::Ordered(o) => o.with(key, |v| v.map(|v| vec![v.clone()])),
+            Backend::Ordered(o) => o.with(acc, key, |v| v.map(|v| vec![v.clone()])),
         }
         .unwrap_or_default()
     }
@@ -188,7 +199,7 @@ where
         match &self.backend {
             Backend::Set(h) => h.with(acc, key, |s| f(s.map_or(&[][..], |s| s.objects()))),
             Backend::Bag(h) => h.with(acc, key, |s| f(s.map_or(&[][..], |s| s.objects()))),
-            Backend::Ordered(o) => o.with(key, |v| f(v.map_or(&[][..], std::slice::from_ref))),
+            Backend::Ordered(o) => o.with(acc, key, |v| f(v.map_or(&[][..], std::slice::from_ref))),
         }
     }
 
@@ -197,7 +208,7 @@ where
         match &self.backend {
             Backend::Set(h) => h.with(acc, key, |s| s.map(|s| s.0.clone())),
             Backend::Bag(h) => h.with(acc, key, |s| s.and_then(|s| s.objects().first().cloned())),
-            Backend::Ordered(o) => o.with(key, |v| v.cloned()),
+            Backend::Ordered(o) => o.with(acc, key, |v| v.cloned()),
         }
     }
 
@@ -205,7 +216,7 @@ where
         match &self.backend {
             Backend::Set(h) => h.member(acc, key),
             Backend::Bag(h) => h.member(acc, key),
-            Backend::Ordered(o) => o.member(key),
+            Backend::Ordered(o) => o.member(acc, key),
         }
     }
 
@@ -213,7 +224,7 @@ where
         match &self.backend {
             Backend::Set(h) => h.delete(acc, key),
             Backend::Bag(h) => h.delete(acc, key),
-            Backend::Ordered(o) => usize::from(o.take(key).is_some()),
+            Backend::Ordered(o) => usize::from(o.take(acc, key).is_some()),
         }
     }
 
@@ -221,7 +232,7 @@ where
         match &self.backend {
             Backend::Set(h) => h.delete_object(acc, key, value),
             Backend::Bag(h) => h.delete_object(acc, key, value),
-            Backend::Ordered(o) => o.delete_object(key, value),
+            Backend::Ordered(o) => o.delete_object(acc, key, value),
         }
     }
 
@@ -237,7 +248,7 @@ where
         match &self.backend {
             Backend::Set(h) => h.take(acc, key),
             Backend::Bag(h) => h.take(acc, key),
-            Backend::Ordered(o) => o.take(key).into_iter().collect(),
+            Backend::Ordered(o) => o.take(acc, key).into_iter().collect(),
         }
     }
 
@@ -253,7 +264,7 @@ where
     {
         let r = match &self.backend {
             Backend::Set(h) => h.update_counter(acc, key, incr, default),
-            Backend::Ordered(o) => o.update_counter(key, incr, default),
+            Backend::Ordered(o) => o.update_counter(acc, key, incr, default),
             Backend::Bag(_) => {
                 return Err(EtsError::NotASet {
                     operation: "update_counter",
@@ -270,7 +281,7 @@ where
     fn update(&self, acc: Access, key: &K, f: impl FnOnce(&mut V)) -> Result<bool, EtsError> {
         match &self.backend {
             Backend::Set(h) => Ok(h.update(acc, key, f)),
-            Backend::Ordered(o) => Ok(o.update(key, f)),
+            Backend::Ordered(o) => Ok(o.update(acc, key, f)),
             Backend::Bag(_) => Err(EtsError::NotASet {
                 operation: "update",
                 table_type: self.table_type,
@@ -283,7 +294,7 @@ where
         match &self.backend {
             Backend::Set(h) => h.fold(acc, init, f),
             Backend::Bag(h) => h.fold(acc, init, f),
-            Backend::Ordered(o) => o.fold(init, f),
+            Backend::Ordered(o) => o.fold(acc, init, f),
         }
     }
 
@@ -310,7 +321,7 @@ where
         match &self.backend {
             Backend::Set(h) => h.first(acc),
             Backend::Bag(h) => h.first(acc),
-            Backend::Ordered(o) => o.first(),
+            Backend::Ordered(o) => o.first(acc),
         }
     }
 
@@ -318,20 +329,20 @@ where
         match &self.backend {
             Backend::Set(h) => h.next(acc, key),
             Backend::Bag(h) => h.next(acc, key),
-            Backend::Ordered(o) => o.next(key),
+            Backend::Ordered(o) => o.next(acc, key),
         }
     }
 
     fn last(&self, acc: Access) -> Option<K> {
         match &self.backend {
-            Backend::Ordered(o) => o.last(),
+            Backend::Ordered(o) => o.last(acc),
             _ => self.first(acc),
         }
     }
 
     fn prev(&self, acc: Access, key: &K) -> Option<K> {
         match &self.backend {
-            Backend::Ordered(o) => o.prev(key),
+            Backend::Ordered(o) => o.prev(acc, key),
             _ => self.next(acc, key),
         }
     }
@@ -352,7 +363,7 @@ where
             Backend::Set(h) => h.counts(acc),
             Backend::Bag(h) => h.counts(acc),
             Backend::Ordered(o) => {
-                let n = o.len();
+                let n = o.len(acc);
                 (n, n)
             }
         }
@@ -361,7 +372,7 @@ where
     fn len(&self, acc: Access) -> usize {
         match &self.backend {
             Backend::Set(h) => h.keys(acc),
-            Backend::Ordered(o) => o.len(),
+            Backend::Ordered(o) => o.len(acc),
             Backend::Bag(_) => self.counts(acc).0,
         }
     }
@@ -498,7 +509,7 @@ macro_rules! read_api {
         /// `OrderedSet` only: [`EtsError::NotOrdered`] otherwise.
         pub fn range<R: RangeBounds<K>>(&self, range: R) -> Result<Vec<(K, V)>, EtsError> {
             let (lo, hi) = bounds(&range);
-            Ok(self.inner.ordered("range")?.range(lo, hi))
+            Ok(self.inner.ordered("range")?.range($acc, lo, hi))
         }
 
         /// Folds over the objects whose keys lie in `range`, in key order, without copying
@@ -512,7 +523,7 @@ macro_rules! read_api {
             Ok(self
                 .inner
                 .ordered("range_fold")?
-                .range_fold(lo, hi, init, f))
+                .range_fold($acc, lo, hi, init, f))
         }
 
         /// Collects `f(object)` for every object where it is `Some`. Erlang: `select/2`.
@@ -554,12 +565,13 @@ macro_rules! read_api {
 
 /// The write methods of the writing handles. `$($m)?` is `mut` for the owner's `&mut self`.
 macro_rules! write_api {
-    ($acc:expr, $($m:ident)?) => {
+    ($($m:ident)?) => {
         /// Inserts one object: replaces for sets; adds for bags (not if identical, for `Bag`).
         /// Erlang: `insert/2`.
         #[inline]
         pub fn insert(&$($m)? self, key: K, value: V) {
-            self.inner.insert($acc, key, value)
+            let acc = self.write_access();
+            self.inner.insert(acc, key, value)
         }
 
         /// Inserts many objects atomically and in isolation: readers see all or none. For
@@ -572,7 +584,8 @@ macro_rules! write_api {
         /// Inserts only if the key is absent; returns whether it inserted.
         /// Erlang: `insert_new/2`.
         pub fn insert_new(&$($m)? self, key: K, value: V) -> bool {
-            self.inner.insert_new($acc, key, value)
+            let acc = self.write_access();
+            self.inner.insert_new(acc, key, value)
         }
 
         /// Inserts all objects if none of their keys is present; otherwise nothing, and
@@ -583,13 +596,15 @@ macro_rules! write_api {
 
         /// Deletes every object under `key`; returns how many. Erlang: `delete/2`.
         pub fn delete(&$($m)? self, key: &K) -> usize {
-            self.inner.delete($acc, key)
+            let acc = self.write_access();
+            self.inner.delete(acc, key)
         }
 
         /// Deletes the object `(key, value)`; in a `DuplicateBag` every copy of it. Returns
         /// how many it removed. Erlang: `delete_object/2`.
         pub fn delete_object(&$($m)? self, key: &K, value: &V) -> usize {
-            self.inner.delete_object($acc, key, value)
+            let acc = self.write_access();
+            self.inner.delete_object(acc, key, value)
         }
 
         /// Empties the table, atomically. Erlang: `delete_all_objects/1`.
@@ -599,7 +614,8 @@ macro_rules! write_api {
 
         /// Removes and returns every object under `key`. Erlang: `take/2`.
         pub fn take(&$($m)? self, key: &K) -> Vec<V> {
-            self.inner.take($acc, key)
+            let acc = self.write_access();
+            self.inner.take(acc, key)
         }
 
         /// Atomically adds `incr` to the value under `key` and returns the new value. If the
@@ -610,14 +626,16 @@ macro_rules! write_api {
         where
             V: Counter,
         {
-            self.inner.update_counter($acc, key, incr, default)
+            let acc = self.write_access();
+            self.inner.update_counter(acc, key, incr, default)
         }
 
         /// Atomically applies `f` to the value under `key`; `Ok(false)` if absent,
         /// [`EtsError::NotASet`] on a bag. `f` must not touch this table.
         /// Erlang: `update_element/3`.
         pub fn update<F: FnOnce(&mut V)>(&$($m)? self, key: &K, f: F) -> Result<bool, EtsError> {
-            self.inner.update($acc, key, f)
+            let acc = self.write_access();
+            self.inner.update(acc, key, f)
         }
 
         /// Deletes the objects for which `pred` holds, atomically as a whole (stronger than
@@ -676,7 +694,7 @@ macro_rules! trait_impls {
                 Ok(self.inner.prev($acc, key))
             }
             fn range(&self, lower: Bound<&K>, upper: Bound<&K>) -> Result<Vec<(K, V)>, EtsError> {
-                Ok(self.inner.ordered("range")?.range(lower, upper))
+                Ok(self.inner.ordered("range")?.range($acc, lower, upper))
             }
             fn select<R, F>(&self, f: F) -> Result<Vec<R>, EtsError>
             where
@@ -707,7 +725,8 @@ macro_rules! trait_impls {
             V: Clone + PartialEq,
         {
             fn insert(&mut self, key: K, value: V) -> Result<(), EtsError> {
-                self.inner.insert($acc, key, value);
+                let acc = self.write_access();
+                self.inner.insert(acc, key, value);
                 Ok(())
             }
             fn insert_many<I>(&mut self, objects: I) -> Result<(), EtsError>
@@ -718,7 +737,8 @@ macro_rules! trait_impls {
                 Ok(())
             }
             fn insert_new(&mut self, key: K, value: V) -> Result<bool, EtsError> {
-                Ok(self.inner.insert_new($acc, key, value))
+                let acc = self.write_access();
+                Ok(self.inner.insert_new(acc, key, value))
             }
             fn insert_new_many<I>(&mut self, objects: I) -> Result<bool, EtsError>
             where
@@ -727,17 +747,20 @@ macro_rules! trait_impls {
                 Ok(self.inner.insert_new_many(objects.into_iter().collect()))
             }
             fn delete(&mut self, key: &K) -> Result<usize, EtsError> {
-                Ok(self.inner.delete($acc, key))
+                let acc = self.write_access();
+                Ok(self.inner.delete(acc, key))
             }
             fn delete_object(&mut self, key: &K, value: &V) -> Result<usize, EtsError> {
-                Ok(self.inner.delete_object($acc, key, value))
+                let acc = self.write_access();
+                Ok(self.inner.delete_object(acc, key, value))
             }
             fn delete_all_objects(&mut self) -> Result<(), EtsError> {
                 self.inner.delete_all_objects();
                 Ok(())
             }
             fn take(&mut self, key: &K) -> Result<Vec<V>, EtsError> {
-                Ok(self.inner.take($acc, key))
+                let acc = self.write_access();
+                Ok(self.inner.take(acc, key))
             }
             fn update_counter(
                 &mut self,
@@ -748,13 +771,15 @@ macro_rules! trait_impls {
             where
                 V: Counter,
             {
-                self.inner.update_counter($acc, key, incr, default)
+                let acc = self.write_access();
+                self.inner.update_counter(acc, key, incr, default)
             }
             fn update<F>(&mut self, key: &K, f: F) -> Result<bool, EtsError>
             where
                 F: FnOnce(&mut V),
             {
-                self.inner.update($acc, key, f)
+                let acc = self.write_access();
+                self.inner.update(acc, key, f)
             }
             fn select_delete<F>(&mut self, pred: F) -> Result<usize, EtsError>
             where
@@ -832,15 +857,33 @@ where
         let (header, objects) = dump::read::<K, V>(path.as_ref())?;
         let inner = Inner::new(header.name, header.table_type);
         for (k, v) in objects {
-            inner.insert(Access::Owner, k, v);
+            // No handle to `inner` exists yet: `Sole` (see `Access`).
+            inner.insert(Access::Sole, k, v);
         }
         Ok(Table {
             inner: Arc::new(inner),
         })
     }
 
+    /// How a write through this owner may skip locks: `Sole` when no other handle to the
+    /// table exists, else `Owner` (readers may be reading, so writes lock).
+    #[inline]
+    fn write_access(&mut self) -> Access {
+        // `strong_count == 1` with `&mut self` held: every reader has been dropped and no new
+        // handle can be made until this borrow ends (`reader` needs `&self`, `into_public`
+        // consumes `self`, and no `Weak` is ever made). The fence pairs with the `Release`
+        // decrement of each dropped handle, so every read those handles made happens before
+        // the unlocked write that follows.
+        if Arc::strong_count(&self.inner) == 1 {
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+            Access::Sole
+        } else {
+            Access::Owner
+        }
+    }
+
     read_api!(Access::Owner);
-    write_api!(Access::Owner, mut);
+    write_api!(mut);
 }
 
 impl<K, V> TableReader<K, V>
@@ -873,8 +916,14 @@ where
         }
     }
 
+    /// Every write of a public handle locks.
+    #[inline]
+    fn write_access(&self) -> Access {
+        Access::Shared
+    }
+
     read_api!(Access::Shared);
-    write_api!(Access::Shared,);
+    write_api!();
 }
 
 impl<K, V> Clone for TableReader<K, V> {
