@@ -5,7 +5,7 @@
 //! [`ReadTable`] and [`WriteTable`], name the operations once, so the same model tests and the
 //! same benchmark workloads run over every table type, in memory and on disk.
 //!
-//! Architecture Invariant: this file knows neither `dashmap` nor `sled`; it is the vocabulary
+//! Architecture Invariant: this file knows neither `hashbrown` nor `sled`; it is the vocabulary
 //! both backends speak.
 //!
 //! Semantics follow the Erlang documentation of

@@ -5,9 +5,9 @@
 //!
 //! | type | objects per key | `insert` of an existing key | backend |
 //! |---|---|---|---|
-//! | `Set` | one | replaces | `DashMap` + FxHash |
+//! | `Set` | one | replaces | sharded `hashbrown` tables + FxHash |
 //! | `OrderedSet` | one | replaces; traversal and ranges in `Ord` order | `RwLock<BTreeMap>` |
-//! | `Bag` | many; an identical object is stored once | adds unless identical | `DashMap`, one object inline, more in a `Vec` |
+//! | `Bag` | many; an identical object is stored once | adds unless identical | as `Set`, one object inline, more in a boxed `Vec` |
 //! | `DuplicateBag` | many; duplicates kept | adds | as `Bag` |
 //!
 //! One public type per access right dispatches to the private backend chosen by the type
@@ -58,28 +58,62 @@
 //! * **Traversals** (`to_vec`, `select`, `select_count`, `fold`, `first`/`next`) running while
 //!   single-key writes happen see every object present for the whole traversal, none that was
 //!   absent for the whole traversal, and may or may not see objects written meanwhile (as ETS
-//!   without `safe_fixtable`). Many-key writes are never seen in part. `ordered_set`
-//!   traversals by one call (`to_vec`, `range`, `fold`, ...) are full snapshots.
+//!   without `safe_fixtable`). Many-key writes are never seen in part. Today every traversal
+//!   by one call (`to_vec`, `select`, `fold`, `range`, `len`, ...) is in fact a full snapshot
+//!   (it holds every lock of the table, or is the owner's, which nothing writes meanwhile);
+//!   a walk by `first`/`next` calls is not.
 //! * `next(key)` on an `ordered_set` works whether or not `key` is still in the table. On the
 //!   hash types `first`/`next` follow the hash order; `next` of an absent key is `None`, and
 //!   each `next` call costs O(n): traverse hash tables with `fold`, `select` or `to_vec`.
 //!   `last`/`prev` behave as `first`/`next` on the hash types, as ETS documents.
-//! * Closures given to `select`, `fold`, `update`, `select_delete` run while the table is
-//!   locked: they must not call into the same table (that would deadlock).
+//! * Closures given to `lookup_with`, `select`, `fold`, `update`, `select_delete` run while
+//!   the table (or the key's shard) is locked: they must not call into the same table (that
+//!   would deadlock).
 //!
-//! ## Design, with the measurements behind it (see `benches/tables.rs`)
+//! ## Design, with the measurements behind it
 //!
-//! * Hash types: `DashMap` with `rustc_hash::FxBuildHasher` instead of SipHash (faster for
-//!   integer keys; not HashDoS-resistant, so do not key a table by untrusted adversarial data).
-//!   A set's slot is the value itself (no allocation per insert); a bag's slot holds one
-//!   object inline and more in a `Vec`, in insertion order.
-//! * Many-key atomicity on the hash types: a table gate above dashmap's shard locks (the shape
-//!   of ETS's table lock above its bucket locks). Many-key operations hold it exclusively;
-//!   single-key writes of public handles hold it shared; single-key reads of shared handles
-//!   validate a version counter instead of locking (a seqlock: about 40% faster lookups than a
-//!   shared `RwLock` on our 2-core machine, equal to raw dashmap). The owner of a protected
-//!   table skips the gate for its single-key operations and reads: nothing else can write.
-//! * `ordered_set`: one `parking_lot::RwLock<BTreeMap>`: every operation takes the lock once.
+//! Figures are M ops/s from `cargo run --release -- bench tables --only ets` (keys
+//! 0..1,000,000 in order, value = key; 1 thread = the owner of a protected table, 2 threads =
+//! a public table, half the keys each), medians of 5 alternating runs on our 2-core machine.
+//! Criterion versions of the workloads are in `benches/tables.rs`.
+//!
+//! * Hash types (`hashed.rs`): a fixed array of shards (16 per core, a power of two, at most
+//!   256), each a `hashbrown::HashTable` behind its own `parking_lot::RwLock`, keyed by
+//!   `rustc_hash::FxBuildHasher` (faster than SipHash for integer keys; not
+//!   HashDoS-resistant, so do not key a table by untrusted adversarial data). A key is hashed
+//!   once: the top bits pick the shard, the rest the bucket. A set's slot is the value itself
+//!   (no allocation per insert); a bag's slot holds one object inline and more in a boxed
+//!   `Vec`, in insertion order.
+//! * Atomicity on the hash types: a single-key operation holds its shard's lock; a many-key
+//!   operation holds every shard's write lock (taken in index order) and a shared handle's
+//!   traversal every shard's read lock, so no reader ever sees part of a batch. This replaced
+//!   `DashMap` under a table gate (an `RwLock` that public single-key writes took shared, and
+//!   a seqlock version for single-key reads): one contended atomic fewer per public write.
+//! * Lock elision for the owner of a protected table ([`Table`]): every write through a
+//!   `Table` needs `&mut Table`, so while the owner reads through `&Table` there is no writer
+//!   anywhere, and its reads take no lock at all (readers on other threads still lock, against
+//!   the owner's writes). When no other handle exists (the table's `Arc` is unique), the
+//!   owner's single-key writes skip the shard lock too. Besides two atomics per operation this
+//!   lets the CPU overlap the cache misses of consecutive operations (an x86 locked
+//!   instruction waits for the loads before it). `ordered_set` elides its lock the same way.
+//! * [`Table::lookup_with`] (and [`ReadTable::lookup_with`]) lends a key's objects in place;
+//!   `lookup` builds a `Vec`, one allocation per hit. `bench tables` counts through
+//!   `lookup_with`, as the BEAM side counts `length(ets:lookup(T, K))`.
+//!
+//! | workload (threads) | before | after |
+//! |---|---|---|
+//! | set insert / lookup / delete (1) | 14.3 / 11.2 / 19.9 | 18.0 / 52 / 35 |
+//! | set insert / lookup / delete (2) | 6.6 / 13.7 / 7.9 | 13.9 / 21.8 / 21.1 |
+//! | bag insert / lookup / delete (1) | 10.2 / 9.4 / 15.2 | 14.0 / 35.5 / 26.9 |
+//! | bag insert / lookup / delete (2) | 5.6 / 11.8 / 8.3 | 11.8 / 22.0 / 20.8 |
+//! | ordered_set insert / lookup / delete (1) | 9.4 / 11.8 / 21.2 | 10.1 / 15.3 / 27.3 |
+//! | ordered_set insert / lookup / delete (2) | 7.0 / 9.5 / 11.9 | 7.0 / 9.6 / 11.0 |
+//!
+//! What bounds them now: on 1 thread, cache misses (a 1M-key table is far larger than the
+//! caches, and FxHash scatters consecutive keys) and, for inserts, growing the tables; on 2
+//! threads, the shard locks' atomics and their cache-line traffic between the cores;
+//! `ordered_set` is at the speed of `std`'s `BTreeMap` itself (measured alone: insert 10-11,
+//! lookup 14, delete 33), and on 2 threads behind one lock.
 
 mod dump;
 mod error;
@@ -381,7 +415,7 @@ where
         let (size, keys) = self.counts(acc);
         let k = std::mem::size_of::<K>() as u64;
         let v = std::mem::size_of::<V>() as u64;
-        // Rough: hashbrown buckets (+1 control byte) at 7/8 load; a bag's Vec header per key;
+        // Rough: hashbrown buckets (+1 control byte) at 7/8 load; a bag's slot per key;
         // B-tree nodes about two-thirds full.
         let memory_bytes = match &self.backend {
             Backend::Set(_) => keys as u64 * (k + v + 1) * 8 / 7,
