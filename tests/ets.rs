@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::model::{self, run_model};
 use common::{proptest_cases, wait_until};
-use freqalloc::ets::{EtsError, PublicTable, Table, TableReader};
+use freqalloc::ets::{EtsError, PublicTable, Table, TableOptions, TableReader};
 use freqalloc::{ReadTable, TableType, WriteTable};
 use proptest::prelude::*;
 
@@ -288,8 +288,12 @@ fn damaged_dumps_are_typed_errors() {
 /// once it stops.
 #[test]
 fn readers_read_while_the_owner_writes() {
-    for tt in TableType::ALL {
-        let mut t: Table<u64, u64> = Table::new(tt);
+    for (tt, rc) in TableType::ALL
+        .into_iter()
+        .flat_map(|t| [(t, false), (t, true)])
+    {
+        let mut t: Table<u64, u64> =
+            Table::with_options(tt, TableOptions::new().read_concurrency(rc));
         let done = AtomicBool::new(false);
         thread::scope(|s| {
             for _ in 0..2 {
@@ -379,8 +383,12 @@ fn owner_alone_and_with_readers_agree() {
 #[test]
 fn insert_many_is_seen_all_or_nothing() {
     const N: u64 = 64;
-    for tt in TableType::ALL {
-        let mut t: Table<u64, u64> = Table::new(tt);
+    for (tt, rc) in TableType::ALL
+        .into_iter()
+        .flat_map(|t| [(t, false), (t, true)])
+    {
+        let opts = TableOptions::new().read_concurrency(rc);
+        let mut t: Table<u64, u64> = Table::with_options(tt, opts);
         let stop = AtomicBool::new(false);
         let observations = AtomicUsize::new(0);
         thread::scope(|s| {
@@ -425,8 +433,9 @@ fn insert_many_is_seen_all_or_nothing() {
 #[test]
 fn single_key_reads_never_see_half_a_batch() {
     for tt in [TableType::Set, TableType::OrderedSet] {
-        for public in [false, true] {
-            let owner: Table<u8, u64> = Table::new(tt);
+        for (public, rc) in [(false, false), (true, false), (false, true), (true, true)] {
+            let opts = TableOptions::new().read_concurrency(rc);
+            let owner: Table<u8, u64> = Table::with_options(tt, opts);
             let reader = owner.reader();
             let mut writer: Box<dyn FnMut(u64) + Send> = if public {
                 let p = owner.into_public();
@@ -471,8 +480,12 @@ fn single_key_reads_never_see_half_a_batch() {
 /// and leaves counts that agree with each other.
 #[test]
 fn public_table_storm_has_no_deadlock_and_counts_agree() {
-    for tt in TableType::ALL {
-        let t: PublicTable<u16, u64> = PublicTable::new(tt);
+    for (tt, rc) in TableType::ALL
+        .into_iter()
+        .flat_map(|t| [(t, false), (t, true)])
+    {
+        let opts = TableOptions::new().read_concurrency(rc);
+        let t: PublicTable<u16, u64> = PublicTable::with_options(tt, opts);
         let threads = 4;
         let barrier = Barrier::new(threads);
         let finished = Arc::new(AtomicUsize::new(0));

@@ -924,12 +924,15 @@ fn bench_ets(
     threads: u64,
     keys: u64,
 ) -> Result<[(&'static str, f64); 3]> {
-    use freqalloc::ets::{PublicTable, Table};
+    use freqalloc::ets::{PublicTable, Table, TableOptions};
     // In memory: nothing to finish.
     if threads == 1 {
         bench_cycle(&mut [Table::<u64, u64>::new(tt)], keys, |_| Ok(()))
     } else {
-        let t = PublicTable::<u64, u64>::new(tt);
+        // As the BEAM side: `[public, {write_concurrency, true}, {read_concurrency, true}]`
+        // (our hash tables always have per-shard write locks; `ordered_set` has one lock).
+        let t =
+            PublicTable::<u64, u64>::with_options(tt, TableOptions::new().read_concurrency(true));
         let mut handles: Vec<_> = (0..threads).map(|_| t.clone()).collect();
         bench_cycle(&mut handles, keys, |_| Ok(()))
     }

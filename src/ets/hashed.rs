@@ -28,9 +28,9 @@
 use std::hash::{BuildHasher, Hash};
 use std::sync::OnceLock;
 
+use super::lock::{Lock, LockWrite};
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
-use parking_lot::{RwLock, RwLockWriteGuard};
 use rustc_hash::FxBuildHasher;
 
 use super::Access;
@@ -152,7 +152,7 @@ impl<V: PartialEq> Slot<V> for Objs<V> {
 
 /// One shard: its own lock on its own cache lines (no false sharing between shard locks).
 #[repr(align(128))]
-struct Shard<T>(RwLock<HashTable<T>>);
+struct Shard<T>(Lock<HashTable<T>>);
 
 /// Shards per table: sixteen per core, a power of two, at most 256 (so that a shared
 /// traversal, which locks every shard, stays cheap on big machines).
@@ -196,11 +196,12 @@ impl<K, S> Hashed<K, S>
 where
     K: Eq + Hash + Clone,
 {
-    pub(crate) fn new(dedupe: bool) -> Self {
+    /// `read_concurrency`: each shard gets a reader-scalable lock (see `super::lock`).
+    pub(crate) fn new(dedupe: bool, read_concurrency: bool) -> Self {
         let n = shard_count();
         Hashed {
             shards: (0..n)
-                .map(|_| Shard(RwLock::new(HashTable::new())))
+                .map(|_| Shard(Lock::new(HashTable::new(), read_concurrency)))
                 .collect(),
             shift: u64::BITS - n.trailing_zeros(),
             dedupe,
@@ -208,7 +209,7 @@ where
     }
 
     #[inline]
-    fn shard(&self, hash: u64) -> &RwLock<HashTable<(K, S)>> {
+    fn shard(&self, hash: u64) -> &Lock<HashTable<(K, S)>> {
         // `checked_shr`: one shard means a shift of 64, i.e. index 0.
         let i = hash.checked_shr(self.shift).unwrap_or(0) as usize;
         &self.shards[i].0
@@ -271,7 +272,7 @@ where
     }
 
     /// Every shard write-locked, in index order: the many-key operations' lock.
-    fn write_all(&self) -> Vec<RwLockWriteGuard<'_, HashTable<(K, S)>>> {
+    fn write_all(&self) -> Vec<LockWrite<'_, HashTable<(K, S)>>> {
         self.shards.iter().map(|s| s.0.write()).collect()
     }
 

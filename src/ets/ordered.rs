@@ -1,4 +1,5 @@
-//! The ordered backend of `ordered_set`: a `BTreeMap` behind a `parking_lot::RwLock`.
+//! The ordered backend of `ordered_set`: a `BTreeMap` behind a `parking_lot::RwLock` (or,
+//! with `read_concurrency`, a reader-scalable lock).
 //!
 //! Every operation of a shared handle takes the lock once, so many-key operations are atomic
 //! and isolated for free. The owner of a protected table reads without the lock (it is the
@@ -8,14 +9,14 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use parking_lot::RwLock;
+use super::lock::Lock;
 
 use super::hashed::CounterError;
 use super::Access;
 use crate::table::Counter;
 
 pub(crate) struct Ordered<K, V> {
-    map: RwLock<BTreeMap<K, V>>,
+    map: Lock<BTreeMap<K, V>>,
 }
 
 /// True when `(lower, upper)` selects nothing in a way `BTreeMap::range` would panic on
@@ -32,9 +33,10 @@ fn empty_or_inverted<K: Ord>(lower: Bound<&K>, upper: Bound<&K>) -> bool {
 }
 
 impl<K: Ord + Clone, V: Clone + PartialEq> Ordered<K, V> {
-    pub(crate) fn new() -> Self {
+    /// `read_concurrency`: a reader-scalable lock (see `super::lock`).
+    pub(crate) fn new(read_concurrency: bool) -> Self {
         Ordered {
-            map: RwLock::new(BTreeMap::new()),
+            map: Lock::new(BTreeMap::new(), read_concurrency),
         }
     }
 
