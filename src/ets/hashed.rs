@@ -1,5 +1,6 @@
 //! The hashed backend of `set`, `bag` and `duplicate_bag`: a fixed array of shards, each a
-//! `hashbrown::HashTable` behind its own `parking_lot::RwLock`, keyed by FxHash.
+//! `hashbrown::HashTable` behind its own read-write lock ([`super::lock::Lock`]), keyed by
+//! FxHash.
 //!
 //! Locking (the shape of ETS's table lock above its bucket locks, with the table lock made of
 //! every bucket lock):

@@ -74,16 +74,18 @@
 //!
 //! Figures are M ops/s from `cargo run --release -- bench tables --only ets` (keys
 //! 0..1,000,000 in order, value = key; 1 thread = the owner of a protected table, 2 threads =
-//! a public table, half the keys each), medians of 5 alternating runs on our 2-core machine.
+//! a public table, half the keys each), medians of 7 alternating runs on our 2-core machine.
 //! Criterion versions of the workloads are in `benches/tables.rs`.
 //!
 //! * Hash types (`hashed.rs`): a fixed array of shards (16 per core, a power of two, at most
-//!   256), each a `hashbrown::HashTable` behind its own `parking_lot::RwLock`, keyed by
+//!   256), each a `hashbrown::HashTable` behind its own read-write lock, keyed by
 //!   `rustc_hash::FxBuildHasher` (faster than SipHash for integer keys; not
 //!   HashDoS-resistant, so do not key a table by untrusted adversarial data). A key is hashed
 //!   once: the top bits pick the shard, the rest the bucket. A set's slot is the value itself
 //!   (no allocation per insert); a bag's slot holds one object inline and more in a boxed
 //!   `Vec`, in insertion order.
+//! * `ordered_set` (`ordered.rs`): one `BTreeMap` behind one read-write lock; every
+//!   operation of a shared handle takes it once, so many-key operations are atomic for free.
 //! * Atomicity on the hash types: a single-key operation holds its shard's lock; a many-key
 //!   operation holds every shard's write lock (taken in index order) and a shared handle's
 //!   traversal every shard's read lock, so no reader ever sees part of a batch. This replaced
@@ -99,21 +101,29 @@
 //! * [`Table::lookup_with`] (and [`ReadTable::lookup_with`]) lends a key's objects in place;
 //!   `lookup` builds a `Vec`, one allocation per hit. `bench tables` counts through
 //!   `lookup_with`, as the BEAM side counts `length(ets:lookup(T, K))`.
+//! * [`TableOptions::read_concurrency`] (ETS's option of that name): each lock counts its
+//!   readers in per-thread slots on their own cache lines instead of one shared word (see
+//!   `lock.rs`), so readers on different cores stop fighting over the lock's line. Off by
+//!   default for its memory. `bench tables` sets it on its 2-thread tables, as the BEAM side
+//!   does (`{read_concurrency, true}`): 2-thread lookups 22 -> 43 (set), 11 -> 28
+//!   (`ordered_set`), writes within noise.
 //!
 //! | workload (threads) | before | after |
 //! |---|---|---|
-//! | set insert / lookup / delete (1) | 14.3 / 11.2 / 19.9 | 18.0 / 52 / 35 |
-//! | set insert / lookup / delete (2) | 6.6 / 13.7 / 7.9 | 13.9 / 21.8 / 21.1 |
-//! | bag insert / lookup / delete (1) | 10.2 / 9.4 / 15.2 | 14.0 / 35.5 / 26.9 |
-//! | bag insert / lookup / delete (2) | 5.6 / 11.8 / 8.3 | 11.8 / 22.0 / 20.8 |
-//! | ordered_set insert / lookup / delete (1) | 9.4 / 11.8 / 21.2 | 10.1 / 15.3 / 27.3 |
-//! | ordered_set insert / lookup / delete (2) | 7.0 / 9.5 / 11.9 | 7.0 / 9.6 / 11.0 |
+//! | set insert / lookup / delete (1) | 14.9 / 12.0 / 21.1 | 18.5 / 55 / 39 |
+//! | set insert / lookup / delete (2) | 6.4 / 14.9 / 7.8 | 13.8 / 43 / 19.9 |
+//! | bag insert / lookup / delete (1) | 10.6 / 10.7 / 19.9 | 13.8 / 40 / 30 |
+//! | bag insert / lookup / delete (2) | 5.7 / 12.3 / 7.8 | 11.6 / 36 / 17.7 |
+//! | ordered_set insert / lookup / delete (1) | 9.5 / 12.0 / 20.5 | 10.3 / 15.6 / 26.8 |
+//! | ordered_set insert / lookup / delete (2) | 6.8 / 9.2 / 11.2 | 7.4 / 27.9 / 11.1 |
 //!
-//! What bounds them now: on 1 thread, cache misses (a 1M-key table is far larger than the
-//! caches, and FxHash scatters consecutive keys) and, for inserts, growing the tables; on 2
-//! threads, the shard locks' atomics and their cache-line traffic between the cores;
-//! `ordered_set` is at the speed of `std`'s `BTreeMap` itself (measured alone: insert 10-11,
-//! lookup 14, delete 33), and on 2 threads behind one lock.
+//! (`duplicate_bag` as `bag`.) What bounds them now: on 1 thread, cache misses (a 1M-key
+//! table is far larger than the caches, and FxHash scatters consecutive keys: `perf` puts
+//! most of a delete on the loads of the bucket's control group and slot) and, for inserts,
+//! growing the tables; on 2 threads, the shard locks' atomics and their cache-line traffic
+//! between the cores; `ordered_set` is at the speed of `std`'s `BTreeMap` itself (measured
+//! alone: insert 10-11, lookup 14, delete 33), and its 2-thread writes are serialized by
+//! its one lock.
 
 mod dump;
 mod error;
@@ -876,7 +886,8 @@ impl TableOptions {
 ///
 /// `Send` (hand it to the thread that owns the table) but not `Clone`. Other threads read
 /// through [`TableReader`]s from [`Table::reader`]. Because no one else can write, the owner's
-/// single-key operations and reads take no table-level lock at all.
+/// reads take no lock at all; its single-key writes take only the key's shard lock (against
+/// readers), and none while no other handle (no reader) exists.
 pub struct Table<K, V> {
     inner: Arc<Inner<K, V>>,
 }

@@ -1,5 +1,5 @@
-//! The ordered backend of `ordered_set`: a `BTreeMap` behind a `parking_lot::RwLock` (or,
-//! with `read_concurrency`, a reader-scalable lock).
+//! The ordered backend of `ordered_set`: a `BTreeMap` behind one read-write lock
+//! ([`super::lock::Lock`]: `parking_lot`'s, or reader slots with `read_concurrency`).
 //!
 //! Every operation of a shared handle takes the lock once, so many-key operations are atomic
 //! and isolated for free. The owner of a protected table reads without the lock (it is the
