@@ -155,18 +155,18 @@ impl<V: PartialEq> Slot<V> for Objs<V> {
 #[repr(align(128))]
 struct Shard<T>(Lock<HashTable<T>>);
 
-/// Shards per table: sixteen per core, a power of two, at most 256 (so that a shared
-/// traversal, which locks every shard, stays cheap on big machines).
+/// Shards per table: thirty-two per core, a power of two, at most 256 (so that a shared
+/// traversal, which locks every shard, stays cheap on big machines); each shard's lock sits
+/// on its own 128 bytes (8 KiB per table on 2 cores).
 ///
-/// Measured on 2 cores (`bench tables`, medians of 5): against 4 per core (dashmap's default,
-/// 8 shards here), 32 shards make the 2-thread public table's set insert, lookup and delete
-/// 11.4 -> 13.9, 19.2 -> 21.8 and 15.5 -> 21.1 M/s (fewer collisions on a shard lock, whose
-/// slow path parks), and bags alike, for about 10% on the owner's set insert (20.3 -> 18.0);
-/// 64 shards gained a little more on 2 threads and lost more (15.9) on 1.
+/// Measured on 2 cores (`bench tables --only ets`, medians of 5 alternating runs), 8 / 32 /
+/// 64 shards (4 / 16 / 32 per core): set, 2 threads, insert 9.7 / 18.0 / 19.4, lookup
+/// 39 / 49 / 51, delete 11.8 / 20.1 / 27.0 M/s (fewer collisions on a shard lock, whose slow
+/// path parks); 1 thread, lookup 59 / 60 / 69, delete 41 / 46 / 51; bags alike.
 fn shard_count() -> usize {
     static COUNT: OnceLock<usize> = OnceLock::new();
     *COUNT.get_or_init(|| {
-        (std::thread::available_parallelism().map_or(1, usize::from) * 16)
+        (std::thread::available_parallelism().map_or(1, usize::from) * 32)
             .next_power_of_two()
             .min(256)
     })
@@ -175,8 +175,10 @@ fn shard_count() -> usize {
 /// A hashed table whose keys hold slots `S`.
 pub(crate) struct Hashed<K, S> {
     shards: Box<[Shard<(K, S)>]>,
-    /// `hash >> shift` is the shard index: the top bits, which hashbrown's probe (low bits)
-    /// does not use for the bucket (it uses the top 7 for its tag, a harmless overlap).
+    /// `(hash << 7) >> shift` is the shard index: the bits just below the top 7, which
+    /// hashbrown keeps as each bucket's tag (so the tags within a shard still take all 128
+    /// values: taking the top bits instead left a 32-shard table 4 tag values, and each probe
+    /// many false tag matches), and above the low bits that pick the bucket.
     shift: u32,
     /// `bag` (true) or `duplicate_bag` (false); ignored by sets.
     dedupe: bool,
@@ -211,14 +213,13 @@ where
 
     #[inline]
     fn shard(&self, hash: u64) -> &Lock<HashTable<(K, S)>> {
-        // `checked_shr`: one shard means a shift of 64, i.e. index 0.
-        let i = hash.checked_shr(self.shift).unwrap_or(0) as usize;
-        &self.shards[i].0
+        &self.shards[self.index(hash)].0
     }
 
     #[inline]
     fn index(&self, hash: u64) -> usize {
-        hash.checked_shr(self.shift).unwrap_or(0) as usize
+        // `checked_shr`: one shard means a shift of 64, i.e. index 0.
+        (hash << 7).checked_shr(self.shift).unwrap_or(0) as usize
     }
 
     /// Runs `f` on the shard of `hash`, read-locked unless the owner is asking.

@@ -77,7 +77,7 @@
 //! a public table, half the keys each), medians of 7 alternating runs on our 2-core machine.
 //! Criterion versions of the workloads are in `benches/tables.rs`.
 //!
-//! * Hash types (`hashed.rs`): a fixed array of shards (16 per core, a power of two, at most
+//! * Hash types (`hashed.rs`): a fixed array of shards (32 per core, a power of two, at most
 //!   256), each a `hashbrown::HashTable` behind its own read-write lock, keyed by
 //!   `rustc_hash::FxBuildHasher` (faster than SipHash for integer keys; not
 //!   HashDoS-resistant, so do not key a table by untrusted adversarial data). A key is hashed
@@ -857,8 +857,8 @@ pub struct TableOptions {
     /// a hash table, one for an `ordered_set`) counts its readers in per-thread slots on
     /// their own cache lines instead of in one shared word, so concurrent readers do not
     /// contend. Writes check every slot, and each lock takes `(1 + slots) * 128` bytes
-    /// (slots: two per core, at most 16; a hash table has 16 shards per core, at most 256):
-    /// 20 KiB per hash table on 2 cores. So it is off by default. Changes no semantics.
+    /// (slots: two per core, at most 16; a hash table has 32 shards per core, at most 256):
+    /// 40 KiB per hash table on 2 cores. So it is off by default. Changes no semantics.
     /// Erlang: `{read_concurrency, true}`.
     pub read_concurrency: bool,
 }
