@@ -20,6 +20,7 @@
 //! owner's unlocked access (see `super::Access`) is as cheap as with a plain `RwLock`.
 
 use std::cell::UnsafeCell;
+use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -152,7 +153,11 @@ impl<T> Lock<T> {
                 None
             }
         };
-        LockRead { lock: self, slot }
+        LockRead {
+            lock: self,
+            slot,
+            _not_send: PhantomData,
+        }
     }
 
     /// Exclusive access; blocks while any reader or writer holds the lock.
@@ -162,7 +167,10 @@ impl<T> Lock<T> {
             Some(s) => s.lock_exclusive(),
             None => self.raw.lock_exclusive(),
         }
-        LockWrite { lock: self }
+        LockWrite {
+            lock: self,
+            _not_send: PhantomData,
+        }
     }
 
     /// The protected data, without locking: for callers that prove by other means that no
@@ -178,6 +186,8 @@ pub(crate) struct LockRead<'a, T> {
     lock: &'a Lock<T>,
     /// The reader slot this guard is counted in (reader-slot mode).
     slot: Option<&'a AtomicUsize>,
+    /// Not `Send`: released by the thread that took it (as `parking_lot`'s own guards).
+    _not_send: PhantomData<*const ()>,
 }
 
 impl<T> Deref for LockRead<'_, T> {
@@ -208,6 +218,8 @@ impl<T> Drop for LockRead<'_, T> {
 /// Exclusive access to a [`Lock`]'s data.
 pub(crate) struct LockWrite<'a, T> {
     lock: &'a Lock<T>,
+    /// Not `Send`: released by the thread that took it (as `parking_lot`'s own guards).
+    _not_send: PhantomData<*const ()>,
 }
 
 impl<T> Deref for LockWrite<'_, T> {

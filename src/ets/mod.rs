@@ -105,17 +105,17 @@
 //!   readers in per-thread slots on their own cache lines instead of one shared word (see
 //!   `lock.rs`), so readers on different cores stop fighting over the lock's line. Off by
 //!   default for its memory. `bench tables` sets it on its 2-thread tables, as the BEAM side
-//!   does (`{read_concurrency, true}`): 2-thread lookups 22 -> 43 (set), 11 -> 28
-//!   (`ordered_set`), writes within noise.
+//!   does (`{read_concurrency, true}`): when added, 2-thread lookups went 22 -> 43 (set)
+//!   and 11 -> 28 (`ordered_set`), writes within noise.
 //!
 //! | workload (threads) | before | after |
 //! |---|---|---|
-//! | set insert / lookup / delete (1) | 14.9 / 12.0 / 21.1 | 18.5 / 55 / 39 |
-//! | set insert / lookup / delete (2) | 6.4 / 14.9 / 7.8 | 13.8 / 43 / 19.9 |
-//! | bag insert / lookup / delete (1) | 10.6 / 10.7 / 19.9 | 13.8 / 40 / 30 |
-//! | bag insert / lookup / delete (2) | 5.7 / 12.3 / 7.8 | 11.6 / 36 / 17.7 |
-//! | ordered_set insert / lookup / delete (1) | 9.5 / 12.0 / 20.5 | 10.3 / 15.6 / 26.8 |
-//! | ordered_set insert / lookup / delete (2) | 6.8 / 9.2 / 11.2 | 7.4 / 27.9 / 11.1 |
+//! | set insert / lookup / delete (1) | 15.1 / 11.7 / 20.2 | 23.6 / 62 / 49 |
+//! | set insert / lookup / delete (2) | 6.5 / 14.9 / 8.1 | 20.5 / 50 / 27.3 |
+//! | bag insert / lookup / delete (1) | 10.8 / 10.6 / 19.8 | 16.0 / 44 / 36.8 |
+//! | bag insert / lookup / delete (2) | 5.6 / 13.6 / 8.0 | 16.8 / 36.5 / 24.2 |
+//! | ordered_set insert / lookup / delete (1) | 9.6 / 12.0 / 21.2 | 10.1 / 15.2 / 27.9 |
+//! | ordered_set insert / lookup / delete (2) | 6.8 / 9.2 / 11.5 | 7.9 / 25.6 / 10.9 |
 //!
 //! (`duplicate_bag` as `bag`.) What bounds them now: on 1 thread, cache misses (a 1M-key
 //! table is far larger than the caches, and FxHash scatters consecutive keys: `perf` puts
