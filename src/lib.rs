@@ -63,7 +63,7 @@
 //! |---|---|---|
 //! | [`table`] | the table contract shared by ETS and DETS: [`TableType`], [`ReadTable`], [`WriteTable`] | - |
 //! | [`codec`] | value encoding (serde + bincode 2.0.1): the one file that knows bincode | `term_to_binary` |
-//! | [`ets`] | in-memory concurrent tables (`dashmap` and an ordered backend) | `ets` |
+//! | [`ets`] | in-memory concurrent tables (sharded `hashbrown` tables and a `BTreeMap`) | `ets` |
 //! | [`dets`] | `sled`-backed disk tables with the same API, durable on demand | `dets` |
 //! | [`otp`] | generic server and supervisor on named OS threads | `gen_server`, `supervisor` |
 //! | [`freq`] | the frequency allocator: layout, pool, shards, router, front end | the course's `frequency` |

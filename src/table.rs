@@ -5,7 +5,7 @@
 //! [`ReadTable`] and [`WriteTable`], name the operations once, so the same model tests and the
 //! same benchmark workloads run over every table type, in memory and on disk.
 //!
-//! Architecture Invariant: this file knows neither `dashmap` nor `sled`; it is the vocabulary
+//! Architecture Invariant: this file knows neither `hashbrown` nor `sled`; it is the vocabulary
 //! both backends speak.
 //!
 //! Semantics follow the Erlang documentation of
@@ -164,6 +164,20 @@ pub trait ReadTable<K, V> {
 
     /// Every object stored under `key` (one at most for sets; insertion order for bags).
     fn lookup(&self, key: &K) -> Result<Vec<V>, Self::Error>;
+
+    /// Calls `f` with the objects stored under `key` (an empty slice when there are none;
+    /// insertion order for bags) and returns its result: [`Self::lookup`] without building a
+    /// `Vec`, for callers that only inspect the objects or copy out what they need.
+    ///
+    /// The default body builds the `Vec`; backends that can lend their objects in place
+    /// override it. `f` may run while the backend holds a lock: it must not call into the same
+    /// table.
+    fn lookup_with<R, F>(&self, key: &K, f: F) -> Result<R, Self::Error>
+    where
+        F: FnOnce(&[V]) -> R,
+    {
+        Ok(f(&self.lookup(key)?))
+    }
 
     /// Whether any object is stored under `key`. Erlang: `member/2`.
     fn member(&self, key: &K) -> Result<bool, Self::Error>;

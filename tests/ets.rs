@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::model::{self, run_model};
 use common::{proptest_cases, wait_until};
-use freqalloc::ets::{EtsError, PublicTable, Table, TableReader};
+use freqalloc::ets::{EtsError, PublicTable, Table, TableOptions, TableReader};
 use freqalloc::{ReadTable, TableType, WriteTable};
 use proptest::prelude::*;
 
@@ -288,8 +288,12 @@ fn damaged_dumps_are_typed_errors() {
 /// once it stops.
 #[test]
 fn readers_read_while_the_owner_writes() {
-    for tt in TableType::ALL {
-        let mut t: Table<u64, u64> = Table::new(tt);
+    for (tt, rc) in TableType::ALL
+        .into_iter()
+        .flat_map(|t| [(t, false), (t, true)])
+    {
+        let mut t: Table<u64, u64> =
+            Table::with_options(tt, TableOptions::new().read_concurrency(rc));
         let done = AtomicBool::new(false);
         thread::scope(|s| {
             for _ in 0..2 {
@@ -325,12 +329,66 @@ fn readers_read_while_the_owner_writes() {
     }
 }
 
+/// The owner's lock elision holds across its two modes: with no other handle alive its
+/// writes skip the locks; with a reader alive they take them while the owner's own reads
+/// still skip them. Readers made after unlocked writes see them; readers reading during
+/// locked writes only ever see whole objects; the owner sees its own writes at once.
+#[test]
+fn owner_alone_and_with_readers_agree() {
+    const N: u64 = 2_000;
+    for tt in TableType::ALL {
+        let mut t: Table<u64, u64> = Table::new(tt);
+        for round in 0..10u64 {
+            // Alone: unlocked writes.
+            for k in 0..N {
+                t.insert(k, k * 2);
+            }
+            let r = t.reader();
+            assert_eq!(r.lookup_with(&(N - 1), |vs| vs.to_vec()), vec![(N - 1) * 2]);
+            let done = AtomicBool::new(false);
+            thread::scope(|s| {
+                let (r, done) = (r.clone(), &done);
+                s.spawn(move || {
+                    while !done.load(Ordering::Acquire) {
+                        for k in 0..N {
+                            r.lookup_with(&k, |vs| {
+                                assert!(vs.len() <= 1, "{tt}: {vs:?}");
+                                assert!(vs.iter().all(|&v| v == k * 2), "{tt}: {vs:?}");
+                            });
+                        }
+                    }
+                });
+                // A reader is alive: locked writes, unlocked own reads.
+                for k in 0..N {
+                    if k % 2 == round % 2 {
+                        assert_eq!(t.delete(&k), 1, "{tt}");
+                        assert!(!t.member(&k), "{tt}");
+                    } else {
+                        t.update_counter(&k, 0, None).ok();
+                        assert_eq!(t.lookup(&k), vec![k * 2], "{tt}");
+                    }
+                }
+                done.store(true, Ordering::Release);
+            });
+            drop(r);
+            // Alone again.
+            assert_eq!(t.len() as u64, N / 2, "{tt}");
+            t.select_delete(|_, _| true);
+            assert!(t.is_empty(), "{tt}");
+        }
+    }
+}
+
 /// An `insert_many` is seen all-or-nothing: by `len`, by `to_vec`, and by lookups.
 #[test]
 fn insert_many_is_seen_all_or_nothing() {
     const N: u64 = 64;
-    for tt in TableType::ALL {
-        let mut t: Table<u64, u64> = Table::new(tt);
+    for (tt, rc) in TableType::ALL
+        .into_iter()
+        .flat_map(|t| [(t, false), (t, true)])
+    {
+        let opts = TableOptions::new().read_concurrency(rc);
+        let mut t: Table<u64, u64> = Table::with_options(tt, opts);
         let stop = AtomicBool::new(false);
         let observations = AtomicUsize::new(0);
         thread::scope(|s| {
@@ -375,8 +433,9 @@ fn insert_many_is_seen_all_or_nothing() {
 #[test]
 fn single_key_reads_never_see_half_a_batch() {
     for tt in [TableType::Set, TableType::OrderedSet] {
-        for public in [false, true] {
-            let owner: Table<u8, u64> = Table::new(tt);
+        for (public, rc) in [(false, false), (true, false), (false, true), (true, true)] {
+            let opts = TableOptions::new().read_concurrency(rc);
+            let owner: Table<u8, u64> = Table::with_options(tt, opts);
             let reader = owner.reader();
             let mut writer: Box<dyn FnMut(u64) + Send> = if public {
                 let p = owner.into_public();
@@ -421,8 +480,12 @@ fn single_key_reads_never_see_half_a_batch() {
 /// and leaves counts that agree with each other.
 #[test]
 fn public_table_storm_has_no_deadlock_and_counts_agree() {
-    for tt in TableType::ALL {
-        let t: PublicTable<u16, u64> = PublicTable::new(tt);
+    for (tt, rc) in TableType::ALL
+        .into_iter()
+        .flat_map(|t| [(t, false), (t, true)])
+    {
+        let opts = TableOptions::new().read_concurrency(rc);
+        let t: PublicTable<u16, u64> = PublicTable::with_options(tt, opts);
         let threads = 4;
         let barrier = Barrier::new(threads);
         let finished = Arc::new(AtomicUsize::new(0));
