@@ -38,6 +38,14 @@ use super::Access;
 use crate::table::Counter;
 
 /// The objects stored under one key: exactly one for sets ([`One`]), a `Vec` in insertion
+/// Hashes a batch's keys before any lock is taken (a many-key write holds every shard's lock).
+fn hash_all<K: Hash, V>(objects: Vec<(K, V)>) -> Vec<(u64, K, V)> {
+    objects
+        .into_iter()
+        .map(|(k, v)| (hash_of(&k), k, v))
+        .collect()
+}
+
 /// order for bags.
 pub(crate) trait Slot<V>: Sized {
     /// True when a key holds exactly one object (set semantics).
@@ -306,10 +314,7 @@ where
     where
         S: Slot<V>,
     {
-        let hashed: Vec<(u64, K, V)> = objects
-            .into_iter()
-            .map(|(k, v)| (hash_of(&k), k, v))
-            .collect();
+        let hashed = hash_all(objects);
         let mut shards = self.write_all();
         for (h, k, v) in hashed {
             Self::insert_into(&mut shards[self.index(h)], h, k, v, self.dedupe);
@@ -336,10 +341,7 @@ where
     where
         S: Slot<V>,
     {
-        let hashed: Vec<(u64, K, V)> = objects
-            .into_iter()
-            .map(|(k, v)| (hash_of(&k), k, v))
-            .collect();
+        let hashed = hash_all(objects);
         let mut shards = self.write_all();
         let present = hashed
             .iter()

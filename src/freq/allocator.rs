@@ -384,14 +384,7 @@ impl Allocator {
             spec = spec.child(child);
             shards.push(server);
         }
-        // A shard that cannot start reports why in its typed error (the supervisor only has
-        // the text): corrupt or foreign contents, a disk failure.
-        let supervisor = Supervisor::start(spec).map_err(|e| {
-            shared
-                .iter()
-                .find_map(|s| s.take_init_error())
-                .unwrap_or_else(|| start_error(e))
-        })?;
+        let supervisor = start_supervisor(spec, &shared)?;
         Ok(Allocator::assemble(
             dir,
             config,
@@ -522,12 +515,7 @@ impl Allocator {
             });
             shared.push(s);
         }
-        let supervisor = Supervisor::start(spec).map_err(|e| {
-            shared
-                .iter()
-                .find_map(|s| s.take_init_error())
-                .unwrap_or_else(|| start_error(e))
-        })?;
+        let supervisor = start_supervisor(spec, &shared)?;
         let alloc = Allocator::assemble(
             dir,
             config,
@@ -1120,11 +1108,21 @@ fn shard_error(shard: usize, e: OtpError) -> FreqError {
     }
 }
 
-fn start_error(e: OtpError) -> FreqError {
-    FreqError::ShardFailed {
-        shard: usize::MAX,
-        reason: format!("could not start the shards: {e}"),
-    }
+/// Starts the shards' supervisor. A shard that cannot start reports why in its typed error (the
+/// supervisor only has the text): corrupt or foreign contents, a disk failure.
+fn start_supervisor(
+    spec: SupervisorSpec,
+    shared: &[Arc<ShardShared>],
+) -> Result<Supervisor, FreqError> {
+    Supervisor::start(spec).map_err(|e| {
+        shared
+            .iter()
+            .find_map(|s| s.take_init_error())
+            .unwrap_or_else(|| FreqError::ShardFailed {
+                shard: usize::MAX,
+                reason: format!("could not start the shards: {e}"),
+            })
+    })
 }
 
 fn unexpected(shard: usize, reply: &ShardReply) -> FreqError {

@@ -60,19 +60,15 @@ pub struct ShardShared {
 
 impl ShardShared {
     pub(crate) fn new(index: usize) -> Arc<Self> {
-        Arc::new(ShardShared {
-            index,
-            load: Arc::new(Load::default()),
-            readers: RwLock::new(None),
-            recovered: AtomicU64::new(0),
-            open_micros: AtomicU64::new(0),
-            init_error: parking_lot::Mutex::new(None),
-            pair: None,
-        })
+        Self::with_pair(index, None)
     }
 
     /// The shared part of a replicated shard.
     pub(crate) fn new_pair(index: usize, pair: Arc<PairShared>) -> Arc<Self> {
+        Self::with_pair(index, Some(pair))
+    }
+
+    fn with_pair(index: usize, pair: Option<Arc<PairShared>>) -> Arc<Self> {
         Arc::new(ShardShared {
             index,
             load: Arc::new(Load::default()),
@@ -80,7 +76,7 @@ impl ShardShared {
             recovered: AtomicU64::new(0),
             open_micros: AtomicU64::new(0),
             init_error: parking_lot::Mutex::new(None),
-            pair: Some(pair),
+            pair,
         })
     }
 
@@ -491,9 +487,7 @@ impl Shard {
         };
         let shared = args.shared;
         *shared.readers.write() = Some(pool.readers());
-        shared.recovered.store(recovered, Ordering::Relaxed);
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        shared.open_micros.store(micros, Ordering::Relaxed);
+        shared.set_opened(recovered, took);
         let mut shard = Shard {
             index: shared.index,
             pool,

@@ -340,9 +340,10 @@ impl<S: GenServer> Instance<S> {
 pub(crate) struct Slot<S: GenServer> {
     thread_name: String,
     current: RwLock<Option<Instance<S>>>,
-    generation: Mutex<u64>,
-    /// A copy of `generation` for readers that do not wait (written under its mutex).
-    generation_now: AtomicU64,
+    /// How many instances have been started; read without a lock (every deallocation reads it),
+    /// changed under `generation_lock` so that waiters on `generation_changed` miss no change.
+    generation: AtomicU64,
+    generation_lock: Mutex<()>,
     generation_changed: Condvar,
 }
 
@@ -351,8 +352,8 @@ impl<S: GenServer> Slot<S> {
         Arc::new(Slot {
             thread_name,
             current: RwLock::new(None),
-            generation: Mutex::new(0),
-            generation_now: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            generation_lock: Mutex::new(()),
             generation_changed: Condvar::new(),
         })
     }
@@ -361,9 +362,8 @@ impl<S: GenServer> Slot<S> {
     fn install(&self, inst: Instance<S>) {
         let old = self.current.write().replace(inst);
         {
-            let mut g = self.generation.lock();
-            *g += 1;
-            self.generation_now.store(*g, Ordering::Release);
+            let _g = self.generation_lock.lock();
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
         self.generation_changed.notify_all();
         if let Some(old) = old {
@@ -796,8 +796,7 @@ impl<S: GenServer> Server<S> {
     /// [`OtpError::Timeout`], [`OtpError::NoProc`], [`OtpError::Exited`] (the server died with the
     /// call pending), [`OtpError::ReplyDropped`], [`OtpError::CallingSelf`].
     pub fn call_timeout(&self, request: S::Call, timeout: Duration) -> Result<S::Reply, OtpError> {
-        let me = thread::current();
-        let me_id = me.id();
+        let me_id = thread::current().id();
         let cell = ReplyCell::for_call();
         {
             // `read_recursive`: a direct call's callback may call this server again (and get
@@ -906,7 +905,7 @@ impl<S: GenServer> Server<S> {
     /// How many instances have been started behind this handle (1 after the first start, 2 after
     /// the first restart, ...).
     pub fn generation(&self) -> u64 {
-        self.slot.generation_now.load(Ordering::Acquire)
+        self.slot.generation.load(Ordering::Acquire)
     }
 
     /// Waits until at least `generation` instances have been started, up to `timeout`. Returns
@@ -914,19 +913,22 @@ impl<S: GenServer> Server<S> {
     /// without sleeping.
     pub fn wait_for_generation(&self, generation: u64, timeout: Duration) -> Result<u64, OtpError> {
         let deadline = deadline_after(timeout);
-        let mut g = self.slot.generation.lock();
-        while *g < generation {
-            if self
-                .slot
+        let slot = &self.slot;
+        let mut g = slot.generation_lock.lock();
+        loop {
+            let now = slot.generation.load(Ordering::Acquire);
+            if now >= generation {
+                return Ok(now);
+            }
+            if slot
                 .generation_changed
                 .wait_until(&mut g, deadline)
                 .timed_out()
-                && *g < generation
+                && slot.generation.load(Ordering::Acquire) < generation
             {
                 return Err(OtpError::Timeout);
             }
         }
-        Ok(*g)
     }
 
     /// Registers this handle under `name`, see [`register`](crate::otp::register).
