@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use freqalloc::freq::{Allocator, Durability, FreqRange, Layout, Options, StoreConfig, Strategy};
+use freqalloc::freq::{Allocator, Durability, FreqRange, Layout, Options, Routing, StoreConfig};
 
 /// Runs `pairs` allocate+deallocate pairs spread over `clients` threads; returns the wall time.
 fn run_pairs(alloc: &Allocator, clients: usize, pairs: u64) -> Duration {
@@ -38,7 +38,7 @@ fn layout(size: u64, shards: usize) -> Layout {
     Layout::split_evenly(&[FreqRange::new(0, size - 1).expect("range")], shards).expect("layout")
 }
 
-fn in_memory(size: u64, shards: usize, strategy: Strategy) -> Allocator {
+fn in_memory(size: u64, shards: usize, strategy: Routing) -> Allocator {
     Allocator::in_memory(layout(size, shards), strategy, None).expect("allocator")
 }
 
@@ -46,7 +46,7 @@ fn shards_and_clients(c: &mut Criterion) {
     let mut g = c.benchmark_group("pairs/none/shards_x_clients");
     g.throughput(Throughput::Elements(1));
     for shards in [1usize, 2, 4, 8] {
-        let alloc = in_memory(100_000, shards, Strategy::MostFree);
+        let alloc = in_memory(100_000, shards, Routing::MostFree);
         for clients in [1usize, 4, 12, 64] {
             g.bench_with_input(
                 BenchmarkId::new(format!("{shards}_shards"), format!("{clients}_clients")),
@@ -61,7 +61,7 @@ fn shards_and_clients(c: &mut Criterion) {
 fn strategies(c: &mut Criterion) {
     let mut g = c.benchmark_group("pairs/none/strategy_4_shards_4_clients");
     g.throughput(Throughput::Elements(1));
-    for strategy in Strategy::ALL {
+    for strategy in Routing::ALL {
         let alloc = in_memory(100_000, 4, strategy);
         g.bench_function(strategy.name(), |b| {
             b.iter_custom(|iters| run_pairs(&alloc, 4, iters))
@@ -75,7 +75,7 @@ fn pool_sizes(c: &mut Criterion) {
     let mut g = c.benchmark_group("pairs/none/pool_size_4_shards_1_client");
     g.throughput(Throughput::Elements(1));
     for size in [1_000u64, 100_000, 10_000_000] {
-        let alloc = in_memory(size, 4, Strategy::MostFree);
+        let alloc = in_memory(size, 4, Routing::MostFree);
         g.bench_function(size.to_string(), |b| {
             b.iter_custom(|iters| run_pairs(&alloc, 1, iters))
         });
@@ -97,7 +97,7 @@ fn durabilities(c: &mut Criterion) {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = StoreConfig {
             layout: layout(100_000, 8),
-            strategy: Strategy::MostFree,
+            strategy: Routing::MostFree,
             durability,
             client_limit: None,
             replicas: 1,
@@ -127,7 +127,7 @@ fn replication(c: &mut Criterion) {
             let dir = tempfile::tempdir().expect("tempdir");
             let config = StoreConfig {
                 layout: layout(100_000, 8),
-                strategy: Strategy::MostFree,
+                strategy: Routing::MostFree,
                 durability,
                 client_limit: None,
                 replicas,

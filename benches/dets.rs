@@ -10,17 +10,17 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use freqalloc::dets::{BatchOp, DiskTable, Durability, OpenOptions};
+use freqalloc::dets::{BatchOp, DiskTable, FlushPolicy, OpenOptions};
 use freqalloc::{ReadTable, TableType, WriteTable};
 
 const N: u64 = 100_000;
 
-fn open(path: &Path, t: TableType, d: Durability) -> DiskTable<u64, u64> {
-    DiskTable::open(path, OpenOptions::new(t).durability(d)).expect("open")
+fn open(path: &Path, t: TableType, d: FlushPolicy) -> DiskTable<u64, u64> {
+    DiskTable::open(path, OpenOptions::new(t).flush_policy(d)).expect("open")
 }
 
 fn filled(path: &Path, t: TableType) -> DiskTable<u64, u64> {
-    let mut table = open(path, t, Durability::Manual);
+    let mut table = open(path, t, FlushPolicy::Manual);
     for k in 0..N {
         table.insert(k, k * 3).expect("insert");
     }
@@ -38,7 +38,7 @@ fn tables(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let dir = tempfile::tempdir().expect("dir");
-                    let mut table = open(&dir.path().join("t"), t, Durability::Manual);
+                    let mut table = open(&dir.path().join("t"), t, FlushPolicy::Manual);
                     let start = Instant::now();
                     for k in 0..N {
                         table.insert(k, k * 3).expect("insert");
@@ -87,7 +87,7 @@ fn durable(c: &mut Criterion) {
     let mut table = open(
         &dir.path().join("t"),
         TableType::Set,
-        Durability::EveryWrite,
+        FlushPolicy::EveryWrite,
     );
     let mut k = 0u64;
     g.bench_function("insert_durable", |b| {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dashmap::DashMap;
-use freqalloc::dets::{DiskTable, Durability, OpenOptions};
+use freqalloc::dets::{DiskTable, FlushPolicy, OpenOptions};
 use freqalloc::ets::{PublicTable, Table};
 use freqalloc::{TableType, WriteTable};
 use parking_lot::RwLock;
@@ -135,7 +135,7 @@ impl Subject for Dets {
     }
     fn make(&self) -> Self::H {
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = OpenOptions::new(self.0).durability(Durability::Manual);
+        let opts = OpenOptions::new(self.0).flush_policy(FlushPolicy::Manual);
         DiskHandle {
             table: Via(DiskTable::open(dir.path(), opts).expect("open")),
             _dir: dir,

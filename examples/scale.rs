@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use freqalloc::freq::{
-    Allocator, Durability, FreqError, FreqRange, Layout, Options, StoreConfig, Strategy,
+    Allocator, Durability, FreqError, FreqRange, Layout, Options, Routing, StoreConfig,
 };
 
 /// Resident memory of this process in MiB (Linux), or 0 where /proc is not there.
@@ -31,7 +31,7 @@ fn main() -> Result<(), FreqError> {
     let layout = Layout::split_evenly(&[FreqRange::new(0, 9_999_999)?], 8)?;
 
     let before = rss_mib();
-    let alloc = Allocator::in_memory(layout.clone(), Strategy::MostFree, None)?;
+    let alloc = Allocator::in_memory(layout.clone(), Routing::MostFree, None)?;
     println!(
         "empty pool of 10^7 over 8 shards in memory: {:.1} MiB resident ({:.1} MiB before)",
         rss_mib() - before,
@@ -42,7 +42,7 @@ fn main() -> Result<(), FreqError> {
     let dir = tempfile::tempdir().map_err(|e| FreqError::Corrupt(e.to_string()))?;
     let config = StoreConfig {
         layout,
-        strategy: Strategy::MostFree,
+        strategy: Routing::MostFree,
         durability: Durability::Interval(Duration::from_millis(200)),
         client_limit: None,
         replicas: 1,

@@ -7,11 +7,11 @@
 //!
 //! Run: `cargo run --release --example sharded`
 
-use freqalloc::freq::{parse_pool, Allocator, FreqError, Layout, Strategy};
+use freqalloc::freq::{parse_pool, Allocator, FreqError, Layout, Routing};
 
 fn main() -> Result<(), FreqError> {
     let layout = Layout::one_shard_per_range(&parse_pool("10-15,20-25")?)?;
-    for strategy in Strategy::ALL {
+    for strategy in Routing::ALL {
         let alloc = Allocator::in_memory(layout.clone(), strategy, None)?;
         let mut got = Vec::new();
         loop {

@@ -12,7 +12,7 @@
 //! table on disk, the same operations on both.
 //!
 //! ```
-//! use freqalloc::dets::{DiskTable, Durability, OpenOptions};
+//! use freqalloc::dets::{DiskTable, FlushPolicy, OpenOptions};
 //! use freqalloc::ets::Table;
 //! use freqalloc::{ReadTable, TableType, WriteTable};
 //!
@@ -23,7 +23,7 @@
 //!
 //! // On disk: the same contract, durable on every write.
 //! let dir = tempfile::tempdir()?;
-//! let opts = OpenOptions::new(TableType::Set).durability(Durability::EveryWrite);
+//! let opts = OpenOptions::new(TableType::Set).flush_policy(FlushPolicy::EveryWrite);
 //! let mut held: DiskTable<u64, String> = DiskTable::open(dir.path(), opts)?;
 //! held.insert(10, "radio-7".to_string())?;
 //! assert_eq!(held.lookup(&10)?, vec!["radio-7".to_string()]);
@@ -34,12 +34,12 @@
 //! state in those tables, a front end with the course's API.
 //!
 //! ```
-//! use freqalloc::freq::{parse_pool, Allocator, Durability, Layout, Options, StoreConfig, Strategy};
+//! use freqalloc::freq::{parse_pool, Allocator, Durability, Layout, Options, StoreConfig, Routing};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let config = StoreConfig {
 //!     layout: Layout::one_shard_per_range(&parse_pool("10-15,20-25")?)?,
-//!     strategy: Strategy::MostFree,
+//!     strategy: Routing::MostFree,
 //!     durability: Durability::Sync, // acknowledged only once on disk (group commit)
 //!     client_limit: None,
 //!     replicas: 1,          // 2: a primary/backup pair per shard

@@ -15,8 +15,8 @@ use common::wait_until;
 use freqalloc::dets::{self, DetsError, DiskTable, OpenOptions};
 use freqalloc::freq::{
     hash_name, parse_pool, shard_dir, Allocation, Allocator, Durability, Fault, FreqError,
-    FreqRange, InitOutcome, Layout, LayoutError, ManualClock, Options, Status, StoreConfig,
-    StoreError, Strategy, DISK_VERSION,
+    FreqRange, InitOutcome, Layout, LayoutError, ManualLeaseClock, Options, Routing, Status,
+    StoreConfig, StoreError, DISK_VERSION,
 };
 use freqalloc::{TableType, WriteTable};
 
@@ -26,7 +26,7 @@ fn course() -> Layout {
     Layout::one_shard_per_range(&parse_pool("10-15,20-25").unwrap()).unwrap()
 }
 
-fn config(layout: Layout, strategy: Strategy, durability: Durability) -> StoreConfig {
+fn config(layout: Layout, strategy: Routing, durability: Durability) -> StoreConfig {
     StoreConfig {
         layout,
         strategy,
@@ -84,13 +84,13 @@ impl Rng {
 #[test]
 fn course_scenario_under_every_strategy() {
     let all: BTreeSet<u64> = (10..=15).chain(20..=25).collect();
-    for strategy in Strategy::ALL {
+    for strategy in Routing::ALL {
         let alloc = Allocator::in_memory(course(), strategy, None).unwrap();
         let mut got = Vec::new();
         for _ in 0..12 {
             got.push(alloc.allocate("radio").unwrap());
             let free = alloc.free_per_shard();
-            if strategy == Strategy::MostFree {
+            if strategy == Routing::MostFree {
                 assert!(free[0].abs_diff(free[1]) <= 1, "{strategy}: {free:?}");
             }
         }
@@ -108,16 +108,16 @@ fn course_scenario_under_every_strategy() {
             "{strategy}"
         );
         match strategy {
-            Strategy::RoundRobin => {
+            Routing::RoundRobin => {
                 assert_eq!(got, [10, 20, 11, 21, 12, 22, 13, 23, 14, 24, 15, 25])
             }
-            Strategy::MostFree => {
+            Routing::MostFree => {
                 // Equal shards alternate (the tie-break rotates).
                 for pair in got.chunks(2) {
                     assert_ne!(shard_of(pair[0]), shard_of(pair[1]), "{got:?}");
                 }
             }
-            Strategy::Hash => {
+            Routing::Hash => {
                 // Affinity: the client's shard first, lowest free first, then the other.
                 let home = (hash_name("radio") % 2) as usize;
                 assert!(got[..6].iter().all(|&f| shard_of(f) == home), "{got:?}");
@@ -148,7 +148,7 @@ fn course_scenario_under_every_strategy() {
 
 #[test]
 fn ownership_errors_change_nothing() {
-    let alloc = Allocator::in_memory(course(), Strategy::MostFree, None).unwrap();
+    let alloc = Allocator::in_memory(course(), Routing::MostFree, None).unwrap();
     let f = alloc.allocate("alice").unwrap();
     let g = alloc.allocate("bob").unwrap();
     let free = (10..=15)
@@ -193,7 +193,7 @@ fn ownership_errors_change_nothing() {
 
 #[test]
 fn dropping_a_client_releases_detach_and_option_keep() {
-    let alloc = Allocator::in_memory(course(), Strategy::RoundRobin, None).unwrap();
+    let alloc = Allocator::in_memory(course(), Routing::RoundRobin, None).unwrap();
     let a = alloc.client("a").unwrap();
     assert_eq!(a.name(), "a");
     let held = vec![a.allocate().unwrap(), a.allocate().unwrap()];
@@ -218,7 +218,7 @@ fn dropping_a_client_releases_detach_and_option_keep() {
         release_on_drop: false,
         ..Options::default()
     };
-    let alloc = Allocator::in_memory_with(course(), Strategy::MostFree, None, keep).unwrap();
+    let alloc = Allocator::in_memory_with(course(), Routing::MostFree, None, keep).unwrap();
     let c = alloc.client("c").unwrap();
     let f = c.allocate().unwrap();
     drop(c);
@@ -228,12 +228,12 @@ fn dropping_a_client_releases_detach_and_option_keep() {
 
 #[test]
 fn leases_expire_on_the_injected_clock() {
-    let clock = ManualClock::new(1_000_000);
+    let clock = ManualLeaseClock::new(1_000_000);
     let options = Options {
         clock: Arc::new(clock.clone()),
         ..Options::default()
     };
-    let alloc = Allocator::in_memory_with(course(), Strategy::RoundRobin, None, options).unwrap();
+    let alloc = Allocator::in_memory_with(course(), Routing::RoundRobin, None, options).unwrap();
     let hour = Duration::from_secs(3600);
     let leased = alloc.allocate_with_lease("a", hour).unwrap();
     let kept = alloc.allocate("b").unwrap();
@@ -272,10 +272,10 @@ fn leases_expire_on_the_injected_clock() {
     // time, set from the clock's reading, so with a manual clock only an already-expired
     // lease is reaped by it promptly: the first timer a shard sets.)
     let options = Options {
-        clock: Arc::new(ManualClock::new(1_000)),
+        clock: Arc::new(ManualLeaseClock::new(1_000)),
         ..Options::default()
     };
-    let alloc = Allocator::in_memory_with(course(), Strategy::RoundRobin, None, options).unwrap();
+    let alloc = Allocator::in_memory_with(course(), Routing::RoundRobin, None, options).unwrap();
     alloc.allocate_with_lease("d", Duration::ZERO).unwrap();
     assert!(wait_until(|| alloc.held_by("d").unwrap().is_empty(), LONG));
     assert_consistent(&alloc);
@@ -284,14 +284,14 @@ fn leases_expire_on_the_injected_clock() {
 #[test]
 fn leases_survive_a_reopen_and_expire_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(5_000_000);
+    let clock = ManualLeaseClock::new(5_000_000);
     let options = || Options {
         clock: Arc::new(clock.clone()),
         ..Options::default()
     };
     Allocator::init(
         dir.path(),
-        config(course(), Strategy::RoundRobin, Durability::Sync),
+        config(course(), Routing::RoundRobin, Durability::Sync),
         false,
     )
     .unwrap();
@@ -331,7 +331,7 @@ fn leases_survive_a_reopen_and_expire_after_it() {
 /// *that shard*, so a client with limit 3 over two shards could hold 6.
 #[test]
 fn per_client_limit_counts_every_shard() {
-    for strategy in Strategy::ALL {
+    for strategy in Routing::ALL {
         let alloc = Allocator::in_memory(course(), strategy, Some(3)).unwrap();
         for _ in 0..3 {
             alloc.allocate("a").unwrap();
@@ -366,7 +366,7 @@ fn allocations_persist_across_reopen_in_sync_and_interval() {
         Durability::Interval(Duration::from_millis(50)),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let alloc = create(dir.path(), config(course(), Strategy::MostFree, durability));
+        let alloc = create(dir.path(), config(course(), Routing::MostFree, durability));
         for (i, name) in ["a", "b", "c", "a", "b"].iter().enumerate() {
             alloc.allocate(name).unwrap();
             if i == 2 {
@@ -398,7 +398,7 @@ fn pool_grows_and_refuses_to_shrink_or_change() {
     let dir = tempfile::tempdir().unwrap();
     let alloc = create(
         dir.path(),
-        config(course(), Strategy::RoundRobin, Durability::Sync),
+        config(course(), Routing::RoundRobin, Durability::Sync),
     );
     let mine = vec![alloc.allocate("a").unwrap(), alloc.allocate("a").unwrap()];
     assert_eq!(mine, [10, 20]);
@@ -407,7 +407,7 @@ fn pool_grows_and_refuses_to_shrink_or_change() {
     let grown = Layout::one_shard_per_range(&parse_pool("10-15,20-30").unwrap()).unwrap();
     let outcome = Allocator::init(
         dir.path(),
-        config(grown, Strategy::RoundRobin, Durability::Sync),
+        config(grown, Routing::RoundRobin, Durability::Sync),
         true,
     )
     .unwrap();
@@ -431,7 +431,7 @@ fn pool_grows_and_refuses_to_shrink_or_change() {
     // Shrinking is refused, naming what would be dropped, even with grow.
     let err = Allocator::init(
         dir.path(),
-        config(course(), Strategy::RoundRobin, Durability::Sync),
+        config(course(), Routing::RoundRobin, Durability::Sync),
         true,
     )
     .unwrap_err();
@@ -446,7 +446,7 @@ fn pool_grows_and_refuses_to_shrink_or_change() {
     let other = Layout::one_shard_per_range(&parse_pool("0-99").unwrap()).unwrap();
     let err = Allocator::init(
         dir.path(),
-        config(other, Strategy::RoundRobin, Durability::Sync),
+        config(other, Routing::RoundRobin, Durability::Sync),
         false,
     )
     .unwrap_err();
@@ -460,7 +460,7 @@ fn pool_grows_and_refuses_to_shrink_or_change() {
             dir.path(),
             config(
                 Layout::one_shard_per_range(&parse_pool("10-15,20-31").unwrap()).unwrap(),
-                Strategy::RoundRobin,
+                Routing::RoundRobin,
                 Durability::Sync
             ),
             false
@@ -484,7 +484,7 @@ fn store_errors_are_typed() {
     }
     let alloc = create(
         dir.path(),
-        config(course(), Strategy::MostFree, Durability::Sync),
+        config(course(), Routing::MostFree, Durability::Sync),
     );
     let shard0 = shard_dir(dir.path(), 0);
     match Allocator::open(dir.path(), Options::default()) {
@@ -510,7 +510,7 @@ fn store_errors_are_typed() {
 
 fn write_behind_the_allocators_back(dir: &Path, shard: usize, f: u64, owner: &str) {
     let opts = OpenOptions::new(TableType::Set)
-        .durability(dets::Durability::Manual)
+        .flush_policy(dets::FlushPolicy::Manual)
         .version(DISK_VERSION);
     let mut table: DiskTable<u64, Allocation> =
         DiskTable::open(shard_dir(dir, shard), opts).unwrap();
@@ -532,7 +532,7 @@ fn an_allocation_written_on_disk_inside_the_shard_is_rebuilt_consistently() {
     let dir = tempfile::tempdir().unwrap();
     let alloc = create(
         dir.path(),
-        config(course(), Strategy::RoundRobin, Durability::Sync),
+        config(course(), Routing::RoundRobin, Durability::Sync),
     );
     assert_eq!(alloc.allocate("a").unwrap(), 10);
     alloc.stop();
@@ -569,7 +569,7 @@ fn an_allocation_written_on_disk_outside_the_shard_is_a_typed_error_at_open() {
     let dir = tempfile::tempdir().unwrap();
     drop(create(
         dir.path(),
-        config(course(), Strategy::RoundRobin, Durability::Sync),
+        config(course(), Routing::RoundRobin, Durability::Sync),
     ));
     // 22 is in the pool but belongs to shard 1, not shard 0.
     write_behind_the_allocators_back(dir.path(), 0, 22, "ghost");
@@ -716,7 +716,7 @@ fn shard_panic_mid_storm(durability: Durability) {
     let layout = Layout::split_evenly(&parse_pool("0-399").unwrap(), 4).unwrap();
     let alloc = create(
         dir.path(),
-        config(layout, Strategy::PowerOfTwoChoices, durability),
+        config(layout, Routing::PowerOfTwoChoices, durability),
     );
     let logs = storm(&alloc, 4, 0x9E37, 8, |ops| {
         assert!(wait_until(|| ops.load(Ordering::Relaxed) >= 200, LONG));
@@ -762,7 +762,7 @@ fn shard_panic_mid_storm(durability: Durability) {
 
 #[test]
 fn many_clients_at_quiescence_hold_exactly_the_allocations() {
-    for strategy in Strategy::ALL {
+    for strategy in Routing::ALL {
         let layout = Layout::split_evenly(&parse_pool("0-9999").unwrap(), 4).unwrap();
         let alloc = Allocator::in_memory(layout, strategy, None).unwrap();
         let logs = storm(&alloc, 8, 7, 50, |ops| {
@@ -790,7 +790,7 @@ fn an_allocation_that_times_out_is_not_sent_to_another_shard() {
     let dir = tempfile::tempdir().unwrap();
     Allocator::init(
         dir.path(),
-        config(course(), Strategy::RoundRobin, Durability::Sync),
+        config(course(), Routing::RoundRobin, Durability::Sync),
         false,
     )
     .unwrap();
@@ -824,7 +824,7 @@ fn an_allocation_that_times_out_is_not_sent_to_another_shard() {
 #[test]
 fn ten_million_frequencies_over_eight_shards_open_in_memory() {
     let layout = Layout::split_evenly(&parse_pool("0-9999999").unwrap(), 8).unwrap();
-    let alloc = Allocator::in_memory(layout, Strategy::MostFree, None).unwrap();
+    let alloc = Allocator::in_memory(layout, Routing::MostFree, None).unwrap();
     assert_eq!(alloc.pool_size(), 10_000_000);
     assert_eq!(alloc.free_per_shard(), vec![1_250_000; 8]);
     for _ in 0..1000 {
@@ -846,7 +846,7 @@ fn a_store_with_100_000_allocations_reopens() {
         dir.path(),
         config(
             layout,
-            Strategy::RoundRobin,
+            Routing::RoundRobin,
             Durability::Interval(Duration::from_millis(200)),
         ),
     );
@@ -877,7 +877,7 @@ fn a_store_with_100_000_allocations_reopens() {
 /// and then failed with `ShardFailed`; they now fail at once with `Stopped`, as documented.
 #[test]
 fn calls_after_stop_fail_with_stopped() {
-    let alloc = Allocator::in_memory(course(), Strategy::RoundRobin, None).unwrap();
+    let alloc = Allocator::in_memory(course(), Routing::RoundRobin, None).unwrap();
     let client = alloc.client("a").unwrap();
     let f = client.allocate().unwrap();
     let clone = alloc.clone();
@@ -902,7 +902,7 @@ fn calls_after_stop_fail_with_stopped() {
 fn init_compares_frequencies_not_how_they_are_split() {
     let dir = tempfile::tempdir().unwrap();
     let split = |n| Layout::split_evenly(&parse_pool("0-999").unwrap(), n).unwrap();
-    let cfg = |layout| config(layout, Strategy::MostFree, Durability::Sync);
+    let cfg = |layout| config(layout, Routing::MostFree, Durability::Sync);
     Allocator::init(dir.path(), cfg(split(4)), false).unwrap();
     for grow in [false, true] {
         assert_eq!(

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use freqalloc::freq::{
     parse_pool, Allocator, Durability, Fault, FreqError, FreqRange, InitOutcome, Layout, Options,
-    StoreConfig, Strategy,
+    Routing, StoreConfig,
 };
 
 const CHILD_ENV: &str = "FREQALLOC_CRASH_CHILD";
@@ -110,7 +110,7 @@ fn store_config(mode: Mode) -> Result<StoreConfig, String> {
     let ranges = parse_pool(POOL).map_err(|e| e.to_string())?;
     Ok(StoreConfig {
         layout: Layout::split_evenly(&ranges, SHARDS).map_err(|e| e.to_string())?,
-        strategy: Strategy::PowerOfTwoChoices,
+        strategy: Routing::PowerOfTwoChoices,
         durability: mode.durability(),
         client_limit: None,
         replicas: mode.replicas(),

@@ -9,11 +9,11 @@ use std::path::Path;
 use common::model;
 use proptest::prelude::*;
 
-use freqalloc::dets::{BatchOp, DetsError, DiskTable, Durability, OpenOptions};
+use freqalloc::dets::{BatchOp, DetsError, DiskTable, FlushPolicy, OpenOptions};
 use freqalloc::{ReadTable, TableType, WriteTable};
 
 fn opts(t: TableType) -> OpenOptions {
-    OpenOptions::new(t).durability(Durability::Manual)
+    OpenOptions::new(t).flush_policy(FlushPolicy::Manual)
 }
 
 fn open<K, V>(path: &Path, t: TableType) -> DiskTable<K, V>
@@ -213,13 +213,13 @@ fn floats_are_not_keys() {
 fn every_type_survives_reopen() {
     for tt in TableType::ALL {
         for durability in [
-            Durability::EveryWrite,
-            Durability::Manual,
-            Durability::Interval(std::time::Duration::from_millis(5)),
+            FlushPolicy::EveryWrite,
+            FlushPolicy::Manual,
+            FlushPolicy::Interval(std::time::Duration::from_millis(5)),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let p = dir.path().join("t");
-            let o = OpenOptions::new(tt).durability(durability);
+            let o = OpenOptions::new(tt).flush_policy(durability);
             let mut t: DiskTable<String, u32> = DiskTable::open(&p, o).unwrap();
             t.insert("b".into(), 2).unwrap();
             t.insert("a".into(), 1).unwrap();

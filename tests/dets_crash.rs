@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use freqalloc::dets::{BatchOp, DetsError, DiskTable, Durability, OpenOptions};
+use freqalloc::dets::{BatchOp, DetsError, DiskTable, FlushPolicy, OpenOptions};
 use freqalloc::{ReadTable, TableType, WriteTable};
 
 const CHILD_ENV: &str = "FREQALLOC_DETS_CRASH_CHILD";
@@ -112,7 +112,7 @@ impl Model {
 }
 
 fn options(t: TableType) -> OpenOptions {
-    OpenOptions::new(t).durability(Durability::EveryWrite)
+    OpenOptions::new(t).flush_policy(FlushPolicy::EveryWrite)
 }
 
 fn child(dir: &str) -> Result<(), DetsError> {

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use common::wait_until;
 use freqalloc::freq::{
-    parse_pool, Allocator, Durability, Fault, FreqError, Layout, ManualClock, Options, Role,
-    Status, StoreConfig, StoreError, Strategy,
+    parse_pool, Allocator, Durability, Fault, FreqError, Layout, ManualLeaseClock, Options, Role,
+    Routing, Status, StoreConfig, StoreError,
 };
 
 const LONG: Duration = Duration::from_secs(30);
@@ -26,7 +26,7 @@ const SHARDS: usize = 4;
 fn config(durability: Durability, replicas: usize) -> StoreConfig {
     StoreConfig {
         layout: Layout::split_evenly(&parse_pool("0-399").unwrap(), SHARDS).unwrap(),
-        strategy: Strategy::PowerOfTwoChoices,
+        strategy: Routing::PowerOfTwoChoices,
         durability,
         client_limit: None,
         replicas,
@@ -436,7 +436,7 @@ fn the_replica_count_is_validated_and_fixed_at_creation() {
 fn the_promoted_backup_reaps_leases_the_old_primary_granted() {
     let dir = tempfile::tempdir().unwrap();
     Allocator::init(dir.path(), config(Durability::Sync, 2), false).unwrap();
-    let clock = ManualClock::new(1_000_000);
+    let clock = ManualLeaseClock::new(1_000_000);
     let opts = Options {
         clock: Arc::new(clock.clone()),
         ..options(10_000)

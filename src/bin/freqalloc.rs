@@ -16,8 +16,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use freqalloc::freq::{
-    parse_pool, Allocator, Durability, FreqError, InitOutcome, Layout, Options, Status,
-    StoreConfig, Strategy,
+    parse_pool, Allocator, Durability, FreqError, InitOutcome, Layout, Options, Routing, Status,
+    StoreConfig,
 };
 
 /// A persistent, sharded allocator of frequencies (the course's frequency server, scaled up).
@@ -252,7 +252,7 @@ fn demo(dir: &Path, seconds: f64, clients: usize) -> Result<ExitCode> {
             let ranges = parse_pool(DEMO_POOL)?;
             let config = StoreConfig {
                 layout: Layout::split_evenly(&ranges, 4)?,
-                strategy: Strategy::MostFree,
+                strategy: Routing::MostFree,
                 durability: Durability::Sync,
                 client_limit: None,
                 replicas: 1,
@@ -332,7 +332,7 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
     };
     let config = StoreConfig {
         layout,
-        strategy: args.strategy.parse::<Strategy>()?,
+        strategy: args.strategy.parse::<Routing>()?,
         durability: args.durability.parse::<Durability>()?,
         client_limit: args.limit,
         replicas: args.replicas,
@@ -960,12 +960,12 @@ fn bench_ets(
 }
 
 fn bench_dets(dir: &Path, tt: freqalloc::TableType, keys: u64) -> Result<[(&'static str, f64); 3]> {
-    use freqalloc::dets::{DiskTable, Durability as DetsDurability, OpenOptions as DetsOptions};
+    use freqalloc::dets::{DiskTable, FlushPolicy, OpenOptions as DetsOptions};
     let path = dir.join(tt.erlang_name());
     let _ = std::fs::remove_dir_all(&path);
     let table: DiskTable<u64, u64> = DiskTable::open(
         &path,
-        DetsOptions::new(tt).durability(DetsDurability::Manual),
+        DetsOptions::new(tt).flush_policy(FlushPolicy::Manual),
     )?;
     let mut handles = [table];
     let result = bench_cycle(&mut handles, keys, |t: &mut DiskTable<u64, u64>| {
@@ -1016,9 +1016,9 @@ fn bench_sled_raw(dir: &Path, keys: u64) -> Result<[(&'static str, f64); 3]> {
 }
 
 fn bench_dets_sync_each(dir: &Path, writes: u64) -> Result<f64> {
-    use freqalloc::dets::{DiskTable, Durability as DetsDurability, OpenOptions as DetsOptions};
+    use freqalloc::dets::{DiskTable, FlushPolicy, OpenOptions as DetsOptions};
     let path = dir.join("sync-each");
-    let opts = DetsOptions::new(freqalloc::TableType::Set).durability(DetsDurability::EveryWrite);
+    let opts = DetsOptions::new(freqalloc::TableType::Set).flush_policy(FlushPolicy::EveryWrite);
     let table: DiskTable<u64, u64> = DiskTable::open(&path, opts)?;
     let mut handles = [table];
     let (seconds, _) = bench_timed(&mut handles, writes, |t, from, to| {

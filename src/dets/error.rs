@@ -7,7 +7,7 @@ use crate::codec::CodecError;
 use crate::ets::EtsError;
 use crate::table::TableType;
 
-use super::Schema;
+use super::schema::Schema;
 
 /// Everything that can go wrong with a [`DiskTable`](super::DiskTable).
 ///

@@ -11,12 +11,12 @@
 //! structs and enums of these. Floats and maps are not keys ([`DetsError::UnsupportedKey`]).
 //!
 //! ```
-//! use freqalloc::dets::{DiskTable, Durability, OpenOptions};
+//! use freqalloc::dets::{DiskTable, FlushPolicy, OpenOptions};
 //! use freqalloc::{ReadTable, TableType, WriteTable};
 //!
 //! # fn main() -> Result<(), freqalloc::dets::DetsError> {
 //! let dir = tempfile::tempdir().expect("temp dir");
-//! let opts = OpenOptions::new(TableType::OrderedSet).durability(Durability::Manual);
+//! let opts = OpenOptions::new(TableType::OrderedSet).flush_policy(FlushPolicy::Manual);
 //! let mut t: DiskTable<(i64, String), u32> = DiskTable::open(dir.path().join("t"), opts)?;
 //! t.insert((2, "b".into()), 20)?;
 //! t.insert((-1, "z".into()), 10)?;
@@ -34,22 +34,22 @@
 //! # Ok(()) }
 //! ```
 //!
-//! ## Durability
+//! ## FlushPolicy
 //!
-//! Chosen at open with [`Durability`]:
+//! Chosen at open with [`FlushPolicy`]:
 //!
-//! - [`Durability::EveryWrite`]: a write returns only after [`DiskTable::sync`] has returned
+//! - [`FlushPolicy::EveryWrite`]: a write returns only after [`DiskTable::sync`] has returned
 //!   (sled's `flush`, then an `fdatasync` of sled's log file, see below). A process killed at
 //!   any instant loses no acknowledged write; `insert_many`, `insert_new_many`,
 //!   [`DiskTable::apply_batch`], `delete_all_objects`, `select_delete`, `take` and
 //!   [`DiskTable::from_ets`]/[`DiskTable::replace_from`] are all-or-nothing across a crash
 //!   (one sled batch each). Tested by `tests/dets_crash.rs`, which SIGKILLs a writer.
-//! - [`Durability::Interval(d)`](Durability::Interval): sled's background flusher writes every
+//! - [`FlushPolicy::Interval(d)`](FlushPolicy::Interval): sled's background flusher writes every
 //!   `d` (as DETS's `auto_save`). A crash loses at most the writes of the last `d` plus the
 //!   time of one flush; what it keeps is a prefix of the writes (sled recovers a consistent
 //!   prefix of its log), and batches stay all-or-nothing. The background flush is sled's own
 //!   (no `fdatasync`), so against power loss only `sync` counts.
-//! - [`Durability::Manual`]: only [`DiskTable::sync`], [`DiskTable::close`] and `Drop` flush.
+//! - [`FlushPolicy::Manual`]: only [`DiskTable::sync`], [`DiskTable::close`] and `Drop` flush.
 //!   A crash loses everything since the last of these (again a consistent prefix).
 //!
 //! What sled 0.34 promises and what it does not. `flush` writes sled's dirty log buffers and,
@@ -93,6 +93,8 @@
 
 mod error;
 mod key;
+mod options;
+mod schema;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -105,13 +107,15 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::codec;
 use crate::table::{Counter, ReadTable, TableInfo, TableType, WriteTable};
 
 pub use error::DetsError;
 use key::encode_key;
+pub use options::{FlushPolicy, OpenOptions};
+pub use schema::Schema;
 
 /// The name of the tree holding the schema.
 const META_TREE: &[u8] = b"freqalloc-dets-meta";
@@ -168,99 +172,6 @@ fn write_state(
         .map_err(|e| io_error(path, e))
 }
 
-/// When writes reach the disk. See the [module docs](self#durability) for the loss windows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Every write returns only once it is on disk (sled `flush`, which `fsync`s).
-    EveryWrite,
-    /// A background flush every interval, like DETS's `auto_save`. Intervals under 1 ms
-    /// count as 1 ms.
-    Interval(Duration),
-    /// Only [`DiskTable::sync`], [`DiskTable::close`] and `Drop` flush.
-    Manual,
-}
-
-/// How to open (or create) a [`DiskTable`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpenOptions {
-    /// The table type; must match the stored one when the table exists.
-    pub table_type: TableType,
-    /// When writes reach the disk; may differ between opens.
-    pub durability: Durability,
-    /// The user's schema version; must match the stored one when the table exists.
-    pub version: u32,
-}
-
-impl OpenOptions {
-    /// Options for a table of `table_type`, [`Durability::EveryWrite`], version 0.
-    pub fn new(table_type: TableType) -> Self {
-        OpenOptions {
-            table_type,
-            durability: Durability::EveryWrite,
-            version: 0,
-        }
-    }
-
-    /// Sets the durability.
-    pub fn durability(mut self, durability: Durability) -> Self {
-        self.durability = durability;
-        self
-    }
-
-    /// Sets the user's schema version.
-    pub fn version(mut self, version: u32) -> Self {
-        self.version = version;
-        self
-    }
-}
-
-impl Default for OpenOptions {
-    /// A `Set` with [`Durability::EveryWrite`], version 0.
-    fn default() -> Self {
-        OpenOptions::new(TableType::Set)
-    }
-}
-
-/// What a store records about itself at creation, and checks at every open.
-///
-/// The type names come from `std::any::type_name`, whose exact text Rust does not promise to
-/// keep across compiler versions: a toolchain upgrade could turn a matching schema into a
-/// [`DetsError::SchemaMismatch`] (a refusal, never a misread). Bump [`OpenOptions::version`]
-/// when a type changes shape but not name: names alone cannot see that.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Schema {
-    /// The table type.
-    pub table_type: TableType,
-    /// `std::any::type_name` of the key type.
-    pub key_type: String,
-    /// `std::any::type_name` of the value type.
-    pub value_type: String,
-    /// The user's version number ([`OpenOptions::version`]).
-    pub version: u32,
-}
-
-impl Schema {
-    /// The schema of a table of `(K, V)` opened with `opts`.
-    pub fn of<K, V>(opts: &OpenOptions) -> Self {
-        Schema {
-            table_type: opts.table_type,
-            key_type: std::any::type_name::<K>().to_string(),
-            value_type: std::any::type_name::<V>().to_string(),
-            version: opts.version,
-        }
-    }
-}
-
-impl fmt::Display for Schema {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "a {} of ({}, {}) version {}",
-            self.table_type, self.key_type, self.value_type, self.version
-        )
-    }
-}
-
 /// One write of an atomic [`DiskTable::apply_batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchOp<K, V> {
@@ -283,7 +194,7 @@ pub struct DiskTable<K, V> {
     data: sled::Tree,
     path: PathBuf,
     schema: Schema,
-    durability: Durability,
+    flush_policy: FlushPolicy,
     /// Number of objects.
     len: usize,
     /// Number of distinct keys.
@@ -300,7 +211,7 @@ impl<K, V> fmt::Debug for DiskTable<K, V> {
         f.debug_struct("DiskTable")
             .field("path", &self.path)
             .field("schema", &self.schema)
-            .field("durability", &self.durability)
+            .field("flush_policy", &self.flush_policy)
             .field("len", &self.len)
             .finish()
     }
@@ -478,12 +389,12 @@ where
     /// [`DetsError::Corrupted`] if its files are damaged, [`DetsError::Io`] for the rest.
     pub fn open(path: impl AsRef<Path>, opts: OpenOptions) -> Result<Self, DetsError> {
         let path = path.as_ref().to_path_buf();
-        let flush_every_ms = match opts.durability {
-            Durability::Interval(d) => {
+        let flush_every_ms = match opts.flush_policy {
+            FlushPolicy::Interval(d) => {
                 Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
             }
             // sled flushes every 500 ms by default; these modes flush on their own terms.
-            Durability::EveryWrite | Durability::Manual => None,
+            FlushPolicy::EveryWrite | FlushPolicy::Manual => None,
         };
         let config = sled::Config::new()
             .path(&path)
@@ -559,7 +470,7 @@ where
             data,
             path,
             schema: expected,
-            durability: opts.durability,
+            flush_policy: opts.flush_policy,
             len: 0,
             keys: 0,
             next_seq: 0,
@@ -636,9 +547,9 @@ where
         &self.schema
     }
 
-    /// The durability this handle was opened with.
-    pub fn durability(&self) -> Durability {
-        self.durability
+    /// The flush policy this handle was opened with.
+    pub fn flush_policy(&self) -> FlushPolicy {
+        self.flush_policy
     }
 
     /// Writes every pending write to disk and waits for it. Erlang: `sync/1`.
@@ -666,7 +577,7 @@ where
     }
 
     fn after_write(&self) -> Result<(), DetsError> {
-        if self.durability == Durability::EveryWrite {
+        if self.flush_policy == FlushPolicy::EveryWrite {
             self.sync()?;
         }
         Ok(())
@@ -794,7 +705,7 @@ where
     }
 
     /// Applies a mixed batch of inserts and deletes atomically: readers and a crash see all of
-    /// it or none of it (one sled batch; in [`Durability::EveryWrite`] one flush for the whole
+    /// it or none of it (one sled batch; in [`FlushPolicy::EveryWrite`] one flush for the whole
     /// batch, which is what group commit needs). Ops apply in order, so a later op sees the
     /// effect of an earlier one. Works for every table type.
     pub fn apply_batch<I>(&mut self, ops: I) -> Result<(), DetsError>

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::clock::{Clock, SystemClock};
+use super::clock::{LeaseClock, SystemLeaseClock};
 use super::error::{FreqError, StoreError};
-use super::layout::{coalesce, FreqRange, Layout};
+use super::layout::{coalesce, Layout};
 use super::pool::Allocation;
+use super::range::FreqRange;
 use super::replica::{
     load_replica, InProcessLink, PairShared, Replica, ReplicaArgs, Role, DEFAULT_LOG_ENTRIES,
 };
-use super::router::{choose, fallback_order, Pick, Strategy};
+use super::router::{choose, fallback_order, Pick, Routing};
 use super::shard::{load, Fault, Shard, ShardArgs, ShardCall, ShardReply, ShardShared};
 use super::store::{read_config, replica_dir, shard_dir, write_config, Durability, StoreConfig};
 use crate::otp::{self, ChildSpec, OtpError, Server, Supervisor, SupervisorSpec};
@@ -28,7 +29,7 @@ pub struct Options {
     /// Whether dropping a [`Client`] releases what it holds (Erlang's links). Default: `true`.
     pub release_on_drop: bool,
     /// The clock for allocation times and leases. Default: the system clock.
-    pub clock: Arc<dyn Clock>,
+    pub clock: Arc<dyn LeaseClock>,
     /// How long a caller waits for a shard. Default: 5 s (OTP's call timeout).
     pub call_timeout: Duration,
     /// Restart intensity of the shards' supervisor: at most this many restarts...
@@ -48,7 +49,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             release_on_drop: true,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(SystemLeaseClock),
             call_timeout: otp::DEFAULT_CALL_TIMEOUT,
             max_restarts: 10,
             restart_period: Duration::from_secs(10),
@@ -130,7 +131,7 @@ pub struct Status {
     /// Frequencies in the pool.
     pub pool_size: u64,
     /// The routing strategy.
-    pub strategy: Strategy,
+    pub strategy: Routing,
     /// The durability.
     pub durability: Durability,
     /// Per shard.
@@ -188,11 +189,11 @@ impl Drop for Inner {
 /// the last clone (and every [`Client`]) stops the shards, flushing what they hold.
 ///
 /// ```
-/// use freqalloc::freq::{Allocator, Layout, Strategy, parse_pool};
+/// use freqalloc::freq::{Allocator, Layout, Routing, parse_pool};
 ///
 /// // The course's layout: two shards, 10-15 and 20-25, balanced by "most free".
 /// let layout = Layout::one_shard_per_range(&parse_pool("10-15,20-25")?)?;
-/// let alloc = Allocator::in_memory(layout, Strategy::MostFree, None)?;
+/// let alloc = Allocator::in_memory(layout, Routing::MostFree, None)?;
 /// let f = alloc.allocate("radio-7")?;
 /// assert!(alloc.held_by("radio-7")?.contains(&f));
 /// alloc.deallocate(f, "radio-7")?;
@@ -303,7 +304,7 @@ impl Allocator {
     /// An allocator that keeps nothing on disk, with default options.
     pub fn in_memory(
         layout: Layout,
-        strategy: Strategy,
+        strategy: Routing,
         client_limit: Option<usize>,
     ) -> Result<Self, FreqError> {
         Allocator::in_memory_with(layout, strategy, client_limit, Options::default())
@@ -312,7 +313,7 @@ impl Allocator {
     /// An allocator that keeps nothing on disk.
     pub fn in_memory_with(
         layout: Layout,
-        strategy: Strategy,
+        strategy: Routing,
         client_limit: Option<usize>,
         options: Options,
     ) -> Result<Self, FreqError> {
@@ -670,7 +671,7 @@ impl Allocator {
         let pick = Pick {
             free: &free,
             ticket: self.inner.ticket.fetch_add(1, Ordering::Relaxed),
-            random: if self.inner.config.strategy == Strategy::PowerOfTwoChoices {
+            random: if self.inner.config.strategy == Routing::PowerOfTwoChoices {
                 random()
             } else {
                 0

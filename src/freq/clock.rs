@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A source of wall-clock time in milliseconds since the Unix epoch.
-pub trait Clock: Send + Sync + 'static {
+pub trait LeaseClock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
 }
 
 /// The system's clock.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
+pub struct SystemLeaseClock;
 
-impl Clock for SystemClock {
+impl LeaseClock for SystemLeaseClock {
     fn now_ms(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -25,12 +25,12 @@ impl Clock for SystemClock {
 
 /// A clock that moves only when told: for tests of leases.
 #[derive(Debug, Default, Clone)]
-pub struct ManualClock(Arc<AtomicU64>);
+pub struct ManualLeaseClock(Arc<AtomicU64>);
 
-impl ManualClock {
+impl ManualLeaseClock {
     /// A clock reading `start_ms`.
     pub fn new(start_ms: u64) -> Self {
-        ManualClock(Arc::new(AtomicU64::new(start_ms)))
+        ManualLeaseClock(Arc::new(AtomicU64::new(start_ms)))
     }
 
     /// Moves the clock forward by `ms`.
@@ -39,7 +39,7 @@ impl ManualClock {
     }
 }
 
-impl Clock for ManualClock {
+impl LeaseClock for ManualLeaseClock {
     fn now_ms(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
     }

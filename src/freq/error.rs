@@ -1,6 +1,6 @@
 //! Errors of the frequency allocator.
 
-use super::layout::FreqRange;
+use super::range::FreqRange;
 
 /// Errors of a pool layout: parsing, splitting, growing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,7 +90,7 @@ pub enum FreqError {
     ClientInUse(String),
     /// A strategy name that names none.
     #[error("unknown strategy {0:?}: expected most-free, round-robin, p2c or hash")]
-    BadStrategy(String),
+    BadRouting(String),
     /// A durability that names none.
     #[error("unknown durability {0:?}: expected sync, interval:MS or none")]
     BadDurability(String),

@@ -1,22 +1,15 @@
 //! The pool and how it is split over shards: parsing `10-15,20-25`, even splits, ownership
 //! look-ups and growth checks. Pure data, no threads, no I/O.
 
-use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::LayoutError;
+use super::range::FreqRange;
 
-/// An inclusive range of frequencies `first..=last`, written `first-last` (or a single `f`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct FreqRange {
-    /// The first frequency of the range.
-    pub first: u64,
-    /// The last frequency of the range (inclusive).
-    pub last: u64,
-}
-
+// Checked construction and parsing of a range live here, beside the pool parser, so that
+// `range.rs` needs no error type and `error.rs` can name ranges without an import cycle.
 impl FreqRange {
     /// The range `first..=last`; an error if `first > last`.
     pub fn new(first: u64, last: u64) -> Result<Self, LayoutError> {
@@ -24,36 +17,6 @@ impl FreqRange {
             return Err(LayoutError::EmptyRange { first, last });
         }
         Ok(FreqRange { first, last })
-    }
-
-    /// How many frequencies the range holds.
-    pub fn len(&self) -> u64 {
-        // Cannot overflow unless the range is 0..=u64::MAX, which we saturate.
-        (self.last - self.first).saturating_add(1)
-    }
-
-    /// Never true: a `FreqRange` holds at least one frequency.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// Whether `f` lies in the range.
-    pub fn contains(&self, f: u64) -> bool {
-        self.first <= f && f <= self.last
-    }
-
-    fn overlaps(&self, other: &FreqRange) -> bool {
-        self.first <= other.last && other.first <= self.last
-    }
-}
-
-impl fmt::Display for FreqRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.first == self.last {
-            write!(f, "{}", self.first)
-        } else {
-            write!(f, "{}-{}", self.first, self.last)
-        }
     }
 }
 

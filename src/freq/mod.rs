@@ -8,7 +8,7 @@
 //!   `Sync` durability they may run on the caller's thread: direct calls, see
 //!   [`crate::otp::Context::allow_direct_calls`]);
 //! - **routing**: [`Allocator`] decides in the caller's thread which shard serves an allocation
-//!   ([`Strategy`]), from counts every shard publishes, so no router process sits on every request;
+//!   ([`Routing`]), from counts every shard publishes, so no router process sits on every request;
 //!   deallocation goes straight to the owning shard;
 //! - **bulk storage**: a shard's free ranges, allocations and owner index live in in-memory tables
 //!   ([`crate::ets`]) any thread may read; allocations are mirrored to a disk table
@@ -25,10 +25,10 @@
 //!   (deallocations, releases, checks) or goes to another shard (allocations).
 //!
 //! ```
-//! use freqalloc::freq::{Allocator, Layout, Strategy, parse_pool};
+//! use freqalloc::freq::{Allocator, Layout, Routing, parse_pool};
 //!
 //! let layout = Layout::one_shard_per_range(&parse_pool("10-15,20-25")?)?;
-//! let alloc = Allocator::in_memory(layout, Strategy::RoundRobin, None)?;
+//! let alloc = Allocator::in_memory(layout, Routing::RoundRobin, None)?;
 //! let radio = alloc.client("radio-7")?;
 //! let a = radio.allocate()?;
 //! let b = radio.allocate()?;
@@ -43,18 +43,20 @@ mod clock;
 mod error;
 mod layout;
 mod pool;
+mod range;
 mod replica;
 mod router;
 mod shard;
 mod store;
 
 pub use allocator::{Allocator, Client, InitOutcome, Options, ReplicaStatus, ShardStatus, Status};
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{LeaseClock, ManualLeaseClock, SystemLeaseClock};
 pub use error::{FreqError, LayoutError, StoreError};
-pub use layout::{coalesce, parse_pool, FreqRange, Layout};
+pub use layout::{coalesce, parse_pool, Layout};
 pub use pool::{Allocation, Change, Load, Pool, PoolReaders, Violation};
+pub use range::FreqRange;
 pub use replica::{LogEntry, ReplicaDump, ReplicaLink, Role, Snapshot, DEFAULT_LOG_ENTRIES};
-pub use router::{choose, fallback_order, hash_name, Pick, Strategy};
+pub use router::{choose, fallback_order, hash_name, Pick, Routing};
 pub use shard::{Fault, ShardShared, DISK_VERSION};
 pub use store::{
     meta_path, read_config, replica_dir, shard_dir, write_config, Durability, StoreConfig,

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::error::FreqError;
-use super::layout::FreqRange;
+use super::range::FreqRange;
 use crate::ets::{Table, TableReader};
 use crate::table::TableType;
 

@@ -33,14 +33,14 @@
 //! known one (the higher applied sequence wins).
 //!
 //! ```
-//! use freqalloc::freq::{Allocator, Durability, Layout, Options, Role, StoreConfig, Strategy};
+//! use freqalloc::freq::{Allocator, Durability, Layout, Options, Role, StoreConfig, Routing};
 //! use freqalloc::freq::{parse_pool, Fault};
 //! use std::time::Duration;
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let config = StoreConfig {
 //!     layout: Layout::split_evenly(&parse_pool("0-99")?, 2)?,
-//!     strategy: Strategy::RoundRobin,
+//!     strategy: Routing::RoundRobin,
 //!     durability: Durability::Sync,
 //!     client_limit: None,
 //!     replicas: 2,
@@ -68,10 +68,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::clock::Clock;
+use super::clock::LeaseClock;
 use super::error::FreqError;
-use super::layout::FreqRange;
 use super::pool::{Allocation, Change, Load, Pool, PoolReaders};
+use super::range::FreqRange;
 use super::shard::{
     apply_client_call, next_lease_timer, open_disk, reap_leases, rebuild_pool, ShardArgs,
     ShardCall, ShardReply, ShardResult,
@@ -453,7 +453,7 @@ pub(crate) struct Replica {
     args: ShardArgs,
     pool: Pool,
     disk: Option<DiskTable<u64, Allocation>>,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn LeaseClock>,
     /// The last sequence number applied (assigned, as primary).
     seq: u64,
     /// Primary: entries applied in memory, not yet shipped and written.

@@ -15,7 +15,7 @@ use super::error::FreqError;
 
 /// How the front end picks a shard for an allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Strategy {
+pub enum Routing {
     /// Alternate between shards: the course's first option. An allocator's rotation starts at
     /// the number of allocations held when it opens, so successive one-shot processes alternate
     /// too.
@@ -32,42 +32,42 @@ pub enum Strategy {
     Hash,
 }
 
-impl Strategy {
+impl Routing {
     /// Every strategy, for benchmarks and tests.
-    pub const ALL: [Strategy; 4] = [
-        Strategy::RoundRobin,
-        Strategy::MostFree,
-        Strategy::PowerOfTwoChoices,
-        Strategy::Hash,
+    pub const ALL: [Routing; 4] = [
+        Routing::RoundRobin,
+        Routing::MostFree,
+        Routing::PowerOfTwoChoices,
+        Routing::Hash,
     ];
 
     /// The CLI name: `round-robin`, `most-free`, `p2c`, `hash`.
     pub fn name(self) -> &'static str {
         match self {
-            Strategy::RoundRobin => "round-robin",
-            Strategy::MostFree => "most-free",
-            Strategy::PowerOfTwoChoices => "p2c",
-            Strategy::Hash => "hash",
+            Routing::RoundRobin => "round-robin",
+            Routing::MostFree => "most-free",
+            Routing::PowerOfTwoChoices => "p2c",
+            Routing::Hash => "hash",
         }
     }
 }
 
-impl fmt::Display for Strategy {
+impl fmt::Display for Routing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
 }
 
-impl FromStr for Strategy {
+impl FromStr for Routing {
     type Err = FreqError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "round-robin" | "rr" | "alternate" => Ok(Strategy::RoundRobin),
-            "most-free" => Ok(Strategy::MostFree),
-            "p2c" | "power-of-two" | "power-of-two-choices" => Ok(Strategy::PowerOfTwoChoices),
-            "hash" => Ok(Strategy::Hash),
-            other => Err(FreqError::BadStrategy(other.to_string())),
+            "round-robin" | "rr" | "alternate" => Ok(Routing::RoundRobin),
+            "most-free" => Ok(Routing::MostFree),
+            "p2c" | "power-of-two" | "power-of-two-choices" => Ok(Routing::PowerOfTwoChoices),
+            "hash" => Ok(Routing::Hash),
+            other => Err(FreqError::BadRouting(other.to_string())),
         }
     }
 }
@@ -87,15 +87,15 @@ pub struct Pick<'a> {
 }
 
 /// The shard `strategy` proposes, or `None` when there are no shards.
-pub fn choose(strategy: Strategy, pick: Pick<'_>) -> Option<usize> {
+pub fn choose(strategy: Routing, pick: Pick<'_>) -> Option<usize> {
     let n = pick.free.len();
     if n == 0 {
         return None;
     }
     let start = (pick.ticket % n as u64) as usize;
     Some(match strategy {
-        Strategy::RoundRobin => start,
-        Strategy::MostFree => {
+        Routing::RoundRobin => start,
+        Routing::MostFree => {
             // Scan from `start` so ties rotate; strict `>` keeps the first maximum seen.
             let mut best = start;
             for k in 1..n {
@@ -106,7 +106,7 @@ pub fn choose(strategy: Strategy, pick: Pick<'_>) -> Option<usize> {
             }
             best
         }
-        Strategy::PowerOfTwoChoices => {
+        Routing::PowerOfTwoChoices => {
             let a = (pick.random % n as u64) as usize;
             let b = ((pick.random >> 32) % n as u64) as usize;
             if pick.free[b] > pick.free[a] {
@@ -115,7 +115,7 @@ pub fn choose(strategy: Strategy, pick: Pick<'_>) -> Option<usize> {
                 a
             }
         }
-        Strategy::Hash => (hash_name(pick.client) % n as u64) as usize,
+        Routing::Hash => (hash_name(pick.client) % n as u64) as usize,
     })
 }
 
@@ -158,18 +158,18 @@ mod tests {
     fn round_robin_alternates() {
         let free = [6, 6];
         let picks: Vec<_> = (0..4)
-            .map(|t| choose(Strategy::RoundRobin, pick(&free, t)).unwrap())
+            .map(|t| choose(Routing::RoundRobin, pick(&free, t)).unwrap())
             .collect();
         assert_eq!(picks, vec![0, 1, 0, 1]);
     }
 
     #[test]
     fn most_free_takes_the_larger_and_rotates_ties() {
-        assert_eq!(choose(Strategy::MostFree, pick(&[2, 5], 0)), Some(1));
-        assert_eq!(choose(Strategy::MostFree, pick(&[5, 2], 1)), Some(0));
-        assert_eq!(choose(Strategy::MostFree, pick(&[4, 4], 0)), Some(0));
-        assert_eq!(choose(Strategy::MostFree, pick(&[4, 4], 1)), Some(1));
-        assert_eq!(choose(Strategy::MostFree, pick(&[4, 4, 1], 2)), Some(0));
+        assert_eq!(choose(Routing::MostFree, pick(&[2, 5], 0)), Some(1));
+        assert_eq!(choose(Routing::MostFree, pick(&[5, 2], 1)), Some(0));
+        assert_eq!(choose(Routing::MostFree, pick(&[4, 4], 0)), Some(0));
+        assert_eq!(choose(Routing::MostFree, pick(&[4, 4], 1)), Some(1));
+        assert_eq!(choose(Routing::MostFree, pick(&[4, 4, 1], 2)), Some(0));
     }
 
     #[test]
@@ -181,9 +181,9 @@ mod tests {
             random: 1u64 << 32,
             client: "c",
         };
-        assert_eq!(choose(Strategy::PowerOfTwoChoices, p), Some(1));
+        assert_eq!(choose(Routing::PowerOfTwoChoices, p), Some(1));
         let p = Pick { random: 2, ..p };
-        assert_eq!(choose(Strategy::PowerOfTwoChoices, p), Some(2));
+        assert_eq!(choose(Routing::PowerOfTwoChoices, p), Some(2));
     }
 
     #[test]
@@ -191,7 +191,7 @@ mod tests {
         let free = [3, 3, 3, 3];
         let a = |t| {
             choose(
-                Strategy::Hash,
+                Routing::Hash,
                 Pick {
                     client: "radio-7",
                     ..pick(&free, t)
@@ -204,16 +204,16 @@ mod tests {
 
     #[test]
     fn no_shards_no_choice_and_fallback_covers_all() {
-        assert_eq!(choose(Strategy::MostFree, pick(&[], 0)), None);
+        assert_eq!(choose(Routing::MostFree, pick(&[], 0)), None);
         assert_eq!(fallback_order(1, &[0, 0, 7, 3]), vec![1, 2, 3, 0]);
         assert_eq!(fallback_order(0, &[5]), vec![0]);
     }
 
     #[test]
     fn strategy_names_parse() {
-        for s in Strategy::ALL {
-            assert_eq!(s.name().parse::<Strategy>().unwrap(), s);
+        for s in Routing::ALL {
+            assert_eq!(s.name().parse::<Routing>().unwrap(), s);
         }
-        assert!("fastest".parse::<Strategy>().is_err());
+        assert!("fastest".parse::<Routing>().is_err());
     }
 }

@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
-use super::clock::Clock;
+use super::clock::LeaseClock;
 use super::error::FreqError;
-use super::layout::FreqRange;
 use super::pool::{Allocation, Change, Load, Pool, PoolReaders};
+use super::range::FreqRange;
 use super::replica::{LinkCall, PairShared, ReplicaDump};
 use super::store::Durability;
 use crate::dets::{self, BatchOp, DiskTable, OpenOptions};
@@ -134,7 +134,7 @@ pub(crate) struct ShardArgs {
     pub dir: Option<PathBuf>,
     pub durability: Durability,
     pub limit: Option<usize>,
-    pub clock: Arc<dyn Clock>,
+    pub clock: Arc<dyn LeaseClock>,
     pub shared: Arc<ShardShared>,
     /// The state the allocator loaded before the first start (all shards in parallel, and so
     /// that opening errors such as a locked, mismatched or corrupt store reach the caller
@@ -196,12 +196,12 @@ pub(crate) fn open_disk(
     durability: Durability,
 ) -> Result<Option<DiskTable<u64, Allocation>>, FreqError> {
     let (dir, disk_durability) = match (dir, durability) {
-        (Some(dir), Durability::Sync) => (dir, dets::Durability::Manual),
-        (Some(dir), Durability::Interval(d)) => (dir, dets::Durability::Interval(d)),
+        (Some(dir), Durability::Sync) => (dir, dets::FlushPolicy::Manual),
+        (Some(dir), Durability::Interval(d)) => (dir, dets::FlushPolicy::Interval(d)),
         _ => return Ok(None),
     };
     let opts = OpenOptions::new(TableType::Set)
-        .durability(disk_durability)
+        .flush_policy(disk_durability)
         .version(DISK_VERSION);
     Ok(Some(DiskTable::open(dir, opts)?))
 }
@@ -271,7 +271,7 @@ pub(crate) enum ShardInfo {
 /// themselves and never pass them here.
 pub(crate) fn apply_client_call(
     pool: &mut Pool,
-    clock: &dyn Clock,
+    clock: &dyn LeaseClock,
     request: ShardCall,
     mut record: impl FnMut(Change),
 ) -> (ShardResult, bool) {
@@ -358,7 +358,7 @@ pub(crate) struct Shard {
     pool: Pool,
     disk: Option<DiskTable<u64, Allocation>>,
     durability: Durability,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn LeaseClock>,
     /// Changes applied in memory and not yet written to disk.
     batch: Vec<BatchOp<u64, Allocation>>,
     /// Replies held back until the batch is on disk (Sync only).

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{FreqError, StoreError};
 use super::layout::Layout;
-use super::router::Strategy;
+use super::router::Routing;
 
 /// The name of the configuration file inside a store directory.
 pub const META_FILE: &str = "meta.json";
@@ -68,7 +68,7 @@ pub struct StoreConfig {
     /// Which shard owns which frequencies.
     pub layout: Layout,
     /// How allocations pick a shard.
-    pub strategy: Strategy,
+    pub strategy: Routing,
     /// How operations reach the disk.
     pub durability: Durability,
     /// At most this many frequencies per client, if set.
@@ -206,7 +206,7 @@ mod tests {
         assert!(read_config(dir.path()).unwrap().is_none());
         let config = StoreConfig {
             layout: Layout::one_shard_per_range(&parse_pool("10-15,20-25").unwrap()).unwrap(),
-            strategy: Strategy::MostFree,
+            strategy: Routing::MostFree,
             durability: Durability::Sync,
             client_limit: Some(3),
             replicas: 2,
