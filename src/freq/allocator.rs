@@ -6,20 +6,23 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use super::clock::{LeaseClock, SystemLeaseClock};
+use super::core::{load, CoreArgs, ShardShared};
+use super::endpoint::{shard_error, ReplicatedShard, ShardEndpoint, SingleShard};
 use super::error::{FreqError, StoreError};
 use super::layout::{coalesce, Layout};
-use super::pool::Allocation;
+use super::link::InProcessLink;
+use super::pair::PairShared;
+use super::protocol::{ClientCall, ClientReply, Fault};
 use super::range::FreqRange;
-use super::replica::{
-    load_replica, InProcessLink, PairShared, Replica, ReplicaArgs, Role, DEFAULT_LOG_ENTRIES,
-};
+use super::replica::{ReplicaArgs, DEFAULT_LOG_ENTRIES};
 use super::router::{choose, fallback_order, Pick, Routing};
-use super::shard::{load, Fault, Shard, ShardArgs, ShardCall, ShardReply, ShardShared};
+use super::shard::{Shard, ShardArgs};
+use super::status::{ShardStatus, Status};
 use super::store::{read_config, replica_dir, shard_dir, write_config, Durability, StoreConfig};
 use crate::otp::{self, ChildSpec, OtpError, Server, Supervisor, SupervisorSpec};
 
@@ -83,98 +86,19 @@ pub enum InitOutcome {
     Grown(u64),
 }
 
-/// One shard's line in a [`Status`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShardStatus {
-    /// The shard's index.
-    pub shard: usize,
-    /// The ranges it owns.
-    pub ranges: Vec<FreqRange>,
-    /// Free frequencies.
-    pub free: u64,
-    /// Allocated frequencies.
-    pub allocated: u64,
-    /// Allocations loaded from disk when the running instance started.
-    pub recovered: u64,
-    /// How many times it has been restarted.
-    pub restarts: u64,
-    /// Whether an instance is running (with replication: whether a primary serves).
-    pub alive: bool,
-    /// With replication, each replica's state (empty without).
-    pub replicas: Vec<ReplicaStatus>,
-    /// With replication, whether the backup has everything the primary has.
-    pub in_sync: bool,
-}
-
-/// One replica's line in a [`ShardStatus`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplicaStatus {
-    /// 0 or 1.
-    pub replica: usize,
-    /// Primary, backup or down.
-    pub role: Role,
-    /// The sequence number of the last change it applied.
-    pub applied: u64,
-    /// How many changes it is behind the other replica.
-    pub lag: u64,
-    /// How many times it has been restarted.
-    pub restarts: u64,
-}
-
-/// A view of the allocator, read from the shards' tables without messaging them (a dirty read,
-/// like `ets:tab2list/1` on a table others write). At quiescence it is exact. Taken while
-/// operations run, counts and tables are read at slightly different moments, so they may
-/// disagree by the operations in flight, and in `Sync` it may show changes not yet flushed
-/// (their callers have not been answered). For a verified view use [`Allocator::check`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    /// Frequencies in the pool.
-    pub pool_size: u64,
-    /// The routing strategy.
-    pub strategy: Routing,
-    /// The durability.
-    pub durability: Durability,
-    /// Per shard.
-    pub shards: Vec<ShardStatus>,
-    /// Free ranges, lowest first.
-    pub free: Vec<FreqRange>,
-    /// Every allocation, lowest frequency first.
-    pub allocations: Vec<(u64, Allocation)>,
-}
-
-/// A replicated shard's two servers.
-struct Pair {
-    servers: [Server<Replica>; 2],
-    shared: Arc<PairShared>,
-}
-
-/// The shards' servers: one per shard, or a pair per shard.
-enum Servers {
-    Single(Vec<Server<Shard>>),
-    Pairs(Vec<Pair>),
-}
-
-impl Servers {
-    fn len(&self) -> usize {
-        match self {
-            Servers::Single(s) => s.len(),
-            Servers::Pairs(p) => p.len(),
-        }
-    }
-}
-
 struct Inner {
     dir: Option<PathBuf>,
     config: StoreConfig,
     options: Options,
-    shards: Servers,
+    /// One endpoint per shard, whatever its kind.
+    shards: Vec<Box<dyn ShardEndpoint>>,
     shared: Vec<Arc<ShardShared>>,
     supervisor: Mutex<Option<Supervisor>>,
     ticket: AtomicU64,
     clients: Mutex<HashSet<String>>,
     /// Set by [`Allocator::stop`]: calls then fail with `Stopped` at once instead of waiting
     /// for a restart that will never come.
-    stopped: AtomicBool,
+    stopped: Arc<AtomicBool>,
 }
 
 impl Drop for Inner {
@@ -333,37 +257,57 @@ impl Allocator {
         options: Options,
     ) -> Result<Self, FreqError> {
         config.check_replicas()?;
-        if config.replicas == 2 {
-            return Allocator::start_pairs(dir, config, options);
-        }
         let n = config.layout.shard_count();
-        let mut spec = SupervisorSpec::new(otp::Strategy::OneForOne)
-            .name("freq-supervisor")
-            .intensity(options.max_restarts, options.restart_period);
-        let mut shards = Vec::with_capacity(n);
-        let mut shared = Vec::with_capacity(n);
-        let mut all_args = Vec::with_capacity(n);
+        let replicated = config.replicas == 2;
+        let durability = if dir.is_some() {
+            config.durability
+        } else {
+            Durability::None
+        };
+        // Where replica `r` (or the single shard, `r` 0) of shard `i` keeps its disk table.
+        let core_dir = |i: usize, r: usize| -> Option<PathBuf> {
+            match (&options.replica_dirs, &dir) {
+                (_, None) if !replicated => None,
+                (_, Some(d)) if !replicated => Some(shard_dir(d, i)),
+                (Some(bases), _) => Some(shard_dir(&bases[r], i)),
+                (None, Some(d)) => Some(replica_dir(d, i, r)),
+                (None, None) => None,
+            }
+        };
+        // With replication, a pair's shared part names its pair, whose primary depends on what
+        // the replicas load: so the replicas load with a shared part of their own first.
+        let mut all_args: Vec<Vec<CoreArgs>> = Vec::with_capacity(n);
         for i in 0..n {
-            let s = ShardShared::new(i);
-            all_args.push(ShardArgs {
+            let shared = ShardShared::new(i, None);
+            let one = |r: usize| CoreArgs {
                 ranges: config.layout.ranges(i).to_vec(),
-                dir: dir.as_ref().map(|d| shard_dir(d, i)),
-                durability: if dir.is_some() {
-                    config.durability
-                } else {
-                    Durability::None
-                },
+                dir: core_dir(i, r),
+                durability,
                 limit: config.client_limit,
                 clock: Arc::clone(&options.clock),
-                shared: Arc::clone(&s),
+                shared: Arc::clone(&shared),
+                replicated,
+                log_entries: if replicated {
+                    options.replica_log_entries.max(1)
+                } else {
+                    0
+                },
                 preloaded: Arc::new(Mutex::new(None)),
+            };
+            all_args.push(if replicated {
+                vec![one(0), one(1)]
+            } else {
+                vec![one(0)]
             });
-            shared.push(s);
         }
-        // Open and rebuild every shard at once: each is mostly its own disk and CPU work, and a
-        // store of a million allocations must reopen in under two seconds.
+        // Open and rebuild every shard (every replica) at once: each is mostly its own disk and
+        // CPU work, and a store of a million allocations must reopen in under two seconds.
         let loaded: Vec<Result<_, FreqError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = all_args.iter().map(|a| scope.spawn(|| load(a))).collect();
+            let handles: Vec<_> = all_args
+                .iter()
+                .flatten()
+                .map(|a| scope.spawn(|| load(a)))
+                .collect();
             handles
                 .into_iter()
                 .map(|h| {
@@ -373,41 +317,76 @@ impl Allocator {
                 })
                 .collect()
         });
-        for (args, loaded) in all_args.iter().zip(loaded) {
-            *args.preloaded.lock() = Some(loaded?);
+        let mut loaded = loaded.into_iter();
+        for args in all_args.iter().flatten() {
+            let l = loaded
+                .next()
+                .ok_or_else(|| FreqError::Corrupt("a shard did not load".into()))??;
+            *args.preloaded.lock() = Some(l);
         }
-        for (i, args) in all_args.into_iter().enumerate() {
-            let (child, server) = ChildSpec::server::<Shard>(
-                format!("shard-{i}"),
-                format!("freq-shard-{i}"),
-                move || args.clone(),
-            );
-            spec = spec.child(child);
-            shards.push(server);
+        let stopped = Arc::new(AtomicBool::new(false));
+        let mut spec = SupervisorSpec::new(otp::Strategy::OneForOne)
+            .name("freq-supervisor")
+            .intensity(options.max_restarts, options.restart_period);
+        let mut shards: Vec<Box<dyn ShardEndpoint>> = Vec::with_capacity(n);
+        let mut shared = Vec::with_capacity(n);
+        for (i, mut args) in all_args.into_iter().enumerate() {
+            if !replicated {
+                let core = args.remove(0);
+                shared.push(Arc::clone(&core.shared));
+                let (child, server) = ChildSpec::server::<Shard>(
+                    format!("shard-{i}"),
+                    format!("freq-shard-{i}"),
+                    move || ShardArgs {
+                        core: core.clone(),
+                        replica: None,
+                    },
+                );
+                spec = spec.child(child);
+                shards.push(Box::new(SingleShard::new(i, server)));
+                continue;
+            }
+            let seq = |r: usize| args[r].preloaded.lock().as_ref().map_or(0, |l| l.seq());
+            let seqs = [seq(0), seq(1)];
+            // The higher applied sequence starts as primary (the other catches up).
+            let pair = PairShared::new(usize::from(seqs[1] > seqs[0]), seqs);
+            let s = ShardShared::new(i, Some(Arc::clone(&pair)));
+            let servers = [
+                Server::<Shard>::unstarted(format!("freq-shard-{i}-a")),
+                Server::<Shard>::unstarted(format!("freq-shard-{i}-b")),
+            ];
+            for (r, mut core) in args.into_iter().enumerate() {
+                core.shared = Arc::clone(&s);
+                let shard_args = ShardArgs {
+                    core,
+                    replica: Some(ReplicaArgs {
+                        me: r,
+                        pair: Arc::clone(&pair),
+                        link: Arc::new(InProcessLink::new(
+                            i,
+                            servers[1 - r].clone(),
+                            options.call_timeout,
+                        )),
+                    }),
+                };
+                let id = format!("shard-{i}-{}", ["a", "b"][r]);
+                spec = spec.child(ChildSpec::for_server(id, &servers[r], move || {
+                    shard_args.clone()
+                }));
+            }
+            shards.push(Box::new(ReplicatedShard::new(
+                i,
+                servers,
+                pair,
+                Arc::clone(&stopped),
+            )));
+            shared.push(s);
         }
         let supervisor = start_supervisor(spec, &shared)?;
-        Ok(Allocator::assemble(
-            dir,
-            config,
-            options,
-            Servers::Single(shards),
-            shared,
-            supervisor,
-        ))
-    }
-
-    fn assemble(
-        dir: Option<PathBuf>,
-        config: StoreConfig,
-        options: Options,
-        shards: Servers,
-        shared: Vec<Arc<ShardShared>>,
-        supervisor: Supervisor,
-    ) -> Self {
         // Round robin continues from the allocations already held, so one-shot processes (the
         // CLI) alternate shards as one long-lived front end would.
         let held: u64 = shared.iter().map(|s| s.load().allocated()).sum();
-        Allocator {
+        let alloc = Allocator {
             inner: Arc::new(Inner {
                 dir,
                 config,
@@ -417,134 +396,16 @@ impl Allocator {
                 supervisor: Mutex::new(Some(supervisor)),
                 ticket: AtomicU64::new(held),
                 clients: Mutex::new(HashSet::new()),
-                stopped: AtomicBool::new(false),
+                stopped,
             }),
-        }
-    }
-
-    /// Starts every shard as a primary/backup pair (`replicas: 2`).
-    fn start_pairs(
-        dir: Option<PathBuf>,
-        config: StoreConfig,
-        options: Options,
-    ) -> Result<Self, FreqError> {
-        let n = config.layout.shard_count();
-        let durability = if dir.is_some() {
-            config.durability
-        } else {
-            Durability::None
         };
-        let replica_path = |i: usize, r: usize| -> Option<PathBuf> {
-            match (&options.replica_dirs, &dir) {
-                (Some(bases), _) => Some(shard_dir(&bases[r], i)),
-                (None, Some(d)) => Some(replica_dir(d, i, r)),
-                (None, None) => None,
-            }
-        };
-        let mut all_args: Vec<[ShardArgs; 2]> = Vec::with_capacity(n);
-        for i in 0..n {
-            let one = |r: usize| ShardArgs {
-                ranges: config.layout.ranges(i).to_vec(),
-                dir: replica_path(i, r),
-                durability,
-                limit: config.client_limit,
-                clock: Arc::clone(&options.clock),
-                shared: ShardShared::new(i),
-                preloaded: Arc::new(Mutex::new(None)),
-            };
-            all_args.push([one(0), one(1)]);
-        }
-        // Open every replica at once, as for single shards.
-        let loaded: Vec<Result<_, FreqError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = all_args
-                .iter()
-                .flat_map(|pair| pair.iter())
-                .map(|a| scope.spawn(|| load_replica(a)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(FreqError::Corrupt(
-                            "a replica panicked while loading".into(),
-                        ))
-                    })
-                })
-                .collect()
-        });
-        let mut loaded = loaded.into_iter();
-        let mut spec = SupervisorSpec::new(otp::Strategy::OneForOne)
-            .name("freq-supervisor")
-            .intensity(options.max_restarts, options.restart_period);
-        let mut pairs = Vec::with_capacity(n);
-        let mut shared = Vec::with_capacity(n);
-        for (i, args) in all_args.into_iter().enumerate() {
-            let (a, b) = match (loaded.next(), loaded.next()) {
-                (Some(a), Some(b)) => (a?, b?),
-                _ => return Err(FreqError::Corrupt("a replica did not load".into())),
-            };
-            let seqs = [a.seq(), b.seq()];
-            // The higher applied sequence starts as primary (the other catches up).
-            let pair = PairShared::new(usize::from(seqs[1] > seqs[0]), seqs);
-            let s = ShardShared::new_pair(i, Arc::clone(&pair));
-            let servers = [
-                Server::<Replica>::unstarted(format!("freq-shard-{i}-a")),
-                Server::<Replica>::unstarted(format!("freq-shard-{i}-b")),
-            ];
-            for (r, (mut shard_args, pre)) in args.into_iter().zip([a, b]).enumerate() {
-                shard_args.shared = Arc::clone(&s);
-                let replica_args = ReplicaArgs {
-                    shard: shard_args,
-                    me: r,
-                    pair: Arc::clone(&pair),
-                    link: Arc::new(InProcessLink::new(
-                        i,
-                        servers[1 - r].clone(),
-                        options.call_timeout,
-                    )),
-                    log_entries: options.replica_log_entries,
-                    preloaded: Arc::new(Mutex::new(Some(pre))),
-                };
-                let id = format!("shard-{i}-{}", ["a", "b"][r]);
-                spec = spec.child(ChildSpec::for_server(id, &servers[r], move || {
-                    replica_args.clone()
-                }));
-            }
-            pairs.push(Pair {
-                servers,
-                shared: pair,
-            });
-            shared.push(s);
-        }
-        let supervisor = start_supervisor(spec, &shared)?;
-        let alloc = Allocator::assemble(
-            dir,
-            config,
-            options,
-            Servers::Pairs(pairs),
-            shared,
-            supervisor,
-        );
-        // Start replicating before the first request: each primary catches its backup up (one
-        // round trip when both hold the same sequence). A replica that could not come up leaves
-        // its shard serving alone, as `status` shows; that is no error here.
-        for shard in 0..n {
-            alloc.wait_for_pair_if_both_up(shard);
+        // With replication, start replicating before the first request: each primary catches
+        // its backup up (one round trip when both hold the same sequence). A replica that could
+        // not come up leaves its shard serving alone, as `status` shows; that is no error here.
+        for shard in &alloc.inner.shards {
+            shard.settle(alloc.inner.options.call_timeout);
         }
         Ok(alloc)
-    }
-
-    /// Waits (up to the call timeout) for shard `shard`'s pair to be in sync, if both of its
-    /// replicas are running.
-    fn wait_for_pair_if_both_up(&self, shard: usize) {
-        if let Servers::Pairs(pairs) = &self.inner.shards {
-            let both_up = pairs
-                .get(shard)
-                .is_some_and(|p| p.shared.state().roles.iter().all(|r| *r != Role::Down));
-            if both_up {
-                let _ = self.wait_for_sync(shard, self.inner.options.call_timeout);
-            }
-        }
     }
 
     /// The store's directory (`None` in memory).
@@ -579,64 +440,14 @@ impl Allocator {
         Ok(())
     }
 
-    fn call(&self, shard: usize, request: ShardCall) -> Result<ShardReply, FreqError> {
-        self.check_running()?;
-        match self.raw_call(shard, || request.clone()) {
-            Ok(result) => result,
-            Err(e) => Err(shard_error(shard, e)),
-        }
-    }
-
-    /// Sends `request()` to shard `shard`: its server, or its pair's primary. With replication,
-    /// a call that never reached a primary (none serving, or the roles changed under it) waits
-    /// for the roles to change and is sent again, up to the call timeout; a call in flight when
-    /// the primary fails is not retried.
-    fn raw_call(
+    /// Sends `request` to shard `shard`'s endpoint, with the allocator's call timeout.
+    fn send(
         &self,
         shard: usize,
-        mut request: impl FnMut() -> ShardCall,
-    ) -> Result<Result<ShardReply, FreqError>, OtpError> {
-        let timeout = self.inner.options.call_timeout;
-        match &self.inner.shards {
-            Servers::Single(servers) => {
-                let server = servers.get(shard).ok_or(OtpError::NoProc)?;
-                server.call_timeout(request(), timeout)
-            }
-            Servers::Pairs(pairs) => {
-                let pair = pairs.get(shard).ok_or(OtpError::NoProc)?;
-                let deadline = Instant::now() + timeout;
-                loop {
-                    let st = pair.shared.state();
-                    if st.roles[st.primary] == Role::Primary {
-                        let server = &pair.servers[st.primary];
-                        let generation = server.generation();
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        match server.call_timeout(request(), left) {
-                            Ok(Err(FreqError::NotPrimary { .. })) => {}
-                            // A primary still in `init` (its role is set before it is installed),
-                            // or one that just died: wait for its next start or a role change.
-                            Err(OtpError::NoProc) => {
-                                if self.inner.stopped.load(Ordering::Acquire) {
-                                    return Err(OtpError::NoProc);
-                                }
-                                if pair.shared.state().version == st.version {
-                                    let left = deadline.saturating_duration_since(Instant::now());
-                                    server.wait_for_generation(generation + 1, left)?;
-                                }
-                                continue;
-                            }
-                            other => return other,
-                        }
-                    }
-                    if self.inner.stopped.load(Ordering::Acquire) {
-                        return Err(OtpError::NoProc);
-                    }
-                    if !pair.shared.wait_change(st.version, deadline) {
-                        return Err(OtpError::Timeout);
-                    }
-                }
-            }
-        }
+        request: ClientCall,
+    ) -> Result<Result<ClientReply, FreqError>, OtpError> {
+        let endpoint = self.inner.shards.get(shard).ok_or(OtpError::NoProc)?;
+        endpoint.call(request, self.inner.options.call_timeout)
     }
 
     /// Allocates a frequency to `client` (the course's `allocate/0`), on the shard the strategy
@@ -684,20 +495,22 @@ impl Allocator {
             // Computed only if the proposed shard has none (lazily, off the fast path).
             std::iter::once(()).flat_map(|_| fallback_order(proposed, &free).into_iter().skip(1)),
         ) {
-            let request = || ShardCall::Allocate {
+            let request = ClientCall::Allocate {
                 owner: client.to_string(),
                 lease_ms,
             };
-            match self.raw_call(shard, request) {
-                Ok(Ok(ShardReply::Allocated(f))) => return Ok(f),
+            match self.send(shard, request) {
+                Ok(Ok(ClientReply::Allocated(f))) => return Ok(f),
                 Ok(Ok(other)) => return Err(unexpected(shard, &other)),
                 Ok(Err(FreqError::NoFrequency { .. })) => continue,
                 Ok(Err(e)) => return Err(e),
-                // A shard that is not running never saw the call: skip it, another may serve.
-                Err(e @ OtpError::NoProc) => failure = Some(shard_error(shard, e)),
-                // The call failed in flight (timeout, crash): the shard may still make the
-                // allocation, so trying another shard could allocate twice. Not retried.
-                Err(e) => return Err(shard_error(shard, e)),
+                Err(e) => match classify(shard, e) {
+                    // Never delivered: skip the shard, another may serve.
+                    Failed::NotDelivered { error, .. } => failure = Some(error),
+                    // The shard may still make the allocation, so trying another shard could
+                    // allocate twice. Not retried.
+                    Failed::MaybeDelivered(error) => return Err(error),
+                },
             }
         }
         Err(failure.unwrap_or(FreqError::NoFrequency {
@@ -716,46 +529,46 @@ impl Allocator {
             .layout
             .owner_of(freq)
             .ok_or(FreqError::UnknownFrequency(freq))?;
-        let request = || ShardCall::Deallocate {
+        let request = || ClientCall::Deallocate {
             freq,
             owner: client.to_string(),
         };
         match self.call_retrying(shard, request)? {
-            ShardReply::Deallocated => Ok(()),
+            ClientReply::Deallocated => Ok(()),
             other => Err(unexpected(shard, &other)),
         }
     }
 
-    /// Calls a shard; if no instance is running (between a crash and its restart), waits for the
-    /// restart and tries once more. Safe for any request: a `NoProc` call was never delivered.
+    /// Calls a shard; if the call was never delivered because no instance is running (between
+    /// a crash and its restart), waits for the restart and tries once more. Safe for any
+    /// request: such a call never took effect. (A replicated shard's endpoint already waits for
+    /// a primary.)
     fn call_retrying(
         &self,
         shard: usize,
-        request: impl Fn() -> ShardCall,
-    ) -> Result<ShardReply, FreqError> {
+        request: impl Fn() -> ClientCall,
+    ) -> Result<ClientReply, FreqError> {
         self.check_running()?;
-        let servers = match &self.inner.shards {
-            Servers::Single(servers) => servers,
-            // A pair's call already waits for a primary.
-            Servers::Pairs(_) => {
-                return match self.raw_call(shard, request) {
-                    Ok(result) => result,
-                    Err(e) => Err(shard_error(shard, e)),
-                }
-            }
-        };
-        let server = servers.get(shard).ok_or(FreqError::Stopped)?;
-        let generation = server.generation();
-        match server.call_timeout(request(), self.inner.options.call_timeout) {
+        let endpoint = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
+        let timeout = self.inner.options.call_timeout;
+        let generation = endpoint.generation();
+        match endpoint.call(request(), timeout) {
             Ok(result) => result,
-            Err(OtpError::NoProc) => {
-                self.check_running()?;
-                server
-                    .wait_for_generation(generation + 1, self.inner.options.call_timeout)
-                    .map_err(|e| shard_error(shard, e))?;
-                self.call(shard, request())
-            }
-            Err(e) => Err(shard_error(shard, e)),
+            Err(e) => match classify(shard, e) {
+                Failed::NotDelivered { restarting, .. } => {
+                    self.check_running()?;
+                    if restarting {
+                        endpoint
+                            .wait_for_generation(generation + 1, timeout)
+                            .map_err(|e| shard_error(shard, e))?;
+                    }
+                    match endpoint.call(request(), timeout) {
+                        Ok(result) => result,
+                        Err(e) => Err(shard_error(shard, e)),
+                    }
+                }
+                Failed::MaybeDelivered(error) => Err(error),
+            },
         }
     }
 
@@ -764,11 +577,11 @@ impl Allocator {
         check_name(client)?;
         let mut freed = Vec::new();
         for shard in 0..self.shard_count() {
-            let request = || ShardCall::ReleaseAll {
+            let request = || ClientCall::ReleaseAll {
                 owner: client.to_string(),
             };
             match self.call_retrying(shard, request)? {
-                ShardReply::Released(fs) => freed.extend(fs),
+                ClientReply::Released(fs) => freed.extend(fs),
                 other => return Err(unexpected(shard, &other)),
             }
         }
@@ -803,8 +616,8 @@ impl Allocator {
     pub fn reap_expired(&self) -> Result<Vec<(u64, String)>, FreqError> {
         let mut reaped = Vec::new();
         for shard in 0..self.shard_count() {
-            match self.call_retrying(shard, || ShardCall::Reap)? {
-                ShardReply::Reaped(r) => reaped.extend(r),
+            match self.call_retrying(shard, || ClientCall::Reap)? {
+                ClientReply::Reaped(r) => reaped.extend(r),
                 other => return Err(unexpected(shard, &other)),
             }
         }
@@ -818,44 +631,17 @@ impl Allocator {
         let mut free = Vec::new();
         let mut allocations = Vec::new();
         for (i, s) in self.inner.shared.iter().enumerate() {
-            let (restarts, alive, replicas, in_sync) = match &self.inner.shards {
-                Servers::Single(servers) => (
-                    servers[i].generation().saturating_sub(1),
-                    servers[i].is_alive(),
-                    Vec::new(),
-                    false,
-                ),
-                Servers::Pairs(pairs) => {
-                    let pair = &pairs[i];
-                    let st = pair.shared.state();
-                    let applied = [pair.shared.applied(0), pair.shared.applied(1)];
-                    let replicas: Vec<ReplicaStatus> = (0..2)
-                        .map(|r| ReplicaStatus {
-                            replica: r,
-                            role: st.roles[r],
-                            applied: applied[r],
-                            lag: applied[1 - r].saturating_sub(applied[r]),
-                            restarts: pair.servers[r].generation().saturating_sub(1),
-                        })
-                        .collect();
-                    (
-                        replicas.iter().map(|r| r.restarts).sum(),
-                        st.roles[st.primary] == Role::Primary,
-                        replicas,
-                        st.in_sync,
-                    )
-                }
-            };
+            let health = self.inner.shards[i].health();
             shards.push(ShardStatus {
                 shard: i,
                 ranges: self.inner.config.layout.ranges(i).to_vec(),
                 free: s.load().free(),
                 allocated: s.load().allocated(),
                 recovered: s.recovered(),
-                restarts,
-                alive,
-                replicas,
-                in_sync,
+                restarts: health.restarts,
+                alive: health.alive,
+                replicas: health.replicas,
+                in_sync: health.in_sync,
             });
             if let Some(r) = s.readers() {
                 free.extend(
@@ -889,9 +675,9 @@ impl Allocator {
         let mut total = 0u64;
         for shard in 0..self.shard_count() {
             // With both replicas running, compare them: let the backup finish catching up.
-            self.wait_for_pair_if_both_up(shard);
-            match self.call_retrying(shard, || ShardCall::Check)? {
-                ShardReply::Checked(v) => out.extend(v),
+            self.inner.shards[shard].settle(self.inner.options.call_timeout);
+            match self.call_retrying(shard, || ClientCall::Check)? {
+                ClientReply::Checked(v) => out.extend(v),
                 other => return Err(unexpected(shard, &other)),
             }
             let load = self.inner.shared[shard].load();
@@ -926,65 +712,25 @@ impl Allocator {
     /// [`Fault::PanicPrimary`] hit the primary and [`Fault::PanicBackup`] the backup
     /// (`NotBackup`, with nothing done, when the shard has no running backup).
     pub fn inject_fault(&self, shard: usize, fault: Fault) -> Result<(), FreqError> {
-        if let (Fault::PanicBackup, Servers::Pairs(pairs)) = (fault, &self.inner.shards) {
-            self.check_running()?;
-            let pair = pairs.get(shard).ok_or(FreqError::Stopped)?;
-            let st = pair.shared.state();
-            let backup = 1 - st.primary;
-            if st.roles[backup] != Role::Backup {
-                return Err(FreqError::NotBackup { shard });
-            }
-            let call = ShardCall::Inject(fault);
-            return match pair.servers[backup].call_timeout(call, self.inner.options.call_timeout) {
-                Ok(r) => r.map(|_| ()),
-                // Still starting (its role is set before it is installed): nothing happened.
-                Err(OtpError::NoProc) => Err(FreqError::NotBackup { shard }),
-                Err(e) => Err(shard_error(shard, e)),
-            };
-        }
-        self.call(shard, ShardCall::Inject(fault)).map(|_| ())
+        self.check_running()?;
+        let endpoint = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
+        endpoint.inject(fault, self.inner.options.call_timeout)
     }
 
     /// How many times shard `shard` has been started (1, then 2 after its first restart...).
     /// With replication: starts of both replicas, minus one.
     pub fn shard_generation(&self, shard: usize) -> u64 {
-        match &self.inner.shards {
-            Servers::Single(servers) => servers.get(shard).map_or(0, Server::generation),
-            Servers::Pairs(pairs) => pairs.get(shard).map_or(0, |p| {
-                (p.servers[0].generation() + p.servers[1].generation()).saturating_sub(1)
-            }),
-        }
+        self.inner.shards.get(shard).map_or(0, |e| e.generation())
     }
 
     /// With replication: waits until shard `shard` has a primary and an in-sync backup, up to
     /// `timeout` (how tests see a failover and catch-up complete without sleeping). Without
     /// replication: waits until the shard runs.
     pub fn wait_for_sync(&self, shard: usize, timeout: Duration) -> Result<(), FreqError> {
-        let deadline = Instant::now() + timeout;
-        match &self.inner.shards {
-            Servers::Single(servers) => {
-                let server = servers.get(shard).ok_or(FreqError::Stopped)?;
-                while !server.is_alive() {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    server
-                        .wait_for_generation(server.generation() + 1, left)
-                        .map_err(|e| shard_error(shard, e))?;
-                }
-                Ok(())
-            }
-            Servers::Pairs(pairs) => {
-                let pair = pairs.get(shard).ok_or(FreqError::Stopped)?;
-                loop {
-                    let st = pair.shared.state();
-                    if st.in_sync && st.roles[st.primary] == Role::Primary {
-                        return Ok(());
-                    }
-                    if !pair.shared.wait_change(st.version, deadline) {
-                        return Err(shard_error(shard, OtpError::Timeout));
-                    }
-                }
-            }
-        }
+        let endpoint = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
+        endpoint
+            .wait_ready(timeout)
+            .map_err(|e| shard_error(shard, e))
     }
 
     /// Waits until shard `shard` has been started `generation` times, up to `timeout`: how tests
@@ -995,29 +741,10 @@ impl Allocator {
         generation: u64,
         timeout: Duration,
     ) -> Result<u64, FreqError> {
-        match &self.inner.shards {
-            Servers::Single(servers) => {
-                let server = servers.get(shard).ok_or(FreqError::Stopped)?;
-                server
-                    .wait_for_generation(generation, timeout)
-                    .map_err(|e| shard_error(shard, e))
-            }
-            Servers::Pairs(pairs) => {
-                let pair = pairs.get(shard).ok_or(FreqError::Stopped)?;
-                let deadline = Instant::now() + timeout;
-                loop {
-                    // Every start changes the pair's roles, so its version is the clock here.
-                    let version = pair.shared.state().version;
-                    let g = self.shard_generation(shard);
-                    if g >= generation {
-                        return Ok(g);
-                    }
-                    if !pair.shared.wait_change(version, deadline) {
-                        return Err(shard_error(shard, OtpError::Timeout));
-                    }
-                }
-            }
-        }
+        let endpoint = self.inner.shards.get(shard).ok_or(FreqError::Stopped)?;
+        endpoint
+            .wait_for_generation(generation, timeout)
+            .map_err(|e| shard_error(shard, e))
     }
 
     /// Per shard: allocations loaded from disk at its last start, and how long that open took.
@@ -1102,10 +829,24 @@ fn check_name(name: &str) -> Result<(), FreqError> {
     Ok(())
 }
 
-fn shard_error(shard: usize, e: OtpError) -> FreqError {
-    FreqError::ShardFailed {
-        shard,
-        reason: e.to_string(),
+/// How the allocator treats a call that failed in transport: the one place where it matches
+/// [`OtpError`]s (extend it here when `otp` adds a way to fail).
+enum Failed {
+    /// The call never reached the shard's code: safe to send again or elsewhere. `restarting`
+    /// when no instance runs (the supervisor is restarting it: wait for the next generation).
+    NotDelivered { restarting: bool, error: FreqError },
+    /// The call may have taken effect (a timeout or a crash while it was pending): never
+    /// retried, since an allocation might be made twice.
+    MaybeDelivered(FreqError),
+}
+
+fn classify(shard: usize, e: OtpError) -> Failed {
+    match e {
+        OtpError::NoProc => Failed::NotDelivered {
+            restarting: true,
+            error: shard_error(shard, e),
+        },
+        e => Failed::MaybeDelivered(shard_error(shard, e)),
     }
 }
 
@@ -1126,7 +867,7 @@ fn start_supervisor(
     })
 }
 
-fn unexpected(shard: usize, reply: &ShardReply) -> FreqError {
+fn unexpected(shard: usize, reply: &ClientReply) -> FreqError {
     FreqError::ShardFailed {
         shard,
         reason: format!("unexpected reply {reply:?}"),

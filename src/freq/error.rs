@@ -126,30 +126,54 @@ pub enum FreqError {
     /// (reserved for a replica's sequence record).
     #[error("bad replication setting: {0}")]
     BadReplicas(String),
+    /// [`Allocator::inject_fault`](super::Allocator::inject_fault) with
+    /// [`Fault::PanicBackup`](super::Fault::PanicBackup) on a shard that has no running backup
+    /// (nothing was done; try again once the backup runs).
+    #[error("shard {shard} has no running backup")]
+    NoBackup {
+        /// The shard.
+        shard: usize,
+    },
+}
+
+/// A shard's answer that is not an error of the allocator's: the replication signals between the
+/// replicas and the allocator, which act on them (resend to the primary, catch a backup up) and
+/// never show them to a user, or a [`FreqError`] that is.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ShardError {
+    /// The shard's error for the caller.
+    #[error(transparent)]
+    Freq(#[from] FreqError),
     /// A client request reached a replica that is not (or no longer) its shard's primary; the
     /// allocator sends it again to the primary (nothing was done).
-    #[error("shard {shard}: this replica is not the primary")]
-    NotPrimary {
-        /// The shard.
-        shard: usize,
-    },
+    #[error("this replica is not the primary")]
+    NotPrimary,
     /// A replication request reached a replica that is not a backup (nothing was done).
-    #[error("shard {shard}: this replica is not a backup")]
-    NotBackup {
-        /// The shard.
-        shard: usize,
-    },
+    #[error("this replica is not a backup")]
+    NotBackup,
     /// Log entries that do not follow what the backup has applied (nothing was done; the
     /// primary catches the backup up instead).
-    #[error("shard {shard}: backup has applied up to {applied}, got entries from {got}")]
+    #[error("backup has applied up to {applied}, got entries from {got}")]
     ReplicaGap {
-        /// The shard.
-        shard: usize,
         /// The backup's applied sequence number.
         applied: u64,
         /// The first sequence number shipped.
         got: u64,
     },
+}
+
+impl ShardError {
+    /// What the caller of shard `shard` sees: the error itself, or a signal that escaped its
+    /// handler as `ShardFailed`.
+    pub(crate) fn into_freq(self, shard: usize) -> FreqError {
+        match self {
+            ShardError::Freq(e) => e,
+            signal => FreqError::ShardFailed {
+                shard,
+                reason: signal.to_string(),
+            },
+        }
+    }
 }
 
 /// Errors of a store directory: its configuration file and its disk tables.

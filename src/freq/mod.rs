@@ -40,24 +40,33 @@
 
 mod allocator;
 mod clock;
+mod core;
+mod endpoint;
 mod error;
 mod layout;
+mod link;
+mod pair;
 mod pool;
+mod protocol;
 mod range;
 mod replica;
 mod router;
 mod shard;
+mod status;
 mod store;
 
-pub use allocator::{Allocator, Client, InitOutcome, Options, ReplicaStatus, ShardStatus, Status};
+pub use allocator::{Allocator, Client, InitOutcome, Options};
 pub use clock::{LeaseClock, ManualLeaseClock, SystemLeaseClock};
+pub use core::{ShardShared, DISK_VERSION};
 pub use error::{FreqError, LayoutError, StoreError};
 pub use layout::{coalesce, parse_pool, Layout};
+pub use pair::Role;
 pub use pool::{Allocation, Change, Load, Pool, PoolReaders, Violation};
+pub use protocol::{Fault, LogEntry, ReplicaDump, Snapshot};
 pub use range::FreqRange;
-pub use replica::{LogEntry, ReplicaDump, ReplicaLink, Role, Snapshot, DEFAULT_LOG_ENTRIES};
+pub use replica::DEFAULT_LOG_ENTRIES;
 pub use router::{choose, fallback_order, hash_name, Pick, Routing};
-pub use shard::{Fault, ShardShared, DISK_VERSION};
+pub use status::{ReplicaStatus, ShardStatus, Status};
 pub use store::{
     meta_path, read_config, replica_dir, shard_dir, write_config, Durability, StoreConfig,
     META_FILE,
