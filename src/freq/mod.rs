@@ -16,8 +16,10 @@
 //! - **durability**: [`Durability::Sync`] acknowledges only what is on disk, with group commit;
 //!   `Interval` and `None` trade that for speed;
 //! - **replication** (`replicas: 2`): each shard is a primary/backup pair that acknowledges a
-//!   change only once both replicas applied it, and fails over to the backup (over a
-//!   [`ReplicaLink`]);
+//!   change only once both replicas applied it, and fails over to the backup. Both replicas run
+//!   the same shard core as a single shard; a replica adds its place in the pair and a link to
+//!   its partner (the crate's `ReplicaLink` trait), and the allocator sees every shard, single or
+//!   pair, through one endpoint trait;
 //! - **supervision**: shards run under a one-for-one supervisor; a shard that crashes is restarted
 //!   and rebuilds its tables from disk. A call in flight when its shard crashes gets
 //!   [`FreqError::ShardFailed`] and is *not* retried (an allocation might otherwise be made twice);

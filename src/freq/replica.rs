@@ -1,4 +1,5 @@
-//! Replication: each shard as a primary/backup pair of generic servers over a [`ReplicaLink`].
+//! Replication: each shard as a primary/backup pair of replicas, each a shard core (`core.rs`)
+//! plus this module's [`Replication`]: its place in the pair and a [`ReplicaLink`] to its partner.
 //!
 //! Erlang docs: the pair's two servers are
 //! [`gen_server`](https://www.erlang.org/doc/apps/stdlib/gen_server.html)s; failover and takeover
@@ -309,5 +310,129 @@ impl Replication {
             self.pair.publish_seq(self.me, 0, 0);
         }
         self.pair.leave(self.me);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::freq::clock::ManualLeaseClock;
+    use crate::freq::core::{CoreArgs, ShardShared};
+    use crate::freq::protocol::ClientCall;
+    use crate::freq::range::FreqRange;
+    use crate::freq::store::Durability;
+    use parking_lot::Mutex;
+
+    /// A link that records what it is asked and answers as told: the seam a network transport
+    /// implements, exercised without any server.
+    #[derive(Default)]
+    struct FakeLink {
+        applied: Mutex<u64>,
+        down: Mutex<bool>,
+        appended: Mutex<Vec<Vec<u64>>>,
+        installed: Mutex<Vec<(u64, usize)>>,
+    }
+
+    impl FakeLink {
+        fn check_up(&self) -> Result<(), ShardError> {
+            if *self.down.lock() {
+                return Err(ShardError::NotBackup);
+            }
+            Ok(())
+        }
+    }
+
+    impl ReplicaLink for FakeLink {
+        fn applied(&self) -> Result<u64, ShardError> {
+            self.check_up()?;
+            Ok(*self.applied.lock())
+        }
+        fn append(&self, entries: &[LogEntry]) -> Result<u64, ShardError> {
+            self.check_up()?;
+            self.appended
+                .lock()
+                .push(entries.iter().map(|e| e.seq).collect());
+            let last = entries.last().map_or(0, |e| e.seq);
+            *self.applied.lock() = last;
+            Ok(last)
+        }
+        fn install(&self, snapshot: Snapshot) -> Result<u64, ShardError> {
+            self.check_up()?;
+            self.installed
+                .lock()
+                .push((snapshot.seq, snapshot.allocations.len()));
+            *self.applied.lock() = snapshot.seq;
+            Ok(snapshot.seq)
+        }
+        fn dump(&self) -> Result<ReplicaDump, ShardError> {
+            Err(ShardError::NotBackup)
+        }
+        fn nudge(&self) {}
+    }
+
+    fn allocate(core: &mut ShardCore) {
+        let call = ClientCall::Allocate {
+            owner: "radio".into(),
+            lease_ms: None,
+        };
+        assert!(core.apply_client(call).0.is_ok());
+    }
+
+    #[test]
+    fn a_primary_ships_in_sync_and_catches_up_from_its_log_or_by_a_snapshot() {
+        let pair = PairShared::new(0, [0, 0]);
+        let link = Arc::new(FakeLink::default());
+        let core_args = CoreArgs {
+            ranges: vec![FreqRange::new(0, 99).unwrap()],
+            dir: None,
+            durability: Durability::None,
+            limit: None,
+            clock: Arc::new(ManualLeaseClock::new(0)),
+            shared: ShardShared::new(0, Some(Arc::clone(&pair))),
+            replicated: true,
+            log_entries: 2,
+            preloaded: Arc::new(Mutex::new(None)),
+        };
+        let mut core = ShardCore::start(core_args).unwrap();
+        let args = ReplicaArgs {
+            me: 0,
+            pair: Arc::clone(&pair),
+            link: Arc::clone(&link) as Arc<dyn ReplicaLink>,
+        };
+        let (mut rep, role) = Replication::join(args, &core);
+        assert_eq!(role, Role::Primary);
+        assert_eq!(pair.join(1, 0), Role::Backup);
+
+        // Out of sync: nothing is shipped; the catch-up finds the log (2 entries) too short for
+        // a backup at 0 and sends a snapshot, then the pair is in sync.
+        for _ in 0..3 {
+            allocate(&mut core);
+        }
+        core.commit(|e| rep.ship(e)).unwrap();
+        assert!(link.appended.lock().is_empty());
+        assert_eq!(rep.after_commit(&core), None);
+        assert_eq!(*link.installed.lock(), vec![(3, 3)]);
+        assert!(pair.state().in_sync);
+
+        // In sync: every commit ships its batch, numbered on.
+        allocate(&mut core);
+        core.commit(|e| rep.ship(e)).unwrap();
+        assert_eq!(*link.appended.lock(), vec![vec![4]]);
+
+        // The backup goes away: the shipment fails, the pair falls out of sync and the primary
+        // asks for a retry instead of blocking.
+        *link.down.lock() = true;
+        allocate(&mut core);
+        core.commit(|e| rep.ship(e)).unwrap();
+        assert!(!pair.state().in_sync);
+        assert_eq!(rep.after_commit(&core), Some(CATCH_UP_RETRY));
+
+        // It is back at 4: the log (4, 5) covers it, so only entry 5 is sent.
+        *link.down.lock() = false;
+        rep.catch_up_due();
+        assert_eq!(rep.after_commit(&core), None);
+        assert_eq!(*link.appended.lock(), vec![vec![4], vec![5]]);
+        assert!(pair.state().in_sync);
+        assert_eq!(pair.applied(0), 5);
     }
 }
