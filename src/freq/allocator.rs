@@ -11,7 +11,6 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::clock::{LeaseClock, SystemLeaseClock};
-use super::core::{load, CoreArgs, ShardShared};
 use super::endpoint::{shard_error, ReplicatedShard, ShardEndpoint, SingleShard};
 use super::error::{FreqError, StoreError};
 use super::layout::{coalesce, Layout};
@@ -22,6 +21,7 @@ use super::range::FreqRange;
 use super::replica::{ReplicaArgs, DEFAULT_LOG_ENTRIES};
 use super::router::{choose, fallback_order, Pick, Routing};
 use super::shard::{Shard, ShardArgs};
+use super::shard_core::{load, CoreArgs, ShardShared};
 use super::status::{ShardStatus, Status};
 use super::store::{read_config, replica_dir, shard_dir, write_config, Durability, StoreConfig};
 use crate::otp::{self, ChildSpec, OtpError, Server, Supervisor, SupervisorSpec};

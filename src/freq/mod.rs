@@ -42,7 +42,6 @@
 
 mod allocator;
 mod clock;
-mod core;
 mod endpoint;
 mod error;
 mod layout;
@@ -54,12 +53,12 @@ mod range;
 mod replica;
 mod router;
 mod shard;
+mod shard_core;
 mod status;
 mod store;
 
 pub use allocator::{Allocator, Client, InitOutcome, Options};
 pub use clock::{LeaseClock, ManualLeaseClock, SystemLeaseClock};
-pub use core::{ShardShared, DISK_VERSION};
 pub use error::{FreqError, LayoutError, StoreError};
 pub use layout::{coalesce, parse_pool, Layout};
 pub use pair::Role;
@@ -68,6 +67,7 @@ pub use protocol::{Fault, LogEntry, ReplicaDump, Snapshot};
 pub use range::FreqRange;
 pub use replica::DEFAULT_LOG_ENTRIES;
 pub use router::{choose, fallback_order, hash_name, Pick, Routing};
+pub use shard_core::{ShardShared, DISK_VERSION};
 pub use status::{ReplicaStatus, ShardStatus, Status};
 pub use store::{
     meta_path, read_config, replica_dir, shard_dir, write_config, Durability, StoreConfig,

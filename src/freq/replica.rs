@@ -1,5 +1,6 @@
-//! Replication: each shard as a primary/backup pair of replicas, each a shard core (`core.rs`)
-//! plus this module's [`Replication`]: its place in the pair and a [`ReplicaLink`] to its partner.
+//! Replication: each shard as a primary/backup pair of replicas, each a shard core
+//! (`shard_core.rs`) plus this module's [`Replication`]: its place in the pair and a [`ReplicaLink`]
+//! to its partner.
 //!
 //! Erlang docs: the pair's two servers are
 //! [`gen_server`](https://www.erlang.org/doc/apps/stdlib/gen_server.html)s; failover and takeover
@@ -65,10 +66,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::core::ShardCore;
 use super::error::{FreqError, ShardError};
 use super::pair::{PairShared, Role};
 use super::protocol::{LinkCall, LinkReply, LogEntry, ReplicaDump, Snapshot};
+use super::shard_core::ShardCore;
 
 /// How many recent entries a replica keeps for incremental catch-up, by default.
 pub const DEFAULT_LOG_ENTRIES: usize = 10_000;
@@ -317,9 +318,9 @@ impl Replication {
 mod tests {
     use super::*;
     use crate::freq::clock::ManualLeaseClock;
-    use crate::freq::core::{CoreArgs, ShardShared};
     use crate::freq::protocol::ClientCall;
     use crate::freq::range::FreqRange;
+    use crate::freq::shard_core::{CoreArgs, ShardShared};
     use crate::freq::store::Durability;
     use parking_lot::Mutex;
 

@@ -26,11 +26,11 @@
 //! applied in memory but not yet on disk is dropped with the old instance, and the callers waiting
 //! for it get an error, so no one was told of a change that is gone.
 
-use super::core::{CoreArgs, ShardCore};
 use super::error::{FreqError, ShardError};
 use super::pair::Role;
 use super::protocol::{ClientCall, ClientReply, LinkCall, ShardInfo, ShardRequest, ShardResponse};
 use super::replica::{ReplicaArgs, Replication};
+use super::shard_core::{CoreArgs, ShardCore};
 use super::store::Durability;
 use crate::otp::{Context, GenServer, ReplyTo};
 
