@@ -627,6 +627,69 @@ impl ShardCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::freq::clock::ManualLeaseClock;
+
+    fn args(dir: &Path, replicated: bool) -> CoreArgs {
+        CoreArgs {
+            ranges: vec![FreqRange {
+                first: 10,
+                last: 19,
+            }],
+            dir: Some(dir.to_path_buf()),
+            durability: Durability::Sync,
+            limit: None,
+            clock: Arc::new(ManualLeaseClock::new(1_000)),
+            shared: ShardShared::new(0, None),
+            replicated,
+            log_entries: if replicated { 10 } else { 0 },
+            preloaded: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn call(core: &mut ShardCore, request: ClientCall) -> ClientReply {
+        match core.apply_client(request).0 {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Both kinds of core write what they applied and reload it: a single shard's disk holds
+    /// the allocations alone, a replica's holds them with its applied sequence.
+    #[test]
+    fn a_committed_batch_reloads_the_same_for_a_single_shard_and_a_replica() {
+        for replicated in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut core = ShardCore::start(args(dir.path(), replicated)).unwrap();
+            for owner in ["a", "b", "a"] {
+                let owner = owner.to_string();
+                call(
+                    &mut core,
+                    ClientCall::Allocate {
+                        owner,
+                        lease_ms: None,
+                    },
+                );
+            }
+            let freq = 11;
+            let owner = "b".to_string();
+            call(&mut core, ClientCall::Deallocate { freq, owner });
+            let mut shipped = Vec::new();
+            core.commit(|e| shipped.extend(e.iter().map(|e| e.seq)))
+                .unwrap();
+            assert_eq!(shipped, vec![1, 2, 3, 4]);
+            assert_eq!(core.log().len(), if replicated { 4 } else { 0 });
+            assert!(core.self_check("t").unwrap().is_empty());
+            let before = core.allocations().unwrap();
+            core.close();
+
+            let loaded = load(&args(dir.path(), replicated)).unwrap();
+            assert_eq!(loaded.seq(), if replicated { 4 } else { 0 }, "{replicated}");
+            assert_eq!(loaded.recovered, 2);
+            assert_eq!(loaded.pool.allocations().unwrap(), before);
+            let owners: Vec<&str> = before.iter().map(|(_, a)| a.owner.as_str()).collect();
+            assert_eq!(owners, vec!["a", "a"]);
+        }
+    }
 
     #[test]
     fn the_sequence_record_is_split_from_the_allocations() {
