@@ -5,7 +5,7 @@
 //!
 //! | type | objects per key | `insert` of an existing key | backend |
 //! |---|---|---|---|
-//! | `Set` | one | replaces | sharded `hashbrown` tables + FxHash |
+//! | `Set` | one | replaces | `dashmap` (sharded) + FxHash |
 //! | `OrderedSet` | one | replaces; traversal and ranges in `Ord` order | `RwLock<BTreeMap>` |
 //! | `Bag` | many; an identical object is stored once | adds unless identical | as `Set`, one object inline, more in a boxed `Vec` |
 //! | `DuplicateBag` | many; duplicates kept | adds | as `Bag` |
@@ -72,58 +72,72 @@
 //!
 //! ## Design, with the measurements behind it
 //!
-//! Figures are M ops/s from `cargo run --release -- bench tables --only ets` (keys
-//! 0..1,000,000 in order, value = key; 1 thread = the owner of a protected table, 2 threads =
-//! a public table, half the keys each), medians of 7 alternating runs on our 2-core machine.
-//! Criterion versions of the workloads are in `benches/tables.rs`.
-//!
-//! * Hash types (`hashed.rs`): a fixed array of shards (32 per core, a power of two, at most
-//!   256), each a `hashbrown::HashTable` behind its own read-write lock, keyed by
-//!   `rustc_hash::FxBuildHasher` (faster than SipHash for integer keys; not
-//!   HashDoS-resistant, so do not key a table by untrusted adversarial data). A key is hashed
-//!   once: the top bits pick the shard, the rest the bucket. A set's slot is the value itself
-//!   (no allocation per insert); a bag's slot holds one object inline and more in a boxed
-//!   `Vec`, in insertion order.
-//! * `ordered_set` (`ordered.rs`): one `BTreeMap` behind one read-write lock; every
-//!   operation of a shared handle takes it once, so many-key operations are atomic for free.
+//! * Hash types (`hashed.rs`): a [`dashmap::DashMap`] with `rustc_hash::FxBuildHasher`
+//!   (faster than SipHash for integer keys; not HashDoS-resistant, so do not key a table by
+//!   untrusted adversarial data) and 32 shards per core (a power of two, at most 256; dashmap's
+//!   default is 4), reached through dashmap's `raw-api`: a key is hashed once, dashmap's
+//!   `determine_shard` picks the shard, and the operation works on that shard's map under
+//!   its `lock_api` lock. A set's slot is the value itself (no allocation per insert); a
+//!   bag's slot holds one object inline and more in a boxed `Vec`, in insertion order.
+//!   Public API exposes no dashmap type.
+//! * `ordered_set` (`ordered.rs`): one `BTreeMap` behind one read-write lock (`lock.rs`);
+//!   every operation of a shared handle takes it once, so many-key operations are atomic
+//!   for free.
 //! * Atomicity on the hash types: a single-key operation holds its shard's lock; a many-key
 //!   operation holds every shard's write lock (taken in index order) and a shared handle's
-//!   traversal every shard's read lock, so no reader ever sees part of a batch. This replaced
-//!   `DashMap` under a table gate (an `RwLock` that public single-key writes took shared, and
-//!   a seqlock version for single-key reads): one contended atomic fewer per public write.
-//! * Lock elision for the owner of a protected table ([`Table`]): every write through a
-//!   `Table` needs `&mut Table`, so while the owner reads through `&Table` there is no writer
-//!   anywhere, and its reads take no lock at all (readers on other threads still lock, against
-//!   the owner's writes). When no other handle exists (the table's `Arc` is unique), the
-//!   owner's single-key writes skip the shard lock too. Besides two atomics per operation this
-//!   lets the CPU overlap the cache misses of consecutive operations (an x86 locked
-//!   instruction waits for the loads before it). `ordered_set` elides its lock the same way.
+//!   traversal every shard's read lock, so no reader ever sees part of a batch.
+//! * Lock elision for the owner of a protected table ([`Table`]), decided in one file
+//!   (`access.rs`): every write through a `Table` needs `&mut Table`, so while the owner reads
+//!   through `&Table` there is no writer anywhere, and its reads take no lock at all (the
+//!   shard's `data_ptr()`; readers on other threads still lock, against the owner's writes).
+//!   When no other handle exists (`Arc::get_mut` succeeds) the owner's writes, single- and
+//!   many-key, go through `shards_mut()[i].get_mut()`: no lock, and no `unsafe`.
+//!   `ordered_set` elides its lock the same way. The `unsafe` that remains (the owner's
+//!   unlocked reads, the reader slots) is model-checked with loom (`loom.rs`:
+//!   `RUSTFLAGS="--cfg loom" cargo test --release --lib ets::loom`).
 //! * [`Table::lookup_with`] (and [`ReadTable::lookup_with`]) lends a key's objects in place;
 //!   `lookup` builds a `Vec`, one allocation per hit. `bench tables` counts through
 //!   `lookup_with`, as the BEAM side counts `length(ets:lookup(T, K))`.
-//! * [`TableOptions::read_concurrency`] (ETS's option of that name): each lock counts its
-//!   readers in per-thread slots on their own cache lines instead of one shared word (see
-//!   `lock.rs`), so readers on different cores stop fighting over the lock's line. Off by
-//!   default for its memory. `bench tables` sets it on its 2-thread tables, as the BEAM side
-//!   does (`{read_concurrency, true}`): when added, 2-thread lookups went 22 -> 43 (set)
-//!   and 11 -> 28 (`ordered_set`), writes within noise.
+//! * [`TableOptions::read_concurrency`] (ETS's option of that name) applies to `ordered_set`:
+//!   its lock counts readers in per-thread slots on their own cache lines instead of one
+//!   shared word (`lock.rs`). When added, 2-thread `ordered_set` lookups went 11 -> 28 M/s.
+//!   The hash types ignore it: a dashmap shard's lock is dashmap's, with no way to swap it;
+//!   with 32 shard locks per core their readers rarely meet on one anyway (below: the 2-thread
+//!   lookups kept their speed without it).
 //!
-//! | workload (threads) | before | after |
-//! |---|---|---|
-//! | set insert / lookup / delete (1) | 15.1 / 11.7 / 20.2 | 23.6 / 62 / 49 |
-//! | set insert / lookup / delete (2) | 6.5 / 14.9 / 8.1 | 20.5 / 50 / 27.3 |
-//! | bag insert / lookup / delete (1) | 10.8 / 10.6 / 19.8 | 16.0 / 44 / 36.8 |
-//! | bag insert / lookup / delete (2) | 5.6 / 13.6 / 8.0 | 16.8 / 36.5 / 24.2 |
-//! | ordered_set insert / lookup / delete (1) | 9.6 / 12.0 / 21.2 | 10.1 / 15.2 / 27.9 |
-//! | ordered_set insert / lookup / delete (2) | 6.8 / 9.2 / 11.5 | 7.9 / 25.6 / 10.9 |
+//! Our own sharded `hashbrown` map against dashmap, like with like (both with the lock
+//! elision and FxHash), M ops/s, `freqalloc bench tables --only ets --json` (keys
+//! 0..1,000,000 in order, value = key; 1 thread = the owner of a protected table, 2 threads =
+//! a public table, half the keys each; the old map's 2-thread tables had `read_concurrency`,
+//! the new ones cannot), the binaries of the commit before and after, alternated, medians of
+//! 15 runs each, on our 2-core machine while it ran other builds (load 6-13): the
+//! interquartile ranges are +-30%, so only differences beyond that are measured ones.
 //!
-//! (`duplicate_bag` as `bag`.) What bounds them now: on 1 thread, cache misses (a 1M-key
-//! table is far larger than the caches, and FxHash scatters consecutive keys: `perf` puts
-//! most of a delete on the loads of the bucket's control group and slot) and, for inserts,
-//! growing the tables; on 2 threads, the shard locks' atomics and their cache-line traffic
-//! between the cores; `ordered_set` is at the speed of `std`'s `BTreeMap` itself (measured
-//! alone: insert 10-11, lookup 14, delete 33), and its 2-thread writes are serialized by
-//! its one lock.
+//! | workload (threads) | own map | dashmap | dashmap, owner's `Arc` check by load + fence |
+//! |---|---|---|---|
+//! | set insert / lookup / delete (1) | 12.8 / 28.4 / 16.0 | 9.4 / 29.2 / 16.1 | 12.6 / 31.4 / 15.1 |
+//! | set insert / lookup / delete (2) | 7.8 / 11.5 / 10.3 | 6.7 / 12.5 / 9.6 | 6.4 / 13.3 / 8.7 |
+//! | bag insert / lookup / delete (1) | 6.6 / 16.4 / 11.9 | 6.6 / 18.1 / 9.1 | 8.6 / 19.8 / 13.2 |
+//! | bag insert / lookup / delete (2) | 5.4 / 9.7 / 6.5 | 6.0 / 11.1 / 8.5 | 6.0 / 11.6 / 9.6 |
+//! | duplicate_bag insert / lookup / delete (1) | 6.4 / 16.1 / 12.3 | 5.4 / 14.5 / 9.0 | 7.4 / 19.9 / 12.7 |
+//! | ordered_set insert / lookup / delete (1), unchanged code | 6.8 / 9.9 / 17.7 | 6.5 / 10.7 / 14.9 | 6.1 / 11.9 / 18.3 |
+//!
+//! (On an idle machine the own map did set 23.6 / 62 / 49 on 1 thread.) Reads and 2-thread
+//! rows are even or better. The 1-thread owner writes are 16-27% slower, and the third
+//! column says why: not dashmap, but `Arc::get_mut`, the safe check that no reader exists,
+//! which is a compare-and-swap on the `Arc`'s count per write; a locked instruction also
+//! stops the CPU from overlapping the cache misses of consecutive operations. The old map
+//! read `strong_count` and fenced (a plain load), then wrote through a pointer: `unsafe`, so
+//! it was not kept (the third column is that check, measured, not shipped). Criterion with
+//! the CPU clock (`FREQALLOC_BENCH_CLOCK=cpu cargo bench --bench tables -- --warm-up-time 1
+//! --measurement-time 2 '^ets/set/'`, old commit saved as a baseline) agrees: owner insert
+//! -29%, delete -24%, lookup -2%, fold scan +37%.
+//!
+//! What bounds them: on 1 thread, cache misses (a 1M-key table is far larger than the
+//! caches, and FxHash scatters consecutive keys) and, for inserts, growing the tables, plus
+//! the `Arc::get_mut` above on owner writes; on 2 threads, the shard locks' atomics and their
+//! cache-line traffic between the cores; `ordered_set` is at the speed of `std`'s `BTreeMap`
+//! itself, and its 2-thread writes are serialized by its one lock.
 
 mod access;
 mod dump;
@@ -866,13 +880,16 @@ macro_rules! trait_impls {
 pub struct TableOptions {
     /// The table's name (shown by `Debug`, kept by dumps).
     pub name: Option<String>,
-    /// Makes reads from many threads at once scale: each lock of the table (one per shard of
-    /// a hash table, one for an `ordered_set`) counts its readers in per-thread slots on
-    /// their own cache lines instead of in one shared word, so concurrent readers do not
-    /// contend. Writes check every slot, and each lock takes `(1 + slots) * 128` bytes
-    /// (slots: two per core, at most 16; a hash table has 32 shards per core, at most 256):
-    /// 40 KiB per hash table on 2 cores. So it is off by default. Changes no semantics.
-    /// Erlang: `{read_concurrency, true}`.
+    /// Makes reads from many threads at once scale, on an **`ordered_set`**: its lock counts
+    /// readers in per-thread slots on their own cache lines instead of in one shared word,
+    /// so concurrent readers do not contend. Writes check every slot, and the lock takes
+    /// `(1 + slots) * 128` bytes (slots: two per core, at most 16), so it is off by default.
+    /// Changes no semantics. Erlang: `{read_concurrency, true}`.
+    ///
+    /// The hash types (`set`, `bag`, `duplicate_bag`) accept and ignore it: they are on
+    /// dashmap, whose shards each carry dashmap's own lock (one reader count per shard), and
+    /// dashmap offers no way to put another lock there; their readers already spread over
+    /// 32 shard locks per core (see the module docs for the 2-thread figures).
     pub read_concurrency: bool,
 }
 
