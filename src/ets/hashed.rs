@@ -169,7 +169,7 @@ type Map<K, S> = RawTable<(K, SharedValue<S>)>;
 /// (fewer collisions on a shard lock, whose slow path parks); 1 thread, lookup 59 / 60 / 69,
 /// delete 41 / 46 / 51; bags alike. dashmap's own default (4 per core) is the first column.
 fn shard_count() -> usize {
-    if cfg!(loom) {
+    if cfg!(all(test, loom)) {
         return 2;
     }
     static COUNT: OnceLock<usize> = OnceLock::new();
@@ -625,7 +625,7 @@ where
 /// data, in the same mode. Loom then reports any access that no lock orders, e.g. an owner
 /// read that a write could overlap, or a sole write racing a reader's last read. Without
 /// `cfg(loom)` every call is an inlined no-op on a zero-sized type.
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 mod shadow {
     /// Nothing to model outside loom.
     pub(super) struct Shadow;
@@ -657,7 +657,7 @@ mod shadow {
     }
 }
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 mod shadow {
     use loom::cell::{ConstPtr, MutPtr, UnsafeCell};
     use loom::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -35,11 +35,11 @@ use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::sync::OnceLock;
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 use loom::cell::{ConstPtr, MutPtr, UnsafeCell};
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::lock_api::RawRwLock as _;
@@ -69,10 +69,10 @@ pub(crate) struct Lock<T> {
 
 /// `std`'s cell with the interface of loom's (pointers handed out by `get`/`get_mut`), so
 /// the same code runs under both.
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
 
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 impl<T> UnsafeCell<T> {
     fn new(data: T) -> Self {
         UnsafeCell(std::cell::UnsafeCell::new(data))
@@ -88,10 +88,10 @@ impl<T> UnsafeCell<T> {
 }
 
 /// A shared pointer into an [`UnsafeCell`] (loom tracks the access while it lives).
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 struct ConstPtr<T>(*const T);
 
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 impl<T> ConstPtr<T> {
     /// # Safety
     /// No `&mut` to the data may exist while the returned `&` lives.
@@ -103,10 +103,10 @@ impl<T> ConstPtr<T> {
 }
 
 /// A unique pointer into an [`UnsafeCell`] (loom tracks the access while it lives).
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 struct MutPtr<T>(*mut T);
 
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 impl<T> MutPtr<T> {
     /// # Safety
     /// No other reference to the data may exist while the returned `&mut` lives.
@@ -122,7 +122,7 @@ impl<T> MutPtr<T> {
 /// module docs); nothing otherwise.
 #[inline(always)]
 fn dekker_fence() {
-    #[cfg(loom)]
+    #[cfg(all(test, loom))]
     loom::sync::atomic::fence(Ordering::SeqCst);
 }
 
@@ -145,7 +145,7 @@ fn slot_count() -> usize {
 
 /// This thread's slot number (before masking): threads are numbered as they first read.
 fn thread_slot() -> usize {
-    #[cfg(not(loom))]
+    #[cfg(not(all(test, loom)))]
     {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         thread_local! {
@@ -154,7 +154,7 @@ fn thread_slot() -> usize {
         SLOT.with(|s| *s)
     }
     // Under loom, numbered afresh in each explored execution (a model must be deterministic).
-    #[cfg(loom)]
+    #[cfg(all(test, loom))]
     {
         loom::lazy_static! {
             static ref NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -169,9 +169,9 @@ fn thread_slot() -> usize {
 /// Spins a little, then yields the CPU.
 #[inline]
 fn backoff(spins: &mut u32) {
-    if cfg!(loom) {
+    if cfg!(all(test, loom)) {
         // Loom explores a spin loop only if it yields.
-        #[cfg(loom)]
+        #[cfg(all(test, loom))]
         loom::thread::yield_now();
     } else if *spins < 64 {
         *spins += 1;

@@ -154,9 +154,9 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 
 // Under loom its `Arc`, so the model sees the reference counts that `Arc::get_mut` reads.
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 use ::loom::sync::Arc;
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
