@@ -1,7 +1,9 @@
 //! Table benchmarks: insert, lookup, delete and a `fold` scan (the select/fold workload, one
 //! thread) of 1,000,000 u64 keys with a u64 value, on one
 //! thread and on two (each thread half the keys, on a shared public table), for every ETS table
-//! type, plus a `Mutex<HashMap>` baseline and the design alternatives the ETS docs cite.
+//! type, plus a `Mutex<HashMap>` baseline and design alternatives: raw `dashmap` (the map under
+//! the ETS hash types, without their lock elision, bag slots or all-shard batch locks) with
+//! SipHash, with FxHash, and behind a table-level gate.
 //!
 //! Run: `cargo bench --bench tables -- --warm-up-time 1 --measurement-time 2`
 //! (filter with e.g. `-- ets/set`). All ETS figures are in memory (no durability).

@@ -1,4 +1,4 @@
-//! The lock of the table backends: [`Lock`], a read-write lock whose readers are counted
+//! The lock of the ordered backend: [`Lock`], a read-write lock whose readers are counted
 //! either in one word (a `parking_lot` raw lock, the default) or, for a table made with
 //! `read_concurrency`, in per-thread reader slots (a "big-reader" lock, the analogue of ETS's
 //! `read_concurrency`): readers on different threads then do not write a shared cache line.
@@ -16,14 +16,31 @@
 //! load of every slot; the slots take `(1 + slots) * 128` bytes per lock (slots: two per
 //! core, at most 16), which is why it is an option.
 //!
-//! The data sits at the same place in both modes, so [`Lock::data_ptr`] costs no load: the
-//! owner's unlocked access (see `super::Access`) is as cheap as with a plain `RwLock`.
+//! The data sits at the same place in both modes, so [`Lock::unlocked`] costs no load: the
+//! owner's unlocked access (see `super::access`) is as cheap as with a plain `RwLock`.
+//!
+//! The hash types do not use this lock: they are on dashmap, whose shards carry dashmap's
+//! own lock (see `super::hashed`), so `read_concurrency` applies to `ordered_set` only.
+//!
+//! Under `cfg(loom)` the reader-slot mode's atomics, the data cell, the thread numbering and
+//! the back-off are loom's, so `super::loom` model-checks this protocol (the default mode's
+//! `parking_lot` lock is not modelled: it is parking_lot's). Loom treats `SeqCst` loads and
+//! read-modify-writes as `AcqRel` (its README, "Unsupported features"), which would make it
+//! report the Dekker pair above as broken although C11 guarantees it; loom does model
+//! `fence(SeqCst)`, so under loom each side also issues one ([`dekker_fence`]), which C11
+//! makes redundant with the `SeqCst` operations the real build runs.
 
-use std::cell::UnsafeCell;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
+
+#[cfg(all(test, loom))]
+use loom::cell::{ConstPtr, MutPtr, UnsafeCell};
+#[cfg(all(test, loom))]
+use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[cfg(not(all(test, loom)))]
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::lock_api::RawRwLock as _;
 
@@ -50,6 +67,65 @@ pub(crate) struct Lock<T> {
     data: UnsafeCell<T>,
 }
 
+/// `std`'s cell with the interface of loom's (pointers handed out by `get`/`get_mut`), so
+/// the same code runs under both.
+#[cfg(not(all(test, loom)))]
+struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(all(test, loom)))]
+impl<T> UnsafeCell<T> {
+    fn new(data: T) -> Self {
+        UnsafeCell(std::cell::UnsafeCell::new(data))
+    }
+    #[inline]
+    fn get(&self) -> ConstPtr<T> {
+        ConstPtr(self.0.get())
+    }
+    #[inline]
+    fn get_mut(&self) -> MutPtr<T> {
+        MutPtr(self.0.get())
+    }
+}
+
+/// A shared pointer into an [`UnsafeCell`] (loom tracks the access while it lives).
+#[cfg(not(all(test, loom)))]
+struct ConstPtr<T>(*const T);
+
+#[cfg(not(all(test, loom)))]
+impl<T> ConstPtr<T> {
+    /// # Safety
+    /// No `&mut` to the data may exist while the returned `&` lives.
+    #[inline]
+    unsafe fn deref(&self) -> &T {
+        // SAFETY: the caller's contract.
+        unsafe { &*self.0 }
+    }
+}
+
+/// A unique pointer into an [`UnsafeCell`] (loom tracks the access while it lives).
+#[cfg(not(all(test, loom)))]
+struct MutPtr<T>(*mut T);
+
+#[cfg(not(all(test, loom)))]
+impl<T> MutPtr<T> {
+    /// # Safety
+    /// No other reference to the data may exist while the returned `&mut` lives.
+    #[allow(clippy::mut_from_ref)]
+    #[inline]
+    unsafe fn deref(&self) -> &mut T {
+        // SAFETY: the caller's contract.
+        unsafe { &mut *self.0 }
+    }
+}
+
+/// Under loom, the `SeqCst` fence that loom needs to see the Dekker pair's order (see the
+/// module docs); nothing otherwise.
+#[inline(always)]
+fn dekker_fence() {
+    #[cfg(all(test, loom))]
+    loom::sync::atomic::fence(Ordering::SeqCst);
+}
+
 // SAFETY: as `std::sync::RwLock`: the lock hands out `&T` to many threads at once (needs
 // `T: Sync`) and `&mut T` to one thread at a time (needs `T: Send`).
 unsafe impl<T: Send> Send for Lock<T> {}
@@ -69,17 +145,35 @@ fn slot_count() -> usize {
 
 /// This thread's slot number (before masking): threads are numbered as they first read.
 fn thread_slot() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    #[cfg(not(all(test, loom)))]
+    {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        SLOT.with(|s| *s)
     }
-    SLOT.with(|s| *s)
+    // Under loom, numbered afresh in each explored execution (a model must be deterministic).
+    #[cfg(all(test, loom))]
+    {
+        loom::lazy_static! {
+            static ref NEXT: AtomicUsize = AtomicUsize::new(0);
+        }
+        loom::thread_local! {
+            static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        SLOT.with(|s| *s)
+    }
 }
 
 /// Spins a little, then yields the CPU.
 #[inline]
 fn backoff(spins: &mut u32) {
-    if *spins < 64 {
+    if cfg!(all(test, loom)) {
+        // Loom explores a spin loop only if it yields.
+        #[cfg(all(test, loom))]
+        loom::thread::yield_now();
+    } else if *spins < 64 {
         *spins += 1;
         std::hint::spin_loop();
     } else {
@@ -95,6 +189,7 @@ impl Slots {
         let mut spins = 0;
         loop {
             slot.fetch_add(1, Ordering::SeqCst);
+            dekker_fence();
             if !self.writer.0.load(Ordering::SeqCst) {
                 return slot;
             }
@@ -117,6 +212,7 @@ impl Slots {
         {
             backoff(&mut spins);
         }
+        dekker_fence();
         for slot in self.readers.iter() {
             while slot.0.load(Ordering::SeqCst) != 0 {
                 backoff(&mut spins);
@@ -156,6 +252,7 @@ impl<T> Lock<T> {
         LockRead {
             lock: self,
             slot,
+            data: ManuallyDrop::new(self.data.get()),
             _not_send: PhantomData,
         }
     }
@@ -169,15 +266,71 @@ impl<T> Lock<T> {
         }
         LockWrite {
             lock: self,
+            data: ManuallyDrop::new(self.data.get_mut()),
             _not_send: PhantomData,
         }
     }
 
-    /// The protected data, without locking: for callers that prove by other means that no
-    /// one writes while they read, or that no one else can reach the lock at all.
+    /// Shared access without locking.
+    ///
+    /// # Safety
+    ///
+    /// No write to the data may run while the view lives (the caller proves it by other
+    /// means: see `super::access::Access::owner`).
     #[inline]
-    pub(crate) fn data_ptr(&self) -> *mut T {
-        self.data.get()
+    pub(crate) unsafe fn unlocked(&self) -> LockView<'_, T> {
+        LockView {
+            data: self.data.get(),
+            _lock: PhantomData,
+        }
+    }
+
+    /// Exclusive access through `&mut`, without locking (safe: the borrow proves that no
+    /// one else can reach the lock).
+    #[inline]
+    pub(crate) fn get_mut(&mut self) -> LockSole<'_, T> {
+        LockSole {
+            data: self.data.get_mut(),
+            _lock: PhantomData,
+        }
+    }
+}
+
+/// Shared access to a [`Lock`]'s data taken without the lock ([`Lock::unlocked`]).
+pub(crate) struct LockView<'a, T> {
+    data: ConstPtr<T>,
+    _lock: PhantomData<&'a Lock<T>>,
+}
+
+impl<T> Deref for LockView<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: `Lock::unlocked`'s contract: no write runs while this view lives.
+        unsafe { self.data.deref() }
+    }
+}
+
+/// Exclusive access to a [`Lock`]'s data through `&mut Lock` ([`Lock::get_mut`]).
+pub(crate) struct LockSole<'a, T> {
+    data: MutPtr<T>,
+    _lock: PhantomData<&'a mut Lock<T>>,
+}
+
+impl<T> Deref for LockSole<'_, T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: made from `&mut Lock`, which this guard borrows: nothing else can reach it.
+        unsafe { self.data.deref() }
+    }
+}
+
+impl<T> DerefMut for LockSole<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`; `&mut self` makes the borrow unique.
+        unsafe { self.data.deref() }
     }
 }
 
@@ -186,6 +339,8 @@ pub(crate) struct LockRead<'a, T> {
     lock: &'a Lock<T>,
     /// The reader slot this guard is counted in (reader-slot mode).
     slot: Option<&'a AtomicUsize>,
+    /// Dropped (under loom: the access ends) before the lock is released.
+    data: ManuallyDrop<ConstPtr<T>>,
     /// Not `Send`: released by the thread that took it (as `parking_lot`'s own guards).
     _not_send: PhantomData<*const ()>,
 }
@@ -197,13 +352,15 @@ impl<T> Deref for LockRead<'_, T> {
         // SAFETY: this guard holds the lock shared: the raw lock's shared mode, or it is
         // counted in a reader slot and saw no writer after counting itself (a writer waits
         // for every slot to be empty before it touches the data).
-        unsafe { &*self.lock.data.get() }
+        unsafe { (*self.data).deref() }
     }
 }
 
 impl<T> Drop for LockRead<'_, T> {
     #[inline]
     fn drop(&mut self) {
+        // SAFETY: dropped once, here, and not used after.
+        unsafe { ManuallyDrop::drop(&mut self.data) };
         match self.slot {
             // Release: a writer that then sees the slot empty sees every read of this guard.
             Some(slot) => {
@@ -218,6 +375,8 @@ impl<T> Drop for LockRead<'_, T> {
 /// Exclusive access to a [`Lock`]'s data.
 pub(crate) struct LockWrite<'a, T> {
     lock: &'a Lock<T>,
+    /// Dropped (under loom: the access ends) before the lock is released.
+    data: ManuallyDrop<MutPtr<T>>,
     /// Not `Send`: released by the thread that took it (as `parking_lot`'s own guards).
     _not_send: PhantomData<*const ()>,
 }
@@ -229,7 +388,7 @@ impl<T> Deref for LockWrite<'_, T> {
         // SAFETY: this guard holds the lock exclusively (the raw lock's exclusive mode, or
         // the writer flag with every reader slot seen empty after taking it; later readers
         // see the flag and back off).
-        unsafe { &*self.lock.data.get() }
+        unsafe { (*self.data).deref() }
     }
 }
 
@@ -237,13 +396,15 @@ impl<T> DerefMut for LockWrite<'_, T> {
     #[inline]
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as in `deref`; `&mut self` makes the borrow unique.
-        unsafe { &mut *self.lock.data.get() }
+        unsafe { (*self.data).deref() }
     }
 }
 
 impl<T> Drop for LockWrite<'_, T> {
     #[inline]
     fn drop(&mut self) {
+        // SAFETY: dropped once, here, and not used after.
+        unsafe { ManuallyDrop::drop(&mut self.data) };
         match &self.lock.slots {
             // Release: the next reader or writer to see `false` sees every write of this guard.
             Some(s) => s.writer.0.store(false, Ordering::Release),
@@ -253,7 +414,7 @@ impl<T> Drop for LockWrite<'_, T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

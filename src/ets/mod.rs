@@ -5,7 +5,7 @@
 //!
 //! | type | objects per key | `insert` of an existing key | backend |
 //! |---|---|---|---|
-//! | `Set` | one | replaces | sharded `hashbrown` tables + FxHash |
+//! | `Set` | one | replaces | `dashmap` (sharded) + FxHash |
 //! | `OrderedSet` | one | replaces; traversal and ranges in `Ord` order | `RwLock<BTreeMap>` |
 //! | `Bag` | many; an identical object is stored once | adds unless identical | as `Set`, one object inline, more in a boxed `Vec` |
 //! | `DuplicateBag` | many; duplicates kept | adds | as `Bag` |
@@ -72,69 +72,91 @@
 //!
 //! ## Design, with the measurements behind it
 //!
-//! Figures are M ops/s from `cargo run --release -- bench tables --only ets` (keys
-//! 0..1,000,000 in order, value = key; 1 thread = the owner of a protected table, 2 threads =
-//! a public table, half the keys each), medians of 7 alternating runs on our 2-core machine.
-//! Criterion versions of the workloads are in `benches/tables.rs`.
-//!
-//! * Hash types (`hashed.rs`): a fixed array of shards (32 per core, a power of two, at most
-//!   256), each a `hashbrown::HashTable` behind its own read-write lock, keyed by
-//!   `rustc_hash::FxBuildHasher` (faster than SipHash for integer keys; not
-//!   HashDoS-resistant, so do not key a table by untrusted adversarial data). A key is hashed
-//!   once: the top bits pick the shard, the rest the bucket. A set's slot is the value itself
-//!   (no allocation per insert); a bag's slot holds one object inline and more in a boxed
-//!   `Vec`, in insertion order.
-//! * `ordered_set` (`ordered.rs`): one `BTreeMap` behind one read-write lock; every
-//!   operation of a shared handle takes it once, so many-key operations are atomic for free.
+//! * Hash types (`hashed.rs`): a [`dashmap::DashMap`] with `rustc_hash::FxBuildHasher`
+//!   (faster than SipHash for integer keys; not HashDoS-resistant, so do not key a table by
+//!   untrusted adversarial data) and 32 shards per core (a power of two, at most 256; dashmap's
+//!   default is 4), reached through dashmap's `raw-api`: a key is hashed once, dashmap's
+//!   `determine_shard` picks the shard, and the operation works on that shard's map under
+//!   its `lock_api` lock. A set's slot is the value itself (no allocation per insert); a
+//!   bag's slot holds one object inline and more in a boxed `Vec`, in insertion order.
+//!   Public API exposes no dashmap type.
+//! * `ordered_set` (`ordered.rs`): one `BTreeMap` behind one read-write lock (`lock.rs`);
+//!   every operation of a shared handle takes it once, so many-key operations are atomic
+//!   for free.
 //! * Atomicity on the hash types: a single-key operation holds its shard's lock; a many-key
 //!   operation holds every shard's write lock (taken in index order) and a shared handle's
-//!   traversal every shard's read lock, so no reader ever sees part of a batch. This replaced
-//!   `DashMap` under a table gate (an `RwLock` that public single-key writes took shared, and
-//!   a seqlock version for single-key reads): one contended atomic fewer per public write.
-//! * Lock elision for the owner of a protected table ([`Table`]): every write through a
-//!   `Table` needs `&mut Table`, so while the owner reads through `&Table` there is no writer
-//!   anywhere, and its reads take no lock at all (readers on other threads still lock, against
-//!   the owner's writes). When no other handle exists (the table's `Arc` is unique), the
-//!   owner's single-key writes skip the shard lock too. Besides two atomics per operation this
-//!   lets the CPU overlap the cache misses of consecutive operations (an x86 locked
-//!   instruction waits for the loads before it). `ordered_set` elides its lock the same way.
+//!   traversal every shard's read lock, so no reader ever sees part of a batch.
+//! * Lock elision for the owner of a protected table ([`Table`]), decided in one file
+//!   (`access.rs`): every write through a `Table` needs `&mut Table`, so while the owner reads
+//!   through `&Table` there is no writer anywhere, and its reads take no lock at all (the
+//!   shard's `data_ptr()`; readers on other threads still lock, against the owner's writes).
+//!   When no other handle exists (`Arc::get_mut` succeeds) the owner's writes, single- and
+//!   many-key, go through `shards_mut()[i].get_mut()`: no lock, and no `unsafe`.
+//!   `ordered_set` elides its lock the same way. The `unsafe` that remains (the owner's
+//!   unlocked reads, the reader slots) is model-checked with loom (`loom.rs`:
+//!   `RUSTFLAGS="--cfg loom" cargo test --release --lib ets::loom`).
 //! * [`Table::lookup_with`] (and [`ReadTable::lookup_with`]) lends a key's objects in place;
 //!   `lookup` builds a `Vec`, one allocation per hit. `bench tables` counts through
 //!   `lookup_with`, as the BEAM side counts `length(ets:lookup(T, K))`.
-//! * [`TableOptions::read_concurrency`] (ETS's option of that name): each lock counts its
-//!   readers in per-thread slots on their own cache lines instead of one shared word (see
-//!   `lock.rs`), so readers on different cores stop fighting over the lock's line. Off by
-//!   default for its memory. `bench tables` sets it on its 2-thread tables, as the BEAM side
-//!   does (`{read_concurrency, true}`): when added, 2-thread lookups went 22 -> 43 (set)
-//!   and 11 -> 28 (`ordered_set`), writes within noise.
+//! * [`TableOptions::read_concurrency`] (ETS's option of that name) applies to `ordered_set`:
+//!   its lock counts readers in per-thread slots on their own cache lines instead of one
+//!   shared word (`lock.rs`). When added, 2-thread `ordered_set` lookups went 11 -> 28 M/s.
+//!   The hash types ignore it: a dashmap shard's lock is dashmap's, with no way to swap it;
+//!   with 32 shard locks per core their readers rarely meet on one anyway (below: the 2-thread
+//!   lookups kept their speed without it).
 //!
-//! | workload (threads) | before | after |
-//! |---|---|---|
-//! | set insert / lookup / delete (1) | 15.1 / 11.7 / 20.2 | 23.6 / 62 / 49 |
-//! | set insert / lookup / delete (2) | 6.5 / 14.9 / 8.1 | 20.5 / 50 / 27.3 |
-//! | bag insert / lookup / delete (1) | 10.8 / 10.6 / 19.8 | 16.0 / 44 / 36.8 |
-//! | bag insert / lookup / delete (2) | 5.6 / 13.6 / 8.0 | 16.8 / 36.5 / 24.2 |
-//! | ordered_set insert / lookup / delete (1) | 9.6 / 12.0 / 21.2 | 10.1 / 15.2 / 27.9 |
-//! | ordered_set insert / lookup / delete (2) | 6.8 / 9.2 / 11.5 | 7.9 / 25.6 / 10.9 |
+//! Our own sharded `hashbrown` map against dashmap, like with like (both with the lock
+//! elision and FxHash), M ops/s, `freqalloc bench tables --only ets --json` (keys
+//! 0..1,000,000 in order, value = key; 1 thread = the owner of a protected table, 2 threads =
+//! a public table, half the keys each; the old map's 2-thread tables had `read_concurrency`,
+//! the new ones cannot), the binaries of the commit before and after, alternated, medians of
+//! 15 runs each, on our 2-core machine while it ran other builds (load 6-13): the
+//! interquartile ranges are +-30%, so only differences beyond that are measured ones.
 //!
-//! (`duplicate_bag` as `bag`.) What bounds them now: on 1 thread, cache misses (a 1M-key
-//! table is far larger than the caches, and FxHash scatters consecutive keys: `perf` puts
-//! most of a delete on the loads of the bucket's control group and slot) and, for inserts,
-//! growing the tables; on 2 threads, the shard locks' atomics and their cache-line traffic
-//! between the cores; `ordered_set` is at the speed of `std`'s `BTreeMap` itself (measured
-//! alone: insert 10-11, lookup 14, delete 33), and its 2-thread writes are serialized by
-//! its one lock.
+//! | workload (threads) | own map | dashmap | dashmap, owner's `Arc` check by load + fence |
+//! |---|---|---|---|
+//! | set insert / lookup / delete (1) | 12.8 / 28.4 / 16.0 | 9.4 / 29.2 / 16.1 | 12.6 / 31.4 / 15.1 |
+//! | set insert / lookup / delete (2) | 7.8 / 11.5 / 10.3 | 6.7 / 12.5 / 9.6 | 6.4 / 13.3 / 8.7 |
+//! | bag insert / lookup / delete (1) | 6.6 / 16.4 / 11.9 | 6.6 / 18.1 / 9.1 | 8.6 / 19.8 / 13.2 |
+//! | bag insert / lookup / delete (2) | 5.4 / 9.7 / 6.5 | 6.0 / 11.1 / 8.5 | 6.0 / 11.6 / 9.6 |
+//! | duplicate_bag insert / lookup / delete (1) | 6.4 / 16.1 / 12.3 | 5.4 / 14.5 / 9.0 | 7.4 / 19.9 / 12.7 |
+//! | ordered_set insert / lookup / delete (1), unchanged code | 6.8 / 9.9 / 17.7 | 6.5 / 10.7 / 14.9 | 6.1 / 11.9 / 18.3 |
+//!
+//! (On an idle machine the own map did set 23.6 / 62 / 49 on 1 thread.) Reads and 2-thread
+//! rows are even or better. The 1-thread owner writes are 16-27% slower, and the third
+//! column says why: not dashmap, but `Arc::get_mut`, the safe check that no reader exists,
+//! which is a compare-and-swap on the `Arc`'s count per write; a locked instruction also
+//! stops the CPU from overlapping the cache misses of consecutive operations. The old map
+//! read `strong_count` and fenced (a plain load), then wrote through a pointer: `unsafe`, so
+//! it was not kept (the third column is that check, measured, not shipped). Criterion with
+//! the CPU clock (`FREQALLOC_BENCH_CLOCK=cpu cargo bench --bench tables -- --warm-up-time 1
+//! --measurement-time 2 '^ets/set/'`, old commit saved as a baseline) agrees: owner insert
+//! -29%, delete -24%, lookup -2%, fold scan +37%.
+//!
+//! What bounds them: on 1 thread, cache misses (a 1M-key table is far larger than the
+//! caches, and FxHash scatters consecutive keys) and, for inserts, growing the tables, plus
+//! the `Arc::get_mut` above on owner writes; on 2 threads, the shard locks' atomics and their
+//! cache-line traffic between the cores; `ordered_set` is at the speed of `std`'s `BTreeMap`
+//! itself, and its 2-thread writes are serialized by its one lock.
 
+mod access;
 mod dump;
 mod error;
 mod hashed;
 mod lock;
+#[cfg(all(test, loom))]
+mod loom;
 mod ordered;
 
 use std::fmt;
 use std::hash::Hash;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+
+// Under loom its `Arc`, so the model sees the reference counts that `Arc::get_mut` reads.
+#[cfg(all(test, loom))]
+use ::loom::sync::Arc;
+#[cfg(not(all(test, loom)))]
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -143,32 +165,21 @@ use serde::Serialize;
 pub use error::EtsError;
 
 use crate::table::{Counter, ReadTable, TableInfo, TableType, WriteTable};
+use access::{Access, Writer};
 use hashed::{CounterError, Hashed, Objs, One, Slot};
 use ordered::Ordered;
-
-/// Who is calling, which decides which locks an operation needs.
-///
-/// Safety invariant (the backends' `unsafe` lock elision rests on it): `Owner` and `Sole` are
-/// only ever made by [`Table`] (and `Sole` by `file2tab` for a table no one else can see yet).
-/// Every write through a `Table` takes `&mut Table`, and a protected table's other handles
-/// ([`TableReader`]) never write.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Access {
-    /// The owner of a protected table, reading through `&Table` or writing through
-    /// `&mut Table` while other handles (readers) may exist: reads need no lock (no writer
-    /// can run during them); writes lock against the readers.
-    Owner,
-    /// The owner writing through `&mut Table` when no other handle exists (its `Arc` is the
-    /// only one): single-key writes need no lock either.
-    Sole,
-    /// A [`TableReader`] or a [`PublicTable`]: every operation locks.
-    Shared,
-}
 
 enum Backend<K, V> {
     Set(Hashed<K, One<V>>),
     Bag(Hashed<K, Objs<V>>),
     Ordered(Ordered<K, V>),
+}
+
+/// A [`Writer`] to the backend chosen by the table type.
+enum BackendWriter<'a, K, V> {
+    Set(Writer<'a, Hashed<K, One<V>>>),
+    Bag(Writer<'a, Hashed<K, Objs<V>>>),
+    Ordered(Writer<'a, Ordered<K, V>>),
 }
 
 struct Inner<K, V> {
@@ -184,10 +195,11 @@ where
 {
     fn new(name: Option<String>, table_type: TableType, read_concurrency: bool) -> Self {
         let backend = match table_type {
-            TableType::Set => Backend::Set(Hashed::new(false, read_concurrency)),
+            // dashmap's shards carry dashmap's lock: `read_concurrency` cannot change it.
+            TableType::Set => Backend::Set(Hashed::new(false)),
             TableType::OrderedSet => Backend::Ordered(Ordered::new(read_concurrency)),
-            TableType::Bag => Backend::Bag(Hashed::new(true, read_concurrency)),
-            TableType::DuplicateBag => Backend::Bag(Hashed::new(false, read_concurrency)),
+            TableType::Bag => Backend::Bag(Hashed::new(true)),
+            TableType::DuplicateBag => Backend::Bag(Hashed::new(false)),
         };
         Inner {
             name,
@@ -196,40 +208,57 @@ where
         }
     }
 
+    /// The writer of the backend, in the same mode.
     #[inline]
-    fn insert(&self, acc: Access, key: K, value: V) {
-        match &self.backend {
-            Backend::Set(h) => h.insert(acc, key, value),
-            Backend::Bag(h) => h.insert(acc, key, value),
-            Backend::Ordered(o) => o.insert(acc, key, value),
+    fn backend(w: Writer<'_, Self>) -> BackendWriter<'_, K, V> {
+        match w {
+            Writer::Locked(inner) => match &inner.backend {
+                Backend::Set(h) => BackendWriter::Set(Writer::Locked(h)),
+                Backend::Bag(h) => BackendWriter::Bag(Writer::Locked(h)),
+                Backend::Ordered(o) => BackendWriter::Ordered(Writer::Locked(o)),
+            },
+            Writer::Sole(inner) => match &mut inner.backend {
+                Backend::Set(h) => BackendWriter::Set(Writer::Sole(h)),
+                Backend::Bag(h) => BackendWriter::Bag(Writer::Sole(h)),
+                Backend::Ordered(o) => BackendWriter::Ordered(Writer::Sole(o)),
+            },
         }
     }
 
-    fn insert_many(&self, objects: Vec<(K, V)>) {
-        match &self.backend {
-            Backend::Set(h) => h.insert_many(objects),
-            Backend::Bag(h) => h.insert_many(objects),
-            Backend::Ordered(o) => o.insert_many(objects),
+    #[inline]
+    fn insert(w: Writer<'_, Self>, key: K, value: V) {
+        match Self::backend(w) {
+            BackendWriter::Set(h) => Hashed::insert(h, key, value),
+            BackendWriter::Bag(h) => Hashed::insert(h, key, value),
+            BackendWriter::Ordered(o) => Ordered::insert(o, key, value),
         }
     }
 
-    fn insert_new(&self, acc: Access, key: K, value: V) -> bool {
-        match &self.backend {
-            Backend::Set(h) => h.insert_new(acc, key, value),
-            Backend::Bag(h) => h.insert_new(acc, key, value),
-            Backend::Ordered(o) => o.insert_new(acc, key, value),
+    fn insert_many(w: Writer<'_, Self>, objects: Vec<(K, V)>) {
+        match Self::backend(w) {
+            BackendWriter::Set(h) => Hashed::insert_many(h, objects),
+            BackendWriter::Bag(h) => Hashed::insert_many(h, objects),
+            BackendWriter::Ordered(o) => Ordered::insert_many(o, objects),
         }
     }
 
-    fn insert_new_many(&self, objects: Vec<(K, V)>) -> bool {
-        match &self.backend {
-            Backend::Set(h) => h.insert_new_many(objects),
-            Backend::Bag(h) => h.insert_new_many(objects),
-            Backend::Ordered(o) => o.insert_new_many(objects),
+    fn insert_new(w: Writer<'_, Self>, key: K, value: V) -> bool {
+        match Self::backend(w) {
+            BackendWriter::Set(h) => Hashed::insert_new(h, key, value),
+            BackendWriter::Bag(h) => Hashed::insert_new(h, key, value),
+            BackendWriter::Ordered(o) => Ordered::insert_new(o, key, value),
         }
     }
 
-    fn lookup(&self, acc: Access, key: &K) -> Vec<V> {
+    fn insert_new_many(w: Writer<'_, Self>, objects: Vec<(K, V)>) -> bool {
+        match Self::backend(w) {
+            BackendWriter::Set(h) => Hashed::insert_new_many(h, objects),
+            BackendWriter::Bag(h) => Hashed::insert_new_many(h, objects),
+            BackendWriter::Ordered(o) => Ordered::insert_new_many(o, objects),
+        }
+    }
+
+    fn lookup(&self, acc: Access<'_>, key: &K) -> Vec<V> {
         match &self.backend {
             Backend::Set(h) => h.with(acc, key, |s| s.map(|s| vec![s.0.clone()])),
             Backend::Bag(h) => h.with(acc, key, |s| s.map(|s| s.objects().to_vec())),
@@ -240,7 +269,7 @@ where
 
     /// Calls `f` with the objects under `key` (empty when none), borrowed in place.
     #[inline]
-    fn lookup_with<R>(&self, acc: Access, key: &K, f: impl FnOnce(&[V]) -> R) -> R {
+    fn lookup_with<R>(&self, acc: Access<'_>, key: &K, f: impl FnOnce(&[V]) -> R) -> R {
         match &self.backend {
             Backend::Set(h) => h.with(acc, key, |s| f(s.map_or(&[][..], |s| s.objects()))),
             Backend::Bag(h) => h.with(acc, key, |s| f(s.map_or(&[][..], |s| s.objects()))),
@@ -249,7 +278,7 @@ where
     }
 
     #[inline]
-    fn get(&self, acc: Access, key: &K) -> Option<V> {
+    fn get(&self, acc: Access<'_>, key: &K) -> Option<V> {
         match &self.backend {
             Backend::Set(h) => h.with(acc, key, |s| s.map(|s| s.0.clone())),
             Backend::Bag(h) => h.with(acc, key, |s| s.and_then(|s| s.objects().first().cloned())),
@@ -257,7 +286,7 @@ where
         }
     }
 
-    fn member(&self, acc: Access, key: &K) -> bool {
+    fn member(&self, acc: Access<'_>, key: &K) -> bool {
         match &self.backend {
             Backend::Set(h) => h.member(acc, key),
             Backend::Bag(h) => h.member(acc, key),
@@ -265,41 +294,40 @@ where
         }
     }
 
-    fn delete(&self, acc: Access, key: &K) -> usize {
-        match &self.backend {
-            Backend::Set(h) => h.delete(acc, key),
-            Backend::Bag(h) => h.delete(acc, key),
-            Backend::Ordered(o) => usize::from(o.take(acc, key).is_some()),
+    fn delete(w: Writer<'_, Self>, key: &K) -> usize {
+        match Self::backend(w) {
+            BackendWriter::Set(h) => Hashed::delete(h, key),
+            BackendWriter::Bag(h) => Hashed::delete(h, key),
+            BackendWriter::Ordered(o) => usize::from(Ordered::take(o, key).is_some()),
         }
     }
 
-    fn delete_object(&self, acc: Access, key: &K, value: &V) -> usize {
-        match &self.backend {
-            Backend::Set(h) => h.delete_object(acc, key, value),
-            Backend::Bag(h) => h.delete_object(acc, key, value),
-            Backend::Ordered(o) => o.delete_object(acc, key, value),
+    fn delete_object(w: Writer<'_, Self>, key: &K, value: &V) -> usize {
+        match Self::backend(w) {
+            BackendWriter::Set(h) => Hashed::delete_object(h, key, value),
+            BackendWriter::Bag(h) => Hashed::delete_object(h, key, value),
+            BackendWriter::Ordered(o) => Ordered::delete_object(o, key, value),
         }
     }
 
-    fn delete_all_objects(&self) {
-        match &self.backend {
-            Backend::Set(h) => h.delete_all_objects(),
-            Backend::Bag(h) => h.delete_all_objects(),
-            Backend::Ordered(o) => o.delete_all_objects(),
+    fn delete_all_objects(w: Writer<'_, Self>) {
+        match Self::backend(w) {
+            BackendWriter::Set(h) => Hashed::delete_all_objects(h),
+            BackendWriter::Bag(h) => Hashed::delete_all_objects(h),
+            BackendWriter::Ordered(o) => Ordered::delete_all_objects(o),
         }
     }
 
-    fn take(&self, acc: Access, key: &K) -> Vec<V> {
-        match &self.backend {
-            Backend::Set(h) => h.take(acc, key),
-            Backend::Bag(h) => h.take(acc, key),
-            Backend::Ordered(o) => o.take(acc, key).into_iter().collect(),
+    fn take(w: Writer<'_, Self>, key: &K) -> Vec<V> {
+        match Self::backend(w) {
+            BackendWriter::Set(h) => Hashed::take(h, key),
+            BackendWriter::Bag(h) => Hashed::take(h, key),
+            BackendWriter::Ordered(o) => Ordered::take(o, key).into_iter().collect(),
         }
     }
 
     fn update_counter(
-        &self,
-        acc: Access,
+        w: Writer<'_, Self>,
         key: &K,
         incr: i64,
         default: Option<V>,
@@ -307,13 +335,14 @@ where
     where
         V: Counter,
     {
-        let r = match &self.backend {
-            Backend::Set(h) => h.update_counter(acc, key, incr, default),
-            Backend::Ordered(o) => o.update_counter(acc, key, incr, default),
-            Backend::Bag(_) => {
+        let table_type = w.get().table_type;
+        let r = match Self::backend(w) {
+            BackendWriter::Set(h) => Hashed::update_counter(h, key, incr, default),
+            BackendWriter::Ordered(o) => Ordered::update_counter(o, key, incr, default),
+            BackendWriter::Bag(_) => {
                 return Err(EtsError::NotASet {
                     operation: "update_counter",
-                    table_type: self.table_type,
+                    table_type,
                 })
             }
         };
@@ -323,19 +352,20 @@ where
         })
     }
 
-    fn update(&self, acc: Access, key: &K, f: impl FnOnce(&mut V)) -> Result<bool, EtsError> {
-        match &self.backend {
-            Backend::Set(h) => Ok(h.update(acc, key, f)),
-            Backend::Ordered(o) => Ok(o.update(acc, key, f)),
-            Backend::Bag(_) => Err(EtsError::NotASet {
+    fn update(w: Writer<'_, Self>, key: &K, f: impl FnOnce(&mut V)) -> Result<bool, EtsError> {
+        let table_type = w.get().table_type;
+        match Self::backend(w) {
+            BackendWriter::Set(h) => Ok(Hashed::update(h, key, f)),
+            BackendWriter::Ordered(o) => Ok(Ordered::update(o, key, f)),
+            BackendWriter::Bag(_) => Err(EtsError::NotASet {
                 operation: "update",
-                table_type: self.table_type,
+                table_type,
             }),
         }
     }
 
     /// Folds over every object (key order for ordered_set).
-    fn fold<A>(&self, acc: Access, init: A, f: impl FnMut(A, &K, &V) -> A) -> A {
+    fn fold<A>(&self, acc: Access<'_>, init: A, f: impl FnMut(A, &K, &V) -> A) -> A {
         match &self.backend {
             Backend::Set(h) => h.fold(acc, init, f),
             Backend::Bag(h) => h.fold(acc, init, f),
@@ -343,26 +373,26 @@ where
         }
     }
 
-    fn select<R>(&self, acc: Access, mut f: impl FnMut(&K, &V) -> Option<R>) -> Vec<R> {
+    fn select<R>(&self, acc: Access<'_>, mut f: impl FnMut(&K, &V) -> Option<R>) -> Vec<R> {
         self.fold(acc, Vec::new(), |mut out, k, v| {
             out.extend(f(k, v));
             out
         })
     }
 
-    fn select_count(&self, acc: Access, mut pred: impl FnMut(&K, &V) -> bool) -> usize {
+    fn select_count(&self, acc: Access<'_>, mut pred: impl FnMut(&K, &V) -> bool) -> usize {
         self.fold(acc, 0, |n, k, v| n + usize::from(pred(k, v)))
     }
 
-    fn select_delete(&self, pred: impl FnMut(&K, &V) -> bool) -> usize {
-        match &self.backend {
-            Backend::Set(h) => h.select_delete(pred),
-            Backend::Bag(h) => h.select_delete(pred),
-            Backend::Ordered(o) => o.select_delete(pred),
+    fn select_delete(w: Writer<'_, Self>, pred: impl FnMut(&K, &V) -> bool) -> usize {
+        match Self::backend(w) {
+            BackendWriter::Set(h) => Hashed::select_delete(h, pred),
+            BackendWriter::Bag(h) => Hashed::select_delete(h, pred),
+            BackendWriter::Ordered(o) => Ordered::select_delete(o, pred),
         }
     }
 
-    fn first(&self, acc: Access) -> Option<K> {
+    fn first(&self, acc: Access<'_>) -> Option<K> {
         match &self.backend {
             Backend::Set(h) => h.first(acc),
             Backend::Bag(h) => h.first(acc),
@@ -370,7 +400,7 @@ where
         }
     }
 
-    fn next(&self, acc: Access, key: &K) -> Option<K> {
+    fn next(&self, acc: Access<'_>, key: &K) -> Option<K> {
         match &self.backend {
             Backend::Set(h) => h.next(acc, key),
             Backend::Bag(h) => h.next(acc, key),
@@ -378,14 +408,14 @@ where
         }
     }
 
-    fn last(&self, acc: Access) -> Option<K> {
+    fn last(&self, acc: Access<'_>) -> Option<K> {
         match &self.backend {
             Backend::Ordered(o) => o.last(acc),
             _ => self.first(acc),
         }
     }
 
-    fn prev(&self, acc: Access, key: &K) -> Option<K> {
+    fn prev(&self, acc: Access<'_>, key: &K) -> Option<K> {
         match &self.backend {
             Backend::Ordered(o) => o.prev(acc, key),
             _ => self.next(acc, key),
@@ -403,7 +433,7 @@ where
     }
 
     /// (objects, keys).
-    fn counts(&self, acc: Access) -> (usize, usize) {
+    fn counts(&self, acc: Access<'_>) -> (usize, usize) {
         match &self.backend {
             Backend::Set(h) => h.counts(acc),
             Backend::Bag(h) => h.counts(acc),
@@ -414,7 +444,7 @@ where
         }
     }
 
-    fn len(&self, acc: Access) -> usize {
+    fn len(&self, acc: Access<'_>) -> usize {
         match &self.backend {
             Backend::Set(h) => h.keys(acc),
             Backend::Ordered(o) => o.len(acc),
@@ -422,7 +452,7 @@ where
         }
     }
 
-    fn info(&self, acc: Access) -> TableInfo {
+    fn info(&self, acc: Access<'_>) -> TableInfo {
         let (size, keys) = self.counts(acc);
         let k = std::mem::size_of::<K>() as u64;
         let v = std::mem::size_of::<V>() as u64;
@@ -444,11 +474,11 @@ where
         }
     }
 
-    fn to_vec(&self, acc: Access) -> Vec<(K, V)> {
+    fn to_vec(&self, acc: Access<'_>) -> Vec<(K, V)> {
         self.select(acc, |k, v| Some((k.clone(), v.clone())))
     }
 
-    fn tab2file(&self, acc: Access, path: &Path) -> Result<(), EtsError>
+    fn tab2file(&self, acc: Access<'_>, path: &Path) -> Result<(), EtsError>
     where
         K: Serialize,
         V: Serialize,
@@ -472,7 +502,7 @@ fn bounds<K, R: RangeBounds<K>>(r: &R) -> (Bound<&K>, Bound<&K>) {
 
 /// The read methods every handle has, with the handle's access mode.
 macro_rules! read_api {
-    ($acc:expr) => {
+    () => {
         /// The table's type.
         pub fn table_type(&self) -> TableType {
             self.inner.table_type
@@ -486,7 +516,7 @@ macro_rules! read_api {
         /// Every object under `key`: at most one for sets, insertion order for bags.
         /// Erlang: `lookup/2`.
         pub fn lookup(&self, key: &K) -> Vec<V> {
-            self.inner.lookup($acc, key)
+            self.inner.lookup(self.access(), key)
         }
 
         /// Calls `f` with the objects under `key` (an empty slice when none; insertion order
@@ -494,22 +524,22 @@ macro_rules! read_api {
         /// the key's shard is read-locked and must not call into this table.
         #[inline]
         pub fn lookup_with<R, F: FnOnce(&[V]) -> R>(&self, key: &K, f: F) -> R {
-            self.inner.lookup_with($acc, key, f)
+            self.inner.lookup_with(self.access(), key, f)
         }
 
         /// The (first) object under `key`, without allocating: the fast path for sets.
         pub fn get(&self, key: &K) -> Option<V> {
-            self.inner.get($acc, key)
+            self.inner.get(self.access(), key)
         }
 
         /// Whether any object is stored under `key`. Erlang: `member/2`.
         pub fn member(&self, key: &K) -> bool {
-            self.inner.member($acc, key)
+            self.inner.member(self.access(), key)
         }
 
         /// Number of objects (every object of a bag). Erlang: `info(T, size)`.
         pub fn len(&self) -> usize {
-            self.inner.len($acc)
+            self.inner.len(self.access())
         }
 
         /// True when the table holds no object.
@@ -519,42 +549,42 @@ macro_rules! read_api {
 
         /// Type, size, keys and a memory estimate. Erlang: `info/1`.
         pub fn info(&self) -> TableInfo {
-            self.inner.info($acc)
+            self.inner.info(self.access())
         }
 
         /// Every object; key order for `OrderedSet`. Erlang: `tab2list/1`.
         pub fn to_vec(&self) -> Vec<(K, V)> {
-            self.inner.to_vec($acc)
+            self.inner.to_vec(self.access())
         }
 
         /// The first key in table order. Erlang: `first/1`.
         pub fn first(&self) -> Option<K> {
-            self.inner.first($acc)
+            self.inner.first(self.access())
         }
 
         /// The key after `key` in table order (for `OrderedSet`, whether or not `key` is
         /// still present). O(n) per call on the hash types. Erlang: `next/2`.
         pub fn next(&self, key: &K) -> Option<K> {
-            self.inner.next($acc, key)
+            self.inner.next(self.access(), key)
         }
 
         /// The last key of an `OrderedSet`; as [`Self::first`] on the hash types.
         /// Erlang: `last/1`.
         pub fn last(&self) -> Option<K> {
-            self.inner.last($acc)
+            self.inner.last(self.access())
         }
 
         /// The key before `key` in an `OrderedSet`; as [`Self::next`] on the hash types.
         /// Erlang: `prev/2`.
         pub fn prev(&self, key: &K) -> Option<K> {
-            self.inner.prev($acc, key)
+            self.inner.prev(self.access(), key)
         }
 
         /// The objects whose keys lie in `range`, in key order (an inverted range is empty).
         /// `OrderedSet` only: [`EtsError::NotOrdered`] otherwise.
         pub fn range<R: RangeBounds<K>>(&self, range: R) -> Result<Vec<(K, V)>, EtsError> {
             let (lo, hi) = bounds(&range);
-            Ok(self.inner.ordered("range")?.range($acc, lo, hi))
+            Ok(self.inner.ordered("range")?.range(self.access(), lo, hi))
         }
 
         /// Folds over the objects whose keys lie in `range`, in key order, without copying
@@ -568,7 +598,7 @@ macro_rules! read_api {
             Ok(self
                 .inner
                 .ordered("range_fold")?
-                .range_fold($acc, lo, hi, init, f))
+                .range_fold(self.access(), lo, hi, init, f))
         }
 
         /// Collects `f(object)` for every object where it is `Some`. Erlang: `select/2`.
@@ -576,7 +606,7 @@ macro_rules! read_api {
         where
             F: FnMut(&K, &V) -> Option<R>,
         {
-            self.inner.select($acc, f)
+            self.inner.select(self.access(), f)
         }
 
         /// Counts the objects for which `pred` holds. Erlang: `select_count/2`.
@@ -584,7 +614,7 @@ macro_rules! read_api {
         where
             F: FnMut(&K, &V) -> bool,
         {
-            self.inner.select_count($acc, pred)
+            self.inner.select_count(self.access(), pred)
         }
 
         /// Folds over every object (key order for `OrderedSet`). Erlang: `foldl/3`.
@@ -592,7 +622,7 @@ macro_rules! read_api {
         where
             F: FnMut(A, &K, &V) -> A,
         {
-            self.inner.fold($acc, init, f)
+            self.inner.fold(self.access(), init, f)
         }
 
         /// Dumps the table to `path`: header, objects, CRC32 (see the module docs). Written
@@ -603,7 +633,7 @@ macro_rules! read_api {
             K: Serialize,
             V: Serialize,
         {
-            self.inner.tab2file($acc, path.as_ref())
+            self.inner.tab2file(self.access(), path.as_ref())
         }
     };
 }
@@ -615,52 +645,49 @@ macro_rules! write_api {
         /// Erlang: `insert/2`.
         #[inline]
         pub fn insert(&$($m)? self, key: K, value: V) {
-            let acc = self.write_access();
-            self.inner.insert(acc, key, value)
+            self.write(|w| Inner::insert(w, key, value))
         }
 
         /// Inserts many objects atomically and in isolation: readers see all or none. For
         /// sets a later object with the same key wins. The iterator is drained before the
         /// table is locked. Erlang: `insert/2` with a list.
         pub fn insert_many<I: IntoIterator<Item = (K, V)>>(&$($m)? self, objects: I) {
-            self.inner.insert_many(objects.into_iter().collect())
+            let objects = objects.into_iter().collect();
+            self.write(|w| Inner::insert_many(w, objects))
         }
 
         /// Inserts only if the key is absent; returns whether it inserted.
         /// Erlang: `insert_new/2`.
         pub fn insert_new(&$($m)? self, key: K, value: V) -> bool {
-            let acc = self.write_access();
-            self.inner.insert_new(acc, key, value)
+            self.write(|w| Inner::insert_new(w, key, value))
         }
 
         /// Inserts all objects if none of their keys is present; otherwise nothing, and
         /// returns `false`. Atomic and isolated. Erlang: `insert_new/2` with a list.
         pub fn insert_new_many<I: IntoIterator<Item = (K, V)>>(&$($m)? self, objects: I) -> bool {
-            self.inner.insert_new_many(objects.into_iter().collect())
+            let objects = objects.into_iter().collect();
+            self.write(|w| Inner::insert_new_many(w, objects))
         }
 
         /// Deletes every object under `key`; returns how many. Erlang: `delete/2`.
         pub fn delete(&$($m)? self, key: &K) -> usize {
-            let acc = self.write_access();
-            self.inner.delete(acc, key)
+            self.write(|w| Inner::delete(w, key))
         }
 
         /// Deletes the object `(key, value)`; in a `DuplicateBag` every copy of it. Returns
         /// how many it removed. Erlang: `delete_object/2`.
         pub fn delete_object(&$($m)? self, key: &K, value: &V) -> usize {
-            let acc = self.write_access();
-            self.inner.delete_object(acc, key, value)
+            self.write(|w| Inner::delete_object(w, key, value))
         }
 
         /// Empties the table, atomically. Erlang: `delete_all_objects/1`.
         pub fn delete_all_objects(&$($m)? self) {
-            self.inner.delete_all_objects()
+            self.write(Inner::delete_all_objects)
         }
 
         /// Removes and returns every object under `key`. Erlang: `take/2`.
         pub fn take(&$($m)? self, key: &K) -> Vec<V> {
-            let acc = self.write_access();
-            self.inner.take(acc, key)
+            self.write(|w| Inner::take(w, key))
         }
 
         /// Atomically adds `incr` to the value under `key` and returns the new value. If the
@@ -671,22 +698,20 @@ macro_rules! write_api {
         where
             V: Counter,
         {
-            let acc = self.write_access();
-            self.inner.update_counter(acc, key, incr, default)
+            self.write(|w| Inner::update_counter(w, key, incr, default))
         }
 
         /// Atomically applies `f` to the value under `key`; `Ok(false)` if absent,
         /// [`EtsError::NotASet`] on a bag. `f` must not touch this table.
         /// Erlang: `update_element/3`.
         pub fn update<F: FnOnce(&mut V)>(&$($m)? self, key: &K, f: F) -> Result<bool, EtsError> {
-            let acc = self.write_access();
-            self.inner.update(acc, key, f)
+            self.write(|w| Inner::update(w, key, f))
         }
 
         /// Deletes the objects for which `pred` holds, atomically as a whole (stronger than
         /// ETS); returns how many. Erlang: `select_delete/2`.
         pub fn select_delete<F: FnMut(&K, &V) -> bool>(&$($m)? self, pred: F) -> usize {
-            self.inner.select_delete(pred)
+            self.write(|w| Inner::select_delete(w, pred))
         }
     };
 }
@@ -694,7 +719,7 @@ macro_rules! write_api {
 /// Implements [`ReadTable`] (and with `write`, [`WriteTable`]) by delegating to the inherent
 /// methods' backend calls.
 macro_rules! trait_impls {
-    ($ty:ident, $acc:expr) => {
+    ($ty:ident) => {
         impl<K, V> ReadTable<K, V> for $ty<K, V>
         where
             K: Eq + Hash + Ord + Clone,
@@ -705,64 +730,67 @@ macro_rules! trait_impls {
                 self.inner.table_type
             }
             fn lookup(&self, key: &K) -> Result<Vec<V>, EtsError> {
-                Ok(self.inner.lookup($acc, key))
+                Ok(self.inner.lookup(self.access(), key))
             }
             #[inline]
             fn lookup_with<R, F>(&self, key: &K, f: F) -> Result<R, EtsError>
             where
                 F: FnOnce(&[V]) -> R,
             {
-                Ok(self.inner.lookup_with($acc, key, f))
+                Ok(self.inner.lookup_with(self.access(), key, f))
             }
             fn member(&self, key: &K) -> Result<bool, EtsError> {
-                Ok(self.inner.member($acc, key))
+                Ok(self.inner.member(self.access(), key))
             }
             fn len(&self) -> Result<usize, EtsError> {
-                Ok(self.inner.len($acc))
+                Ok(self.inner.len(self.access()))
             }
             fn info(&self) -> Result<TableInfo, EtsError> {
-                Ok(self.inner.info($acc))
+                Ok(self.inner.info(self.access()))
             }
             fn to_vec(&self) -> Result<Vec<(K, V)>, EtsError> {
-                Ok(self.inner.to_vec($acc))
+                Ok(self.inner.to_vec(self.access()))
             }
             fn first(&self) -> Result<Option<K>, EtsError> {
-                Ok(self.inner.first($acc))
+                Ok(self.inner.first(self.access()))
             }
             fn next(&self, key: &K) -> Result<Option<K>, EtsError> {
-                Ok(self.inner.next($acc, key))
+                Ok(self.inner.next(self.access(), key))
             }
             fn last(&self) -> Result<Option<K>, EtsError> {
-                Ok(self.inner.last($acc))
+                Ok(self.inner.last(self.access()))
             }
             fn prev(&self, key: &K) -> Result<Option<K>, EtsError> {
-                Ok(self.inner.prev($acc, key))
+                Ok(self.inner.prev(self.access(), key))
             }
             fn range(&self, lower: Bound<&K>, upper: Bound<&K>) -> Result<Vec<(K, V)>, EtsError> {
-                Ok(self.inner.ordered("range")?.range($acc, lower, upper))
+                Ok(self
+                    .inner
+                    .ordered("range")?
+                    .range(self.access(), lower, upper))
             }
             fn select<R, F>(&self, f: F) -> Result<Vec<R>, EtsError>
             where
                 F: FnMut(&K, &V) -> Option<R>,
             {
-                Ok(self.inner.select($acc, f))
+                Ok(self.inner.select(self.access(), f))
             }
             fn select_count<F>(&self, pred: F) -> Result<usize, EtsError>
             where
                 F: FnMut(&K, &V) -> bool,
             {
-                Ok(self.inner.select_count($acc, pred))
+                Ok(self.inner.select_count(self.access(), pred))
             }
             fn fold<A, F>(&self, init: A, f: F) -> Result<A, EtsError>
             where
                 F: FnMut(A, &K, &V) -> A,
             {
-                Ok(self.inner.fold($acc, init, f))
+                Ok(self.inner.fold(self.access(), init, f))
             }
         }
     };
-    ($ty:ident, $acc:expr, write) => {
-        trait_impls!($ty, $acc);
+    ($ty:ident, write) => {
+        trait_impls!($ty);
 
         impl<K, V> WriteTable<K, V> for $ty<K, V>
         where
@@ -770,42 +798,43 @@ macro_rules! trait_impls {
             V: Clone + PartialEq,
         {
             fn insert(&mut self, key: K, value: V) -> Result<(), EtsError> {
-                let acc = self.write_access();
-                self.inner.insert(acc, key, value);
+                self.write(|w| Inner::insert(w, key, value));
                 Ok(())
             }
             fn insert_many<I>(&mut self, objects: I) -> Result<(), EtsError>
             where
                 I: IntoIterator<Item = (K, V)>,
             {
-                self.inner.insert_many(objects.into_iter().collect());
+                {
+                    let objects = objects.into_iter().collect();
+                    self.write(|w| Inner::insert_many(w, objects))
+                };
                 Ok(())
             }
             fn insert_new(&mut self, key: K, value: V) -> Result<bool, EtsError> {
-                let acc = self.write_access();
-                Ok(self.inner.insert_new(acc, key, value))
+                Ok(self.write(|w| Inner::insert_new(w, key, value)))
             }
             fn insert_new_many<I>(&mut self, objects: I) -> Result<bool, EtsError>
             where
                 I: IntoIterator<Item = (K, V)>,
             {
-                Ok(self.inner.insert_new_many(objects.into_iter().collect()))
+                Ok({
+                    let objects = objects.into_iter().collect();
+                    self.write(|w| Inner::insert_new_many(w, objects))
+                })
             }
             fn delete(&mut self, key: &K) -> Result<usize, EtsError> {
-                let acc = self.write_access();
-                Ok(self.inner.delete(acc, key))
+                Ok(self.write(|w| Inner::delete(w, key)))
             }
             fn delete_object(&mut self, key: &K, value: &V) -> Result<usize, EtsError> {
-                let acc = self.write_access();
-                Ok(self.inner.delete_object(acc, key, value))
+                Ok(self.write(|w| Inner::delete_object(w, key, value)))
             }
             fn delete_all_objects(&mut self) -> Result<(), EtsError> {
-                self.inner.delete_all_objects();
+                self.write(Inner::delete_all_objects);
                 Ok(())
             }
             fn take(&mut self, key: &K) -> Result<Vec<V>, EtsError> {
-                let acc = self.write_access();
-                Ok(self.inner.take(acc, key))
+                Ok(self.write(|w| Inner::take(w, key)))
             }
             fn update_counter(
                 &mut self,
@@ -816,21 +845,19 @@ macro_rules! trait_impls {
             where
                 V: Counter,
             {
-                let acc = self.write_access();
-                self.inner.update_counter(acc, key, incr, default)
+                self.write(|w| Inner::update_counter(w, key, incr, default))
             }
             fn update<F>(&mut self, key: &K, f: F) -> Result<bool, EtsError>
             where
                 F: FnOnce(&mut V),
             {
-                let acc = self.write_access();
-                self.inner.update(acc, key, f)
+                self.write(|w| Inner::update(w, key, f))
             }
             fn select_delete<F>(&mut self, pred: F) -> Result<usize, EtsError>
             where
                 F: FnMut(&K, &V) -> bool,
             {
-                Ok(self.inner.select_delete(pred))
+                Ok(self.write(|w| Inner::select_delete(w, pred)))
             }
         }
     };
@@ -853,13 +880,16 @@ macro_rules! trait_impls {
 pub struct TableOptions {
     /// The table's name (shown by `Debug`, kept by dumps).
     pub name: Option<String>,
-    /// Makes reads from many threads at once scale: each lock of the table (one per shard of
-    /// a hash table, one for an `ordered_set`) counts its readers in per-thread slots on
-    /// their own cache lines instead of in one shared word, so concurrent readers do not
-    /// contend. Writes check every slot, and each lock takes `(1 + slots) * 128` bytes
-    /// (slots: two per core, at most 16; a hash table has 32 shards per core, at most 256):
-    /// 40 KiB per hash table on 2 cores. So it is off by default. Changes no semantics.
-    /// Erlang: `{read_concurrency, true}`.
+    /// Makes reads from many threads at once scale, on an **`ordered_set`**: its lock counts
+    /// readers in per-thread slots on their own cache lines instead of in one shared word,
+    /// so concurrent readers do not contend. Writes check every slot, and the lock takes
+    /// `(1 + slots) * 128` bytes (slots: two per core, at most 16), so it is off by default.
+    /// Changes no semantics. Erlang: `{read_concurrency, true}`.
+    ///
+    /// The hash types (`set`, `bag`, `duplicate_bag`) accept and ignore it: they are on
+    /// dashmap, whose shards each carry dashmap's own lock (one reader count per shard), and
+    /// dashmap offers no way to put another lock there; their readers already spread over
+    /// 32 shard locks per core (see the module docs for the 2-thread figures).
     pub read_concurrency: bool,
 }
 
@@ -958,34 +988,37 @@ where
         V: DeserializeOwned,
     {
         let (header, objects) = dump::read::<K, V>(path.as_ref())?;
-        let inner = Inner::new(header.name, header.table_type, false);
+        let mut inner = Inner::new(header.name, header.table_type, false);
         for (k, v) in objects {
-            // No handle to `inner` exists yet: `Sole` (see `Access`).
-            inner.insert(Access::Sole, k, v);
+            // No handle to `inner` exists yet: `&mut`, no lock.
+            Inner::insert(Writer::Sole(&mut inner), k, v);
         }
         Ok(Table {
             inner: Arc::new(inner),
         })
     }
 
-    /// How a write through this owner may skip locks: `Sole` when no other handle to the
-    /// table exists, else `Owner` (readers may be reading, so writes lock).
+    /// How this owner reads: without locks (see [`Access::owner`]).
     #[inline]
-    fn write_access(&mut self) -> Access {
-        // `strong_count == 1` with `&mut self` held: every reader has been dropped and no new
-        // handle can be made until this borrow ends (`reader` needs `&self`, `into_public`
-        // consumes `self`, and no `Weak` is ever made). The fence pairs with the `Release`
-        // decrement of each dropped handle, so every read those handles made happens before
-        // the unlocked write that follows.
-        if Arc::strong_count(&self.inner) == 1 {
-            std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
-            Access::Sole
-        } else {
-            Access::Owner
+    fn access(&self) -> Access<'_> {
+        // SAFETY: `self` is this table's owner, and the `Access` goes only to `self.inner`
+        // (every caller is a method of `self`).
+        unsafe { Access::owner(self) }
+    }
+
+    /// Runs a write: through `&mut` with no lock when no other handle to the table exists
+    /// (`Arc::get_mut`: no reader alive, none can be made while `&mut self` is held, its
+    /// `Acquire` orders every dropped reader's reads before this write), else through the
+    /// locks (readers may be reading).
+    #[inline]
+    fn write<R>(&mut self, f: impl FnOnce(Writer<'_, Inner<K, V>>) -> R) -> R {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => f(Writer::Sole(inner)),
+            None => f(Writer::Locked(&self.inner)),
         }
     }
 
-    read_api!(Access::Owner);
+    read_api!();
     write_api!(mut);
 }
 
@@ -994,7 +1027,13 @@ where
     K: Eq + Hash + Ord + Clone,
     V: Clone + PartialEq,
 {
-    read_api!(Access::Shared);
+    /// Every read of a reader locks.
+    #[inline]
+    fn access(&self) -> Access<'static> {
+        Access::shared()
+    }
+
+    read_api!();
 }
 
 impl<K, V> PublicTable<K, V>
@@ -1024,13 +1063,19 @@ where
         }
     }
 
-    /// Every write of a public handle locks.
+    /// Every read of a public handle locks.
     #[inline]
-    fn write_access(&self) -> Access {
-        Access::Shared
+    fn access(&self) -> Access<'static> {
+        Access::shared()
     }
 
-    read_api!(Access::Shared);
+    /// Every write of a public handle locks.
+    #[inline]
+    fn write<R>(&self, f: impl FnOnce(Writer<'_, Inner<K, V>>) -> R) -> R {
+        f(Writer::Locked(&self.inner))
+    }
+
+    read_api!();
     write_api!();
 }
 
@@ -1050,9 +1095,9 @@ impl<K, V> Clone for PublicTable<K, V> {
     }
 }
 
-trait_impls!(Table, Access::Owner, write);
-trait_impls!(PublicTable, Access::Shared, write);
-trait_impls!(TableReader, Access::Shared);
+trait_impls!(Table, write);
+trait_impls!(PublicTable, write);
+trait_impls!(TableReader);
 
 macro_rules! debug_impl {
     ($ty:ident) => {

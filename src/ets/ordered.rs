@@ -3,16 +3,16 @@
 //!
 //! Every operation of a shared handle takes the lock once, so many-key operations are atomic
 //! and isolated for free. The owner of a protected table reads without the lock (it is the
-//! only writer, and it is not writing while it reads) and, when no other handle exists,
-//! writes single keys without it too; see [`super::Access`].
+//! only writer, and it is not writing while it reads: [`Access::owner`]) and, when no other
+//! handle exists, writes without it too, through `&mut` ([`Writer::Sole`]).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::lock::Lock;
 
+use super::access::{Access, Writer};
 use super::hashed::CounterError;
-use super::Access;
 use crate::table::Counter;
 
 pub(crate) struct Ordered<K, V> {
@@ -42,43 +42,42 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Ordered<K, V> {
 
     /// Runs `f` on the tree, read-locked unless the owner is asking.
     #[inline]
-    fn read<R>(&self, acc: Access, f: impl FnOnce(&BTreeMap<K, V>) -> R) -> R {
-        match acc {
-            Access::Shared => f(&self.map.read()),
-            // SAFETY: `Owner`/`Sole` come only from a `Table`, and every write to a table
-            // reached through a `Table` needs `&mut Table`, while this read holds `&Table` (or
-            // that `&mut`): no write runs during the read, only other reads (`TableReader`s
-            // never write). `f`'s `&` does not outlive this call.
-            Access::Owner | Access::Sole => f(unsafe { &*self.map.data_ptr() }),
+    fn read<R>(&self, acc: Access<'_>, f: impl FnOnce(&BTreeMap<K, V>) -> R) -> R {
+        if acc.skips_read_locks() {
+            // SAFETY: `acc` was made by `Access::owner` from this table's owner, whose
+            // `&Table` borrow lasts for the whole call: no write runs meanwhile, only reads
+            // (see `access.rs`). The view does not outlive this call.
+            let tree = unsafe { self.map.unlocked() };
+            f(&tree)
+        } else {
+            f(&self.map.read())
         }
     }
 
-    /// Runs `f` on the tree, write-locked unless no other handle exists.
+    /// Runs `f` on the tree: write-locked, or through `&mut` for the sole owner.
     #[inline]
-    fn write<R>(&self, acc: Access, f: impl FnOnce(&mut BTreeMap<K, V>) -> R) -> R {
-        match acc {
-            // SAFETY: `Sole` is made only by `Table::write_access` from `&mut Table` when its
-            // `Arc` is the only one: no other handle exists or can be made meanwhile, so this
-            // `&mut` is unique; it does not outlive this call.
-            Access::Sole => f(unsafe { &mut *self.map.data_ptr() }),
-            Access::Owner | Access::Shared => f(&mut self.map.write()),
+    fn write<R>(w: Writer<'_, Self>, f: impl FnOnce(&mut BTreeMap<K, V>) -> R) -> R {
+        match w {
+            Writer::Locked(o) => f(&mut o.map.write()),
+            Writer::Sole(o) => f(&mut o.map.get_mut()),
         }
     }
 
     #[inline]
-    pub(crate) fn insert(&self, acc: Access, key: K, value: V) {
-        self.write(acc, |m| m.insert(key, value));
+    pub(crate) fn insert(w: Writer<'_, Self>, key: K, value: V) {
+        Self::write(w, |m| m.insert(key, value));
     }
 
-    pub(crate) fn insert_many(&self, objects: Vec<(K, V)>) {
-        let mut m = self.map.write();
-        for (k, v) in objects {
-            m.insert(k, v);
-        }
+    pub(crate) fn insert_many(w: Writer<'_, Self>, objects: Vec<(K, V)>) {
+        Self::write(w, |m| {
+            for (k, v) in objects {
+                m.insert(k, v);
+            }
+        })
     }
 
-    pub(crate) fn insert_new(&self, acc: Access, key: K, value: V) -> bool {
-        self.write(acc, |m| {
+    pub(crate) fn insert_new(w: Writer<'_, Self>, key: K, value: V) -> bool {
+        Self::write(w, |m| {
             if m.contains_key(&key) {
                 return false;
             }
@@ -87,33 +86,34 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Ordered<K, V> {
         })
     }
 
-    pub(crate) fn insert_new_many(&self, objects: Vec<(K, V)>) -> bool {
-        let mut m = self.map.write();
-        if objects.iter().any(|(k, _)| m.contains_key(k)) {
-            return false;
-        }
-        for (k, v) in objects {
-            m.insert(k, v);
-        }
-        true
+    pub(crate) fn insert_new_many(w: Writer<'_, Self>, objects: Vec<(K, V)>) -> bool {
+        Self::write(w, |m| {
+            if objects.iter().any(|(k, _)| m.contains_key(k)) {
+                return false;
+            }
+            for (k, v) in objects {
+                m.insert(k, v);
+            }
+            true
+        })
     }
 
     #[inline]
-    pub(crate) fn with<R>(&self, acc: Access, key: &K, f: impl FnOnce(Option<&V>) -> R) -> R {
+    pub(crate) fn with<R>(&self, acc: Access<'_>, key: &K, f: impl FnOnce(Option<&V>) -> R) -> R {
         self.read(acc, |m| f(m.get(key)))
     }
 
-    pub(crate) fn member(&self, acc: Access, key: &K) -> bool {
+    pub(crate) fn member(&self, acc: Access<'_>, key: &K) -> bool {
         self.read(acc, |m| m.contains_key(key))
     }
 
     #[inline]
-    pub(crate) fn take(&self, acc: Access, key: &K) -> Option<V> {
-        self.write(acc, |m| m.remove(key))
+    pub(crate) fn take(w: Writer<'_, Self>, key: &K) -> Option<V> {
+        Self::write(w, |m| m.remove(key))
     }
 
-    pub(crate) fn delete_object(&self, acc: Access, key: &K, value: &V) -> usize {
-        self.write(acc, |m| {
+    pub(crate) fn delete_object(w: Writer<'_, Self>, key: &K, value: &V) -> usize {
+        Self::write(w, |m| {
             if m.get(key) == Some(value) {
                 m.remove(key);
                 1
@@ -123,15 +123,14 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Ordered<K, V> {
         })
     }
 
-    pub(crate) fn delete_all_objects(&self) {
+    pub(crate) fn delete_all_objects(w: Writer<'_, Self>) {
         // Swap out under the lock, drop the old tree after releasing it.
-        let old = std::mem::take(&mut *self.map.write());
+        let old = Self::write(w, std::mem::take);
         drop(old);
     }
 
     pub(crate) fn update_counter(
-        &self,
-        acc: Access,
+        w: Writer<'_, Self>,
         key: &K,
         incr: i64,
         default: Option<V>,
@@ -139,7 +138,7 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Ordered<K, V> {
     where
         V: Counter,
     {
-        self.write(acc, |m| match m.get_mut(key) {
+        Self::write(w, |m| match m.get_mut(key) {
             Some(v) => {
                 *v = v.checked_add_i64(incr).ok_or(CounterError::Overflow)?;
                 Ok(*v)
@@ -153,8 +152,8 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Ordered<K, V> {
         })
     }
 
-    pub(crate) fn update(&self, acc: Access, key: &K, f: impl FnOnce(&mut V)) -> bool {
-        self.write(acc, |m| match m.get_mut(key) {
+    pub(crate) fn update(w: Writer<'_, Self>, key: &K, f: impl FnOnce(&mut V)) -> bool {
+        Self::write(w, |m| match m.get_mut(key) {
             Some(v) => {
                 f(v);
                 true
@@ -163,26 +162,30 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Ordered<K, V> {
         })
     }
 
-    pub(crate) fn fold<A>(&self, acc: Access, init: A, mut f: impl FnMut(A, &K, &V) -> A) -> A {
+    pub(crate) fn fold<A>(&self, acc: Access<'_>, init: A, mut f: impl FnMut(A, &K, &V) -> A) -> A {
         self.read(acc, |m| m.iter().fold(init, |a, (k, v)| f(a, k, v)))
     }
 
-    pub(crate) fn select_delete(&self, mut pred: impl FnMut(&K, &V) -> bool) -> usize {
-        let mut m = self.map.write();
-        let before = m.len();
-        m.retain(|k, v| !pred(k, v));
-        before - m.len()
+    pub(crate) fn select_delete(
+        w: Writer<'_, Self>,
+        mut pred: impl FnMut(&K, &V) -> bool,
+    ) -> usize {
+        Self::write(w, |m| {
+            let before = m.len();
+            m.retain(|k, v| !pred(k, v));
+            before - m.len()
+        })
     }
 
-    pub(crate) fn first(&self, acc: Access) -> Option<K> {
+    pub(crate) fn first(&self, acc: Access<'_>) -> Option<K> {
         self.read(acc, |m| m.keys().next().cloned())
     }
 
-    pub(crate) fn last(&self, acc: Access) -> Option<K> {
+    pub(crate) fn last(&self, acc: Access<'_>) -> Option<K> {
         self.read(acc, |m| m.keys().next_back().cloned())
     }
 
-    pub(crate) fn next(&self, acc: Access, key: &K) -> Option<K> {
+    pub(crate) fn next(&self, acc: Access<'_>, key: &K) -> Option<K> {
         self.read(acc, |m| {
             m.range((Bound::Excluded(key), Bound::Unbounded))
                 .next()
@@ -190,7 +193,7 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Ordered<K, V> {
         })
     }
 
-    pub(crate) fn prev(&self, acc: Access, key: &K) -> Option<K> {
+    pub(crate) fn prev(&self, acc: Access<'_>, key: &K) -> Option<K> {
         self.read(acc, |m| {
             m.range((Bound::Unbounded, Bound::Excluded(key)))
                 .next_back()
@@ -198,7 +201,7 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Ordered<K, V> {
         })
     }
 
-    pub(crate) fn range(&self, acc: Access, lower: Bound<&K>, upper: Bound<&K>) -> Vec<(K, V)> {
+    pub(crate) fn range(&self, acc: Access<'_>, lower: Bound<&K>, upper: Bound<&K>) -> Vec<(K, V)> {
         if empty_or_inverted(lower, upper) {
             return Vec::new();
         }
@@ -212,7 +215,7 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Ordered<K, V> {
     /// Folds over the objects with keys in the bounds, in key order.
     pub(crate) fn range_fold<A>(
         &self,
-        acc: Access,
+        acc: Access<'_>,
         lower: Bound<&K>,
         upper: Bound<&K>,
         init: A,
@@ -227,7 +230,7 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Ordered<K, V> {
         })
     }
 
-    pub(crate) fn len(&self, acc: Access) -> usize {
+    pub(crate) fn len(&self, acc: Access<'_>) -> usize {
         self.read(acc, |m| m.len())
     }
 }
