@@ -692,8 +692,11 @@ impl Allocator {
                 Ok(Ok(other)) => return Err(unexpected(shard, &other)),
                 Ok(Err(FreqError::NoFrequency { .. })) => continue,
                 Ok(Err(e)) => return Err(e),
-                // A shard that is not running never saw the call: skip it, another may serve.
-                Err(e @ OtpError::NoProc) => failure = Some(shard_error(shard, e)),
+                // A shard that is not running, or whose direct call never got its state lock
+                // (`NotDelivered`), never saw the call: skip it, another may serve.
+                Err(e @ (OtpError::NoProc | OtpError::NotDelivered)) => {
+                    failure = Some(shard_error(shard, e))
+                }
                 // The call failed in flight (timeout, crash): the shard may still make the
                 // allocation, so trying another shard could allocate twice. Not retried.
                 Err(e) => return Err(shard_error(shard, e)),

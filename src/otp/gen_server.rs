@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::error::{ExitReason, OtpError};
-use super::reply::{running_here, Backoff, InstanceShared, ReplyCell, ReplyTo, RunningFrame};
+use super::error::{ExitError, ExitReason, OtpError};
+use super::registry::{self, Named};
+use super::reply::{Backoff, InstanceShared, ReplyCell, ReplyTo, RunningFrame};
 use super::timer::{TimerEntry, TimerQueue, TimerRef};
 
 /// The default call timeout, as in OTP: 5 seconds.
@@ -43,8 +44,9 @@ pub trait GenServer: Sized + Send + 'static {
     type Cast: Send + 'static;
     /// Other input: timer messages ([`Context::send_after`]) and plain sends ([`Server::send`]).
     type Info: Send + 'static;
-    /// The error a callback may return; its `Display` text becomes the [`ExitReason::Error`].
-    type Error: std::fmt::Display + Send + 'static;
+    /// The error a callback may return. It becomes the [`ExitReason::Error`] itself (shared, not
+    /// turned into text), so whoever hears of the exit can downcast it back to this type.
+    type Error: std::error::Error + Send + Sync + 'static;
 
     /// Builds the state. Runs on the server's thread; `Server::start` waits for it.
     fn init(args: Self::Args, ctx: &mut Context<Self>) -> Result<Self, Self::Error>;
@@ -265,7 +267,8 @@ fn invoke<S: GenServer>(
 impl<S: GenServer> Core<S> {
     /// Runs `request` on the caller's thread if the server allows direct calls and nothing is
     /// queued before it; otherwise hands the message back to be sent. Waits up to `timeout` for
-    /// the lock.
+    /// the lock; if it is still held then, the request is dropped undelivered
+    /// ([`OtpError::NotDelivered`]: it was neither run nor queued, so it is safe to retry).
     fn direct_call(
         &self,
         request: S::Call,
@@ -275,7 +278,7 @@ impl<S: GenServer> Core<S> {
         timeout: Duration,
     ) -> Result<Option<Msg<S>>, OtpError> {
         let Some(mut guard) = self.inner.try_lock_for(timeout) else {
-            return Err(OtpError::Timeout);
+            return Err(OtpError::NotDelivered);
         };
         let g = &mut *guard;
         if self.queued.load(Ordering::Acquire) != 0
@@ -314,11 +317,21 @@ impl<S: GenServer> Core<S> {
     }
 }
 
-/// One running thread of a server.
-pub(crate) struct Instance<S: GenServer> {
+/// What callers use of one running instance: its mailbox, its state, its exit record.
+///
+/// A caller clones the `Arc` of this under the slot's lock and releases the lock at once, before
+/// it sends, runs a direct call or drops anything of the user's: no guard of the slot is ever
+/// held across user code, so a callback may ask its supervisor to kill, restart or replace the
+/// very instance it runs in (the supervisor takes the slot's write lock to do so).
+pub(crate) struct Live<S: GenServer> {
     tx: Mailbox<S>,
     core: Arc<Core<S>>,
     shared: Arc<InstanceShared>,
+}
+
+/// One running thread of a server.
+pub(crate) struct Instance<S: GenServer> {
+    live: Arc<Live<S>>,
     join: Option<JoinHandle<()>>,
 }
 
@@ -358,6 +371,17 @@ impl<S: GenServer> Slot<S> {
         })
     }
 
+    /// The current instance, cloned out from under the lock (which is released on return).
+    /// Error: [`OtpError::NoProc`] if there is none.
+    fn live(&self) -> Result<Arc<Live<S>>, OtpError> {
+        // `read_recursive`: never waits behind a queued writer, so it cannot deadlock with one
+        // even if a caller somewhere up this thread's stack still held a read guard.
+        let cur = self.current.read_recursive();
+        cur.as_ref()
+            .map(|i| Arc::clone(&i.live))
+            .ok_or(OtpError::NoProc)
+    }
+
     /// Installs a freshly started instance, joining the (exited) one it replaces.
     fn install(&self, inst: Instance<S>) {
         let old = self.current.write().replace(inst);
@@ -374,7 +398,10 @@ impl<S: GenServer> Slot<S> {
     /// Removes `shared`'s instance from the slot if it is still the current one.
     fn take_if(&self, shared: &Arc<InstanceShared>) -> Option<Instance<S>> {
         let mut cur = self.current.write();
-        if cur.as_ref().is_some_and(|i| Arc::ptr_eq(&i.shared, shared)) {
+        if cur
+            .as_ref()
+            .is_some_and(|i| Arc::ptr_eq(&i.live.shared, shared))
+        {
             cur.take()
         } else {
             None
@@ -383,8 +410,12 @@ impl<S: GenServer> Slot<S> {
 
     fn send_stop_to(&self, shared: &Arc<InstanceShared>, reason: ExitReason) {
         let cur = self.current.read_recursive();
-        if let Some(i) = cur.as_ref().filter(|i| Arc::ptr_eq(&i.shared, shared)) {
-            let _ = i.tx.send(Msg::Stop(reason));
+        if let Some(i) = cur
+            .as_ref()
+            .filter(|i| Arc::ptr_eq(&i.live.shared, shared))
+        {
+            // A stop message holds nothing of the user's: sending it runs no user code.
+            let _ = i.live.tx.send(Msg::Stop(reason));
         }
     }
 }
@@ -392,7 +423,7 @@ impl<S: GenServer> Slot<S> {
 impl<S: GenServer> Drop for Slot<S> {
     fn drop(&mut self) {
         if let Some(inst) = self.current.get_mut().take() {
-            let _ = inst.tx.send(Msg::Stop(ExitReason::Shutdown));
+            let _ = inst.live.tx.send(Msg::Stop(ExitReason::Shutdown));
             inst.join(); // detaches instead if we are on the server's own thread
         }
     }
@@ -438,15 +469,17 @@ pub(crate) fn spawn_into<S: GenServer>(
         .spawn(move || server_thread(args, thread_core, rx, thread_shared, started_tx, on_exit))?;
     let started = started_rx
         .recv()
-        .unwrap_or(Err(OtpError::InitFailed(ExitReason::Error(
-            "server thread ended before init reported".into(),
-        ))));
+        .unwrap_or(Err(OtpError::InitFailed(ExitReason::Error(ExitError::msg(
+            "server thread ended before init reported",
+        )))));
     match started {
         Ok(()) => {
             slot.install(Instance {
-                tx: mailbox,
-                core,
-                shared: shared.clone(),
+                live: Arc::new(Live {
+                    tx: mailbox,
+                    core,
+                    shared: shared.clone(),
+                }),
                 join: Some(join),
             });
             Ok(shared)
@@ -494,7 +527,7 @@ fn server_thread<S: GenServer>(
                 g.state = Some(s);
                 Ok(())
             }
-            Ok(Err(e)) => Err(ExitReason::Error(e.to_string())),
+            Ok(Err(e)) => Err(ExitReason::Error(ExitError::new(e))),
             Err(p) => Err(ExitReason::Panic(panic_message(&*p))),
         }
     };
@@ -545,7 +578,7 @@ fn settle<S: GenServer>(
     ctx: &Context<S>,
     shared: &InstanceShared,
 ) -> Option<ExitReason> {
-    let err = r.err().map(|e| ExitReason::Error(e.to_string()));
+    let err = r.err().map(|e| ExitReason::Error(ExitError::new(e)));
     if shared.has_dropped.load(Ordering::Relaxed) {
         shared.settle_dropped(err.is_some() || ctx.stop.is_some());
     }
@@ -688,7 +721,7 @@ fn orderly_stop<S: GenServer>(
                 Ok(r) => {
                     shared.settle_dropped(true); // we are exiting whatever the result
                     if let Err(e) = r {
-                        return LoopExit::Stop(ExitReason::Error(e.to_string()));
+                        return LoopExit::Stop(ExitReason::Error(ExitError::new(e)));
                     }
                 }
                 Err(p) => return LoopExit::Crashed(panic_message(&*p)),
@@ -796,16 +829,12 @@ impl<S: GenServer> Server<S> {
     /// [`OtpError::Timeout`], [`OtpError::NoProc`], [`OtpError::Exited`] (the server died with the
     /// call pending), [`OtpError::ReplyDropped`], [`OtpError::CallingSelf`].
     pub fn call_timeout(&self, request: S::Call, timeout: Duration) -> Result<S::Reply, OtpError> {
-        let me_id = thread::current().id();
         let cell = ReplyCell::for_call();
         {
-            // `read_recursive`: a direct call's callback may call this server again (and get
-            // `CallingSelf`) while a restart waits for the write lock. The guard is held across a
-            // direct call: cloning the instance's handles instead would write to cache lines that
-            // every caller of this server shares.
-            let cur = self.slot.current.read_recursive();
-            let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
-            if inst.shared.thread.get() == Some(&me_id) || running_here(&inst.shared) {
+            // No guard of the slot is held from here on: a direct call runs user code, which
+            // may ask the supervisor to kill or restart this very instance (write lock).
+            let inst = self.slot.live()?;
+            if inst.shared.on_own_thread() {
                 return Err(OtpError::CallingSelf);
             }
             let from = ReplyTo::new(cell.clone(), inst.shared.clone());
@@ -825,8 +854,9 @@ impl<S: GenServer> Server<S> {
     }
 
     fn send_msg(&self, msg: Msg<S>) -> Result<(), OtpError> {
-        let cur = self.slot.current.read_recursive();
-        let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
+        // A message that cannot be sent is dropped here, with no guard held: its `Drop` is
+        // user code.
+        let inst = self.slot.live()?;
         inst.tx.send(msg).map_err(|_| OtpError::NoProc)
     }
 
@@ -862,11 +892,8 @@ impl<S: GenServer> Server<S> {
     /// A supervisor restarts a stopped permanent child, as in OTP. Error: [`OtpError::NoProc`].
     pub fn stop(&self, reason: ExitReason) -> Result<(), OtpError> {
         let shared = {
-            let cur = self.slot.current.read_recursive();
-            let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
-            if inst.shared.thread.get() == Some(&thread::current().id())
-                || running_here(&inst.shared)
-            {
+            let inst = self.slot.live()?;
+            if inst.shared.on_own_thread() {
                 return Err(OtpError::CallingSelf);
             }
             inst.tx
@@ -887,8 +914,7 @@ impl<S: GenServer> Server<S> {
     /// instance has already exited, the monitor reports its reason at once. Error:
     /// [`OtpError::NoProc`] if no instance was ever started or it was stopped and removed.
     pub fn monitor(&self) -> Result<Monitor, OtpError> {
-        let cur = self.slot.current.read_recursive();
-        let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
+        let inst = self.slot.live()?;
         Ok(Monitor {
             shared: inst.shared.clone(),
         })
@@ -896,8 +922,7 @@ impl<S: GenServer> Server<S> {
 
     /// True if an instance is running (it may exit at any moment, of course).
     pub fn is_alive(&self) -> bool {
-        let cur = self.slot.current.read_recursive();
-        cur.as_ref().is_some_and(|i| {
+        self.slot.live().is_ok_and(|i| {
             i.shared.exit_reason().is_none() && !i.shared.killed.load(Ordering::Relaxed)
         })
     }
@@ -933,16 +958,32 @@ impl<S: GenServer> Server<S> {
 
     /// Registers this handle under `name`, see [`register`](crate::otp::register).
     pub fn register(&self, name: impl Into<String>) -> Result<(), OtpError> {
-        super::registry::register(name, self)
+        register(name, self)
     }
+}
 
-    pub(crate) fn downgrade(&self) -> Weak<Slot<S>> {
-        Arc::downgrade(&self.slot)
+/// The registry's entry for a server: a weak handle, so a name never keeps a server alive.
+impl<S: GenServer> Named for Weak<Slot<S>> {
+    fn is_live(&self) -> bool {
+        self.strong_count() > 0
     }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
 
-    pub(crate) fn from_slot(slot: Arc<Slot<S>>) -> Self {
-        Server { slot }
-    }
+/// Registers `server` under `name` (Erlang's `register/2`). Error: [`OtpError::NameTaken`] if
+/// the name belongs to a server that still has handles.
+pub fn register<S: GenServer>(name: impl Into<String>, server: &Server<S>) -> Result<(), OtpError> {
+    registry::insert(name.into(), Box::new(Arc::downgrade(&server.slot)))
+}
+
+/// Looks `name` up (Erlang's `whereis/1`). `Ok(None)` if it is not registered (or its server is
+/// gone); [`OtpError::WrongType`] if it is registered for a server of another type.
+pub fn whereis<S: GenServer>(name: &str) -> Result<Option<Server<S>>, OtpError> {
+    registry::find(name, |weak: &Weak<Slot<S>>| {
+        weak.upgrade().map(|slot| Server { slot })
+    })
 }
 
 /// Watches one server instance for its exit; see [`Server::monitor`].
@@ -989,7 +1030,7 @@ impl<S: GenServer> ServerChild<S> {
     pub(crate) fn kill(&self) {
         self.shared.killed.store(true, Ordering::Release);
         if let Some(inst) = self.slot.take_if(&self.shared) {
-            let _ = inst.tx.send(Msg::Stop(ExitReason::Killed)); // wake it if parked
+            let _ = inst.live.tx.send(Msg::Stop(ExitReason::Killed)); // wake it if parked
             inst.detach();
         }
     }

@@ -94,6 +94,7 @@
 //!   handle refuse calls at once ([`OtpError::NoProc`]), flags the thread to exit before its next
 //!   message and detaches it.
 
+mod clock;
 mod error;
 mod gen_server;
 mod registry;
@@ -101,12 +102,15 @@ mod reply;
 mod supervisor;
 mod timer;
 
-pub use error::{ExitReason, OtpError};
-pub use gen_server::{Context, GenServer, Monitor, Server, DEFAULT_CALL_TIMEOUT, MAX_RUN};
-pub use registry::{register, unregister, whereis};
+pub use clock::{ManualRestartClock, RestartClock, SystemRestartClock};
+pub use error::{ExitError, ExitReason, OtpError};
+pub use gen_server::{
+    register, whereis, Context, GenServer, Monitor, Server, DEFAULT_CALL_TIMEOUT, MAX_RUN,
+};
+pub use registry::unregister;
 pub use reply::ReplyTo;
 pub use supervisor::{
-    ChildInfo, ChildSpec, Clock, ManualClock, Restart, Shutdown, Strategy, Supervisor,
-    SupervisorEvent, SupervisorSpec, SystemClock,
+    ChildInfo, ChildSpec, Restart, Shutdown, Strategy, Supervisor, SupervisorEvent,
+    SupervisorSpec,
 };
 pub use timer::TimerRef;
