@@ -1522,9 +1522,10 @@ fn direct_call_that_never_gets_the_lock_is_not_delivered() {
         // The blocking call now holds the state lock (on this thread or the server's).
         entered.recv_timeout(WAIT).unwrap();
         let r = s.call_timeout(Call::Add(1), Duration::from_millis(50));
-        assert!(matches!(r, Err(OtpError::NotDelivered)), "{r:?}");
+        // Released before any assertion, so a failure cannot leave the scope waiting.
         release.send(()).unwrap();
         assert_eq!(holder.join().unwrap().unwrap(), 7);
+        assert!(matches!(r, Err(OtpError::NotDelivered)), "{r:?}");
     });
     // The undelivered `Add(1)` never ran.
     assert_eq!(s.call(Call::Get).unwrap(), 0);
