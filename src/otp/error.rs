@@ -232,6 +232,34 @@ mod tests {
         assert!(!ExitReason::ReachedMaxRestartIntensity.is_normal());
     }
 
+    #[derive(Debug, PartialEq)]
+    struct Disk(u32);
+
+    impl fmt::Display for Disk {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "disk {} failed", self.0)
+        }
+    }
+
+    impl StdError for Disk {}
+
+    #[test]
+    fn an_exit_error_keeps_its_type_and_compares_by_text() {
+        let e = ExitError::new(Disk(3));
+        assert_eq!(e.downcast_ref::<Disk>(), Some(&Disk(3)));
+        assert!(e.is::<Disk>() && !e.is::<std::io::Error>());
+        assert!(e.downcast_ref::<std::io::Error>().is_none());
+        // A clone shares the error; a message with the same text compares equal.
+        let reason = ExitReason::Error(e.clone());
+        assert_eq!(reason, ExitReason::Error("disk 3 failed".into()));
+        assert_ne!(reason, ExitReason::Error("disk 4 failed".into()));
+        assert!(e == "disk 3 failed");
+        assert_eq!(reason.to_string(), "error: disk 3 failed");
+        // It stays reachable through `OtpError`'s source chain.
+        let err = OtpError::InitFailed(reason);
+        assert!(matches!(&err, OtpError::InitFailed(ExitReason::Error(x)) if x.is::<Disk>()));
+    }
+
     #[test]
     fn display_carries_the_message() {
         assert_eq!(ExitReason::Panic("oops".into()).to_string(), "panic: oops");

@@ -186,7 +186,12 @@ impl<S: GenServer> Context<S> {
     /// every message sent before it has been handled); casts, infos and timers still run on
     /// the server's thread; a direct call that returns `Err` or panics ends the server exactly
     /// as on its own thread (state dropped before the exit is reported, the caller gets
-    /// [`OtpError::Exited`]). A call that finds the mailbox busy goes through it as usual.
+    /// [`OtpError::Exited`]). A call that finds the mailbox busy goes through it as usual. A
+    /// call that waits its whole timeout for the lock (another callback holds it) gives up
+    /// without running or queueing anything: [`OtpError::NotDelivered`], safe to retry. No
+    /// lock of the server's handle is held while the callback runs, so a direct callback may
+    /// ask its supervisor to terminate or restart its own server, as one on the server's thread
+    /// may.
     ///
     /// Erlang has no equivalent because it does not need one: a BEAM message send between
     /// two processes on one scheduler costs no system call. Turn it on for a server whose
@@ -825,9 +830,12 @@ impl<S: GenServer> Server<S> {
 
     /// Calls the server and waits up to `timeout` for the reply. For a direct call
     /// ([`Context::allow_direct_calls`]) `timeout` bounds the wait for the server's state lock and
-    /// for a deferred reply; the callback itself runs on this thread to its end. Errors:
-    /// [`OtpError::Timeout`], [`OtpError::NoProc`], [`OtpError::Exited`] (the server died with the
-    /// call pending), [`OtpError::ReplyDropped`], [`OtpError::CallingSelf`].
+    /// for a deferred reply; the callback itself runs on this thread to its end, holding no lock
+    /// of this handle (it may ask a supervisor to stop or restart this very server). Errors:
+    /// [`OtpError::Timeout`] (the request may have been handled), [`OtpError::NotDelivered`] (a
+    /// direct call that never got the state lock: the request was neither run nor queued),
+    /// [`OtpError::NoProc`] (never delivered either), [`OtpError::Exited`] (the server died with
+    /// the call pending), [`OtpError::ReplyDropped`], [`OtpError::CallingSelf`].
     pub fn call_timeout(&self, request: S::Call, timeout: Duration) -> Result<S::Reply, OtpError> {
         let cell = ReplyCell::for_call();
         {
