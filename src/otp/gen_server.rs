@@ -10,7 +10,8 @@ use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use arc_swap::{ArcSwapOption, Guard};
+use parking_lot::{Condvar, Mutex};
 
 use super::error::{ExitError, ExitReason, OtpError};
 use super::registry::{self, Named};
@@ -324,10 +325,10 @@ impl<S: GenServer> Core<S> {
 
 /// What callers use of one running instance: its mailbox, its state, its exit record.
 ///
-/// A caller clones the `Arc` of this under the slot's lock and releases the lock at once, before
-/// it sends, runs a direct call or drops anything of the user's: no guard of the slot is ever
-/// held across user code, so a callback may ask its supervisor to kill, restart or replace the
-/// very instance it runs in (the supervisor takes the slot's write lock to do so).
+/// A caller reads it from the slot without taking any lock ([`Slot::live`], an `arc-swap` load:
+/// it keeps this instance's `Live` alive without ever blocking whoever replaces or removes it),
+/// so no lock guard of the slot is held across user code, and a callback may ask its supervisor
+/// to kill, restart or replace the very instance it runs in.
 pub(crate) struct Live<S: GenServer> {
     tx: Mailbox<S>,
     core: Arc<Core<S>>,
@@ -357,7 +358,11 @@ impl<S: GenServer> Instance<S> {
 /// Where a server handle points: the current instance, replaced on every restart.
 pub(crate) struct Slot<S: GenServer> {
     thread_name: String,
-    current: RwLock<Option<Instance<S>>>,
+    /// The current instance's caller side, read lock-free by every call; kept equal to
+    /// `current`'s, and changed only under `current`'s lock.
+    live: ArcSwapOption<Live<S>>,
+    /// The current instance with its thread: changed by starts, stops and kills only.
+    current: Mutex<Option<Instance<S>>>,
     /// How many instances have been started; read without a lock (every deallocation reads it),
     /// changed under `generation_lock` so that waiters on `generation_changed` miss no change.
     generation: AtomicU64,
@@ -369,27 +374,28 @@ impl<S: GenServer> Slot<S> {
     pub(crate) fn new(thread_name: String) -> Arc<Self> {
         Arc::new(Slot {
             thread_name,
-            current: RwLock::new(None),
+            live: ArcSwapOption::const_empty(),
+            current: Mutex::new(None),
             generation: AtomicU64::new(0),
             generation_lock: Mutex::new(()),
             generation_changed: Condvar::new(),
         })
     }
 
-    /// The current instance, cloned out from under the lock (which is released on return).
-    /// Error: [`OtpError::NoProc`] if there is none.
-    fn live(&self) -> Result<Arc<Live<S>>, OtpError> {
-        // `read_recursive`: never waits behind a queued writer, so it cannot deadlock with one
-        // even if a caller somewhere up this thread's stack still held a read guard.
-        let cur = self.current.read_recursive();
-        cur.as_ref()
-            .map(|i| Arc::clone(&i.live))
-            .ok_or(OtpError::NoProc)
+    /// The current instance's caller side (`None` if there is none). Takes no lock and blocks
+    /// no one: a restart or kill that replaces it meanwhile leaves this one alive until the
+    /// returned guard is dropped. (Usually no shared reference count is touched either.)
+    fn live(&self) -> Guard<Option<Arc<Live<S>>>> {
+        self.live.load()
     }
 
     /// Installs a freshly started instance, joining the (exited) one it replaces.
     fn install(&self, inst: Instance<S>) {
-        let old = self.current.write().replace(inst);
+        let old = {
+            let mut cur = self.current.lock();
+            self.live.store(Some(Arc::clone(&inst.live)));
+            cur.replace(inst)
+        };
         {
             let _g = self.generation_lock.lock();
             self.generation.fetch_add(1, Ordering::AcqRel);
@@ -402,11 +408,12 @@ impl<S: GenServer> Slot<S> {
 
     /// Removes `shared`'s instance from the slot if it is still the current one.
     fn take_if(&self, shared: &Arc<InstanceShared>) -> Option<Instance<S>> {
-        let mut cur = self.current.write();
+        let mut cur = self.current.lock();
         if cur
             .as_ref()
             .is_some_and(|i| Arc::ptr_eq(&i.live.shared, shared))
         {
+            self.live.store(None);
             cur.take()
         } else {
             None
@@ -414,7 +421,7 @@ impl<S: GenServer> Slot<S> {
     }
 
     fn send_stop_to(&self, shared: &Arc<InstanceShared>, reason: ExitReason) {
-        let cur = self.current.read_recursive();
+        let cur = self.current.lock();
         if let Some(i) = cur
             .as_ref()
             .filter(|i| Arc::ptr_eq(&i.live.shared, shared))
@@ -427,6 +434,7 @@ impl<S: GenServer> Slot<S> {
 
 impl<S: GenServer> Drop for Slot<S> {
     fn drop(&mut self) {
+        self.live.store(None);
         if let Some(inst) = self.current.get_mut().take() {
             let _ = inst.live.tx.send(Msg::Stop(ExitReason::Shutdown));
             inst.join(); // detaches instead if we are on the server's own thread
@@ -841,7 +849,8 @@ impl<S: GenServer> Server<S> {
         {
             // No guard of the slot is held from here on: a direct call runs user code, which
             // may ask the supervisor to kill or restart this very instance (write lock).
-            let inst = self.slot.live()?;
+            let live = self.slot.live();
+            let inst = live.as_deref().ok_or(OtpError::NoProc)?;
             if inst.shared.on_own_thread() {
                 return Err(OtpError::CallingSelf);
             }
@@ -864,7 +873,8 @@ impl<S: GenServer> Server<S> {
     fn send_msg(&self, msg: Msg<S>) -> Result<(), OtpError> {
         // A message that cannot be sent is dropped here, with no guard held: its `Drop` is
         // user code.
-        let inst = self.slot.live()?;
+        let live = self.slot.live();
+        let inst = live.as_deref().ok_or(OtpError::NoProc)?;
         inst.tx.send(msg).map_err(|_| OtpError::NoProc)
     }
 
@@ -900,7 +910,8 @@ impl<S: GenServer> Server<S> {
     /// A supervisor restarts a stopped permanent child, as in OTP. Error: [`OtpError::NoProc`].
     pub fn stop(&self, reason: ExitReason) -> Result<(), OtpError> {
         let shared = {
-            let inst = self.slot.live()?;
+            let live = self.slot.live();
+            let inst = live.as_deref().ok_or(OtpError::NoProc)?;
             if inst.shared.on_own_thread() {
                 return Err(OtpError::CallingSelf);
             }
@@ -922,7 +933,8 @@ impl<S: GenServer> Server<S> {
     /// instance has already exited, the monitor reports its reason at once. Error:
     /// [`OtpError::NoProc`] if no instance was ever started or it was stopped and removed.
     pub fn monitor(&self) -> Result<Monitor, OtpError> {
-        let inst = self.slot.live()?;
+        let live = self.slot.live();
+        let inst = live.as_deref().ok_or(OtpError::NoProc)?;
         Ok(Monitor {
             shared: inst.shared.clone(),
         })
@@ -930,7 +942,7 @@ impl<S: GenServer> Server<S> {
 
     /// True if an instance is running (it may exit at any moment, of course).
     pub fn is_alive(&self) -> bool {
-        self.slot.live().is_ok_and(|i| {
+        self.slot.live().as_deref().is_some_and(|i| {
             i.shared.exit_reason().is_none() && !i.shared.killed.load(Ordering::Relaxed)
         })
     }
