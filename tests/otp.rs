@@ -13,9 +13,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use freqalloc::otp::{
-    register, unregister, whereis, ChildSpec, Context, ExitReason, GenServer,
-    ManualRestartClock, OtpError, ReplyTo, Restart, Server, Shutdown, Strategy, Supervisor,
-    SupervisorEvent, SupervisorSpec,
+    register, unregister, whereis, ChildSpec, Context, ExitReason, GenServer, ManualRestartClock,
+    OtpError, ReplyTo, Restart, Server, Shutdown, Strategy, Supervisor, SupervisorEvent,
+    SupervisorSpec,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -1636,7 +1636,8 @@ fn init_error_reaches_the_caller_typed() {
     }
     // Through a supervisor, the same error is the source of `ChildStartFailed`.
     args.init_fail.lock().unwrap().push_back(Fail::Error);
-    let (spec, _server) = ChildSpec::server::<Worker>("ty", "test-typed-init", move || args.clone());
+    let (spec, _server) =
+        ChildSpec::server::<Worker>("ty", "test-typed-init", move || args.clone());
     match Supervisor::start(SupervisorSpec::new(Strategy::OneForOne).child(spec)) {
         Err(OtpError::ChildStartFailed { id, source }) => {
             assert_eq!(id, "ty");

@@ -79,15 +79,33 @@ impl Eq for ExitError {}
 /// Compares the error's `Display` text with a message.
 impl PartialEq<str> for ExitError {
     fn eq(&self, other: &str) -> bool {
-        self.to_string() == other
+        text_eq(self, other)
     }
 }
 
 /// Compares the error's `Display` text with a message.
 impl PartialEq<&str> for ExitError {
     fn eq(&self, other: &&str) -> bool {
-        self.to_string() == *other
+        text_eq(self, other)
     }
+}
+
+/// True if `d` displays as exactly `text` (compared piece by piece, without allocating).
+fn text_eq(d: &dyn fmt::Display, text: &str) -> bool {
+    struct Rest<'a>(&'a str);
+    impl fmt::Write for Rest<'_> {
+        fn write_str(&mut self, piece: &str) -> fmt::Result {
+            match self.0.strip_prefix(piece) {
+                Some(rest) => {
+                    self.0 = rest;
+                    Ok(())
+                }
+                None => Err(fmt::Error),
+            }
+        }
+    }
+    let mut rest = Rest(text);
+    fmt::write(&mut rest, format_args!("{d}")).is_ok() && rest.0.is_empty()
 }
 
 impl From<&str> for ExitError {

@@ -422,10 +422,7 @@ impl<S: GenServer> Slot<S> {
 
     fn send_stop_to(&self, shared: &Arc<InstanceShared>, reason: ExitReason) {
         let cur = self.current.lock();
-        if let Some(i) = cur
-            .as_ref()
-            .filter(|i| Arc::ptr_eq(&i.live.shared, shared))
-        {
+        if let Some(i) = cur.as_ref().filter(|i| Arc::ptr_eq(&i.live.shared, shared)) {
             // A stop message holds nothing of the user's: sending it runs no user code.
             let _ = i.live.tx.send(Msg::Stop(reason));
         }
@@ -482,9 +479,9 @@ pub(crate) fn spawn_into<S: GenServer>(
         .spawn(move || server_thread(args, thread_core, rx, thread_shared, started_tx, on_exit))?;
     let started = started_rx
         .recv()
-        .unwrap_or(Err(OtpError::InitFailed(ExitReason::Error(ExitError::msg(
-            "server thread ended before init reported",
-        )))));
+        .unwrap_or(Err(OtpError::InitFailed(ExitReason::Error(
+            ExitError::msg("server thread ended before init reported"),
+        ))));
     match started {
         Ok(()) => {
             slot.install(Instance {

@@ -120,7 +120,6 @@ pub use gen_server::{
 pub use registry::unregister;
 pub use reply::ReplyTo;
 pub use supervisor::{
-    ChildInfo, ChildSpec, Restart, Shutdown, Strategy, Supervisor, SupervisorEvent,
-    SupervisorSpec,
+    ChildInfo, ChildSpec, Restart, Shutdown, Strategy, Supervisor, SupervisorEvent, SupervisorSpec,
 };
 pub use timer::TimerRef;

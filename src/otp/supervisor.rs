@@ -855,7 +855,11 @@ mod tests {
 
     #[test]
     fn zero_intensity_allows_no_restart() {
-        let mut s = state(0, Duration::from_secs(5), Arc::new(ManualRestartClock::new()));
+        let mut s = state(
+            0,
+            Duration::from_secs(5),
+            Arc::new(ManualRestartClock::new()),
+        );
         assert!(s.record_restart().is_err());
     }
 }
