@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use freqalloc::otp::{
-    register, unregister, whereis, ChildSpec, Context, ExitReason, GenServer, ManualClock,
+    register, unregister, whereis, ChildSpec, Context, ExitReason, GenServer, ManualRestartClock,
     OtpError, ReplyTo, Restart, Server, Shutdown, Strategy, Supervisor, SupervisorEvent,
     SupervisorSpec,
 };
@@ -46,6 +46,8 @@ impl fmt::Display for WError {
         f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for WError {}
 
 /// A stand-in for an exclusive resource such as a file lock.
 type Lock = Arc<AtomicBool>;
@@ -856,7 +858,7 @@ fn three_children_init_failure(strategy: Strategy, kind: Fail) -> bool {
 
 #[test]
 fn intensity_exceeded_stops_everything_in_reverse_order() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualRestartClock::new());
     let (log_tx, log) = mpsc::channel();
     let (ev_tx, events) = mpsc::channel();
     let (ca, a) = ChildSpec::server::<Worker>("a", "test-int-a", {
@@ -1503,4 +1505,167 @@ fn timer_set_by_a_direct_call_wakes_the_idle_server() {
 #[test]
 fn direct_calls_racing_supervised_crashes_never_hang() {
     calls_racing_crashes(true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Direct calls that cannot deadlock and do not lie (issue 11, part 2)
+
+/// Regression (issue 11): a lock wait that ran out was reported as `Timeout` ("may have
+/// happened"), although the request was never run nor queued. It is `NotDelivered` now, and the
+/// request indeed never takes effect.
+#[test]
+fn direct_call_that_never_gets_the_lock_is_not_delivered() {
+    let (s, _log) = start_worker_mode("nd", "test-not-delivered", true);
+    let (call, entered, release) = block(7);
+    thread::scope(|scope| {
+        let holder = scope.spawn(|| s.call(call));
+        // The blocking call now holds the state lock (on this thread or the server's).
+        entered.recv_timeout(WAIT).unwrap();
+        let r = s.call_timeout(Call::Add(1), Duration::from_millis(50));
+        // Released before any assertion, so a failure cannot leave the scope waiting.
+        release.send(()).unwrap();
+        assert_eq!(holder.join().unwrap().unwrap(), 7);
+        assert!(matches!(r, Err(OtpError::NotDelivered)), "{r:?}");
+    });
+    // The undelivered `Add(1)` never ran.
+    assert_eq!(s.call(Call::Get).unwrap(), 0);
+}
+
+/// What the supervisor-calling server is asked to do to itself, from inside a call.
+#[derive(Clone, Copy, Debug)]
+enum SelfOp {
+    Terminate,
+    TerminateThenRestart,
+}
+
+/// A server whose callback asks its own supervisor to terminate (and maybe restart) it.
+struct Suicidal {
+    sup: Arc<Mutex<Option<Supervisor>>>,
+}
+
+impl GenServer for Suicidal {
+    type Args = Arc<Mutex<Option<Supervisor>>>;
+    type Call = SelfOp;
+    type Reply = Result<(), String>;
+    type Cast = ();
+    type Info = ();
+    type Error = std::convert::Infallible;
+
+    fn init(sup: Self::Args, ctx: &mut Context<Self>) -> Result<Self, Self::Error> {
+        ctx.allow_direct_calls(true);
+        Ok(Suicidal { sup })
+    }
+
+    fn handle_call(
+        &mut self,
+        op: SelfOp,
+        from: ReplyTo<Result<(), String>>,
+        _ctx: &mut Context<Self>,
+    ) -> Result<(), Self::Error> {
+        let guard = self.sup.lock().unwrap();
+        let sup = guard.as_ref().expect("supervisor set");
+        let mut r = sup.terminate_child("me").map_err(|e| e.to_string());
+        if let (SelfOp::TerminateThenRestart, Ok(())) = (op, &r) {
+            r = sup.restart_child("me").map_err(|e| e.to_string());
+        }
+        drop(guard);
+        from.reply(r);
+        Ok(())
+    }
+}
+
+/// Regression (issue 11): a direct call held the handle's slot read lock across its callback,
+/// so a callback that asked its supervisor to kill its own child never returned (the kill
+/// needs that lock's write side, and the supervisor request has no timeout). The call is made
+/// on a helper thread and waited for with a bound, so the old deadlock fails the test.
+#[test]
+fn direct_callback_may_terminate_or_restart_its_own_child() {
+    for op in [SelfOp::Terminate, SelfOp::TerminateThenRestart] {
+        let holder: Arc<Mutex<Option<Supervisor>>> = Arc::default();
+        let args = holder.clone();
+        let (spec, server) =
+            ChildSpec::server::<Suicidal>("me", "test-suicidal", move || args.clone());
+        let sup = Supervisor::start(
+            SupervisorSpec::new(Strategy::OneForOne).child(spec.shutdown(Shutdown::BrutalKill)),
+        )
+        .unwrap();
+        *holder.lock().unwrap() = Some(sup);
+        let (done_tx, done) = mpsc::channel();
+        let caller = server.clone();
+        thread::Builder::new()
+            .name("test-suicidal-caller".into())
+            .spawn(move || {
+                let _ = done_tx.send(caller.call_timeout(op, WAIT));
+            })
+            .unwrap();
+        let r = done
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("{op:?}: the direct call deadlocked"));
+        assert!(matches!(r, Ok(Ok(()))), "{op:?}: {r:?}");
+        match op {
+            SelfOp::Terminate => {
+                assert!(!server.is_alive());
+                assert!(matches!(
+                    server.call(SelfOp::Terminate),
+                    Err(OtpError::NoProc)
+                ));
+            }
+            SelfOp::TerminateThenRestart => {
+                server.wait_for_generation(2, WAIT).unwrap();
+                assert!(server.is_alive());
+            }
+        }
+        let sup = holder.lock().unwrap().take().unwrap();
+        assert_eq!(sup.stop(), ExitReason::Shutdown);
+    }
+}
+
+/// A start failure reaches the caller typed: the server's own error, downcast from the exit
+/// reason, with no side channel (issue 11).
+#[test]
+fn init_error_reaches_the_caller_typed() {
+    let (log, _rx) = mpsc::channel();
+    let args = WArgs::new("ty", &log);
+    args.init_fail.lock().unwrap().push_back(Fail::Error);
+    match Server::<Worker>::start("test-typed-init", args.clone()) {
+        Err(OtpError::InitFailed(ExitReason::Error(e))) => {
+            let typed = e.downcast_ref::<WError>().expect("a WError");
+            assert_eq!(typed.0, "init boom ty");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Through a supervisor, the same error is the source of `ChildStartFailed`.
+    args.init_fail.lock().unwrap().push_back(Fail::Error);
+    let (spec, _server) =
+        ChildSpec::server::<Worker>("ty", "test-typed-init", move || args.clone());
+    match Supervisor::start(SupervisorSpec::new(Strategy::OneForOne).child(spec)) {
+        Err(OtpError::ChildStartFailed { id, source }) => {
+            assert_eq!(id, "ty");
+            match *source {
+                OtpError::InitFailed(ExitReason::Error(e)) => {
+                    assert_eq!(e.downcast_ref::<WError>().unwrap().0, "init boom ty");
+                }
+                other => panic!("unexpected source {other:?}"),
+            }
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A callback's error is the exit reason itself, downcastable by a monitor and by the caller
+/// whose call was pending.
+#[test]
+fn callback_error_reaches_callers_and_monitors_typed() {
+    let (s, _log) = start_worker_mode("te", "test-typed-exit", true);
+    let m = s.monitor().unwrap();
+    match s.call(Call::Fail(Fail::Error)) {
+        Err(OtpError::Exited(ExitReason::Error(e))) => {
+            assert_eq!(e.downcast_ref::<WError>().unwrap().0, "boom te");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match m.wait(WAIT) {
+        Some(ExitReason::Error(e)) => assert!(e.is::<WError>()),
+        other => panic!("unexpected {other:?}"),
+    }
 }

@@ -846,6 +846,11 @@ fn classify(shard: usize, e: OtpError) -> Failed {
             restarting: true,
             error: shard_error(shard, e),
         },
+        // A direct call that never got the shard's state lock: nothing ran, nothing is queued.
+        OtpError::NotDelivered => Failed::NotDelivered {
+            restarting: false,
+            error: shard_error(shard, e),
+        },
         e => Failed::MaybeDelivered(shard_error(shard, e)),
     }
 }

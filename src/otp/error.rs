@@ -1,6 +1,130 @@
 //! The one error type of the [`otp`](crate::otp) module, and the reason a server exits.
 
+use std::error::Error as StdError;
 use std::fmt;
+use std::sync::Arc;
+
+/// The error a server exited with, kept as itself: a shared
+/// `Arc<dyn std::error::Error + Send + Sync>`, so it reaches a caller, a monitor or a
+/// supervisor's caller typed. [`ExitError::downcast_ref`] gives back the callback's own error
+/// type (for example a shard's `FreqError` behind [`OtpError::InitFailed`]); no side channel is
+/// needed to learn why a server did not start.
+///
+/// Cloning shares the one error. Two `ExitError`s are equal when they are the same error or
+/// their `Display` texts are equal (exit reasons compare by what they say, as Erlang terms
+/// compare by value), so `ExitReason::Error("disk full".into())` matches a server's error whose
+/// text is `disk full`, whatever its type.
+#[derive(Clone)]
+pub struct ExitError(Arc<dyn StdError + Send + Sync + 'static>);
+
+impl ExitError {
+    /// Keeps `error` as the exit reason's error.
+    pub fn new<E: StdError + Send + Sync + 'static>(error: E) -> Self {
+        ExitError(Arc::new(error))
+    }
+
+    /// An error that is only a message (a server stopping itself with a reason of its own).
+    pub fn msg(text: impl Into<String>) -> Self {
+        ExitError(Arc::new(Message(text.into())))
+    }
+
+    /// The error itself.
+    pub fn get(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        &*self.0
+    }
+
+    /// The error as `E`, if that is its type.
+    pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
+        self.0.downcast_ref::<E>()
+    }
+
+    /// True if the error is an `E`.
+    pub fn is<E: StdError + 'static>(&self) -> bool {
+        self.0.is::<E>()
+    }
+}
+
+/// The error of [`ExitError::msg`]: a message and nothing else.
+#[derive(Debug)]
+struct Message(String);
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for Message {}
+
+impl fmt::Display for ExitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Debug for ExitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl PartialEq for ExitError {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for ExitError {}
+
+/// Compares the error's `Display` text with a message.
+impl PartialEq<str> for ExitError {
+    fn eq(&self, other: &str) -> bool {
+        text_eq(self, other)
+    }
+}
+
+/// Compares the error's `Display` text with a message.
+impl PartialEq<&str> for ExitError {
+    fn eq(&self, other: &&str) -> bool {
+        text_eq(self, other)
+    }
+}
+
+/// True if `d` displays as exactly `text` (compared piece by piece, without allocating).
+fn text_eq(d: &dyn fmt::Display, text: &str) -> bool {
+    struct Rest<'a>(&'a str);
+    impl fmt::Write for Rest<'_> {
+        fn write_str(&mut self, piece: &str) -> fmt::Result {
+            match self.0.strip_prefix(piece) {
+                Some(rest) => {
+                    self.0 = rest;
+                    Ok(())
+                }
+                None => Err(fmt::Error),
+            }
+        }
+    }
+    let mut rest = Rest(text);
+    fmt::write(&mut rest, format_args!("{d}")).is_ok() && rest.0.is_empty()
+}
+
+impl From<&str> for ExitError {
+    fn from(text: &str) -> Self {
+        ExitError::msg(text)
+    }
+}
+
+impl From<String> for ExitError {
+    fn from(text: String) -> Self {
+        ExitError::msg(text)
+    }
+}
+
+impl AsRef<dyn StdError + Send + Sync + 'static> for ExitError {
+    fn as_ref(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        self.get()
+    }
+}
 
 /// Why a server (or supervisor) stopped: Erlang's exit reason.
 ///
@@ -20,9 +144,9 @@ pub enum ExitReason {
     Killed,
     /// A callback panicked; the panic message is kept.
     Panic(String),
-    /// A callback returned an error (its `Display` text), or the server stopped itself with a
-    /// reason of its own.
-    Error(String),
+    /// A callback returned an error (kept as itself: [`ExitError::downcast_ref`] gives it back
+    /// typed), or the server stopped itself with a reason of its own ([`ExitError::msg`]).
+    Error(ExitError),
     /// A supervisor gave up: more restarts than its intensity allows within its period.
     ReachedMaxRestartIntensity,
 }
@@ -51,10 +175,18 @@ impl fmt::Display for ExitReason {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OtpError {
-    /// A call got no reply within its timeout. A reply that arrives later is discarded; it is
-    /// never delivered to another call.
+    /// A call got no reply within its timeout. The request may have been handled, or may still
+    /// be: do not assume it was not. A reply that arrives later is discarded; it is never
+    /// delivered to another call.
     #[error("call timed out")]
     Timeout,
+    /// The request was **never delivered**: a direct call
+    /// ([`Context::allow_direct_calls`](crate::otp::Context::allow_direct_calls)) waited its whole
+    /// timeout for the server's state lock (another callback held it) and gave up before running
+    /// or queueing anything. Unlike [`OtpError::Timeout`], nothing happened: it is safe to retry,
+    /// here or on another server.
+    #[error("call not delivered: the server stayed busy for the whole timeout")]
+    NotDelivered,
     /// There is no running server behind the handle: never started, already stopped, or (when
     /// supervised) between a crash and its restart (Erlang's `noproc`).
     #[error("no such server: it is not running")]
@@ -116,6 +248,34 @@ mod tests {
         assert!(!ExitReason::Panic("x".into()).is_normal());
         assert!(!ExitReason::Error("x".into()).is_normal());
         assert!(!ExitReason::ReachedMaxRestartIntensity.is_normal());
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Disk(u32);
+
+    impl fmt::Display for Disk {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "disk {} failed", self.0)
+        }
+    }
+
+    impl StdError for Disk {}
+
+    #[test]
+    fn an_exit_error_keeps_its_type_and_compares_by_text() {
+        let e = ExitError::new(Disk(3));
+        assert_eq!(e.downcast_ref::<Disk>(), Some(&Disk(3)));
+        assert!(e.is::<Disk>() && !e.is::<std::io::Error>());
+        assert!(e.downcast_ref::<std::io::Error>().is_none());
+        // A clone shares the error; a message with the same text compares equal.
+        let reason = ExitReason::Error(e.clone());
+        assert_eq!(reason, ExitReason::Error("disk 3 failed".into()));
+        assert_ne!(reason, ExitReason::Error("disk 4 failed".into()));
+        assert!(e == "disk 3 failed");
+        assert_eq!(reason.to_string(), "error: disk 3 failed");
+        // It stays reachable through `OtpError`'s source chain.
+        let err = OtpError::InitFailed(reason);
+        assert!(matches!(&err, OtpError::InitFailed(ExitReason::Error(x)) if x.is::<Disk>()));
     }
 
     #[test]

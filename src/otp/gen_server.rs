@@ -10,10 +10,12 @@ use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use arc_swap::{ArcSwapOption, Guard};
+use parking_lot::{Condvar, Mutex};
 
-use super::error::{ExitReason, OtpError};
-use super::reply::{running_here, Backoff, InstanceShared, ReplyCell, ReplyTo, RunningFrame};
+use super::error::{ExitError, ExitReason, OtpError};
+use super::registry::{self, Named};
+use super::reply::{Backoff, InstanceShared, ReplyCell, ReplyTo, RunningFrame};
 use super::timer::{TimerEntry, TimerQueue, TimerRef};
 
 /// The default call timeout, as in OTP: 5 seconds.
@@ -43,8 +45,9 @@ pub trait GenServer: Sized + Send + 'static {
     type Cast: Send + 'static;
     /// Other input: timer messages ([`Context::send_after`]) and plain sends ([`Server::send`]).
     type Info: Send + 'static;
-    /// The error a callback may return; its `Display` text becomes the [`ExitReason::Error`].
-    type Error: std::fmt::Display + Send + 'static;
+    /// The error a callback may return. It becomes the [`ExitReason::Error`] itself (shared, not
+    /// turned into text), so whoever hears of the exit can downcast it back to this type.
+    type Error: std::error::Error + Send + Sync + 'static;
 
     /// Builds the state. Runs on the server's thread; `Server::start` waits for it.
     fn init(args: Self::Args, ctx: &mut Context<Self>) -> Result<Self, Self::Error>;
@@ -184,7 +187,12 @@ impl<S: GenServer> Context<S> {
     /// every message sent before it has been handled); casts, infos and timers still run on
     /// the server's thread; a direct call that returns `Err` or panics ends the server exactly
     /// as on its own thread (state dropped before the exit is reported, the caller gets
-    /// [`OtpError::Exited`]). A call that finds the mailbox busy goes through it as usual.
+    /// [`OtpError::Exited`]). A call that finds the mailbox busy goes through it as usual. A
+    /// call that waits its whole timeout for the lock (another callback holds it) gives up
+    /// without running or queueing anything: [`OtpError::NotDelivered`], safe to retry. No
+    /// lock of the server's handle is held while the callback runs, so a direct callback may
+    /// ask its supervisor to terminate or restart its own server, as one on the server's thread
+    /// may.
     ///
     /// Erlang has no equivalent because it does not need one: a BEAM message send between
     /// two processes on one scheduler costs no system call. Turn it on for a server whose
@@ -265,7 +273,8 @@ fn invoke<S: GenServer>(
 impl<S: GenServer> Core<S> {
     /// Runs `request` on the caller's thread if the server allows direct calls and nothing is
     /// queued before it; otherwise hands the message back to be sent. Waits up to `timeout` for
-    /// the lock.
+    /// the lock; if it is still held then, the request is dropped undelivered
+    /// ([`OtpError::NotDelivered`]: it was neither run nor queued, so it is safe to retry).
     fn direct_call(
         &self,
         request: S::Call,
@@ -275,7 +284,7 @@ impl<S: GenServer> Core<S> {
         timeout: Duration,
     ) -> Result<Option<Msg<S>>, OtpError> {
         let Some(mut guard) = self.inner.try_lock_for(timeout) else {
-            return Err(OtpError::Timeout);
+            return Err(OtpError::NotDelivered);
         };
         let g = &mut *guard;
         if self.queued.load(Ordering::Acquire) != 0
@@ -314,11 +323,21 @@ impl<S: GenServer> Core<S> {
     }
 }
 
-/// One running thread of a server.
-pub(crate) struct Instance<S: GenServer> {
+/// What callers use of one running instance: its mailbox, its state, its exit record.
+///
+/// A caller reads it from the slot without taking any lock ([`Slot::live`], an `arc-swap` load:
+/// it keeps this instance's `Live` alive without ever blocking whoever replaces or removes it),
+/// so no lock guard of the slot is held across user code, and a callback may ask its supervisor
+/// to kill, restart or replace the very instance it runs in.
+pub(crate) struct Live<S: GenServer> {
     tx: Mailbox<S>,
     core: Arc<Core<S>>,
     shared: Arc<InstanceShared>,
+}
+
+/// One running thread of a server.
+pub(crate) struct Instance<S: GenServer> {
+    live: Arc<Live<S>>,
     join: Option<JoinHandle<()>>,
 }
 
@@ -339,7 +358,11 @@ impl<S: GenServer> Instance<S> {
 /// Where a server handle points: the current instance, replaced on every restart.
 pub(crate) struct Slot<S: GenServer> {
     thread_name: String,
-    current: RwLock<Option<Instance<S>>>,
+    /// The current instance's caller side, read lock-free by every call; kept equal to
+    /// `current`'s, and changed only under `current`'s lock.
+    live: ArcSwapOption<Live<S>>,
+    /// The current instance with its thread: changed by starts, stops and kills only.
+    current: Mutex<Option<Instance<S>>>,
     /// How many instances have been started; read without a lock (every deallocation reads it),
     /// changed under `generation_lock` so that waiters on `generation_changed` miss no change.
     generation: AtomicU64,
@@ -351,16 +374,28 @@ impl<S: GenServer> Slot<S> {
     pub(crate) fn new(thread_name: String) -> Arc<Self> {
         Arc::new(Slot {
             thread_name,
-            current: RwLock::new(None),
+            live: ArcSwapOption::const_empty(),
+            current: Mutex::new(None),
             generation: AtomicU64::new(0),
             generation_lock: Mutex::new(()),
             generation_changed: Condvar::new(),
         })
     }
 
+    /// The current instance's caller side (`None` if there is none). Takes no lock and blocks
+    /// no one: a restart or kill that replaces it meanwhile leaves this one alive until the
+    /// returned guard is dropped. (Usually no shared reference count is touched either.)
+    fn live(&self) -> Guard<Option<Arc<Live<S>>>> {
+        self.live.load()
+    }
+
     /// Installs a freshly started instance, joining the (exited) one it replaces.
     fn install(&self, inst: Instance<S>) {
-        let old = self.current.write().replace(inst);
+        let old = {
+            let mut cur = self.current.lock();
+            self.live.store(Some(Arc::clone(&inst.live)));
+            cur.replace(inst)
+        };
         {
             let _g = self.generation_lock.lock();
             self.generation.fetch_add(1, Ordering::AcqRel);
@@ -373,8 +408,12 @@ impl<S: GenServer> Slot<S> {
 
     /// Removes `shared`'s instance from the slot if it is still the current one.
     fn take_if(&self, shared: &Arc<InstanceShared>) -> Option<Instance<S>> {
-        let mut cur = self.current.write();
-        if cur.as_ref().is_some_and(|i| Arc::ptr_eq(&i.shared, shared)) {
+        let mut cur = self.current.lock();
+        if cur
+            .as_ref()
+            .is_some_and(|i| Arc::ptr_eq(&i.live.shared, shared))
+        {
+            self.live.store(None);
             cur.take()
         } else {
             None
@@ -382,17 +421,19 @@ impl<S: GenServer> Slot<S> {
     }
 
     fn send_stop_to(&self, shared: &Arc<InstanceShared>, reason: ExitReason) {
-        let cur = self.current.read_recursive();
-        if let Some(i) = cur.as_ref().filter(|i| Arc::ptr_eq(&i.shared, shared)) {
-            let _ = i.tx.send(Msg::Stop(reason));
+        let cur = self.current.lock();
+        if let Some(i) = cur.as_ref().filter(|i| Arc::ptr_eq(&i.live.shared, shared)) {
+            // A stop message holds nothing of the user's: sending it runs no user code.
+            let _ = i.live.tx.send(Msg::Stop(reason));
         }
     }
 }
 
 impl<S: GenServer> Drop for Slot<S> {
     fn drop(&mut self) {
+        self.live.store(None);
         if let Some(inst) = self.current.get_mut().take() {
-            let _ = inst.tx.send(Msg::Stop(ExitReason::Shutdown));
+            let _ = inst.live.tx.send(Msg::Stop(ExitReason::Shutdown));
             inst.join(); // detaches instead if we are on the server's own thread
         }
     }
@@ -439,14 +480,16 @@ pub(crate) fn spawn_into<S: GenServer>(
     let started = started_rx
         .recv()
         .unwrap_or(Err(OtpError::InitFailed(ExitReason::Error(
-            "server thread ended before init reported".into(),
+            ExitError::msg("server thread ended before init reported"),
         ))));
     match started {
         Ok(()) => {
             slot.install(Instance {
-                tx: mailbox,
-                core,
-                shared: shared.clone(),
+                live: Arc::new(Live {
+                    tx: mailbox,
+                    core,
+                    shared: shared.clone(),
+                }),
                 join: Some(join),
             });
             Ok(shared)
@@ -494,7 +537,7 @@ fn server_thread<S: GenServer>(
                 g.state = Some(s);
                 Ok(())
             }
-            Ok(Err(e)) => Err(ExitReason::Error(e.to_string())),
+            Ok(Err(e)) => Err(ExitReason::Error(ExitError::new(e))),
             Err(p) => Err(ExitReason::Panic(panic_message(&*p))),
         }
     };
@@ -545,7 +588,7 @@ fn settle<S: GenServer>(
     ctx: &Context<S>,
     shared: &InstanceShared,
 ) -> Option<ExitReason> {
-    let err = r.err().map(|e| ExitReason::Error(e.to_string()));
+    let err = r.err().map(|e| ExitReason::Error(ExitError::new(e)));
     if shared.has_dropped.load(Ordering::Relaxed) {
         shared.settle_dropped(err.is_some() || ctx.stop.is_some());
     }
@@ -688,7 +731,7 @@ fn orderly_stop<S: GenServer>(
                 Ok(r) => {
                     shared.settle_dropped(true); // we are exiting whatever the result
                     if let Err(e) = r {
-                        return LoopExit::Stop(ExitReason::Error(e.to_string()));
+                        return LoopExit::Stop(ExitReason::Error(ExitError::new(e)));
                     }
                 }
                 Err(p) => return LoopExit::Crashed(panic_message(&*p)),
@@ -792,20 +835,20 @@ impl<S: GenServer> Server<S> {
 
     /// Calls the server and waits up to `timeout` for the reply. For a direct call
     /// ([`Context::allow_direct_calls`]) `timeout` bounds the wait for the server's state lock and
-    /// for a deferred reply; the callback itself runs on this thread to its end. Errors:
-    /// [`OtpError::Timeout`], [`OtpError::NoProc`], [`OtpError::Exited`] (the server died with the
-    /// call pending), [`OtpError::ReplyDropped`], [`OtpError::CallingSelf`].
+    /// for a deferred reply; the callback itself runs on this thread to its end, holding no lock
+    /// of this handle (it may ask a supervisor to stop or restart this very server). Errors:
+    /// [`OtpError::Timeout`] (the request may have been handled), [`OtpError::NotDelivered`] (a
+    /// direct call that never got the state lock: the request was neither run nor queued),
+    /// [`OtpError::NoProc`] (never delivered either), [`OtpError::Exited`] (the server died with
+    /// the call pending), [`OtpError::ReplyDropped`], [`OtpError::CallingSelf`].
     pub fn call_timeout(&self, request: S::Call, timeout: Duration) -> Result<S::Reply, OtpError> {
-        let me_id = thread::current().id();
         let cell = ReplyCell::for_call();
         {
-            // `read_recursive`: a direct call's callback may call this server again (and get
-            // `CallingSelf`) while a restart waits for the write lock. The guard is held across a
-            // direct call: cloning the instance's handles instead would write to cache lines that
-            // every caller of this server shares.
-            let cur = self.slot.current.read_recursive();
-            let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
-            if inst.shared.thread.get() == Some(&me_id) || running_here(&inst.shared) {
+            // No guard of the slot is held from here on: a direct call runs user code, which
+            // may ask the supervisor to kill or restart this very instance (write lock).
+            let live = self.slot.live();
+            let inst = live.as_deref().ok_or(OtpError::NoProc)?;
+            if inst.shared.on_own_thread() {
                 return Err(OtpError::CallingSelf);
             }
             let from = ReplyTo::new(cell.clone(), inst.shared.clone());
@@ -825,8 +868,10 @@ impl<S: GenServer> Server<S> {
     }
 
     fn send_msg(&self, msg: Msg<S>) -> Result<(), OtpError> {
-        let cur = self.slot.current.read_recursive();
-        let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
+        // A message that cannot be sent is dropped here, with no guard held: its `Drop` is
+        // user code.
+        let live = self.slot.live();
+        let inst = live.as_deref().ok_or(OtpError::NoProc)?;
         inst.tx.send(msg).map_err(|_| OtpError::NoProc)
     }
 
@@ -862,11 +907,9 @@ impl<S: GenServer> Server<S> {
     /// A supervisor restarts a stopped permanent child, as in OTP. Error: [`OtpError::NoProc`].
     pub fn stop(&self, reason: ExitReason) -> Result<(), OtpError> {
         let shared = {
-            let cur = self.slot.current.read_recursive();
-            let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
-            if inst.shared.thread.get() == Some(&thread::current().id())
-                || running_here(&inst.shared)
-            {
+            let live = self.slot.live();
+            let inst = live.as_deref().ok_or(OtpError::NoProc)?;
+            if inst.shared.on_own_thread() {
                 return Err(OtpError::CallingSelf);
             }
             inst.tx
@@ -887,8 +930,8 @@ impl<S: GenServer> Server<S> {
     /// instance has already exited, the monitor reports its reason at once. Error:
     /// [`OtpError::NoProc`] if no instance was ever started or it was stopped and removed.
     pub fn monitor(&self) -> Result<Monitor, OtpError> {
-        let cur = self.slot.current.read_recursive();
-        let inst = cur.as_ref().ok_or(OtpError::NoProc)?;
+        let live = self.slot.live();
+        let inst = live.as_deref().ok_or(OtpError::NoProc)?;
         Ok(Monitor {
             shared: inst.shared.clone(),
         })
@@ -896,8 +939,7 @@ impl<S: GenServer> Server<S> {
 
     /// True if an instance is running (it may exit at any moment, of course).
     pub fn is_alive(&self) -> bool {
-        let cur = self.slot.current.read_recursive();
-        cur.as_ref().is_some_and(|i| {
+        self.slot.live().as_deref().is_some_and(|i| {
             i.shared.exit_reason().is_none() && !i.shared.killed.load(Ordering::Relaxed)
         })
     }
@@ -933,16 +975,32 @@ impl<S: GenServer> Server<S> {
 
     /// Registers this handle under `name`, see [`register`](crate::otp::register).
     pub fn register(&self, name: impl Into<String>) -> Result<(), OtpError> {
-        super::registry::register(name, self)
+        register(name, self)
     }
+}
 
-    pub(crate) fn downgrade(&self) -> Weak<Slot<S>> {
-        Arc::downgrade(&self.slot)
+/// The registry's entry for a server: a weak handle, so a name never keeps a server alive.
+impl<S: GenServer> Named for Weak<Slot<S>> {
+    fn is_live(&self) -> bool {
+        self.strong_count() > 0
     }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
 
-    pub(crate) fn from_slot(slot: Arc<Slot<S>>) -> Self {
-        Server { slot }
-    }
+/// Registers `server` under `name` (Erlang's `register/2`). Error: [`OtpError::NameTaken`] if
+/// the name belongs to a server that still has handles.
+pub fn register<S: GenServer>(name: impl Into<String>, server: &Server<S>) -> Result<(), OtpError> {
+    registry::insert(name.into(), Box::new(Arc::downgrade(&server.slot)))
+}
+
+/// Looks `name` up (Erlang's `whereis/1`). `Ok(None)` if it is not registered (or its server is
+/// gone); [`OtpError::WrongType`] if it is registered for a server of another type.
+pub fn whereis<S: GenServer>(name: &str) -> Result<Option<Server<S>>, OtpError> {
+    registry::find(name, |weak: &Weak<Slot<S>>| {
+        weak.upgrade().map(|slot| Server { slot })
+    })
 }
 
 /// Watches one server instance for its exit; see [`Server::monitor`].
@@ -989,7 +1047,7 @@ impl<S: GenServer> ServerChild<S> {
     pub(crate) fn kill(&self) {
         self.shared.killed.store(true, Ordering::Release);
         if let Some(inst) = self.slot.take_if(&self.shared) {
-            let _ = inst.tx.send(Msg::Stop(ExitReason::Killed)); // wake it if parked
+            let _ = inst.live.tx.send(Msg::Stop(ExitReason::Killed)); // wake it if parked
             inst.detach();
         }
     }

@@ -80,6 +80,16 @@
 //!   (its [`ReplyTo`] kept in the state) gets [`OtpError::Exited`] with the exit reason. A
 //!   [`ReplyTo`] dropped while the server keeps running gives [`OtpError::ReplyDropped`]. Calls
 //!   never hang past their timeout, and a late reply is discarded, never delivered to another call.
+//! - **Never delivered vs. maybe delivered**: [`OtpError::NoProc`] and [`OtpError::NotDelivered`]
+//!   (a direct call that never got the state lock) mean the request was neither run nor queued:
+//!   retrying it, here or elsewhere, cannot make it happen twice. [`OtpError::Timeout`] and
+//!   [`OtpError::Exited`] mean it may have been handled.
+//! - **No lock guard across user code**: a call holds no lock of its [`Server`] handle while
+//!   sending, waiting or running a direct callback, so any callback, on the server's thread or
+//!   the caller's, may ask its supervisor to terminate or restart its own server.
+//! - **Typed exit errors**: a callback's `Err(e)` becomes [`ExitReason::Error`] holding `e` itself
+//!   ([`ExitError`], shared), so callers, monitors and the caller of a failed start
+//!   ([`OtpError::InitFailed`], [`OtpError::ChildStartFailed`]) can downcast it back.
 //! - **Exit order**: on any exit the state is dropped (its resources, such as file locks, released)
 //!   *before* callers and the supervisor hear of the exit, so a restarted instance can reopen them.
 //! - **terminate** runs on an orderly stop (stop request, [`Context::stop`], shutdown by the
@@ -94,6 +104,7 @@
 //!   handle refuse calls at once ([`OtpError::NoProc`]), flags the thread to exit before its next
 //!   message and detaches it.
 
+mod clock;
 mod error;
 mod gen_server;
 mod registry;
@@ -101,12 +112,14 @@ mod reply;
 mod supervisor;
 mod timer;
 
-pub use error::{ExitReason, OtpError};
-pub use gen_server::{Context, GenServer, Monitor, Server, DEFAULT_CALL_TIMEOUT, MAX_RUN};
-pub use registry::{register, unregister, whereis};
+pub use clock::{ManualRestartClock, RestartClock, SystemRestartClock};
+pub use error::{ExitError, ExitReason, OtpError};
+pub use gen_server::{
+    register, whereis, Context, GenServer, Monitor, Server, DEFAULT_CALL_TIMEOUT, MAX_RUN,
+};
+pub use registry::unregister;
 pub use reply::ReplyTo;
 pub use supervisor::{
-    ChildInfo, ChildSpec, Clock, ManualClock, Restart, Shutdown, Strategy, Supervisor,
-    SupervisorEvent, SupervisorSpec, SystemClock,
+    ChildInfo, ChildSpec, Restart, Shutdown, Strategy, Supervisor, SupervisorEvent, SupervisorSpec,
 };
 pub use timer::TimerRef;

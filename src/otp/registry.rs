@@ -4,67 +4,66 @@
 //! Names map to *handles*, not instances, so a registered supervised server stays reachable under
 //! its name across restarts. The registry holds weak references: it never keeps a server alive,
 //! and a name whose server handles are all gone is free again.
+//!
+//! This file knows nothing of servers: it stores type-erased [`Named`] entries, and the typed
+//! [`register`](crate::otp::register) / [`whereis`](crate::otp::whereis) beside
+//! [`Server`](crate::otp::Server) put and get them (so the dependency runs one way, from the
+//! generic server to the registry).
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::{OnceLock, Weak};
+use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 
 use super::error::OtpError;
-use super::gen_server::{GenServer, Server, Slot};
 
-type Entries = HashMap<String, Probe>;
+/// What the registry holds for a name: a weak handle of some type, which can tell whether the
+/// thing it points to still has (strong) handles.
+pub(crate) trait Named: Send + Sync + 'static {
+    /// True while the named thing has handles.
+    fn is_live(&self) -> bool;
+    /// The entry itself, to be downcast to its concrete type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+type Entries = HashMap<String, Box<dyn Named>>;
 
 fn entries() -> &'static Mutex<Entries> {
     static REGISTRY: OnceLock<Mutex<Entries>> = OnceLock::new();
     REGISTRY.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// A type-erased weak handle plus a function that can tell, without knowing the type, whether
-/// the server behind it still has handles.
-struct Probe {
-    weak: Box<dyn Any + Send + Sync>,
-    live: fn(&(dyn Any + Send + Sync)) -> bool,
-}
-
-fn live_of<S: GenServer>(weak: &(dyn Any + Send + Sync)) -> bool {
-    weak.downcast_ref::<Weak<Slot<S>>>()
-        .is_some_and(|w| w.strong_count() > 0)
-}
-
-/// Registers `server` under `name`. Error: [`OtpError::NameTaken`] if the name belongs to a
-/// server that still has handles.
-pub fn register<S: GenServer>(name: impl Into<String>, server: &Server<S>) -> Result<(), OtpError> {
-    let name = name.into();
+/// Puts `entry` under `name`. Error: [`OtpError::NameTaken`] if the name's entry is still live.
+pub(crate) fn insert(name: String, entry: Box<dyn Named>) -> Result<(), OtpError> {
     let mut map = entries().lock();
-    if map.get(&name).is_some_and(|p| (p.live)(&*p.weak)) {
+    if map.get(&name).is_some_and(|e| e.is_live()) {
         return Err(OtpError::NameTaken(name));
     }
-    let probe = Probe {
-        weak: Box::new(server.downgrade()),
-        live: live_of::<S>,
-    };
-    map.insert(name, probe);
+    map.insert(name, entry);
     Ok(())
 }
 
-/// Looks `name` up. `Ok(None)` if it is not registered (or its server is gone);
-/// [`OtpError::WrongType`] if it is registered for a server of another type.
-pub fn whereis<S: GenServer>(name: &str) -> Result<Option<Server<S>>, OtpError> {
+/// Looks `name` up as an entry of type `W` and maps it with `upgrade` (which returns `None` if
+/// the entry is dead; the name is then freed). `Ok(None)` if the name is not registered;
+/// [`OtpError::WrongType`] if it is registered, live, with another type.
+pub(crate) fn find<W: Any, R>(
+    name: &str,
+    upgrade: impl FnOnce(&W) -> Option<R>,
+) -> Result<Option<R>, OtpError> {
     let mut map = entries().lock();
-    let Some(probe) = map.get(name) else {
+    let Some(entry) = map.get(name) else {
         return Ok(None);
     };
-    match probe.weak.downcast_ref::<Weak<Slot<S>>>() {
-        Some(w) => match w.upgrade() {
-            Some(slot) => Ok(Some(Server::from_slot(slot))),
+    match entry.as_any().downcast_ref::<W>() {
+        Some(w) => match upgrade(w) {
+            Some(r) => Ok(Some(r)),
             None => {
                 map.remove(name);
                 Ok(None)
             }
         },
-        None if (probe.live)(&*probe.weak) => Err(OtpError::WrongType {
+        None if entry.is_live() => Err(OtpError::WrongType {
             name: name.to_string(),
         }),
         None => {

@@ -4,24 +4,94 @@
 //! inside the message (ractor's reply port). The caller spins briefly, then parks, on the cell.
 //! A cell belongs to exactly one call, so a reply that arrives after the caller gave up is simply
 //! dropped: it can never reach a later call.
+//!
+//! The cell is the module's one piece of `unsafe` code. It is model-checked with
+//! [loom](https://docs.rs/loom) (every interleaving of a replier, a second replier and the
+//! waiter, including a timeout racing the reply):
+//! `RUSTFLAGS="--cfg loom" cargo test --release --lib otp::reply::loom`.
+//! Under `cfg(loom)` the cell's atomics, `UnsafeCell`, parking and spinning are loom's.
 
-use std::cell::{RefCell, UnsafeCell};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::thread::{self, Thread, ThreadId};
+use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
 use super::error::{ExitReason, OtpError};
 
+/// The primitives of the reply cell: std's, or loom's when model checking.
+#[cfg(not(loom))]
+mod prim {
+    pub(super) use std::hint::spin_loop as pause;
+    pub(super) use std::sync::atomic::AtomicU8;
+    pub(super) use std::thread::{current, park, park_timeout, Thread};
+
+    /// `std::cell::UnsafeCell` with loom's closure-based API, so one body of code serves both.
+    #[derive(Debug)]
+    pub(super) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        pub(super) const fn new(v: T) -> Self {
+            UnsafeCell(std::cell::UnsafeCell::new(v))
+        }
+        pub(super) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+        pub(super) fn get_mut(&mut self) -> &mut T {
+            self.0.get_mut()
+        }
+    }
+}
+
+#[cfg(loom)]
+mod prim {
+    pub(super) use loom::sync::atomic::AtomicU8;
+    pub(super) use loom::thread::{current, park, yield_now as pause, Thread};
+
+    /// loom has no timed park: a timed wait is a yield (the waiter re-checks and, in a model,
+    /// never reaches a real deadline).
+    pub(super) fn park_timeout(_: std::time::Duration) {
+        loom::thread::yield_now();
+    }
+
+    /// loom's `UnsafeCell`, which checks that no two threads access the value at once.
+    #[derive(Debug)]
+    pub(super) struct UnsafeCell<T>(loom::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        pub(super) fn new(v: T) -> Self {
+            UnsafeCell(loom::cell::UnsafeCell::new(v))
+        }
+        pub(super) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            self.0.with_mut(f)
+        }
+        pub(super) fn get_mut(&mut self) -> &mut T {
+            // SAFETY: `&mut self` is exclusive access to the value for the returned borrow's
+            // lifetime (tied to `&mut self`); loom's tracking is for shared access only.
+            self.0.with_mut(|p| unsafe { &mut *p })
+        }
+    }
+}
+
+use prim::{AtomicU8, Thread, UnsafeCell};
+
 /// Exponential backoff before parking (crossbeam's `Backoff::snooze` shape): spin with
 /// `2^step` pause instructions while `step <= spin_limit`, then yield the core until
 /// `step > yield_limit`. A parked thread costs ~1 µs (more in a VM) to wake on each side of a
 /// call; spinning briefly avoids that when both sides are busy, and yielding keeps a waiting
 /// thread from starving the one it waits for when cores are oversubscribed.
+#[cfg(not(loom))]
 const SPIN_LIMIT: u32 = 6;
+#[cfg(not(loom))]
 const YIELD_LIMIT: u32 = 20;
+// In a loom model every spin is a scheduling point: one step, then park.
+#[cfg(loom)]
+const SPIN_LIMIT: u32 = 0;
+#[cfg(loom)]
+const YIELD_LIMIT: u32 = 0;
 
 pub(crate) struct Backoff {
     step: u32,
@@ -41,7 +111,7 @@ impl Backoff {
     pub(crate) fn snooze(&mut self) {
         if self.step <= self.spin_limit {
             for _ in 0..(1u32 << self.step.min(16)) {
-                std::hint::spin_loop();
+                prim::pause();
             }
         } else {
             thread::yield_now();
@@ -225,8 +295,9 @@ pub(crate) struct ReplyCell<R> {
 
 // SAFETY: `value` is written only by the thread that moved `state` from EMPTY to WRITING (one
 // thread, by the compare-exchange), before it publishes READY with `Release`; it is read only by
-// the waiting caller after it observed READY with `Acquire` (or on drop, with exclusive
+// the waiting caller after it observed READY with `Acquire` (or through `&mut`, with exclusive
 // access). So no two threads ever touch it at once, and the reply crosses threads as an `R: Send`.
+// `waiter` is a `Thread` handle, itself `Send + Sync`.
 unsafe impl<R: Send> Send for ReplyCell<R> {}
 // SAFETY: as above; every shared-reference access to `value` is ordered by `state`.
 unsafe impl<R: Send> Sync for ReplyCell<R> {}
@@ -240,30 +311,62 @@ impl<R> ReplyCell<R> {
         }
     }
 
-    fn put(&self, v: Result<R, OtpError>) {
+    /// Delivers `v` if no answer was delivered and the caller has not given up; otherwise drops
+    /// it. Returns true if `v` was delivered.
+    fn put(&self, v: Result<R, OtpError>) -> bool {
         if self
             .state
             .compare_exchange(EMPTY, WRITING, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            return; // late reply (the caller has gone) or a second answer: drop it here
+            return false; // late reply (the caller has gone) or a second answer: drop it here
         }
-        // SAFETY: we won EMPTY -> WRITING, so we are the only writer, and the waiter does not
-        // read before it sees READY.
-        unsafe { *self.value.get() = Some(v) };
+        // SAFETY: we won EMPTY -> WRITING, so we are the only writer, and the waiter reads only
+        // after it sees READY, which we publish below with `Release` after this write.
+        self.value.with_mut(|p| unsafe { *p = Some(v) });
         self.state.store(READY, Ordering::Release);
+        // In a loom model, a scheduling point between the publication and the unpark, so the
+        // waiter may run there (loom's unpark also synchronises, which would otherwise hide a
+        // missing `Release` above).
+        #[cfg(loom)]
+        let _ = self.state.load(Ordering::Relaxed);
         self.waiter.unpark();
+        true
     }
 
-    /// The value, once `state` was seen READY by this (the waiting) thread.
+    /// The value, once `state` was seen READY (with `Acquire`) by this, the waiting, thread.
     fn take_ready(&self) -> Result<R, OtpError> {
-        // SAFETY: called only by the single waiter after an `Acquire` load saw READY: the writer
-        // is done and no one else reads.
-        unsafe { (*self.value.get()).take() }.unwrap_or(Err(OtpError::ReplyDropped))
+        // SAFETY: called only by the single waiter after an `Acquire` load saw READY: the one
+        // writer finished before its `Release` store of READY, and no one else reads or writes.
+        let v = self.value.with_mut(|p| unsafe { (*p).take() });
+        v.unwrap_or(Err(OtpError::ReplyDropped))
+    }
+
+    /// The reply, if one is ready (called by the waiter only).
+    fn try_take(&self) -> Option<Result<R, OtpError>> {
+        (self.state.load(Ordering::Acquire) == READY).then(|| self.take_ready())
+    }
+
+    /// The waiter gives up: `Timeout`, unless a reply won the race, which is then returned
+    /// (called by the waiter only; every later `put` is dropped).
+    fn abandon(&self) -> Result<R, OtpError> {
+        match self
+            .state
+            .compare_exchange(EMPTY, ABANDONED, Ordering::Acquire, Ordering::Acquire)
+        {
+            Ok(_) => Err(OtpError::Timeout),
+            // A reply is being written this instant, or is ready: it is ours.
+            Err(_) => loop {
+                if let Some(v) = self.try_take() {
+                    return v;
+                }
+                prim::pause();
+            },
+        }
     }
 
     /// True once a reply is ready (tests).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     fn is_ready(&self) -> bool {
         self.state.load(Ordering::Acquire) == READY
     }
@@ -272,38 +375,24 @@ impl<R> ReplyCell<R> {
     pub(crate) fn wait(&self, timeout: Duration) -> Result<R, OtpError> {
         let mut backoff = Backoff::new();
         while !backoff.is_completed() {
-            if self.state.load(Ordering::Acquire) == READY {
-                return self.take_ready();
+            if let Some(v) = self.try_take() {
+                return v;
             }
             backoff.snooze();
         }
         let deadline = Instant::now().checked_add(timeout);
         loop {
-            if self.state.load(Ordering::Acquire) == READY {
-                return self.take_ready();
+            if let Some(v) = self.try_take() {
+                return v;
             }
             match deadline {
-                None => thread::park(),
+                None => prim::park(),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return match self.state.compare_exchange(
-                            EMPTY,
-                            ABANDONED,
-                            Ordering::Acquire,
-                            Ordering::Acquire,
-                        ) {
-                            Ok(_) => Err(OtpError::Timeout),
-                            // A reply is being written this instant: it is ours.
-                            Err(_) => {
-                                while self.state.load(Ordering::Acquire) != READY {
-                                    std::hint::spin_loop();
-                                }
-                                self.take_ready()
-                            }
-                        };
+                        return self.abandon();
                     }
-                    thread::park_timeout(d - now);
+                    prim::park_timeout(d - now);
                 }
             }
         }
@@ -324,7 +413,7 @@ impl<R: Send + 'static> ReplyCell<R> {
         let spare = SPARE_CELL
             .with(|s| s.borrow_mut().take())
             .and_then(|any| any.downcast::<Self>().ok());
-        spare.unwrap_or_else(|| Arc::new(ReplyCell::new(thread::current())))
+        spare.unwrap_or_else(|| Arc::new(ReplyCell::new(prim::current())))
     }
 
     /// Gives a finished call's cell back to this thread for reuse, if this was its last holder
@@ -332,7 +421,8 @@ impl<R: Send + 'static> ReplyCell<R> {
     /// one).
     pub(crate) fn recycle(mut cell: Arc<Self>) {
         if let Some(c) = Arc::get_mut(&mut cell) {
-            *c.state.get_mut() = EMPTY;
+            // Exclusive (`get_mut`): no replier holds the cell, so plain resets suffice.
+            c.state.store(EMPTY, Ordering::Relaxed);
             *c.value.get_mut() = None;
             SPARE_CELL.with(|s| *s.borrow_mut() = Some(cell));
         }
@@ -341,7 +431,7 @@ impl<R: Send + 'static> ReplyCell<R> {
 
 impl<R: Send> Orphan for ReplyCell<R> {
     fn fail(&self, err: OtpError) {
-        self.put(Err(err));
+        let _ = self.put(Err(err));
     }
 }
 
@@ -372,7 +462,7 @@ impl<R: Send + 'static> ReplyTo<R> {
     /// discarded.
     pub fn reply(mut self, value: R) {
         if let Some(cell) = self.cell.take() {
-            cell.put(Ok(value));
+            let _ = cell.put(Ok(value));
         }
     }
 }
@@ -399,13 +489,13 @@ impl<R: Send + 'static> Drop for ReplyTo<R> {
                     inst.has_dropped.store(true, Ordering::Relaxed);
                 }
             } else {
-                cell.put(Err(OtpError::ReplyDropped));
+                let _ = cell.put(Err(OtpError::ReplyDropped));
             }
         }
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
@@ -489,5 +579,102 @@ mod tests {
         assert_ne!(Arc::as_ptr(&fresh), addr);
         late.reply(9);
         assert!(!fresh.is_ready());
+    }
+}
+
+/// Model checks of the reply cell: every interleaving loom can find of the threads below.
+#[cfg(all(test, loom))]
+mod loom {
+    use super::*;
+    use ::loom::sync::atomic::AtomicBool as LBool;
+    use ::loom::sync::Arc as LArc;
+    use ::loom::thread as lthread;
+
+    fn cell() -> LArc<ReplyCell<u32>> {
+        LArc::new(ReplyCell::new(prim::current()))
+    }
+
+    /// A replier thread delivering `v`; returns whether it was delivered. Joined through
+    /// [`join`], which first waits for every replier's `put` to have returned: loom cannot model
+    /// a `Thread::unpark` (the cell's wake-up) reaching a thread blocked in `join`, which std
+    /// allows and ignores.
+    struct Replier {
+        done: LArc<LBool>,
+        handle: lthread::JoinHandle<bool>,
+    }
+
+    fn reply(c: &LArc<ReplyCell<u32>>, v: Result<u32, OtpError>) -> Replier {
+        let (r, done) = (c.clone(), LArc::new(LBool::new(false)));
+        let d = done.clone();
+        let handle = lthread::spawn(move || {
+            let delivered = r.put(v);
+            d.store(true, Ordering::Release);
+            delivered
+        });
+        Replier { done, handle }
+    }
+
+    /// Joins the repliers, once every one of them has returned from `put`.
+    fn join<const N: usize>(rs: [Replier; N]) -> [bool; N] {
+        for r in &rs {
+            while !r.done.load(Ordering::Acquire) {
+                lthread::yield_now();
+            }
+        }
+        rs.map(|r| r.handle.join().unwrap())
+    }
+
+    /// One reply, one waiter that waits as long as it takes: the reply always arrives intact.
+    #[test]
+    fn a_reply_reaches_the_waiter() {
+        ::loom::model(|| {
+            let c = cell();
+            let r = reply(&c, Ok(7));
+            assert_eq!(c.wait(Duration::MAX).unwrap(), 7);
+            assert_eq!(join([r]), [true]);
+        });
+    }
+
+    /// A reply racing the waiter's timeout: the waiter gets the reply or `Timeout`, never both,
+    /// never a torn value; a reply that lost is dropped by the replier and never stored.
+    #[test]
+    fn a_timeout_racing_a_reply_is_one_or_the_other() {
+        ::loom::model(|| {
+            let c = cell();
+            let r = reply(&c, Ok(7));
+            let got = c.abandon();
+            let [delivered] = join([r]);
+            match got {
+                Ok(v) => {
+                    assert!(delivered);
+                    assert_eq!(v, 7);
+                }
+                Err(OtpError::Timeout) => {
+                    assert!(!delivered);
+                    // SAFETY: the replier is done (joined); this is the only access.
+                    assert!(c.value.with_mut(|p| unsafe { (*p).is_none() }));
+                }
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        });
+    }
+
+    /// Two answers (a reply and a failure, as when a server replies while its exit fails the
+    /// orphaned calls): exactly one is delivered, and it is the one the waiter gets.
+    #[test]
+    fn of_two_answers_exactly_one_is_delivered() {
+        ::loom::model(|| {
+            let c = cell();
+            let r1 = reply(&c, Ok(1));
+            let r2 = reply(&c, Err(OtpError::ReplyDropped));
+            let got = c.wait(Duration::MAX);
+            let [d1, d2] = join([r1, r2]);
+            assert!(d1 != d2, "exactly one answer is delivered");
+            match got {
+                Ok(1) => assert!(d1),
+                Err(OtpError::ReplyDropped) => assert!(d2),
+                other => panic!("unexpected {other:?}"),
+            }
+        });
     }
 }

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::error::{ExitReason, OtpError};
+use super::clock::{RestartClock, SystemRestartClock};
+use super::error::{ExitError, ExitReason, OtpError};
 use super::gen_server::{
     next_id, panic_message, spawn_into, GenServer, OnExit, Server, ServerChild,
 };
@@ -58,56 +59,6 @@ pub enum Shutdown {
     Timeout(Duration),
     /// Ask the child to stop and wait for as long as it takes (the default for supervisors).
     Infinity,
-}
-
-/// A source of time for the restart-intensity window, so tests need not sleep.
-pub trait Clock: Send + Sync {
-    /// The current instant.
-    fn now(&self) -> Instant;
-}
-
-/// The real clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
-
-/// A clock that moves only when told to ([`ManualClock::advance`]).
-#[derive(Debug)]
-pub struct ManualClock {
-    base: Instant,
-    offset: Mutex<Duration>,
-}
-
-impl ManualClock {
-    /// A clock standing at the current instant.
-    pub fn new() -> Self {
-        ManualClock {
-            base: Instant::now(),
-            offset: Mutex::new(Duration::ZERO),
-        }
-    }
-
-    /// Moves the clock forward by `d`.
-    pub fn advance(&self, d: Duration) {
-        *self.offset.lock() += d;
-    }
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        self.base + *self.offset.lock()
-    }
 }
 
 /// A running child as the supervisor sees it.
@@ -270,7 +221,7 @@ pub struct SupervisorSpec {
     strategy: Strategy,
     intensity: u32,
     period: Duration,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn RestartClock>,
     children: Vec<ChildSpec>,
     events: Vec<Sender<SupervisorEvent>>,
 }
@@ -295,7 +246,7 @@ impl SupervisorSpec {
             strategy,
             intensity: 1,
             period: Duration::from_secs(5),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(SystemRestartClock),
             children: Vec::new(),
             events: Vec::new(),
         }
@@ -314,8 +265,9 @@ impl SupervisorSpec {
         self
     }
 
-    /// Uses `clock` for the intensity window (e.g. a [`ManualClock`] in tests).
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+    /// Uses `clock` for the intensity window (e.g. a
+    /// [`ManualRestartClock`](crate::otp::ManualRestartClock) in tests).
+    pub fn clock(mut self, clock: Arc<dyn RestartClock>) -> Self {
         self.clock = clock;
         self
     }
@@ -577,7 +529,7 @@ struct State {
     strategy: Strategy,
     intensity: u32,
     period: Duration,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn RestartClock>,
     children: Vec<Child>,
     restarts: VecDeque<Instant>,
     tx: Sender<SupMsg>,
@@ -837,7 +789,9 @@ fn supervisor_thread(
         let i = state.children.len() - 1;
         if let Err(e) = state.start_child(i) {
             state.stop_all();
-            shared.finish(ExitReason::Error(format!("child {id:?} failed to start")));
+            shared.finish(ExitReason::Error(ExitError::msg(format!(
+                "child {id:?} failed to start"
+            ))));
             let _ = started.send(Err(OtpError::ChildStartFailed {
                 id,
                 source: Box::new(e),
@@ -870,8 +824,9 @@ fn supervisor_thread(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::otp::clock::ManualRestartClock;
 
-    fn state(intensity: u32, period: Duration, clock: Arc<ManualClock>) -> State {
+    fn state(intensity: u32, period: Duration, clock: Arc<ManualRestartClock>) -> State {
         let (tx, _rx) = mpsc::channel();
         State {
             strategy: Strategy::OneForOne,
@@ -887,7 +842,7 @@ mod tests {
 
     #[test]
     fn intensity_window_slides_with_the_clock() {
-        let clock = Arc::new(ManualClock::new());
+        let clock = Arc::new(ManualRestartClock::new());
         let mut s = state(2, Duration::from_secs(5), clock.clone());
         assert!(s.record_restart().is_ok());
         assert!(s.record_restart().is_ok());
@@ -900,7 +855,11 @@ mod tests {
 
     #[test]
     fn zero_intensity_allows_no_restart() {
-        let mut s = state(0, Duration::from_secs(5), Arc::new(ManualClock::new()));
+        let mut s = state(
+            0,
+            Duration::from_secs(5),
+            Arc::new(ManualRestartClock::new()),
+        );
         assert!(s.record_restart().is_err());
     }
 }
