@@ -337,3 +337,164 @@ fn a_restarted_node_keeps_named_allocations() {
     assert_eq!(r.nums("held"), vec![f]);
     drop(node);
 }
+
+/// After a restart the node monitors again every Pid that still holds frequencies: a holder
+/// that is still alive keeps what it held (until it exits), and a holder that died while the
+/// node was down has its frequencies released.
+#[test]
+fn a_restarted_node_monitors_its_pid_owners_again() {
+    if !erlang::erlang_or_skip("a_restarted_node_monitors_its_pid_owners_again") {
+        return;
+    }
+    let cluster = Cluster::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = cluster.start_target(Target::Freqalloc, dir.path(), FIRST, LAST, 2, &[]);
+    let name = node.name.clone();
+    let data = node.data.clone().expect("a freqalloc node has a store");
+    let mut alive = cluster.spawn_client("hold", &name, &["3", "wait"]);
+    let mut gone = cluster.spawn_client("hold", &name, &["2", "wait"]);
+    for holder in [&mut alive, &mut gone] {
+        let line = holder.wait_prefix(READY_TIMEOUT, "RESULT ");
+        assert!(
+            line.starts_with("RESULT ok"),
+            "{line}\n{}",
+            holder.diagnostics()
+        );
+    }
+    // SIGKILL: the allocations were acknowledged in sync durability, so they are on disk.
+    node.proc.kill().expect("the node dies");
+    drop(node);
+    gone.kill()
+        .expect("the second holder dies while the node is down");
+    let mut node = cluster.start_freqalloc_node(&name, &data, &[]);
+    let r = cluster.client_ok("wait_allocated", &name, &["3", "30000"]);
+    assert_eq!(r.num("allocated"), 3, "{}", r.line);
+    assert!(node.proc.exited().is_none());
+    alive.kill().expect("the first holder dies");
+    let r = cluster.client_ok("wait_released", &name, &[&POOL.to_string(), "30000"]);
+    assert_eq!(r.num("pool"), POOL);
+    let status = node.proc.stop().expect("stops");
+    assert!(status.success(), "{status}");
+}
+
+/// What one client name did, as its worker printed it (`freq_client:acked_storm`).
+#[derive(Default, Debug)]
+struct NameLog {
+    held: std::collections::BTreeSet<i64>,
+    /// The request sent and not answered when the node died: `None`, an allocate (`None`
+    /// inside) or a deallocate of `Some(F)`.
+    pending: Option<Option<i64>>,
+}
+
+/// SIGKILL of a node in `sync` at random moments while BEAM processes storm it with named
+/// allocations; after each restart, every acknowledged operation is there, the one in flight
+/// at the kill is either done or not, and nothing is held twice (`check` agrees).
+/// `FREQALLOC_DIST_CRASH_ITERS` (default 3) kills; `FREQALLOC_CRASH_SEED` replays a run.
+#[test]
+fn sigkill_under_a_beam_storm_loses_no_acknowledged_operation() {
+    use std::collections::{BTreeMap, BTreeSet};
+    if !erlang::erlang_or_skip("sigkill_under_a_beam_storm_loses_no_acknowledged_operation") {
+        return;
+    }
+    let iters: u64 = std::env::var("FREQALLOC_DIST_CRASH_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("FREQALLOC_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(erlang::token);
+    println!("FREQALLOC_CRASH_SEED={seed}");
+    let mut rng = seed;
+    let mut below = |n: u64| {
+        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    };
+    const WORKERS: usize = 8;
+    let names: Vec<String> = (1..=WORKERS).map(|i| format!("w{i}")).collect();
+    let name_list = format!("[{}]", names.join(","));
+    let cluster = Cluster::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = cluster.start_target(Target::Freqalloc, dir.path(), 0, 15, 2, &[]);
+    let node_name = node.name.clone();
+    let data = node.data.clone().expect("a freqalloc node has a store");
+    let mut logs: BTreeMap<String, NameLog> = names
+        .iter()
+        .map(|n| (n.clone(), NameLog::default()))
+        .collect();
+    for it in 0..iters {
+        let mut storm = cluster.spawn_erl(&format!(
+            "freq_client:acked_storm('{node_name}', {WORKERS})"
+        ));
+        storm.wait_prefix(READY_TIMEOUT, "STORM started");
+        let kill_after = 10 + below(300);
+        for _ in 0..kill_after {
+            storm.wait_prefix(CLIENT_TIMEOUT, "ACK ");
+        }
+        node.proc.kill().expect("the node dies");
+        drop(node);
+        storm
+            .wait_exit(CLIENT_TIMEOUT)
+            .expect("the storm ends when the node is gone");
+        for line in storm.all_stdout() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (op, name) = match words.as_slice() {
+                [kind @ ("REQ" | "ACK"), op, name, ..] => ((*kind, *op), *name),
+                _ => continue,
+            };
+            let f = words.get(3).map(|f| f.parse::<i64>().expect("a frequency"));
+            let log = logs.get_mut(name).expect("a known name");
+            match op {
+                ("REQ", "a") => log.pending = Some(None),
+                ("REQ", "d") => log.pending = Some(f),
+                ("ACK", "a") => {
+                    let f = f.expect("ACK a has a frequency");
+                    assert!(log.held.insert(f), "{name} got {f} twice: {line}");
+                    log.pending = None;
+                }
+                ("ACK", "n") => log.pending = None,
+                ("ACK", "d") => {
+                    let f = f.expect("ACK d has a frequency");
+                    assert!(log.held.remove(&f), "{name} gave back {f} it did not hold");
+                    log.pending = None;
+                }
+                _ => panic!("unexpected line {line}"),
+            }
+        }
+        node = cluster.start_freqalloc_node(&node_name, &data, &[]);
+        let r = cluster.client_ok("held_as", &node_name, &[&name_list]);
+        assert_eq!(r.get("check"), "ok", "after kill {it}: {}", r.line);
+        let mut everyone = BTreeSet::new();
+        for (name, log) in logs.iter_mut() {
+            let actual: BTreeSet<i64> = r.nums(name).into_iter().collect();
+            let ok = match log.pending {
+                None => actual == log.held,
+                Some(None) => {
+                    actual == log.held
+                        || (actual.is_superset(&log.held) && actual.len() == log.held.len() + 1)
+                }
+                Some(Some(f)) => {
+                    let mut without = log.held.clone();
+                    without.remove(&f);
+                    actual == log.held || actual == without
+                }
+            };
+            assert!(
+                ok,
+                "seed {seed}, kill {it} after {kill_after} acks: {name} holds {actual:?}, \
+                 acknowledged {:?} with {:?} in flight",
+                log.held, log.pending
+            );
+            for f in &actual {
+                assert!(everyone.insert(*f), "{f} is held by two names");
+            }
+            log.held = actual;
+            log.pending = None;
+        }
+    }
+    let status = node.proc.stop().expect("stops");
+    assert!(status.success(), "{status}");
+}

@@ -16,7 +16,8 @@
 
 -export([run/2]).
 -export([course_gen/2, course_raw/2, refusals/3, named/2, exit_releases/2,
-         hold/3, wait_released/3, ping/1, noproc/1, storm/4, raw_stop/1]).
+         hold/3, wait_released/3, wait_allocated/3, ping/1, noproc/1, storm/4, raw_stop/1,
+         acked_storm/2, held_as/2]).
 
 -define(TIMEOUT, 10000).
 
@@ -195,6 +196,71 @@ wait_released(Node, Pool, TimeoutMs) ->
     Waited = wait_free(Node, Pool, TimeoutMs),
     ok = call(Node, check),
     [{pool, Pool}, {waited_ms, Waited}].
+
+%% Waits (up to TimeoutMs) until exactly N frequencies are allocated; the time it took.
+wait_allocated(Node, N, TimeoutMs) ->
+    T0 = erlang:monotonic_time(millisecond),
+    Deadline = T0 + TimeoutMs,
+    Loop = fun Loop() ->
+                   case status(Node) of
+                       {Pool, Free, N} ->
+                           Pool = Free + N,
+                           erlang:monotonic_time(millisecond) - T0;
+                       Other ->
+                           erlang:monotonic_time(millisecond) < Deadline
+                               orelse error({allocated_not, N, Other}),
+                           receive after 2 -> ok end,
+                           Loop()
+                   end
+           end,
+    Waited = Loop(),
+    ok = call(Node, check),
+    [{allocated, N}, {waited_ms, Waited}].
+
+%% What each of the client names held (sorted), as facts name=F1,F2,...
+held_as(Node, Names) ->
+    [begin {ok, Fs} = call(Node, {held_as, N}), {N, Fs} end || N <- Names] ++
+        [{check, case call(Node, check) of ok -> ok; _ -> violations end}].
+
+%% The crash test's storm: Workers processes, one per client name w1..wN (names are not
+%% released on exit), loop allocate_as / deallocate_as, each holding up to three frequencies,
+%% and print every request before it is sent and every reply as it arrives:
+%%   REQ a Name | ACK a Name F | ACK n Name           (allocate; n: no_frequency)
+%%   REQ d Name F | ACK d Name F                      (deallocate)
+%% When the node dies the workers' calls fail and they exit; then this prints `STORM over`
+%% and halts, so every line printed is on stdout before the test reads the end.
+acked_storm(Node, Workers) ->
+    pong = net_adm:ping(Node),
+    Names = [list_to_atom("w" ++ integer_to_list(I)) || I <- lists:seq(1, Workers)],
+    Refs = [element(2, spawn_monitor(fun() -> acked_worker(Node, N, held_now(Node, N), 1) end)) || N <- Names],
+    io:format("STORM started~n"),
+    [receive {'DOWN', R, process, _, _} -> ok end || R <- Refs],
+    io:format("STORM over~n"),
+    halt(0).
+
+held_now(Node, Name) ->
+    {ok, Fs} = call(Node, {held_as, Name}),
+    Fs.
+
+acked_worker(Node, Name, Holding, I) ->
+    case length(Holding) < 3 andalso (Holding =:= [] orelse I rem 2 =:= 0) of
+        true ->
+            io:format("REQ a ~s~n", [Name]),
+            case call(Node, {allocate_as, Name}) of
+                {ok, F} ->
+                    io:format("ACK a ~s ~b~n", [Name, F]),
+                    acked_worker(Node, Name, Holding ++ [F], I + 1);
+                {error, no_frequency} ->
+                    io:format("ACK n ~s~n", [Name]),
+                    acked_worker(Node, Name, Holding, I + 1)
+            end;
+        false ->
+            [F | Rest] = Holding,
+            io:format("REQ d ~s ~b~n", [Name, F]),
+            ok = call(Node, {deallocate_as, Name, F}),
+            io:format("ACK d ~s ~b~n", [Name, F]),
+            acked_worker(Node, Name, Rest, I + 1)
+    end.
 
 %% net_adm:ping/1 (pong, or pang with a wrong cookie).
 ping(Node) ->

@@ -362,6 +362,17 @@ impl Proc {
         self.wait_line(timeout, |l| l.starts_with(prefix))
     }
 
+    /// Every stdout line it printed, once it has exited (waits for the pipe's end): the lines
+    /// already read by [`Proc::wait_line`] and the rest.
+    pub fn all_stdout(&mut self) -> Vec<String> {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        let rest: Vec<String> = self.lines.try_iter().collect();
+        self.seen.extend(rest);
+        self.seen.clone()
+    }
+
     /// What it printed so far (stdout lines read, and stderr), for failure messages.
     pub fn diagnostics(&self) -> String {
         let stderr = self
@@ -674,12 +685,7 @@ impl Cluster {
                 proc.diagnostics()
             );
         };
-        // Both pipes are at EOF once the readers end: join them, then drain.
-        for reader in proc.readers.drain(..) {
-            let _ = reader.join();
-        }
-        let mut stdout: Vec<String> = std::mem::take(&mut proc.seen);
-        stdout.extend(proc.lines.try_iter());
+        let stdout = proc.all_stdout();
         let stderr = proc
             .stderr
             .lock()
@@ -709,6 +715,14 @@ impl Cluster {
         let r = self.client(fun, node, args);
         assert!(r.ok, "freq_client:{fun} against {node}: RESULT {}", r.line);
         r
+    }
+
+    /// Starts an `erl` client running `eval` (with this cluster's cookie) and keeps it running.
+    pub fn spawn_erl(&self, eval: &str) -> Proc {
+        Proc::spawn(
+            format!("erl -eval {eval}"),
+            self.erl_command(&self.cookie, eval),
+        )
     }
 
     /// Starts `freq_client:run(Fun, [Node | Args])` and keeps it running: for clients that
