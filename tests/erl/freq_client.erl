@@ -52,7 +52,10 @@ raw(Node, Msg) ->
 status(Node) ->
     {ok, #{pool := Pool, free := Free, allocated := Allocated, shards := Shards}} =
         call(Node, status),
-    true = is_list(Shards),
+    %% The shards add up to the totals.
+    Free = lists:sum([maps:get(free, Sh) || Sh <- Shards]),
+    Allocated = lists:sum([maps:get(allocated, Sh) || Sh <- Shards]),
+    true = Shards =/= [],
     {Pool, Free, Allocated}.
 
 %% ------------------------------------------------------------------ scenarios
