@@ -56,8 +56,34 @@ pub struct RemoteStatus {
     pub free: u64,
     /// Allocated.
     pub allocated: u64,
-    /// Per shard: (index, free, allocated), in shard order.
-    pub shards: Vec<(u64, u64, u64)>,
+    /// Per shard, in shard order.
+    pub shards: Vec<RemoteShard>,
+    /// The routing strategy's name.
+    pub strategy: String,
+    /// The durability, as `freqalloc init` spells it.
+    pub durability: String,
+}
+
+/// One shard's line in a [`RemoteStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RemoteShard {
+    /// The shard's index.
+    pub shard: u64,
+    /// Free frequencies.
+    pub free: u64,
+    /// Allocated frequencies.
+    pub allocated: u64,
+    /// The ranges it owns, `(first, last)` inclusive.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl RemoteStatus {
+    /// The shard owning `f`, if any.
+    pub fn owner_of(&self, f: u64) -> Option<usize> {
+        self.shards
+            .iter()
+            .position(|s| s.ranges.iter().any(|&(a, b)| a <= f && f <= b))
+    }
 }
 
 type Reply = Result<Term, DistError>;
@@ -323,18 +349,29 @@ impl RemoteAllocator {
         let mut shards = Vec::new();
         for s in m.map.get(&atom("shards")).and_then(as_list).ok_or_else(bad)? {
             let Term::Map(sm) = &s else { return Err(bad()) };
-            shards.push((
-                get(sm, "shard").ok_or_else(bad)?,
-                get(sm, "free").ok_or_else(bad)?,
-                get(sm, "allocated").ok_or_else(bad)?,
-            ));
+            let mut ranges = Vec::new();
+            for r in sm.map.get(&atom("ranges")).and_then(as_list).unwrap_or_default() {
+                match as_tuple(&r) {
+                    Some([a, b]) => ranges.push((as_u64(a).ok_or_else(bad)?, as_u64(b).ok_or_else(bad)?)),
+                    _ => return Err(bad()),
+                }
+            }
+            shards.push(RemoteShard {
+                shard: get(sm, "shard").ok_or_else(bad)?,
+                free: get(sm, "free").ok_or_else(bad)?,
+                allocated: get(sm, "allocated").ok_or_else(bad)?,
+                ranges,
+            });
         }
         shards.sort_unstable();
+        let text = |k: &str| m.map.get(&atom(k)).and_then(super::term::as_text).unwrap_or_default();
         Ok(RemoteStatus {
             pool: get(m, "pool").ok_or_else(bad)?,
             free: get(m, "free").ok_or_else(bad)?,
             allocated: get(m, "allocated").ok_or_else(bad)?,
             shards,
+            strategy: text("strategy"),
+            durability: text("durability"),
         })
     }
 

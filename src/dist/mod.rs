@@ -28,7 +28,7 @@ mod node;
 mod service;
 pub mod term;
 
-pub use client::{ClientOptions, PendingCall, RemoteAllocator, RemoteStatus};
+pub use client::{ClientOptions, PendingCall, RemoteAllocator, RemoteShard, RemoteStatus};
 pub use cookie::resolve_cookie;
 pub use eetf::{Pid, Reference, Term};
 pub use error::DistError;

@@ -412,6 +412,10 @@ impl Shared {
                     ("shard", uint(x.shard as u64)),
                     ("free", uint(x.free)),
                     ("allocated", uint(x.allocated)),
+                    (
+                        "ranges",
+                        list(x.ranges.iter().map(|r| tuple(vec![uint(r.first), uint(r.last)])).collect()),
+                    ),
                 ])
             })
             .collect();
@@ -420,6 +424,8 @@ impl Shared {
             ("free", uint(free)),
             ("allocated", uint(allocated)),
             ("shards", list(shards)),
+            ("strategy", binary(s.strategy.name().as_bytes())),
+            ("durability", binary(s.durability.to_string().as_bytes())),
         ]))
     }
 }
