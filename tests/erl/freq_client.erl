@@ -187,7 +187,8 @@ hold(Node, N, Then) ->
                   end)
             || _ <- lists:seq(1, N)],
     Fs = [receive {held, P, F} -> F after ?TIMEOUT -> error(held_timeout) end || P <- Pids],
-    {_, _, N} = status(Node),
+    {_, _, Allocated} = status(Node),
+    true = Allocated >= N,
     print_result([{held, lists:sort(Fs)}]),
     case Then of
         halt -> halt(0);
