@@ -156,15 +156,36 @@ struct Inner {
 }
 
 /// A running node. Dropping it (or [`Node::stop`]) unregisters from epmd, closes every
-/// connection and joins every thread.
+/// connection and joins every thread. Its operations are those of [`NodeHandle`] (it derefs
+/// to one).
 pub struct Node {
-    inner: Arc<Inner>,
+    handle: NodeHandle,
     accept: Option<JoinHandle<()>>,
+}
+
+/// A cheap, cloneable reference to a running node's operations (send, monitor, processes),
+/// for handlers and worker threads; it does not keep the node's threads alive.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::ops::Deref for Node {
+    type Target = NodeHandle;
+    fn deref(&self) -> &NodeHandle {
+        &self.handle
+    }
 }
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node").field("name", &self.inner.name).field("port", &self.inner.port).finish()
+    }
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle").field("name", &self.inner.name).finish()
     }
 }
 
@@ -227,9 +248,16 @@ impl Node {
             }
             None => None,
         };
-        Ok(Node { inner, accept })
+        Ok(Node { handle: NodeHandle { inner }, accept })
     }
 
+    /// Stops: unregisters from epmd, closes connections, joins every thread. Idempotent.
+    pub fn stop(&mut self) {
+        self.handle.stop_inner(&mut self.accept);
+    }
+}
+
+impl NodeHandle {
     /// `name@host`.
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -418,8 +446,7 @@ impl Node {
         }
     }
 
-    /// Stops: unregisters from epmd, closes connections, joins every thread. Idempotent.
-    pub fn stop(&mut self) {
+    fn stop_inner(&self, accept: &mut Option<JoinHandle<()>>) {
         if self.inner.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -431,7 +458,7 @@ impl Node {
         if self.inner.port != 0 {
             let _ = TcpStream::connect(("127.0.0.1", self.inner.port));
         }
-        if let Some(h) = self.accept.take() {
+        if let Some(h) = accept.take() {
             let _ = h.join();
         }
         for c in self.inner.conns() {
@@ -447,6 +474,8 @@ impl Node {
                 let _ = t.join();
             }
         }
+        // Handlers may hold handles of this node: break the cycle.
+        self.inner.processes.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
