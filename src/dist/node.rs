@@ -79,6 +79,8 @@ pub struct NodeConfig {
     pub out_queue: usize,
     /// Bound of a connection attempt (epmd lookup, TCP connect, handshake).
     pub connect_timeout: Duration,
+    /// epmd's port (default: `ERL_EPMD_PORT`, else 4369).
+    pub epmd_port: u16,
 }
 
 impl NodeConfig {
@@ -93,6 +95,7 @@ impl NodeConfig {
             max_frame: frame::DEFAULT_MAX_FRAME,
             out_queue: 65_536,
             connect_timeout: Duration::from_secs(5),
+            epmd_port: epmd::epmd_port(),
         }
     }
 }
@@ -122,6 +125,18 @@ struct Conn {
 }
 
 impl Conn {
+    /// Closes after what is queued has been written (an orderly stop: a reply sent just before
+    /// still reaches the peer), bounded by a short write timeout.
+    fn close_after_queue(&self) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(2)));
+        if self.tx.try_send(Out::Close).is_err() {
+            self.close();
+        }
+    }
+
     fn close(&self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
             let _ = self.stream.shutdown(Shutdown::Both);
@@ -214,7 +229,7 @@ impl Node {
             let listener = TcpListener::bind(&config.listen_addr)
                 .map_err(|e| DistError::io(format!("binding {}", config.listen_addr), e))?;
             let port = listener.local_addr().map_err(|e| DistError::io("local address", e))?.port();
-            let (reg, creation) = epmd::register(&alive, port)?;
+            let (reg, creation) = epmd::register(&alive, port, config.epmd_port)?;
             (Some(listener), port, creation, Some(reg))
         } else {
             (None, 0, Creation::random().get(), None)
@@ -462,7 +477,7 @@ impl NodeHandle {
             let _ = h.join();
         }
         for c in self.inner.conns() {
-            c.close();
+            c.close_after_queue();
         }
         loop {
             let threads: Vec<JoinHandle<()>> =
@@ -626,7 +641,7 @@ impl Inner {
 
     fn dial(&self, node: &str) -> Result<(TcpStream, String), DistError> {
         let (alive, host) = split_name(node)?;
-        let port = epmd::port_please(alive, host)?;
+        let port = epmd::port_please(alive, host, self.config.epmd_port)?;
         let unreachable = |reason: String| DistError::Unreachable { node: node.to_string(), reason };
         let addr = (host, port)
             .to_socket_addrs()
