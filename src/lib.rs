@@ -73,8 +73,8 @@
 //! `from_ets`); `ets` and `dets` share `table` and `codec`; `otp` knows no tables.
 
 pub mod codec;
-pub mod dist;
 pub mod dets;
+pub mod dist;
 pub mod ets;
 pub mod freq;
 pub mod otp;

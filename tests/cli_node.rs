@@ -12,7 +12,11 @@ use erlang::{erlang_or_skip, unique_name, Cluster};
 use serde_json::Value;
 
 fn run(cluster: &Cluster, args: &[&str]) -> Output {
-    cluster.command(env!("CARGO_BIN_EXE_freqalloc")).args(args).output().expect("run freqalloc")
+    cluster
+        .command(env!("CARGO_BIN_EXE_freqalloc"))
+        .args(args)
+        .output()
+        .expect("run freqalloc")
 }
 
 fn stdout(o: &Output) -> String {
@@ -31,18 +35,29 @@ fn store_commands_through_a_node() {
     let cluster = Cluster::new();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("store");
-    cluster.freqalloc(&data, &["init", "--pool", "10-15,20-25", "--durability", "sync"]);
+    cluster.freqalloc(
+        &data,
+        &["init", "--pool", "10-15,20-25", "--durability", "sync"],
+    );
     let name = unique_name("freq");
     let mut node = cluster.start_freqalloc_node(&name, &data, &[]);
     assert!(node.ready.contains("(pool 12, 2 shards)"), "{}", node.ready);
     let served = std::fs::read_to_string(data.join("node")).unwrap();
-    assert_eq!(served.lines().next(), Some(name.as_str()), "the node file names the node");
+    assert_eq!(
+        served.lines().next(),
+        Some(name.as_str()),
+        "the node file names the node"
+    );
 
     // Without --node: the store is busy, and the error says which node to use.
     let d = data.to_str().unwrap();
     let o = run(&cluster, &["--data", d, "allocate", "--client", "x"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains(&format!("use --node {name}")), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("use --node {name}")),
+        "{}",
+        stderr(&o)
+    );
 
     let via = |args: &[&str]| {
         let mut all = vec!["--node", name.as_str(), "--cookie", cluster.cookie.as_str()];
@@ -51,15 +66,27 @@ fn store_commands_through_a_node() {
         assert!(o.status.success(), "freqalloc {args:?}: {}", stderr(&o));
         stdout(&o)
     };
-    let f: u64 = via(&["allocate", "--client", "radio"]).trim().parse().unwrap();
-    let g: u64 = via(&["allocate", "--client", "radio", "--lease", "3600"]).trim().parse().unwrap();
+    let f: u64 = via(&["allocate", "--client", "radio"])
+        .trim()
+        .parse()
+        .unwrap();
+    let g: u64 = via(&["allocate", "--client", "radio", "--lease", "3600"])
+        .trim()
+        .parse()
+        .unwrap();
     let mut want = vec![f, g];
     want.sort_unstable();
-    let held: Vec<u64> = via(&["held", "--client", "radio"]).lines().map(|l| l.parse().unwrap()).collect();
+    let held: Vec<u64> = via(&["held", "--client", "radio"])
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
     assert_eq!(held, want);
     via(&["deallocate", &f.to_string(), "--client", "radio"]);
     let s: Value = serde_json::from_str(&via(&["status", "--json"])).unwrap();
-    assert_eq!((s["pool_size"].as_u64(), s["allocated_count"].as_u64()), (Some(12), Some(1)));
+    assert_eq!(
+        (s["pool_size"].as_u64(), s["allocated_count"].as_u64()),
+        (Some(12), Some(1))
+    );
     assert!(via(&["check"]).starts_with("consistent: 12 frequencies, 11 free, 1 allocated"));
     assert_eq!(via(&["release", "--client", "radio"]).trim(), g.to_string());
 
@@ -75,7 +102,16 @@ fn store_commands_through_a_node() {
     assert!(stderr(&o).contains("not in the pool"), "{}", stderr(&o));
 
     // load --node: the same JSON summary line, with pipelining.
-    let line = via(&["load", "--clients", "4", "--seconds", "0.5", "--pipeline", "4", "--json"]);
+    let line = via(&[
+        "load",
+        "--clients",
+        "4",
+        "--seconds",
+        "0.5",
+        "--pipeline",
+        "4",
+        "--json",
+    ]);
     let j: Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
     assert_eq!(j["errors"].as_u64(), Some(0), "{j}");
     assert!(j["allocations"].as_u64().unwrap() > 0);
@@ -87,14 +123,25 @@ fn store_commands_through_a_node() {
     let o = run(&cluster, &["--node", &name, "--cookie", "wrong", "status"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("handshake"), "{}", stderr(&o));
-    let o = run(&cluster, &["--node", "nosuch@localhost", "--cookie", &cluster.cookie, "status"]);
+    let o = run(
+        &cluster,
+        &[
+            "--node",
+            "nosuch@localhost",
+            "--cookie",
+            &cluster.cookie,
+            "status",
+        ],
+    );
     assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
 
     // SIGTERM: orderly stop, exit 0, the node file removed, the store usable locally again.
     let status = node.proc.stop().unwrap();
     assert!(status.success(), "{status}\n{}", node.proc.diagnostics());
     assert!(!data.join("node").exists());
-    assert!(cluster.freqalloc(&data, &["check"]).starts_with("consistent"));
+    assert!(cluster
+        .freqalloc(&data, &["check"])
+        .starts_with("consistent"));
 }
 
 /// Without a node, short commands started together wait for the busy store (bounded) instead

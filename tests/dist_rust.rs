@@ -22,9 +22,27 @@ use freqalloc::freq::FreqError;
 use serde_json::Value;
 
 /// A store in `dir` with `pool`, `shards` shards and `durability`, served by a fresh node.
-fn serve(cluster: &Cluster, dir: &Path, pool: &str, shards: &str, durability: &str, extra: &[&str]) -> ServerNode {
+fn serve(
+    cluster: &Cluster,
+    dir: &Path,
+    pool: &str,
+    shards: &str,
+    durability: &str,
+    extra: &[&str],
+) -> ServerNode {
     let data = dir.join("store");
-    cluster.freqalloc(&data, &["init", "--pool", pool, "--shards", shards, "--durability", durability]);
+    cluster.freqalloc(
+        &data,
+        &[
+            "init",
+            "--pool",
+            pool,
+            "--shards",
+            shards,
+            "--durability",
+            durability,
+        ],
+    );
     cluster.start_freqalloc_node(&unique_name("freq"), &data, extra)
 }
 
@@ -60,12 +78,22 @@ fn course_scenario_through_remote_allocator() {
     got.sort_unstable();
     let pool: Vec<u64> = (10..=15).chain(20..=25).collect();
     assert_eq!(got, pool, "the whole pool, each frequency once");
-    assert!(matches!(freq_err(remote.allocate("radio")), FreqError::NoFrequency { pool_size: 12 }));
+    assert!(matches!(
+        freq_err(remote.allocate("radio")),
+        FreqError::NoFrequency { pool_size: 12 }
+    ));
     remote.deallocate(13, "radio").unwrap();
-    assert_eq!(remote.allocate("tv").unwrap(), 13, "the freed frequency is reused");
+    assert_eq!(
+        remote.allocate("tv").unwrap(),
+        13,
+        "the freed frequency is reused"
+    );
     assert_eq!(remote.held_by("tv").unwrap(), vec![13]);
     let s = remote.status().unwrap();
-    assert_eq!((s.pool, s.free, s.allocated, s.shards.len()), (12, 0, 12, 2));
+    assert_eq!(
+        (s.pool, s.free, s.allocated, s.shards.len()),
+        (12, 0, 12, 2)
+    );
     let mut released = remote.release_all("radio").unwrap();
     released.sort_unstable();
     assert_eq!(released.len(), 11);
@@ -85,15 +113,34 @@ fn each_refusal_is_the_typed_error() {
     let node = serve(&cluster, dir.path(), "10-15", "1", "sync", &[]);
     let remote = connect(&cluster, &node);
     let f = remote.allocate("a").unwrap();
-    assert!(matches!(freq_err(remote.deallocate(f, "b")), FreqError::NotOwner { freq, .. } if freq == f));
+    assert!(
+        matches!(freq_err(remote.deallocate(f, "b")), FreqError::NotOwner { freq, .. } if freq == f)
+    );
     let free = if f == 10 { 11 } else { 10 };
-    assert!(matches!(freq_err(remote.deallocate(free, "a")), FreqError::NotAllocated(x) if x == free));
-    assert!(matches!(freq_err(remote.deallocate(99, "a")), FreqError::UnknownFrequency(99)));
-    assert!(matches!(freq_err(remote.allocate("")), FreqError::BadClientName(_)));
-    assert!(matches!(freq_err(remote.allocate("pid:x@y:1.0.0")), FreqError::BadClientName(_)));
-    let leased = remote.allocate_with_lease("l", Duration::from_secs(3600)).unwrap();
+    assert!(
+        matches!(freq_err(remote.deallocate(free, "a")), FreqError::NotAllocated(x) if x == free)
+    );
+    assert!(matches!(
+        freq_err(remote.deallocate(99, "a")),
+        FreqError::UnknownFrequency(99)
+    ));
+    assert!(matches!(
+        freq_err(remote.allocate("")),
+        FreqError::BadClientName(_)
+    ));
+    assert!(matches!(
+        freq_err(remote.allocate("pid:x@y:1.0.0")),
+        FreqError::BadClientName(_)
+    ));
+    let leased = remote
+        .allocate_with_lease("l", Duration::from_secs(3600))
+        .unwrap();
     assert_ne!(leased, f);
-    assert_eq!(remote.held_by("a").unwrap(), vec![f], "refusals changed nothing");
+    assert_eq!(
+        remote.held_by("a").unwrap(),
+        vec![f],
+        "refusals changed nothing"
+    );
     // A request outside the protocol is `{error, badarg}`, not a crash of the node.
     let reply = remote.call(&freqalloc::dist::term::atom("bogus")).unwrap();
     assert_eq!(format!("{reply}"), "{'error','badarg'}");
@@ -111,7 +158,14 @@ fn pipelined_calls_on_one_connection() {
     let node = serve(&cluster, dir.path(), "0-99", "4", "sync", &[]);
     let remote = connect(&cluster, &node);
     let pending: Vec<_> = (0..100)
-        .map(|i| remote.call_async(&RemoteAllocator::allocate_request(&format!("p{}", i % 7), None)).unwrap())
+        .map(|i| {
+            remote
+                .call_async(&RemoteAllocator::allocate_request(
+                    &format!("p{}", i % 7),
+                    None,
+                ))
+                .unwrap()
+        })
         .collect();
     let mut got = BTreeMap::new();
     for (i, p) in pending.into_iter().enumerate() {
@@ -122,11 +176,24 @@ fn pipelined_calls_on_one_connection() {
     assert_eq!(got.len(), 100);
     for i in 0..7 {
         let owner = format!("p{i}");
-        let want: Vec<u64> = got.iter().filter(|(_, o)| **o == owner).map(|(f, _)| *f).collect();
-        assert_eq!(remote.held_by(&owner).unwrap(), want, "each reply reached its own caller");
+        let want: Vec<u64> = got
+            .iter()
+            .filter(|(_, o)| **o == owner)
+            .map(|(f, _)| *f)
+            .collect();
+        assert_eq!(
+            remote.held_by(&owner).unwrap(),
+            want,
+            "each reply reached its own caller"
+        );
     }
-    let extra = remote.call_async(&RemoteAllocator::allocate_request("p0", None)).unwrap();
-    assert!(matches!(freq_err(remote.decode_alloc("p0", extra.wait().unwrap())), FreqError::NoFrequency { .. }));
+    let extra = remote
+        .call_async(&RemoteAllocator::allocate_request("p0", None))
+        .unwrap();
+    assert!(matches!(
+        freq_err(remote.decode_alloc("p0", extra.wait().unwrap())),
+        FreqError::NoFrequency { .. }
+    ));
     // From several threads at once, too.
     let all: Vec<(u64, String)> = got.into_iter().collect();
     std::thread::scope(|s| {
@@ -155,18 +222,38 @@ fn node_down_and_back_up() {
     let remote = connect(&cluster, &node);
     let f = remote.allocate("keeper").unwrap();
     let status = node.proc.stop();
-    assert!(status.is_some_and(|s| s.success()), "orderly stop exits 0\n{}", node.proc.diagnostics());
-    assert!(!dir.path().join("store/node").exists(), "the node file is removed on a clean stop");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "orderly stop exits 0\n{}",
+        node.proc.diagnostics()
+    );
+    assert!(
+        !dir.path().join("store/node").exists(),
+        "the node file is removed on a clean stop"
+    );
     let started = Instant::now();
     let err = remote.allocate("keeper").unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5), "the error came at once, not by timeout");
     assert!(
-        matches!(err, DistError::NodeDown(_) | DistError::NodeNotRunning(_) | DistError::Unreachable { .. }),
+        started.elapsed() < Duration::from_secs(5),
+        "the error came at once, not by timeout"
+    );
+    assert!(
+        matches!(
+            err,
+            DistError::NodeDown(_) | DistError::NodeNotRunning(_) | DistError::Unreachable { .. }
+        ),
         "a clear error, got {err:?}"
     );
-    assert!(err.to_string().contains(&node.name), "the error names the node: {err}");
+    assert!(
+        err.to_string().contains(&node.name),
+        "the error names the node: {err}"
+    );
     let again = cluster.start_freqalloc_node(&node.name, &dir.path().join("store"), &[]);
-    assert_eq!(remote.held_by("keeper").unwrap(), vec![f], "the same client works again");
+    assert_eq!(
+        remote.held_by("keeper").unwrap(),
+        vec![f],
+        "the same client works again"
+    );
     let g = remote.allocate("keeper").unwrap();
     assert_ne!(f, g);
     drop(again);
@@ -190,7 +277,14 @@ fn wrong_cookie_is_refused() {
     }
     let remote = connect(&cluster, &node);
     assert_eq!(remote.status().unwrap().allocated, 0, "nothing changed");
-    assert!(common::wait_until(|| node.proc.diagnostics().contains("wrong cookie"), Duration::from_secs(10)), "the refusal is logged\n{}", node.proc.diagnostics());
+    assert!(
+        common::wait_until(
+            || node.proc.diagnostics().contains("wrong cookie"),
+            Duration::from_secs(10)
+        ),
+        "the refusal is logged\n{}",
+        node.proc.diagnostics()
+    );
 }
 
 /// Garbage before a handshake, garbage frames and a frame claiming 4 GiB after one, and a
@@ -206,7 +300,11 @@ fn garbage_on_the_socket_does_not_hurt_the_node() {
     let (alive, host) = freqalloc::dist::split_name(&node.name).unwrap();
     let port = freqalloc::dist::epmd::port_please(alive, host, cluster.epmd.port()).unwrap();
     // Before the handshake: noise, a huge handshake length, and silence.
-    for junk in [&b"GET / HTTP/1.0\r\n\r\n"[..], &[0xff, 0xff, 0xff, 0xff, 1, 2, 3][..], &[0, 3, b'n', 0][..]] {
+    for junk in [
+        &b"GET / HTTP/1.0\r\n\r\n"[..],
+        &[0xff, 0xff, 0xff, 0xff, 1, 2, 3][..],
+        &[0, 3, b'n', 0][..],
+    ] {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let _ = s.write_all(junk);
         let _ = s.shutdown(std::net::Shutdown::Write);
@@ -218,7 +316,10 @@ fn garbage_on_the_socket_does_not_hurt_the_node() {
     let mut s = handshake(&cluster, &node.name);
     s.write_all(&[0, 0, 0, 5, 112, 131, 250, 1, 2]).unwrap(); // unknown term tag
     s.write_all(&[0, 0, 0, 3, 7, 7, 7]).unwrap(); // not pass-through
-    s.write_all(&[0, 0, 0, 10, 112, 131, 108, 0xff, 0xff, 0xff, 0xff, 106, 106, 106]).unwrap(); // a list "of 4 G elements"
+    s.write_all(&[
+        0, 0, 0, 10, 112, 131, 108, 0xff, 0xff, 0xff, 0xff, 106, 106, 106,
+    ])
+    .unwrap(); // a list "of 4 G elements"
     s.write_all(&[0xff, 0xff, 0xff, 0xf0, 112]).unwrap(); // 4 GiB
     let mut sink = Vec::new();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -240,8 +341,12 @@ struct Belief {
 fn beliefs(history: &str) -> BTreeMap<String, Belief> {
     let mut out: BTreeMap<String, Belief> = BTreeMap::new();
     for line in history.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
-        let b = out.entry(v["client"].as_str().unwrap().to_string()).or_default();
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let b = out
+            .entry(v["client"].as_str().unwrap().to_string())
+            .or_default();
         let freq = v["freq"].as_u64();
         match (v["op"].as_str().unwrap(), v["phase"].as_str().unwrap()) {
             ("allocate", "invoke") => b.alloc_in_flight = true,
@@ -270,7 +375,10 @@ fn sigkill_under_a_remote_load_storm_loses_no_acknowledged_operation() {
     if !erlang_or_skip("sigkill_under_a_remote_load_storm_loses_no_acknowledged_operation") {
         return;
     }
-    let rounds: usize = std::env::var("FREQALLOC_DIST_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let rounds: usize = std::env::var("FREQALLOC_DIST_CRASH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let cluster = Cluster::new();
     let name = unique_name("freq");
     for round in 0..rounds {
@@ -278,13 +386,35 @@ fn sigkill_under_a_remote_load_storm_loses_no_acknowledged_operation() {
         // which the history of an earlier round could not account for.
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("store");
-        cluster.freqalloc(&data, &["init", "--pool", "0-199", "--shards", "4", "--durability", "sync"]);
+        cluster.freqalloc(
+            &data,
+            &[
+                "init",
+                "--pool",
+                "0-199",
+                "--shards",
+                "4",
+                "--durability",
+                "sync",
+            ],
+        );
         let history = dir.path().join("history.jsonl");
         let mut node = cluster.start_freqalloc_node(&name, &data, &[]);
         let mut load = cluster
             .command(env!("CARGO_BIN_EXE_freqalloc"))
             .args(["--node", &name, "--cookie", &cluster.cookie])
-            .args(["load", "--clients", "8", "--seconds", "60", "--hold", "3", "--pipeline", "4", "--history"])
+            .args([
+                "load",
+                "--clients",
+                "8",
+                "--seconds",
+                "60",
+                "--hold",
+                "3",
+                "--pipeline",
+                "4",
+                "--history",
+            ])
             .arg(&history)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -297,25 +427,46 @@ fn sigkill_under_a_remote_load_storm_loses_no_acknowledged_operation() {
             Duration::from_secs(60),
         );
         node.proc.kill();
-        assert!(reached, "round {round}: the load never wrote {want} history lines\n{}", node.proc.diagnostics());
+        assert!(
+            reached,
+            "round {round}: the load never wrote {want} history lines\n{}",
+            node.proc.diagnostics()
+        );
         // The load sees the link fail; stop it too (it would retry a node that is gone).
         let _ = load.kill();
         let _ = load.wait();
-        assert!(data.join("node").exists(), "a SIGKILLed node leaves its node file (stale)");
+        assert!(
+            data.join("node").exists(),
+            "a SIGKILLed node leaves its node file (stale)"
+        );
 
         // A local command opens the store: the stale node file does not block it.
-        let s: Value = serde_json::from_str(&cluster.freqalloc(&data, &["status", "--json"])).unwrap();
+        let s: Value =
+            serde_json::from_str(&cluster.freqalloc(&data, &["status", "--json"])).unwrap();
         let mut actual: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
         let mut seen = BTreeSet::new();
         for a in s["allocations"].as_array().unwrap() {
             let f = a["freq"].as_u64().unwrap();
             assert!(seen.insert(f), "round {round}: frequency {f} held twice");
-            actual.entry(a["owner"].as_str().unwrap().to_string()).or_default().insert(f);
+            actual
+                .entry(a["owner"].as_str().unwrap().to_string())
+                .or_default()
+                .insert(f);
         }
-        assert_eq!(seen.len() + s["free"].as_array().unwrap().len(), 200, "free + allocated = pool");
+        assert_eq!(
+            seen.len() + s["free"].as_array().unwrap().len(),
+            200,
+            "free + allocated = pool"
+        );
         let text = std::fs::read_to_string(&history).unwrap();
-        let acked = text.lines().filter(|l| l.contains("\"phase\":\"ok\"")).count();
-        assert!(acked >= 100, "round {round}: only {acked} acknowledged operations before the kill");
+        let acked = text
+            .lines()
+            .filter(|l| l.contains("\"phase\":\"ok\""))
+            .count();
+        assert!(
+            acked >= 100,
+            "round {round}: only {acked} acknowledged operations before the kill"
+        );
         for (client, b) in &beliefs(&text) {
             let has = actual.remove(client).unwrap_or_default();
             for f in &b.held {
@@ -330,8 +481,13 @@ fn sigkill_under_a_remote_load_storm_loses_no_acknowledged_operation() {
                 "round {round}: {client} holds {extra:?} it was never acknowledged (belief {b:?})"
             );
         }
-        assert!(actual.is_empty(), "allocations to clients that never ran: {actual:?}");
-        assert!(cluster.freqalloc(&data, &["check"]).starts_with("consistent"));
+        assert!(
+            actual.is_empty(),
+            "allocations to clients that never ran: {actual:?}"
+        );
+        assert!(cluster
+            .freqalloc(&data, &["check"])
+            .starts_with("consistent"));
     }
 }
 
@@ -344,13 +500,24 @@ fn a_silent_peer_hears_ticks_then_is_dropped() {
     }
     let cluster = Cluster::new();
     let dir = tempfile::tempdir().unwrap();
-    let node = serve(&cluster, dir.path(), "10-15", "1", "sync", &["--net-ticktime", "2"]);
+    let node = serve(
+        &cluster,
+        dir.path(),
+        "10-15",
+        "1",
+        "sync",
+        &["--net-ticktime", "2"],
+    );
     let mut s = handshake(&cluster, &node.name);
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let started = Instant::now();
     let mut tick = [9u8; 4];
     s.read_exact(&mut tick).unwrap();
-    assert_eq!(tick, [0, 0, 0, 0], "the first thing a silent peer gets is a tick");
+    assert_eq!(
+        tick,
+        [0, 0, 0, 0],
+        "the first thing a silent peer gets is a tick"
+    );
     let mut sink = Vec::new();
     let _ = s.read_to_end(&mut sink); // ticks, then the close
     let waited = started.elapsed();
@@ -377,7 +544,10 @@ fn a_peer_that_stops_reading_is_disconnected() {
         let r = freqalloc::dist::Reference::from((me.as_str(), vec![i, 0, 0]));
         let call = term::tuple(vec![
             term::atom("$gen_call"),
-            term::tuple(vec![freqalloc::dist::Term::from(pid.clone()), freqalloc::dist::Term::from(r)]),
+            term::tuple(vec![
+                freqalloc::dist::Term::from(pid.clone()),
+                freqalloc::dist::Term::from(r),
+            ]),
             term::atom("status"),
         ]);
         batch.extend(freqalloc::dist::frame::reg_send(&pid, "frequency", &call).unwrap());
@@ -390,9 +560,20 @@ fn a_peer_that_stops_reading_is_disconnected() {
             break;
         }
     }
-    let logged = common::wait_until(|| node.proc.diagnostics().contains("outbound queue full"), Duration::from_secs(60));
-    assert!(logged || refused, "the node never disconnected a peer that does not read\n{}", node.proc.diagnostics());
-    assert!(logged, "the disconnect is logged\n{}", node.proc.diagnostics());
+    let logged = common::wait_until(
+        || node.proc.diagnostics().contains("outbound queue full"),
+        Duration::from_secs(60),
+    );
+    assert!(
+        logged || refused,
+        "the node never disconnected a peer that does not read\n{}",
+        node.proc.diagnostics()
+    );
+    assert!(
+        logged,
+        "the disconnect is logged\n{}",
+        node.proc.diagnostics()
+    );
     let remote = connect(&cluster, &node);
     let f = remote.allocate("meanwhile").unwrap();
     remote.deallocate(f, "meanwhile").unwrap();
@@ -404,8 +585,13 @@ fn handshake_as(cluster: &Cluster, node: &str) -> (TcpStream, String) {
     let port = freqalloc::dist::epmd::port_please(alive, host, cluster.epmd.port()).unwrap();
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let me = format!("garbage{}@localhost", erlang::token() & 0xffff);
-    let local = erl_dist::node::LocalNode::new(me.parse().unwrap(), erl_dist::node::Creation::new(1));
-    let mut hs = erl_dist::handshake::ClientSideHandshake::new(futures::io::AllowStdIo::new(stream), local, &cluster.cookie);
+    let local =
+        erl_dist::node::LocalNode::new(me.parse().unwrap(), erl_dist::node::Creation::new(1));
+    let mut hs = erl_dist::handshake::ClientSideHandshake::new(
+        futures::io::AllowStdIo::new(stream),
+        local,
+        &cluster.cookie,
+    );
     futures::executor::block_on(hs.execute_send_name(6)).unwrap();
     let (io, _) = futures::executor::block_on(hs.execute_rest(true)).unwrap();
     (io.into_inner(), me)

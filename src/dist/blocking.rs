@@ -11,13 +11,21 @@ use std::task::{Context, Poll};
 pub(crate) struct BlockingIo(pub(crate) TcpStream);
 
 impl futures::io::AsyncRead for BlockingIo {
-    fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
         Poll::Ready(self.get_mut().0.read(buf))
     }
 }
 
 impl futures::io::AsyncWrite for BlockingIo {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Poll::Ready(self.get_mut().0.write(buf))
     }
 

@@ -100,8 +100,13 @@ struct State {
 
 impl State {
     fn fail_all(&self, e: impl Fn() -> DistError) {
-        let drained: Vec<SyncSender<Reply>> =
-            self.pending.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s).collect();
+        let drained: Vec<SyncSender<Reply>> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
         for s in drained {
             let _ = s.try_send(Err(e()));
         }
@@ -110,7 +115,9 @@ impl State {
 
 fn ref_key(t: &Term) -> Option<u64> {
     match t {
-        Term::Reference(r) if r.id.len() >= 2 => Some(u64::from(r.id[0]) | (u64::from(r.id[1]) << 18)),
+        Term::Reference(r) if r.id.len() >= 2 => {
+            Some(u64::from(r.id[0]) | (u64::from(r.id[1]) << 18))
+        }
         _ => None,
     }
 }
@@ -127,7 +134,10 @@ pub struct RemoteAllocator {
 
 impl std::fmt::Debug for RemoteAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteAllocator").field("server", &self.state.server).field("me", &self.me).finish()
+        f.debug_struct("RemoteAllocator")
+            .field("server", &self.state.server)
+            .field("me", &self.me)
+            .finish()
     }
 }
 
@@ -141,7 +151,9 @@ pub struct PendingCall {
 
 impl std::fmt::Debug for PendingCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingCall").field("key", &self.key).finish_non_exhaustive()
+        f.debug_struct("PendingCall")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,10 +163,16 @@ impl PendingCall {
         match self.rx.recv_timeout(self.timeout) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => {
-                self.state.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+                self.state
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&self.key);
                 Err(DistError::Timeout(self.state.server.clone()))
             }
-            Err(RecvTimeoutError::Disconnected) => Err(DistError::NodeDown(self.state.server.clone())),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(DistError::NodeDown(self.state.server.clone()))
+            }
         }
     }
 }
@@ -197,7 +215,11 @@ impl RemoteAllocator {
                     return;
                 }
                 let Some(key) = ref_key(&el[0]) else { return };
-                let tx = st.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                let tx = st
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
                 if let Some(tx) = tx {
                     let _ = tx.try_send(Ok(el[1].clone()));
                 }
@@ -206,7 +228,10 @@ impl RemoteAllocator {
                 st.lost.store(true, Ordering::SeqCst);
                 if as_atom(&reason) == Some("noproc") {
                     let server = st.server.clone();
-                    st.fail_all(|| DistError::NoProc { name: SERVICE_NAME.into(), node: server.clone() });
+                    st.fail_all(|| DistError::NoProc {
+                        name: SERVICE_NAME.into(),
+                        node: server.clone(),
+                    });
                 } else {
                     let server = st.server.clone();
                     st.fail_all(|| DistError::NodeDown(server.clone()));
@@ -221,7 +246,14 @@ impl RemoteAllocator {
             }
         });
         let me = node.spawn_process(handler);
-        let client = RemoteAllocator { node, me, state, options, reconnect: Mutex::new(()), pool_size: AtomicU64::new(0) };
+        let client = RemoteAllocator {
+            node,
+            me,
+            state,
+            options,
+            reconnect: Mutex::new(()),
+            pool_size: AtomicU64::new(0),
+        };
         client.establish()?;
         Ok(client)
     }
@@ -231,7 +263,8 @@ impl RemoteAllocator {
     fn establish(&self) -> Result<(), DistError> {
         self.node.connect(&self.state.server)?;
         self.state.lost.store(false, Ordering::SeqCst);
-        self.node.monitor_name(&self.me, SERVICE_NAME, &self.state.server);
+        self.node
+            .monitor_name(&self.me, SERVICE_NAME, &self.state.server);
         let s = self.status()?;
         self.pool_size.store(s.pool, Ordering::Relaxed);
         Ok(())
@@ -250,21 +283,40 @@ impl RemoteAllocator {
             if self.state.lost.load(Ordering::SeqCst) {
                 self.node.connect(&self.state.server)?;
                 self.state.lost.store(false, Ordering::SeqCst);
-                self.node.monitor_name(&self.me, SERVICE_NAME, &self.state.server);
+                self.node
+                    .monitor_name(&self.me, SERVICE_NAME, &self.state.server);
             }
         }
         let r = self.node.make_ref();
         let key = ref_key(&Term::from(r.clone())).unwrap_or(0);
         let (tx, rx) = mpsc::sync_channel(1);
-        self.state.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(key, tx);
-        let msg = tuple(vec![atom("$gen_call"), tuple(vec![Term::from(self.me.clone()), Term::from(r)]), request.clone()]);
-        let sent = frame::reg_send(&self.me, SERVICE_NAME, &msg).and_then(|f| self.node.reg_send_frame(&self.state.server, f));
+        self.state
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, tx);
+        let msg = tuple(vec![
+            atom("$gen_call"),
+            tuple(vec![Term::from(self.me.clone()), Term::from(r)]),
+            request.clone(),
+        ]);
+        let sent = frame::reg_send(&self.me, SERVICE_NAME, &msg)
+            .and_then(|f| self.node.reg_send_frame(&self.state.server, f));
         if let Err(e) = sent {
-            self.state.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            self.state
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
             self.state.lost.store(true, Ordering::SeqCst);
             return Err(e);
         }
-        Ok(PendingCall { rx, key, state: self.state.clone(), timeout: self.options.call_timeout })
+        Ok(PendingCall {
+            rx,
+            key,
+            state: self.state.clone(),
+            timeout: self.options.call_timeout,
+        })
     }
 
     /// One call, waited for.
@@ -279,20 +331,31 @@ impl RemoteAllocator {
 
     /// `{allocate_as, Client, Ms}`: a frequency for `client` with a lease.
     pub fn allocate_with_lease(&self, client: &str, lease: Duration) -> Result<u64, DistError> {
-        self.decode_alloc(client, self.call(&Self::allocate_request(client, Some(lease)))?)
+        self.decode_alloc(
+            client,
+            self.call(&Self::allocate_request(client, Some(lease)))?,
+        )
     }
 
     /// The request term of an allocation (for [`RemoteAllocator::call_async`]).
     pub fn allocate_request(client: &str, lease: Option<Duration>) -> Term {
         match lease {
             None => tuple(vec![atom("allocate_as"), binary(client.as_bytes())]),
-            Some(l) => tuple(vec![atom("allocate_as"), binary(client.as_bytes()), uint(l.as_millis().max(1) as u64)]),
+            Some(l) => tuple(vec![
+                atom("allocate_as"),
+                binary(client.as_bytes()),
+                uint(l.as_millis().max(1) as u64),
+            ]),
         }
     }
 
     /// The request term of a deallocation.
     pub fn deallocate_request(freq: u64, client: &str) -> Term {
-        tuple(vec![atom("deallocate_as"), binary(client.as_bytes()), uint(freq)])
+        tuple(vec![
+            atom("deallocate_as"),
+            binary(client.as_bytes()),
+            uint(freq),
+        ])
     }
 
     /// The frequency in an allocation reply, or its typed error.
@@ -351,12 +414,24 @@ impl RemoteAllocator {
         };
         let get = |m: &eetf::Map, k: &str| m.map.get(&atom(k)).and_then(as_u64);
         let mut shards = Vec::new();
-        for s in m.map.get(&atom("shards")).and_then(as_list).ok_or_else(bad)? {
+        for s in m
+            .map
+            .get(&atom("shards"))
+            .and_then(as_list)
+            .ok_or_else(bad)?
+        {
             let Term::Map(sm) = &s else { return Err(bad()) };
             let mut ranges = Vec::new();
-            for r in sm.map.get(&atom("ranges")).and_then(as_list).unwrap_or_default() {
+            for r in sm
+                .map
+                .get(&atom("ranges"))
+                .and_then(as_list)
+                .unwrap_or_default()
+            {
                 match as_tuple(&r) {
-                    Some([a, b]) => ranges.push((as_u64(a).ok_or_else(bad)?, as_u64(b).ok_or_else(bad)?)),
+                    Some([a, b]) => {
+                        ranges.push((as_u64(a).ok_or_else(bad)?, as_u64(b).ok_or_else(bad)?))
+                    }
                     _ => return Err(bad()),
                 }
             }
@@ -368,7 +443,12 @@ impl RemoteAllocator {
             });
         }
         shards.sort_unstable();
-        let text = |k: &str| m.map.get(&atom(k)).and_then(super::term::as_text).unwrap_or_default();
+        let text = |k: &str| {
+            m.map
+                .get(&atom(k))
+                .and_then(super::term::as_text)
+                .unwrap_or_default()
+        };
         Ok(RemoteStatus {
             pool: get(m, "pool").ok_or_else(bad)?,
             free: get(m, "free").ok_or_else(bad)?,
@@ -409,13 +489,25 @@ impl RemoteAllocator {
         };
         let f = freq.unwrap_or(0);
         let fe = match reason.as_deref() {
-            Some("no_frequency") => FreqError::NoFrequency { pool_size: self.pool_size.load(Ordering::Relaxed) },
+            Some("no_frequency") => FreqError::NoFrequency {
+                pool_size: self.pool_size.load(Ordering::Relaxed),
+            },
             Some("not_allocated") => FreqError::NotAllocated(f),
             Some("unknown_frequency") => FreqError::UnknownFrequency(f),
-            Some("not_owner") => FreqError::NotOwner { freq: f, owner: String::new(), client: client.to_string() },
-            Some("limit_reached") => FreqError::LimitReached { client: client.to_string(), limit: 0 },
+            Some("not_owner") => FreqError::NotOwner {
+                freq: f,
+                owner: String::new(),
+                client: client.to_string(),
+            },
+            Some("limit_reached") => FreqError::LimitReached {
+                client: client.to_string(),
+                limit: 0,
+            },
             Some("bad_client") => FreqError::BadClientName(client.to_string()),
-            Some("shard_failed") => FreqError::ShardFailed { shard: 0, reason: "reported by the node".into() },
+            Some("shard_failed") => FreqError::ShardFailed {
+                shard: 0,
+                reason: "reported by the node".into(),
+            },
             Some("stopped") => FreqError::Stopped,
             _ => return DistError::UnexpectedReply(format!("{reply}")),
         };

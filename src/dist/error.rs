@@ -13,7 +13,9 @@ pub enum DistError {
     #[error("no cookie: pass --cookie, set FREQALLOC_COOKIE, or create ~/.erlang.cookie")]
     NoCookie,
     /// epmd did not answer (and starting `epmd -daemon` did not help).
-    #[error("epmd at {addr}: {reason} (start one with `epmd -daemon`, from the erlang-base package)")]
+    #[error(
+        "epmd at {addr}: {reason} (start one with `epmd -daemon`, from the erlang-base package)"
+    )]
     Epmd {
         /// The address tried.
         addr: String,

@@ -99,14 +99,18 @@ pub enum Control {
 fn pid(t: &Term) -> Result<Pid, DistError> {
     match t {
         Term::Pid(p) => Ok(p.clone()),
-        _ => Err(DistError::BadFrame("expected a pid in the control message".into())),
+        _ => Err(DistError::BadFrame(
+            "expected a pid in the control message".into(),
+        )),
     }
 }
 
 fn reference(t: &Term) -> Result<Reference, DistError> {
     match t {
         Term::Reference(r) => Ok((**r).clone()),
-        _ => Err(DistError::BadFrame("expected a reference in the control message".into())),
+        _ => Err(DistError::BadFrame(
+            "expected a reference in the control message".into(),
+        )),
     }
 }
 
@@ -125,11 +129,18 @@ pub fn parse(body: &[u8]) -> Result<Control, DistError> {
         .ok_or_else(|| DistError::BadFrame("control message is not a tuple".into()))?;
     let op = match el.first() {
         Some(Term::FixInteger(i)) => i.value,
-        _ => return Err(DistError::BadFrame("control message without an operation".into())),
+        _ => {
+            return Err(DistError::BadFrame(
+                "control message without an operation".into(),
+            ))
+        }
     };
     let need = |n: usize| {
         if el.len() < n {
-            Err(DistError::BadFrame(format!("control {op}: {} elements", el.len())))
+            Err(DistError::BadFrame(format!(
+                "control {op}: {} elements",
+                el.len()
+            )))
         } else {
             Ok(())
         }
@@ -219,7 +230,7 @@ fn begin(out: &mut Vec<u8>) -> usize {
     start
 }
 
-fn finish(out: &mut Vec<u8>, start: usize) -> Result<(), DistError> {
+fn finish(out: &mut [u8], start: usize) -> Result<(), DistError> {
     let len = u32::try_from(out.len() - start - 4)
         .map_err(|_| DistError::BadFrame("frame longer than 4 GiB".into()))?;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -240,13 +251,21 @@ pub fn encode(control: &Term, msg: Option<&Term>) -> Result<Vec<u8>, DistError> 
 
 /// `SEND` to a pid.
 pub fn send(to: &Pid, msg: &Term) -> Result<Vec<u8>, DistError> {
-    encode(&tuple(vec![int(SEND), atom(""), Term::from(to.clone())]), Some(msg))
+    encode(
+        &tuple(vec![int(SEND), atom(""), Term::from(to.clone())]),
+        Some(msg),
+    )
 }
 
 /// `REG_SEND` to a name on the peer.
 pub fn reg_send(from: &Pid, to: &str, msg: &Term) -> Result<Vec<u8>, DistError> {
     encode(
-        &tuple(vec![int(REG_SEND), Term::from(from.clone()), atom(""), atom(to)]),
+        &tuple(vec![
+            int(REG_SEND),
+            Term::from(from.clone()),
+            atom(""),
+            atom(to),
+        ]),
         Some(msg),
     )
 }
@@ -254,7 +273,12 @@ pub fn reg_send(from: &Pid, to: &str, msg: &Term) -> Result<Vec<u8>, DistError> 
 /// `MONITOR_P`: `from` (ours) monitors `target` (a pid or a name atom on the peer).
 pub fn monitor(from: &Pid, target: &Term, r: &Reference) -> Result<Vec<u8>, DistError> {
     encode(
-        &tuple(vec![int(MONITOR_P), Term::from(from.clone()), target.clone(), Term::from(r.clone())]),
+        &tuple(vec![
+            int(MONITOR_P),
+            Term::from(from.clone()),
+            target.clone(),
+            Term::from(r.clone()),
+        ]),
         None,
     )
 }
@@ -262,13 +286,23 @@ pub fn monitor(from: &Pid, target: &Term, r: &Reference) -> Result<Vec<u8>, Dist
 /// `DEMONITOR_P`.
 pub fn demonitor(from: &Pid, target: &Term, r: &Reference) -> Result<Vec<u8>, DistError> {
     encode(
-        &tuple(vec![int(DEMONITOR_P), Term::from(from.clone()), target.clone(), Term::from(r.clone())]),
+        &tuple(vec![
+            int(DEMONITOR_P),
+            Term::from(from.clone()),
+            target.clone(),
+            Term::from(r.clone()),
+        ]),
         None,
     )
 }
 
 /// `MONITOR_P_EXIT`: our process or name `from` is gone; tell the monitoring `to`.
-pub fn monitor_exit(from: &Term, to: &Pid, r: &Reference, reason: &Term) -> Result<Vec<u8>, DistError> {
+pub fn monitor_exit(
+    from: &Term,
+    to: &Pid,
+    r: &Reference,
+    reason: &Term,
+) -> Result<Vec<u8>, DistError> {
     encode(
         &tuple(vec![
             int(MONITOR_P_EXIT),
@@ -284,7 +318,12 @@ pub fn monitor_exit(from: &Term, to: &Pid, r: &Reference, reason: &Term) -> Resu
 /// `UNLINK_ID_ACK` answering an `UNLINK_ID`.
 pub fn unlink_id_ack(id: &Term, from: &Pid, to: &Pid) -> Result<Vec<u8>, DistError> {
     encode(
-        &tuple(vec![int(UNLINK_ID_ACK), id.clone(), Term::from(from.clone()), Term::from(to.clone())]),
+        &tuple(vec![
+            int(UNLINK_ID_ACK),
+            id.clone(),
+            Term::from(from.clone()),
+            Term::from(to.clone()),
+        ]),
         None,
     )
 }
@@ -304,7 +343,9 @@ pub fn read_frame<R: Read>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> Result<b
         return Ok(false);
     }
     if n > max {
-        return Err(DistError::BadFrame(format!("frame of {n} bytes exceeds the limit of {max}")));
+        return Err(DistError::BadFrame(format!(
+            "frame of {n} bytes exceeds the limit of {max}"
+        )));
     }
     buf.resize(n, 0);
     r.read_exact(buf)
@@ -324,22 +365,45 @@ mod tests {
     fn frames_round_trip() {
         let r = Reference::from(("me@host", vec![1, 2, 3]));
         let f = reg_send(&p(1), "frequency", &atom("allocate")).unwrap();
-        assert_eq!(u32::from_be_bytes([f[0], f[1], f[2], f[3]]) as usize, f.len() - 4);
+        assert_eq!(
+            u32::from_be_bytes([f[0], f[1], f[2], f[3]]) as usize,
+            f.len() - 4
+        );
         assert_eq!(
             parse(&f[4..]).unwrap(),
-            Control::RegSend { from: p(1), to: "frequency".into(), msg: atom("allocate") }
+            Control::RegSend {
+                from: p(1),
+                to: "frequency".into(),
+                msg: atom("allocate")
+            }
         );
         let f = send(&p(2), &atom("x")).unwrap();
-        assert_eq!(parse(&f[4..]).unwrap(), Control::Send { from: None, to: p(2), msg: atom("x") });
+        assert_eq!(
+            parse(&f[4..]).unwrap(),
+            Control::Send {
+                from: None,
+                to: p(2),
+                msg: atom("x")
+            }
+        );
         let f = monitor(&p(1), &atom("frequency"), &r).unwrap();
         assert_eq!(
             parse(&f[4..]).unwrap(),
-            Control::Monitor { from: p(1), target: atom("frequency"), reference: r.clone() }
+            Control::Monitor {
+                from: p(1),
+                target: atom("frequency"),
+                reference: r.clone()
+            }
         );
         let f = monitor_exit(&atom("frequency"), &p(1), &r, &atom("noproc")).unwrap();
         assert_eq!(
             parse(&f[4..]).unwrap(),
-            Control::MonitorExit { from: atom("frequency"), to: p(1), reference: r, reason: atom("noproc") }
+            Control::MonitorExit {
+                from: atom("frequency"),
+                to: p(1),
+                reference: r,
+                reason: atom("noproc")
+            }
         );
     }
 
@@ -349,7 +413,10 @@ mod tests {
         let mut tick = &TICK[..];
         assert!(!read_frame(&mut tick, &mut buf, 100).unwrap());
         let huge = [0xff, 0xff, 0xff, 0xff, 112];
-        assert!(matches!(read_frame(&mut &huge[..], &mut buf, 1 << 20), Err(DistError::BadFrame(_))));
+        assert!(matches!(
+            read_frame(&mut &huge[..], &mut buf, 1 << 20),
+            Err(DistError::BadFrame(_))
+        ));
         assert!(buf.capacity() < 1 << 20);
         let short = [0, 0, 0, 9, 112, 131];
         assert!(read_frame(&mut &short[..], &mut buf, 100).is_err());
@@ -360,7 +427,7 @@ mod tests {
         assert!(parse(&[]).is_err());
         assert!(parse(&[1, 2, 3]).is_err());
         assert!(parse(&[112, 131, 106]).is_err()); // control is [] not a tuple
-        // A SEND without its message.
+                                                   // A SEND without its message.
         let f = encode(&tuple(vec![int(SEND), atom(""), Term::from(p(1))]), None).unwrap();
         assert!(parse(&f[4..]).is_err());
         // An unknown operation is ignored, not an error.

@@ -22,7 +22,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use eetf::{Pid, Reference, Term};
-use erl_dist::handshake::{ClientSideHandshake, HandshakeError, HandshakeStatus, ServerSideHandshake};
+use erl_dist::handshake::{
+    ClientSideHandshake, HandshakeError, HandshakeStatus, ServerSideHandshake,
+};
 use erl_dist::node::{Creation, LocalNode, NodeName};
 use erl_dist::DistributionFlags;
 use futures::executor::block_on;
@@ -194,13 +196,18 @@ impl std::ops::Deref for Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("name", &self.inner.name).field("port", &self.inner.port).finish()
+        f.debug_struct("Node")
+            .field("name", &self.inner.name)
+            .field("port", &self.inner.port)
+            .finish()
     }
 }
 
 impl std::fmt::Debug for NodeHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeHandle").field("name", &self.inner.name).finish()
+        f.debug_struct("NodeHandle")
+            .field("name", &self.inner.name)
+            .finish()
     }
 }
 
@@ -228,7 +235,10 @@ impl Node {
         let (listener, port, creation, reg) = if config.listen {
             let listener = TcpListener::bind(&config.listen_addr)
                 .map_err(|e| DistError::io(format!("binding {}", config.listen_addr), e))?;
-            let port = listener.local_addr().map_err(|e| DistError::io("local address", e))?.port();
+            let port = listener
+                .local_addr()
+                .map_err(|e| DistError::io("local address", e))?
+                .port();
             let (reg, creation) = epmd::register(&alive, port, config.epmd_port)?;
             (Some(listener), port, creation, Some(reg))
         } else {
@@ -263,7 +273,10 @@ impl Node {
             }
             None => None,
         };
-        Ok(Node { handle: NodeHandle { inner }, accept })
+        Ok(Node {
+            handle: NodeHandle { inner },
+            accept,
+        })
     }
 
     /// Stops: unregisters from epmd, closes connections, joins every thread. Idempotent.
@@ -288,20 +301,29 @@ impl NodeHandle {
         let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
         peers
             .iter()
-            .filter_map(|(k, v)| matches!(v, PeerState::Up(_)).then(|| k.clone()))
+            .filter(|(_, v)| matches!(v, PeerState::Up(_)))
+            .map(|(k, _)| k.clone())
             .collect()
     }
 
     /// Creates a local process with `handler`; returns its pid.
     pub fn spawn_process(&self, handler: Handler) -> Pid {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
-        self.inner.processes.write().unwrap_or_else(|e| e.into_inner()).insert(id, handler);
+        self.inner
+            .processes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, handler);
         Pid::new(self.inner.name.clone(), id, 0, self.inner.creation)
     }
 
     /// Ends a local process: its names are unregistered and monitors on it fire with `reason`.
     pub fn exit_process(&self, pid: &Pid, reason: &str) {
-        self.inner.processes.write().unwrap_or_else(|e| e.into_inner()).remove(&pid.id);
+        self.inner
+            .processes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid.id);
         let mut gone_names = Vec::new();
         {
             let mut names = self.inner.names.write().unwrap_or_else(|e| e.into_inner());
@@ -341,7 +363,11 @@ impl NodeHandle {
 
     /// Registers `name` for the local process `pid` (replacing any previous holder).
     pub fn register_name(&self, name: &str, pid: &Pid) {
-        self.inner.names.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), pid.id);
+        self.inner
+            .names
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), pid.id);
     }
 
     /// A fresh reference of this node.
@@ -352,7 +378,13 @@ impl NodeHandle {
     /// Sends `msg` to `to` (connecting to its node when needed).
     pub fn send(&self, to: &Pid, msg: &Term) -> Result<(), DistError> {
         if to.node.name == self.inner.name {
-            self.inner.deliver(to.id, Delivery::Message { from: None, msg: msg.clone() });
+            self.inner.deliver(
+                to.id,
+                Delivery::Message {
+                    from: None,
+                    msg: msg.clone(),
+                },
+            );
             return Ok(());
         }
         let c = self.inner.connection(&to.node.name)?;
@@ -376,7 +408,13 @@ impl NodeHandle {
     }
 
     /// Sends `msg` from `from` to the name `name` on `node` (REG_SEND), connecting as needed.
-    pub fn reg_send(&self, from: &Pid, name: &str, node: &str, msg: &Term) -> Result<(), DistError> {
+    pub fn reg_send(
+        &self,
+        from: &Pid,
+        name: &str,
+        node: &str,
+        msg: &Term,
+    ) -> Result<(), DistError> {
         let c = self.inner.connection(node)?;
         self.inner.enqueue(&c, frame::reg_send(from, name, msg)?);
         Ok(())
@@ -395,7 +433,12 @@ impl NodeHandle {
     /// `from` (local) monitors the remote pid `target`. When the target's node cannot be reached,
     /// the `DOWN` (`noconnection`) is delivered at once.
     pub fn monitor(&self, from: &Pid, target: &Pid) -> Reference {
-        self.monitor_term(from, &target.node.name, Term::from(target.clone()), Term::from(target.clone()))
+        self.monitor_term(
+            from,
+            &target.node.name,
+            Term::from(target.clone()),
+            Term::from(target.clone()),
+        )
     }
 
     /// `from` (local) monitors the registered `name` on `node`; a name the node lacks gives
@@ -422,14 +465,29 @@ impl NodeHandle {
                         }
                     }
                     Err(_) => {
-                        self.inner.monitors.lock().unwrap_or_else(|e| e.into_inner()).remove(&r);
-                        self.inner.deliver(from.id, Delivery::Down { reference: r.clone(), object, reason: atom("badarg") });
+                        self.inner
+                            .monitors
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&r);
+                        self.inner.deliver(
+                            from.id,
+                            Delivery::Down {
+                                reference: r.clone(),
+                                object,
+                                reason: atom("badarg"),
+                            },
+                        );
                     }
                 }
             }
             Err(_) => self.inner.deliver(
                 from.id,
-                Delivery::Down { reference: r.clone(), object, reason: atom("noconnection") },
+                Delivery::Down {
+                    reference: r.clone(),
+                    object,
+                    reason: atom("noconnection"),
+                },
             ),
         }
         r
@@ -437,7 +495,12 @@ impl NodeHandle {
 
     /// Removes a monitor made by [`Node::monitor`] or [`Node::monitor_name`].
     pub fn demonitor(&self, from: &Pid, r: &Reference) {
-        let entry = self.inner.monitors.lock().unwrap_or_else(|e| e.into_inner()).remove(r);
+        let entry = self
+            .inner
+            .monitors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(r);
         if let Some((_, node, object)) = entry {
             let target = match &object {
                 Term::Tuple(t) if t.elements.len() == 2 => t.elements[0].clone(),
@@ -466,7 +529,13 @@ impl NodeHandle {
             return;
         }
         // Closing the registration stream unregisters the name.
-        if let Some(s) = self.inner.epmd.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(s) = self
+            .inner
+            .epmd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             let _ = s.shutdown(Shutdown::Both);
         }
         // Wake the accept loop with a connection to ourselves.
@@ -490,7 +559,11 @@ impl NodeHandle {
             }
         }
         // Handlers may hold handles of this node: break the cycle.
-        self.inner.processes.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.inner
+            .processes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 
@@ -522,21 +595,37 @@ impl Inner {
     }
 
     fn up(&self, node: &str) -> Option<Arc<Conn>> {
-        match self.peers.lock().unwrap_or_else(|e| e.into_inner()).get(node) {
+        match self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+        {
             Some(PeerState::Up(c)) => Some(c.clone()),
             _ => None,
         }
     }
 
     fn deliver(&self, id: u32, d: Delivery) {
-        let h = self.processes.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+        let h = self
+            .processes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
         if let Some(h) = h {
             h(d);
         }
     }
 
     fn deliver_all(&self, d: Delivery) {
-        let hs: Vec<Handler> = self.processes.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let hs: Vec<Handler> = self
+            .processes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for h in hs {
             h(d.clone());
         }
@@ -547,7 +636,10 @@ impl Inner {
         match c.tx.try_send(Out::Frame(f)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                log(&format!("{}: outbound queue full (peer not reading): disconnecting", c.peer));
+                log(&format!(
+                    "{}: outbound queue full (peer not reading): disconnecting",
+                    c.peer
+                ));
                 c.close();
             }
             Err(TrySendError::Disconnected(_)) => c.close(),
@@ -568,13 +660,22 @@ impl Inner {
             let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 match peers.get(node) {
-                    Some(PeerState::Up(c)) if !c.closed.load(Ordering::SeqCst) => return Ok(c.clone()),
+                    Some(PeerState::Up(c)) if !c.closed.load(Ordering::SeqCst) => {
+                        return Ok(c.clone())
+                    }
                     Some(PeerState::Dialling) => {
                         let now = Instant::now();
                         if now >= deadline {
-                            return Err(DistError::Unreachable { node: node.into(), reason: "connect timed out".into() });
+                            return Err(DistError::Unreachable {
+                                node: node.into(),
+                                reason: "connect timed out".into(),
+                            });
                         }
-                        peers = self.peers_changed.wait_timeout(peers, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+                        peers = self
+                            .peers_changed
+                            .wait_timeout(peers, deadline - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
                     }
                     _ => {
                         peers.insert(node.to_string(), PeerState::Dialling);
@@ -613,9 +714,16 @@ impl Inner {
                     }
                     let now = Instant::now();
                     if now >= deadline {
-                        break Err(DistError::Unreachable { node: node.into(), reason: "simultaneous connect did not complete".into() });
+                        break Err(DistError::Unreachable {
+                            node: node.into(),
+                            reason: "simultaneous connect did not complete".into(),
+                        });
                     }
-                    peers = self.peers_changed.wait_timeout(peers, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+                    peers = self
+                        .peers_changed
+                        .wait_timeout(peers, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
             }
             Err(e) => match peers.get(node) {
@@ -632,39 +740,54 @@ impl Inner {
     }
 
     fn local_node(&self) -> Result<LocalNode, DistError> {
-        let name: NodeName = self.name.parse().map_err(|_| DistError::BadNodeName(self.name.clone()))?;
+        let name: NodeName = self
+            .name
+            .parse()
+            .map_err(|_| DistError::BadNodeName(self.name.clone()))?;
         let mut local = LocalNode::new(name, Creation::new(self.creation));
         // Hidden: no PUBLISHED flag. Monitors of names are ours to answer.
-        local.flags = DistributionFlags::mandatory() | DistributionFlags::DIST_MONITOR | DistributionFlags::DIST_MONITOR_NAME;
+        local.flags = DistributionFlags::mandatory()
+            | DistributionFlags::DIST_MONITOR
+            | DistributionFlags::DIST_MONITOR_NAME;
         Ok(local)
     }
 
     fn dial(&self, node: &str) -> Result<(TcpStream, String), DistError> {
         let (alive, host) = split_name(node)?;
         let port = epmd::port_please(alive, host, self.config.epmd_port)?;
-        let unreachable = |reason: String| DistError::Unreachable { node: node.to_string(), reason };
+        let unreachable = |reason: String| DistError::Unreachable {
+            node: node.to_string(),
+            reason,
+        };
         let addr = (host, port)
             .to_socket_addrs()
             .map_err(|e| unreachable(e.to_string()))?
             .next()
             .ok_or_else(|| unreachable("no address".into()))?;
-        let stream = TcpStream::connect_timeout(&addr, self.config.connect_timeout).map_err(|e| unreachable(e.to_string()))?;
+        let stream = TcpStream::connect_timeout(&addr, self.config.connect_timeout)
+            .map_err(|e| unreachable(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(self.config.connect_timeout));
         let _ = stream.set_write_timeout(Some(self.config.connect_timeout));
-        let hs_err = |reason: String| DistError::Handshake { node: node.to_string(), reason };
-        let mut hs = ClientSideHandshake::new(BlockingIo(stream), self.local_node()?, &self.config.cookie);
+        let hs_err = |reason: String| DistError::Handshake {
+            node: node.to_string(),
+            reason,
+        };
+        let mut hs =
+            ClientSideHandshake::new(BlockingIo(stream), self.local_node()?, &self.config.cookie);
         let status = block_on(hs.execute_send_name(6)).map_err(|e| hs_err(e.to_string()))?;
         if status == HandshakeStatus::Nok {
             return Err(hs_err("nok".into()));
         }
-        let (io, peer) = block_on(hs.execute_rest(true)).map_err(|e| hs_err(match e {
-            HandshakeError::CookieMismatch => "cookie mismatch".to_string(),
-            HandshakeError::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                "closed by the peer (wrong cookie?)".to_string()
-            }
-            e => e.to_string(),
-        }))?;
+        let (io, peer) = block_on(hs.execute_rest(true)).map_err(|e| {
+            hs_err(match e {
+                HandshakeError::CookieMismatch => "cookie mismatch".to_string(),
+                HandshakeError::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    "closed by the peer (wrong cookie?)".to_string()
+                }
+                e => e.to_string(),
+            })
+        })?;
         Ok((io.0, peer.name.to_string()))
     }
 
@@ -675,8 +798,12 @@ impl Inner {
         let _ = stream.set_read_timeout(Some(self.config.tick_time));
         let _ = stream.set_write_timeout(Some(self.config.tick_time));
         let (tx, rx) = mpsc::sync_channel(self.config.out_queue);
-        let w = stream.try_clone().map_err(|e| DistError::io("cloning a socket", e))?;
-        let r = stream.try_clone().map_err(|e| DistError::io("cloning a socket", e))?;
+        let w = stream
+            .try_clone()
+            .map_err(|e| DistError::io("cloning a socket", e))?;
+        let r = stream
+            .try_clone()
+            .map_err(|e| DistError::io("cloning a socket", e))?;
         let conn = Arc::new(Conn {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             peer: peer.to_string(),
@@ -686,9 +813,13 @@ impl Inner {
             monitors_on_us: Mutex::new(HashMap::new()),
         });
         let tick = self.config.tick_time / 4;
-        spawn(self, format!("dist-write-{peer}"), move || writer_loop(w, rx, tick))?;
+        spawn(self, format!("dist-write-{peer}"), move || {
+            writer_loop(w, rx, tick)
+        })?;
         let (i, c) = (self.clone(), conn.clone());
-        spawn(self, format!("dist-read-{peer}"), move || reader_loop(i, c, r))?;
+        spawn(self, format!("dist-read-{peer}"), move || {
+            reader_loop(i, c, r)
+        })?;
         Ok(conn)
     }
 
@@ -696,11 +827,24 @@ impl Inner {
     fn fire_monitors_of(&self, node: &str) {
         let fired: Vec<(Reference, u32, Term)> = {
             let mut m = self.monitors.lock().unwrap_or_else(|e| e.into_inner());
-            let keys: Vec<Reference> = m.iter().filter(|(_, (_, n, _))| n == node).map(|(r, _)| r.clone()).collect();
-            keys.into_iter().filter_map(|r| m.remove(&r).map(|(id, _, o)| (r, id, o))).collect()
+            let keys: Vec<Reference> = m
+                .iter()
+                .filter(|(_, (_, n, _))| n == node)
+                .map(|(r, _)| r.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|r| m.remove(&r).map(|(id, _, o)| (r, id, o)))
+                .collect()
         };
         for (r, id, object) in fired {
-            self.deliver(id, Delivery::Down { reference: r, object, reason: atom("noconnection") });
+            self.deliver(
+                id,
+                Delivery::Down {
+                    reference: r,
+                    object,
+                    reason: atom("noconnection"),
+                },
+            );
         }
     }
 
@@ -727,30 +871,80 @@ impl Inner {
                     self.net_kernel(c, &msg);
                     return;
                 }
-                let id = self.names.read().unwrap_or_else(|e| e.into_inner()).get(&to).copied();
+                let id = self
+                    .names
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&to)
+                    .copied();
                 if let Some(id) = id {
-                    self.deliver(id, Delivery::Message { from: Some(from), msg });
+                    self.deliver(
+                        id,
+                        Delivery::Message {
+                            from: Some(from),
+                            msg,
+                        },
+                    );
                 }
             }
-            Control::Monitor { from, target, reference } => {
+            Control::Monitor {
+                from,
+                target,
+                reference,
+            } => {
                 let exists = match &target {
-                    Term::Atom(a) => a.name == "net_kernel" || self.names.read().unwrap_or_else(|e| e.into_inner()).contains_key(&a.name),
-                    Term::Pid(p) => p.node.name == self.name && self.processes.read().unwrap_or_else(|e| e.into_inner()).contains_key(&p.id),
+                    Term::Atom(a) => {
+                        a.name == "net_kernel"
+                            || self
+                                .names
+                                .read()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .contains_key(&a.name)
+                    }
+                    Term::Pid(p) => {
+                        p.node.name == self.name
+                            && self
+                                .processes
+                                .read()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .contains_key(&p.id)
+                    }
                     _ => false,
                 };
                 if exists {
-                    c.monitors_on_us.lock().unwrap_or_else(|e| e.into_inner()).insert(reference, (from, target));
-                } else if let Ok(f) = frame::monitor_exit(&target, &from, &reference, &atom("noproc")) {
+                    c.monitors_on_us
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(reference, (from, target));
+                } else if let Ok(f) =
+                    frame::monitor_exit(&target, &from, &reference, &atom("noproc"))
+                {
                     self.enqueue(c, f);
                 }
             }
             Control::Demonitor { reference, .. } => {
-                c.monitors_on_us.lock().unwrap_or_else(|e| e.into_inner()).remove(&reference);
+                c.monitors_on_us
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&reference);
             }
-            Control::MonitorExit { reference, reason, .. } => {
-                let entry = self.monitors.lock().unwrap_or_else(|e| e.into_inner()).remove(&reference);
+            Control::MonitorExit {
+                reference, reason, ..
+            } => {
+                let entry = self
+                    .monitors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&reference);
                 if let Some((id, _, object)) = entry {
-                    self.deliver(id, Delivery::Down { reference, object, reason });
+                    self.deliver(
+                        id,
+                        Delivery::Down {
+                            reference,
+                            object,
+                            reason,
+                        },
+                    );
                 }
             }
             Control::UnlinkId { id, from, to } => {
@@ -769,7 +963,9 @@ impl Inner {
             return;
         }
         let Some(from) = as_tuple(&el[1]) else { return };
-        let (Some(Term::Pid(pid)), Some(tag)) = (from.first(), from.get(1)) else { return };
+        let (Some(Term::Pid(pid)), Some(tag)) = (from.first(), from.get(1)) else {
+            return;
+        };
         let reply = match as_tuple(&el[2]) {
             Some(req) if req.first().and_then(as_atom) == Some("is_auth") => atom("yes"),
             _ => atom("ignored"),
@@ -784,7 +980,10 @@ impl Inner {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(self.config.connect_timeout));
         let _ = stream.set_write_timeout(Some(self.config.connect_timeout));
-        let addr = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let addr = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let local = match self.local_node() {
             Ok(l) => l,
             Err(_) => return,
@@ -794,7 +993,9 @@ impl Inner {
             Ok(Some(n)) => n.to_string(),
             Ok(None) => {
                 let _ = block_on(hs.execute_rest(HandshakeStatus::NotAllowed));
-                log(&format!("refused {addr}: dynamic node names are not served"));
+                log(&format!(
+                    "refused {addr}: dynamic node names are not served"
+                ));
                 return;
             }
             Err(e) => {
@@ -845,7 +1046,11 @@ fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         }
         let Ok(stream) = stream else { continue };
         let i = inner.clone();
-        if spawn(&inner, "dist-handshake".into(), move || i.accept_one(stream)).is_err() {
+        if spawn(&inner, "dist-handshake".into(), move || {
+            i.accept_one(stream)
+        })
+        .is_err()
+        {
             log("cannot spawn a handshake thread");
         }
     }

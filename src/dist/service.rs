@@ -21,8 +21,8 @@ use eetf::{Map, Pid, Term};
 
 use super::error::DistError;
 use super::node::{Delivery, Node, NodeHandle};
-use crate::freq::Durability;
 use super::term::{as_atom, as_text, as_tuple, as_u64, atom, binary, error, list, ok, tuple, uint};
+use crate::freq::Durability;
 use crate::freq::{Allocator, FreqError};
 
 /// The registered name the service answers on.
@@ -57,7 +57,10 @@ impl std::fmt::Debug for ServiceOptions {
 
 /// The owner name of a pid.
 pub fn pid_owner(p: &Pid) -> String {
-    format!("{PID_OWNER_PREFIX}{}:{}.{}.{}", p.node.name, p.id, p.serial, p.creation)
+    format!(
+        "{PID_OWNER_PREFIX}{}:{}.{}.{}",
+        p.node.name, p.id, p.serial, p.creation
+    )
 }
 
 /// The pid an owner name stands for, if it is one.
@@ -112,7 +115,9 @@ pub struct FrequencyService {
 
 impl std::fmt::Debug for FrequencyService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrequencyService").field("pid", &self.pid).finish_non_exhaustive()
+        f.debug_struct("FrequencyService")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -130,7 +135,12 @@ fn route_key(from: Option<&Pid>, msg: &Term) -> u64 {
     if let Some(el) = as_tuple(msg) {
         if el.len() == 3 && as_atom(&el[0]) == Some("$gen_call") {
             if let Some(req) = as_tuple(&el[2]) {
-                if req.len() >= 2 && req.first().and_then(as_atom).is_some_and(|a| a.ends_with("_as")) {
+                if req.len() >= 2
+                    && req
+                        .first()
+                        .and_then(as_atom)
+                        .is_some_and(|a| a.ends_with("_as"))
+                {
                     return hash_of(&req[1]);
                 }
             }
@@ -146,7 +156,11 @@ impl FrequencyService {
     /// Registers `frequency` on `node` and starts serving `alloc`. Before it answers anything it
     /// monitors again every pid that holds frequencies (after a restart); those that are gone
     /// have their frequencies released as their `DOWN`s arrive.
-    pub fn start(node: &Node, alloc: Arc<Allocator>, options: ServiceOptions) -> Result<Self, DistError> {
+    pub fn start(
+        node: &Node,
+        alloc: Arc<Allocator>,
+        options: ServiceOptions,
+    ) -> Result<Self, DistError> {
         let n = match options.workers {
             0 if matches!(alloc.config().durability, Durability::Sync) => 8,
             w => w,
@@ -213,7 +227,11 @@ impl FrequencyService {
             shared.remonitor(node);
         }
         node.register_name(SERVICE_NAME, &pid);
-        Ok(FrequencyService { workers, senders, pid })
+        Ok(FrequencyService {
+            workers,
+            senders,
+            pid,
+        })
     }
 
     /// The service's pid.
@@ -224,7 +242,10 @@ impl FrequencyService {
     /// Stops: unregisters the name (monitors of it fire), finishes queued requests, joins.
     pub fn stop(&mut self, node: &Node) {
         node.exit_process(&self.pid, "shutdown");
-        self.senders.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -233,7 +254,10 @@ impl FrequencyService {
 
 impl Drop for FrequencyService {
     fn drop(&mut self) {
-        self.senders.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -283,7 +307,12 @@ impl Shared {
         }
         // Marked before the monitor is made: a DOWN delivered at once (unreachable node) is
         // queued to this pid's worker and handled after this mark.
-        if !self.monitored.lock().unwrap_or_else(|e| e.into_inner()).insert(p.clone()) {
+        if !self
+            .monitored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(p.clone())
+        {
             return;
         }
         node.monitor(&self.node_pid, p);
@@ -291,8 +320,13 @@ impl Shared {
 
     fn handle(&self, node: &NodeHandle, job: Job) {
         match job {
-            Job::Down { object: Term::Pid(p) } => {
-                self.monitored.lock().unwrap_or_else(|e| e.into_inner()).remove(&p);
+            Job::Down {
+                object: Term::Pid(p),
+            } => {
+                self.monitored
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&p);
                 if !self.options.keep_on_exit {
                     let _ = self.alloc.release_all(&pid_owner(&p));
                 }
@@ -307,7 +341,9 @@ impl Shared {
         match (el.len(), el.first().and_then(as_atom)) {
             (3, Some("$gen_call")) => {
                 let Some(from) = as_tuple(&el[1]) else { return };
-                let (Some(Term::Pid(pid)), Some(tag)) = (from.first(), from.get(1)) else { return };
+                let (Some(Term::Pid(pid)), Some(tag)) = (from.first(), from.get(1)) else {
+                    return;
+                };
                 let reply = self.call(node, pid, &el[2]);
                 // OTP 25 tags are `[alias|Ref]`: echoed as they came, sent to the pid.
                 let _ = node.send_noconnect(pid, &tuple(vec![tag.clone(), reply]));
@@ -319,7 +355,8 @@ impl Shared {
                         if self.options.no_remote_stop {
                             error("not_allowed")
                         } else {
-                            let _ = node.send_noconnect(pid, &tuple(vec![atom("reply"), atom("stopped")]));
+                            let _ = node
+                                .send_noconnect(pid, &tuple(vec![atom("reply"), atom("stopped")]));
                             if let Some(f) = &self.options.on_stop {
                                 f();
                             }
@@ -327,7 +364,9 @@ impl Shared {
                         }
                     }
                     _ => match as_tuple(&el[2]) {
-                        Some([d, _]) if as_atom(d) == Some("deallocate") => self.call(node, pid, &el[2]),
+                        Some([d, _]) if as_atom(d) == Some("deallocate") => {
+                            self.call(node, pid, &el[2])
+                        }
                         _ if as_atom(&el[2]) == Some("allocate") => self.call(node, pid, &el[2]),
                         _ => error("badarg"),
                     },
@@ -388,7 +427,9 @@ impl Shared {
         if let Some(a) = as_atom(req) {
             return match a {
                 "allocate" => self.alloc_pid(node, pid, None),
-                "release" => Self::result(self.alloc.release_all(&pid_owner(pid)), |v| ok(freqs(v))),
+                "release" => {
+                    Self::result(self.alloc.release_all(&pid_owner(pid)), |v| ok(freqs(v)))
+                }
                 "held" => Self::result(self.alloc.held_by(&pid_owner(pid)), |mut v| {
                     v.sort_unstable();
                     ok(freqs(v))
@@ -398,14 +439,19 @@ impl Shared {
                     Ok(v) if v.is_empty() => atom("ok"),
                     Ok(v) => tuple(vec![
                         atom("error"),
-                        tuple(vec![atom("violations"), list(v.iter().map(|s| binary(s.as_bytes())).collect())]),
+                        tuple(vec![
+                            atom("violations"),
+                            list(v.iter().map(|s| binary(s.as_bytes())).collect()),
+                        ]),
                     ]),
                     Err(e) => error(error_atom(&e)),
                 },
                 _ => error("badarg"),
             };
         }
-        let Some(el) = as_tuple(req) else { return error("badarg") };
+        let Some(el) = as_tuple(req) else {
+            return error("badarg");
+        };
         match (el.first().and_then(as_atom), el.len()) {
             (Some("allocate"), 2) => match lease(&el[1]) {
                 Some(l) => self.alloc_pid(node, pid, Some(l)),
@@ -450,7 +496,12 @@ impl Shared {
                     ("allocated", uint(x.allocated)),
                     (
                         "ranges",
-                        list(x.ranges.iter().map(|r| tuple(vec![uint(r.first), uint(r.last)])).collect()),
+                        list(
+                            x.ranges
+                                .iter()
+                                .map(|r| tuple(vec![uint(r.first), uint(r.last)]))
+                                .collect(),
+                        ),
                     ),
                 ])
             })
@@ -467,7 +518,12 @@ impl Shared {
 }
 
 fn map(pairs: Vec<(&str, Term)>) -> Term {
-    Term::from(Map::from(pairs.into_iter().map(|(k, v)| (atom(k), v)).collect::<HashMap<_, _>>()))
+    Term::from(Map::from(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (atom(k), v))
+            .collect::<HashMap<_, _>>(),
+    ))
 }
 
 #[cfg(test)]
@@ -490,18 +546,35 @@ mod tests {
     #[test]
     fn callers_are_found_for_routing() {
         let p = Pid::new("me@host", 1, 0, 1);
-        let raw = tuple(vec![atom("request"), Term::from(p.clone()), atom("allocate")]);
+        let raw = tuple(vec![
+            atom("request"),
+            Term::from(p.clone()),
+            atom("allocate"),
+        ]);
         assert_eq!(caller_of(&raw), Some(p.clone()));
-        let call = tuple(vec![atom("$gen_call"), tuple(vec![Term::from(p.clone()), atom("t")]), atom("held")]);
+        let call = tuple(vec![
+            atom("$gen_call"),
+            tuple(vec![Term::from(p.clone()), atom("t")]),
+            atom("held"),
+        ]);
         assert_eq!(caller_of(&call), Some(p));
         assert_eq!(caller_of(&atom("x")), None);
     }
 
     #[test]
     fn error_atoms() {
-        assert_eq!(error_atom(&FreqError::NoFrequency { pool_size: 3 }), "no_frequency");
+        assert_eq!(
+            error_atom(&FreqError::NoFrequency { pool_size: 3 }),
+            "no_frequency"
+        );
         assert_eq!(error_atom(&FreqError::NotAllocated(1)), "not_allocated");
-        assert_eq!(error_atom(&FreqError::UnknownFrequency(1)), "unknown_frequency");
-        assert_eq!(error_atom(&FreqError::BadClientName(String::new())), "bad_client");
+        assert_eq!(
+            error_atom(&FreqError::UnknownFrequency(1)),
+            "unknown_frequency"
+        );
+        assert_eq!(
+            error_atom(&FreqError::BadClientName(String::new())),
+            "bad_client"
+        );
     }
 }

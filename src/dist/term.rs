@@ -236,11 +236,7 @@ impl<'a> Decoder<'a> {
                 } else {
                     self.u32()?
                 };
-                Term::from(Port {
-                    node,
-                    id,
-                    creation,
-                })
+                Term::from(Port { node, id, creation })
             }
             NEW_REFERENCE_EXT | NEWER_REFERENCE_EXT => {
                 let n = self.u16()? as usize;
@@ -294,7 +290,9 @@ impl<'a> Decoder<'a> {
 fn int_term(negative: bool, mag: u64) -> Result<Term, DistError> {
     if negative {
         if mag <= (i32::MAX as u64) + 1 {
-            return Ok(Term::from(FixInteger::from((mag as i64).wrapping_neg() as i32)));
+            return Ok(Term::from(FixInteger::from(
+                (mag as i64).wrapping_neg() as i32
+            )));
         }
         if mag <= (i64::MAX as u64) + 1 {
             return Ok(Term::from(BigInteger::from((mag as i64).wrapping_neg())));
@@ -537,11 +535,18 @@ mod tests {
         roundtrip(uint(70_000));
         roundtrip(uint(u64::MAX));
         roundtrip(Term::from(FixInteger::from(-5)));
-        roundtrip(tuple(vec![atom("request"), Term::from(Pid::new("a@b", 1, 2, 3)), atom("x")]));
+        roundtrip(tuple(vec![
+            atom("request"),
+            Term::from(Pid::new("a@b", 1, 2, 3)),
+            atom("x"),
+        ]));
         roundtrip(list(vec![uint(1), uint(2)]));
         roundtrip(list(vec![]));
         roundtrip(binary(b"radio-7"));
-        roundtrip(Term::from(ImproperList::from((vec![atom("alias")], Term::from(Reference::from(("n@h", vec![1, 2, 3])))))));
+        roundtrip(Term::from(ImproperList::from((
+            vec![atom("alias")],
+            Term::from(Reference::from(("n@h", vec![1, 2, 3]))),
+        ))));
         let mut m = HashMap::new();
         m.insert(atom("pool"), uint(12));
         roundtrip(Term::from(Map::from(m)));
@@ -549,7 +554,11 @@ mod tests {
 
     #[test]
     fn eetf_encoded_terms_decode() {
-        let t = tuple(vec![atom("ok"), Term::from(Float::try_from(1.5).unwrap()), Term::from(ByteList::from("abc"))]);
+        let t = tuple(vec![
+            atom("ok"),
+            Term::from(Float::try_from(1.5).unwrap()),
+            Term::from(ByteList::from("abc")),
+        ]);
         let mut bytes = Vec::new();
         t.encode(&mut bytes).unwrap();
         assert_eq!(decode(&bytes).unwrap(), t);
@@ -580,7 +589,15 @@ mod tests {
 
     #[test]
     fn every_prefix_of_a_valid_term_is_an_error_not_a_panic() {
-        let bytes = encode(&tuple(vec![atom("$gen_call"), tuple(vec![Term::from(Pid::new("a@b", 1, 2, 3)), Term::from(Reference::from(("a@b", vec![1, 2, 3])))]), tuple(vec![atom("deallocate"), uint(12)])])).unwrap();
+        let bytes = encode(&tuple(vec![
+            atom("$gen_call"),
+            tuple(vec![
+                Term::from(Pid::new("a@b", 1, 2, 3)),
+                Term::from(Reference::from(("a@b", vec![1, 2, 3]))),
+            ]),
+            tuple(vec![atom("deallocate"), uint(12)]),
+        ]))
+        .unwrap();
         for n in 0..bytes.len() {
             assert!(decode(&bytes[..n]).is_err());
         }

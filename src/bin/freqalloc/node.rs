@@ -55,8 +55,11 @@ pub fn run(dir: &Path, cookie: Option<&str>, args: NodeArgs) -> Result<ExitCode>
     freqalloc::dist::split_name(&args.name)?;
     let alloc = Arc::new(super::open(dir)?);
     // We hold the store's lock now: any `node` file left is stale (a SIGKILLed node).
-    std::fs::write(node_file(dir), format!("{}\n{}\n", args.name, std::process::id()))
-        .with_context(|| format!("writing {}", node_file(dir).display()))?;
+    std::fs::write(
+        node_file(dir),
+        format!("{}\n{}\n", args.name, std::process::id()),
+    )
+    .with_context(|| format!("writing {}", node_file(dir).display()))?;
     let mut config = NodeConfig::new(&args.name, &cookie, true);
     config.listen_addr = format!("{}:0", args.listen);
     config.tick_time = std::time::Duration::from_secs(args.net_ticktime.max(1));
@@ -80,8 +83,11 @@ pub fn run(dir: &Path, cookie: Option<&str>, args: NodeArgs) -> Result<ExitCode>
     };
     let mut service = FrequencyService::start(&node, alloc.clone(), options)?;
 
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
     let signal_handle = signals.handle();
     let signal_thread = std::thread::Builder::new()
         .name("freq-signals".into())
@@ -120,18 +126,26 @@ pub fn run(dir: &Path, cookie: Option<&str>, args: NodeArgs) -> Result<ExitCode>
 
 /// Whether an open failed because another process holds the store.
 pub fn is_locked(e: &FreqError) -> bool {
-    matches!(e, FreqError::Disk(freqalloc::dets::DetsError::Locked { .. }))
-        || e.to_string().contains("is locked")
+    matches!(
+        e,
+        FreqError::Disk(freqalloc::dets::DetsError::Locked { .. })
+    ) || e.to_string().contains("is locked")
 }
 
 /// Opens the store for a short command: when it is busy, names the node serving it, or waits
 /// (bounded by `FREQALLOC_WAIT_MS`, default 10 000 ms) for the other process to finish.
 pub fn open_waiting(dir: &Path) -> Result<Allocator> {
-    let wait_ms = std::env::var("FREQALLOC_WAIT_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000u64);
+    let wait_ms = std::env::var("FREQALLOC_WAIT_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000u64);
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
     let mut pause = std::time::Duration::from_millis(5);
     loop {
-        let options = Options { release_on_drop: false, ..Options::default() };
+        let options = Options {
+            release_on_drop: false,
+            ..Options::default()
+        };
         match Allocator::open(dir, options) {
             Ok(a) => return Ok(a),
             Err(e) if is_locked(&e) => {

@@ -11,14 +11,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use freqalloc::dist::{resolve_cookie, ClientOptions, DistError, PendingCall, RemoteAllocator, RemoteStatus};
+use freqalloc::dist::{
+    resolve_cookie, ClientOptions, DistError, PendingCall, RemoteAllocator, RemoteStatus,
+};
 use freqalloc::freq::FreqError;
 
 use super::{history_line, ClientStats, LoadArgs, LATENCY_SAMPLE, OPS_PUBLISH};
 
 pub fn connect(node: &str, cookie: Option<&str>) -> Result<RemoteAllocator> {
     let cookie = resolve_cookie(cookie)?;
-    RemoteAllocator::connect_with(node, ClientOptions::new(&cookie)).with_context(|| format!("connecting to node {node}"))
+    RemoteAllocator::connect_with(node, ClientOptions::new(&cookie))
+        .with_context(|| format!("connecting to node {node}"))
 }
 
 pub fn status_json(s: &RemoteStatus) -> serde_json::Value {
@@ -47,7 +50,13 @@ pub fn print_status(node: &str, s: &RemoteStatus) {
     );
     for x in &s.shards {
         let ranges: Vec<String> = x.ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
-        println!("  shard {} ({}): {} free, {} allocated", x.shard, ranges.join(","), x.free, x.allocated);
+        println!(
+            "  shard {} ({}): {} free, {} allocated",
+            x.shard,
+            ranges.join(","),
+            x.free,
+            x.allocated
+        );
     }
 }
 
@@ -140,36 +149,72 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
 
     let handles: Vec<_> = (0..args.clients)
         .map(|i| {
-            let (remote, ops, stop, barrier, history, status) =
-                (remote.clone(), ops.clone(), stop.clone(), barrier.clone(), history.clone(), status.clone());
+            let (remote, ops, stop, barrier, history, status) = (
+                remote.clone(),
+                ops.clone(),
+                stop.clone(),
+                barrier.clone(),
+                history.clone(),
+                status.clone(),
+            );
             std::thread::Builder::new()
                 .name(format!("load-c{i}"))
                 .spawn(move || -> Result<ClientStats> {
-                    let mut st = ClientStats { per_shard: vec![0; status.shards.len()], ..Default::default() };
+                    let mut st = ClientStats {
+                        per_shard: vec![0; status.shards.len()],
+                        ..Default::default()
+                    };
                     let mut slots = Vec::with_capacity(pipeline);
                     for k in 0..pipeline {
-                        let base = if pipeline == 1 { format!("c{i}") } else { format!("c{i}.{k}") };
+                        let base = if pipeline == 1 {
+                            format!("c{i}")
+                        } else {
+                            format!("c{i}.{k}")
+                        };
                         // Adopt what this client already holds from an earlier run.
                         let held: VecDeque<u64> = remote.held_by(&base)?.into();
-                        slots.push(Slot { name: base.clone(), held, retired: 0, base, give_back: false });
+                        slots.push(Slot {
+                            name: base.clone(),
+                            held,
+                            retired: 0,
+                            base,
+                            give_back: false,
+                        });
                     }
                     let mut flight: VecDeque<InFlight> = VecDeque::with_capacity(pipeline);
                     barrier.wait();
-                    let issue = |slot: usize, slots: &mut Vec<Slot>, st: &mut ClientStats| -> Result<Option<InFlight>> {
+                    let issue = |slot: usize,
+                                 slots: &mut Vec<Slot>,
+                                 st: &mut ClientStats|
+                     -> Result<Option<InFlight>> {
                         let s = &mut slots[slot];
                         st.operations += 1;
-                        let started = st.operations.is_multiple_of(LATENCY_SAMPLE).then(Instant::now);
+                        let started = st
+                            .operations
+                            .is_multiple_of(LATENCY_SAMPLE)
+                            .then(Instant::now);
                         let give_back = std::mem::take(&mut s.give_back) && !s.held.is_empty();
                         let (op, req) = if s.held.len() < hold && !give_back {
                             history_line(&history, &s.name, "allocate", None, "invoke", None)?;
-                            (Op::Allocate, RemoteAllocator::allocate_request(&s.name, None))
+                            (
+                                Op::Allocate,
+                                RemoteAllocator::allocate_request(&s.name, None),
+                            )
                         } else {
                             let f = s.held.pop_front().unwrap_or_default();
                             history_line(&history, &s.name, "deallocate", Some(f), "invoke", None)?;
-                            (Op::Deallocate(f), RemoteAllocator::deallocate_request(f, &s.name))
+                            (
+                                Op::Deallocate(f),
+                                RemoteAllocator::deallocate_request(f, &s.name),
+                            )
                         };
                         match remote.call_async(&req) {
-                            Ok(call) => Ok(Some(InFlight { slot, op, call, started })),
+                            Ok(call) => Ok(Some(InFlight {
+                                slot,
+                                op,
+                                call,
+                                started,
+                            })),
                             Err(e) => {
                                 // Not sent, or unknown: the name is retired in flight.
                                 st.errors += 1;
@@ -186,14 +231,27 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                             flight.push_back(f);
                         }
                     }
-                    while let Some(InFlight { slot, op, call, started }) = flight.pop_front() {
+                    while let Some(InFlight {
+                        slot,
+                        op,
+                        call,
+                        started,
+                    }) = flight.pop_front()
+                    {
                         let reply = call.wait();
                         let s = &mut slots[slot];
                         let mut no_freq_empty = false;
                         match (op, reply) {
                             (Op::Allocate, Ok(term)) => match remote.decode_alloc(&s.name, term) {
                                 Ok(f) => {
-                                    history_line(&history, &s.name, "allocate", Some(f), "ok", None)?;
+                                    history_line(
+                                        &history,
+                                        &s.name,
+                                        "allocate",
+                                        Some(f),
+                                        "ok",
+                                        None,
+                                    )?;
                                     st.allocations += 1;
                                     if let Some(sh) = status.owner_of(f) {
                                         st.per_shard[sh] += 1;
@@ -202,7 +260,14 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                                 }
                                 Err(e) => {
                                     let msg = e.to_string();
-                                    history_line(&history, &s.name, "allocate", None, "fail", Some(&msg))?;
+                                    history_line(
+                                        &history,
+                                        &s.name,
+                                        "allocate",
+                                        None,
+                                        "fail",
+                                        Some(&msg),
+                                    )?;
                                     if matches!(e, DistError::Freq(FreqError::NoFrequency { .. })) {
                                         st.no_frequency += 1;
                                         no_freq_empty = s.held.is_empty();
@@ -214,18 +279,34 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                                     }
                                 }
                             },
-                            (Op::Deallocate(f), Ok(term)) => match remote.decode_ok(&s.name, Some(f), term) {
-                                Ok(()) => {
-                                    history_line(&history, &s.name, "deallocate", Some(f), "ok", None)?;
-                                    st.deallocations += 1;
+                            (Op::Deallocate(f), Ok(term)) => {
+                                match remote.decode_ok(&s.name, Some(f), term) {
+                                    Ok(()) => {
+                                        history_line(
+                                            &history,
+                                            &s.name,
+                                            "deallocate",
+                                            Some(f),
+                                            "ok",
+                                            None,
+                                        )?;
+                                        st.deallocations += 1;
+                                    }
+                                    Err(e) => {
+                                        let msg = e.to_string();
+                                        history_line(
+                                            &history,
+                                            &s.name,
+                                            "deallocate",
+                                            Some(f),
+                                            "fail",
+                                            Some(&msg),
+                                        )?;
+                                        st.errors += 1;
+                                        st.first_error.get_or_insert(msg);
+                                    }
                                 }
-                                Err(e) => {
-                                    let msg = e.to_string();
-                                    history_line(&history, &s.name, "deallocate", Some(f), "fail", Some(&msg))?;
-                                    st.errors += 1;
-                                    st.first_error.get_or_insert(msg);
-                                }
-                            },
+                            }
                             (_, Err(e)) if is_transport(&e) => {
                                 // Outcome unknown: retire the name, leaving its last call in flight.
                                 st.errors += 1;
@@ -240,7 +321,8 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                             }
                         }
                         if let Some(t) = started {
-                            st.latencies_ns.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                            st.latencies_ns
+                                .push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
                         }
                         if st.operations.is_multiple_of(OPS_PUBLISH) {
                             ops.fetch_add(OPS_PUBLISH, Ordering::Relaxed);
@@ -265,12 +347,19 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
     let started = Instant::now();
     while started.elapsed() < duration {
         // The main thread only waits: clients stop on the flag when time is up.
-        std::thread::sleep(Duration::from_millis(50).min(duration.saturating_sub(started.elapsed())));
+        std::thread::sleep(
+            Duration::from_millis(50).min(duration.saturating_sub(started.elapsed())),
+        );
     }
     stop.store(true, Ordering::Relaxed);
-    let mut total = ClientStats { per_shard: vec![0; shards], ..Default::default() };
+    let mut total = ClientStats {
+        per_shard: vec![0; shards],
+        ..Default::default()
+    };
     for h in handles {
-        let st = h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        let st = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
         total.allocations += st.allocations;
         total.deallocations += st.deallocations;
         total.no_frequency += st.no_frequency;
@@ -342,11 +431,19 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
         "  no frequency: {}, other errors: {}{}",
         total.no_frequency,
         total.errors,
-        total.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+        total
+            .first_error
+            .as_ref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
     );
     println!("  allocations per shard: {:?}", total.per_shard);
     if args.json {
         println!("{summary}");
     }
-    Ok(if total.errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if total.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
