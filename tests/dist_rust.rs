@@ -600,3 +600,73 @@ fn handshake_as(cluster: &Cluster, node: &str) -> (TcpStream, String) {
 fn handshake(cluster: &Cluster, node: &str) -> TcpStream {
     handshake_as(cluster, node).0
 }
+
+/// Two nodes dial each other at the same moment: the tie-break leaves one connection, and
+/// messages flow both ways over it. Repeated to meet both orders of arrival.
+#[test]
+fn simultaneous_connects_leave_one_connection() {
+    if !erlang_or_skip("simultaneous_connects_leave_one_connection") {
+        return;
+    }
+    use freqalloc::dist::{Delivery, Node, NodeConfig};
+    use std::sync::{mpsc, Arc, Barrier};
+    let cluster = Cluster::new();
+    for round in 0..8 {
+        let start = |prefix: &str| {
+            let mut c = NodeConfig::new(&unique_name(prefix), &cluster.cookie, true);
+            c.epmd_port = cluster.epmd.port();
+            let node = Node::start(c).unwrap();
+            let (tx, rx) = mpsc::channel();
+            let tx = std::sync::Mutex::new(tx);
+            let pid = node.spawn_process(Arc::new(move |d: Delivery| {
+                if let Delivery::Message { msg, .. } = d {
+                    let _ = tx.lock().unwrap().send(msg);
+                }
+            }));
+            (node, pid, rx)
+        };
+        let (a, pa, ra) = start("sima");
+        let (b, pb, rb) = start("simb");
+        let barrier = Barrier::new(2);
+        std::thread::scope(|s| {
+            let (a, b, barrier) = (&a, &b, &barrier);
+            let ta = s.spawn(move || {
+                barrier.wait();
+                a.connect(b.name())
+            });
+            let tb = s.spawn(move || {
+                barrier.wait();
+                b.connect(a.name())
+            });
+            ta.join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: a→b: {e}"));
+            tb.join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: b→a: {e}"));
+        });
+        a.send(&pb, &term::atom("from_a")).unwrap();
+        b.send(&pa, &term::atom("from_b")).unwrap();
+        let t = Duration::from_secs(10);
+        assert_eq!(
+            rb.recv_timeout(t).unwrap(),
+            term::atom("from_a"),
+            "round {round}"
+        );
+        assert_eq!(
+            ra.recv_timeout(t).unwrap(),
+            term::atom("from_b"),
+            "round {round}"
+        );
+        assert_eq!(
+            a.connected(),
+            vec![b.name().to_string()],
+            "round {round}: one connection on a"
+        );
+        assert_eq!(
+            b.connected(),
+            vec![a.name().to_string()],
+            "round {round}: one connection on b"
+        );
+    }
+}

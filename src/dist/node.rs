@@ -119,6 +119,8 @@ enum Out {
 struct Conn {
     id: u64,
     peer: String,
+    /// We dialled it (else we accepted it): for the simultaneous-connect rule.
+    outgoing: bool,
     tx: SyncSender<Out>,
     stream: TcpStream,
     closed: AtomicBool,
@@ -688,26 +690,18 @@ impl Inner {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let out = match result {
             Ok((stream, peer)) => {
-                // A simultaneous incoming connection may have won meanwhile.
-                if let Some(PeerState::Up(c)) = peers.get(node) {
-                    let _ = stream.shutdown(Shutdown::Both);
-                    Ok(c.clone())
-                } else {
-                    match self.start_conn(stream, &peer) {
-                        Ok(c) => {
-                            peers.insert(node.to_string(), PeerState::Up(c.clone()));
-                            Ok(c)
-                        }
-                        Err(e) => {
-                            peers.remove(node);
-                            Err(e)
-                        }
-                    }
+                // A simultaneous incoming connection may be up already: the tie-break decides.
+                let r = self.adopt(&mut peers, stream, &peer, true);
+                if r.is_err() && matches!(peers.get(node), Some(PeerState::Dialling)) {
+                    peers.remove(node);
                 }
+                r
             }
             Err(DistError::Handshake { reason, .. }) if reason == "nok" => {
                 // Simultaneous connect, the peer's attempt wins: wait for it to come up.
-                peers.remove(node);
+                if matches!(peers.get(node), Some(PeerState::Dialling)) {
+                    peers.remove(node);
+                }
                 loop {
                     if let Some(PeerState::Up(c)) = peers.get(node) {
                         break Ok(c.clone());
@@ -791,8 +785,39 @@ impl Inner {
         Ok((io.0, peer.name.to_string()))
     }
 
+    /// Takes a handshaken connection to `peer` into the table, unless one already up wins.
+    /// Two live connections between the same pair (simultaneous connects) are settled by one
+    /// rule both sides apply alike: the one dialled by the greater node name stays. A new
+    /// connection dialled by the same side as the old one replaces it (the peer restarted).
+    fn adopt(
+        self: &Arc<Self>,
+        peers: &mut HashMap<String, PeerState>,
+        stream: TcpStream,
+        peer: &str,
+        outgoing: bool,
+    ) -> Result<Arc<Conn>, DistError> {
+        if let Some(PeerState::Up(old)) = peers.get(peer) {
+            if !old.closed.load(Ordering::SeqCst) && old.outgoing != outgoing {
+                let ours_wins = self.name.as_str() > peer;
+                if outgoing != ours_wins {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return Ok(old.clone());
+                }
+            }
+            old.close();
+        }
+        let c = self.start_conn(stream, peer, outgoing)?;
+        peers.insert(peer.to_string(), PeerState::Up(c.clone()));
+        Ok(c)
+    }
+
     /// Starts the reader and writer threads of a handshaken connection.
-    fn start_conn(self: &Arc<Self>, stream: TcpStream, peer: &str) -> Result<Arc<Conn>, DistError> {
+    fn start_conn(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: &str,
+        outgoing: bool,
+    ) -> Result<Arc<Conn>, DistError> {
         let _ = stream.set_nodelay(true);
         // A peer silent for the tick time is dead; writes bounded the same way.
         let _ = stream.set_read_timeout(Some(self.config.tick_time));
@@ -807,6 +832,7 @@ impl Inner {
         let conn = Arc::new(Conn {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             peer: peer.to_string(),
+            outgoing,
             tx,
             stream,
             closed: AtomicBool::new(false),
@@ -850,14 +876,24 @@ impl Inner {
 
     fn teardown(&self, c: &Arc<Conn>) {
         c.close();
-        {
+        let lost_to_simultaneous = {
             let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(PeerState::Up(cur)) = peers.get(&c.peer) {
-                if cur.id == c.id {
+            let successor = match peers.get(&c.peer) {
+                Some(PeerState::Up(cur)) if cur.id == c.id => {
                     peers.remove(&c.peer);
+                    None
                 }
-            }
+                Some(PeerState::Up(cur)) => Some(cur.outgoing),
+                _ => None,
+            };
             self.peers_changed.notify_all();
+            // The loser of a simultaneous connect (the other direction stays up): the peer is
+            // not down. A connection replaced by one dialled the same way (the peer came back,
+            // restarted) is a real loss.
+            successor.is_some_and(|o| o != c.outgoing)
+        };
+        if lost_to_simultaneous {
+            return;
         }
         self.fire_monitors_of(&c.peer);
         self.deliver_all(Delivery::NodeDown(c.peer.clone()));
@@ -1019,15 +1055,8 @@ impl Inner {
         match block_on(hs.execute_rest(status)) {
             Ok((io, _)) => {
                 let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(PeerState::Up(old)) = peers.get(&peer) {
-                    // The peer reconnected: its old connection is dead (it restarted).
-                    old.close();
-                }
-                match self.start_conn(io.0, &peer) {
-                    Ok(c) => {
-                        peers.insert(peer, PeerState::Up(c));
-                    }
-                    Err(e) => log(&format!("{peer}: {e}")),
+                if let Err(e) = self.adopt(&mut peers, io.0, &peer, false) {
+                    log(&format!("{peer}: {e}"));
                 }
                 self.peers_changed.notify_all();
             }
