@@ -46,7 +46,14 @@ fn node_file(dir: &Path) -> PathBuf {
 /// store proves the node runs).
 pub fn serving_node(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(node_file(dir)).ok()?;
-    let name = text.lines().next()?.trim().to_string();
+    let mut lines = text.lines();
+    let name = lines.next()?.trim().to_string();
+    // Where /proc tells, a node file whose process is gone is stale (the lock is someone else's).
+    if let Some(pid) = lines.next().and_then(|l| l.trim().parse::<u32>().ok()) {
+        if Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists() {
+            return None;
+        }
+    }
     (!name.is_empty()).then_some(name)
 }
 
