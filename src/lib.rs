@@ -67,12 +67,14 @@
 //! | [`dets`] | `sled`-backed disk tables with the same API, durable on demand | `dets` |
 //! | [`otp`] | generic server and supervisor on named OS threads | `gen_server`, `supervisor` |
 //! | [`freq`] | the frequency allocator: layout, pool, shards, router, front end | the course's `frequency` |
+//! | [`dist`] | Erlang distribution: a hidden node (epmd, handshake, framing, monitors), the `frequency` service, [`dist::RemoteAllocator`] | `net_kernel`, `dist_util`, C nodes |
 //!
 //! Dependencies point one way: `freq` uses `otp`, `ets`, `dets`; `dets` uses `ets` (`to_ets`,
 //! `from_ets`); `ets` and `dets` share `table` and `codec`; `otp` knows no tables.
 
 pub mod codec;
 pub mod dets;
+pub mod dist;
 pub mod ets;
 pub mod freq;
 pub mod otp;

@@ -19,6 +19,13 @@
 %%       back end with the most free frequencies (ties: the lowest index) and each
 %%       deallocation to the owner of the frequency; back ends reply to the client directly.
 %%       CLIENTS processes loop allocate + deallocate for SECONDS.
+%%   erl -sname bench@localhost -setcookie C -noshell -pa DIR \
+%%       -run freqbench main dist_clients NODE CLIENTS SECONDS SIDE
+%%       Distribution: CLIENTS processes on this node loop gen_server:call({frequency, NODE},
+%%       allocate) + {deallocate, F} for SECONDS over the distribution link to NODE (a
+%%       freqalloc node, or tests/erl/frequency_beam.erl on a BEAM node). SIDE labels the
+%%       line ("rust" when NODE is the freqalloc node, "beam" for the BEAM one); workload
+%%       "dist/beam_clients". One warm-up call first (it connects), not timed.
 %%
 %% Timing is wall clock (erlang:monotonic_time/1) from releasing the workers to the last one
 %% done, as on the Rust side. Run it through benches/beam/compare.sh, which compiles this file
@@ -43,6 +50,8 @@ run(["dets", N, SyncWrites, Dir]) ->
 run(["alloc", Kind, Shards, Clients, Seconds, Pool]) ->
     alloc(list_to_atom(Kind), list_to_integer(Shards), list_to_integer(Clients),
           to_float(Seconds), list_to_integer(Pool));
+run(["dist_clients", Node, Clients, Seconds, Side]) ->
+    dist_clients(list_to_atom(Node), list_to_integer(Clients), to_float(Seconds), Side);
 run(Other) ->
     io:format(standard_error, "freqbench: bad arguments ~p~n", [Other]),
     halt(2).
@@ -295,4 +304,46 @@ most_free(Counts, I, N, Best) ->
     case element(I, Counts) > element(Best, Counts) of
         true -> most_free(Counts, I + 1, N, I);
         false -> most_free(Counts, I + 1, N, Best)
+    end.
+
+%% ---------------------------------------------------------------- distribution
+
+dist_clients(Node, Clients, Seconds, Side) ->
+    pong = net_adm:ping(Node),
+    {ok, F0} = gen_server:call({frequency, Node}, allocate),
+    ok = gen_server:call({frequency, Node}, {deallocate, F0}),
+    Parent = self(),
+    Pids = [spawn_link(fun() -> dist_client(Node, Parent) end) || _ <- lists:seq(1, Clients)],
+    [receive {ready, Pid} -> ok end || Pid <- Pids],
+    T0 = now_ns(),
+    Deadline = erlang:monotonic_time() + erlang:convert_time_unit(round(Seconds * 1.0e9),
+                                                                  nanosecond, native),
+    [Pid ! {go, Deadline} || Pid <- Pids],
+    Rs = [receive {done, Pid, Pairs, NoFreq} -> {Pairs, NoFreq} end || Pid <- Pids],
+    Secs = (now_ns() - T0) / 1.0e9,
+    Pairs = lists:sum([P || {P, _} <- Rs]),
+    NoFreq = lists:sum([E || {_, E} <- Rs]),
+    io:format("{\"side\":\"~s\",\"workload\":\"dist/beam_clients\",\"node\":\"~s\","
+              "\"clients\":~b,\"seconds\":~.3f,\"pairs_per_sec\":~.1f,\"ops_per_sec\":~.1f,"
+              "\"no_frequency\":~b}~n",
+              [Side, Node, Clients, Secs, Pairs / Secs, 2 * Pairs / Secs, NoFreq]),
+    ok.
+
+dist_client(Node, Parent) ->
+    Parent ! {ready, self()},
+    receive {go, Deadline} -> ok end,
+    dist_loop({frequency, Node}, Parent, Deadline, 0, 0).
+
+dist_loop(Server, Parent, Deadline, Pairs, NoFreq) ->
+    case erlang:monotonic_time() < Deadline of
+        false ->
+            Parent ! {done, self(), Pairs, NoFreq};
+        true ->
+            case gen_server:call(Server, allocate) of
+                {ok, Freq} ->
+                    ok = gen_server:call(Server, {deallocate, Freq}),
+                    dist_loop(Server, Parent, Deadline, Pairs + 1, NoFreq);
+                {error, no_frequency} ->
+                    dist_loop(Server, Parent, Deadline, Pairs, NoFreq + 1)
+            end
     end.

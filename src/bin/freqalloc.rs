@@ -1,7 +1,13 @@
 //! `freqalloc`: the command line of the sharded frequency allocator.
 //!
 //! Every command opens the store (default `data/store`, or `--data DIR`, or `FREQALLOC_DATA`),
-//! does its work and closes it. Every error is one line on stderr and a non-zero exit.
+//! does its work and closes it; with `--node NAME` (or `FREQALLOC_NODE`) the store commands talk
+//! to a running `freqalloc node` instead. Every error is one line on stderr and a non-zero exit.
+
+#[path = "freqalloc/node.rs"]
+mod node;
+#[path = "freqalloc/remote.rs"]
+mod remote;
 
 use std::fs::{File, OpenOptions as FileOptions};
 use std::io::Write;
@@ -32,6 +38,13 @@ struct Cli {
         default_value = "data/store"
     )]
     data: PathBuf,
+    /// Talk to this running node (name@host) instead of opening the store (allocate,
+    /// deallocate, release, held, status, check, load).
+    #[arg(long, global = true, env = "FREQALLOC_NODE")]
+    node: Option<String>,
+    /// The distribution cookie (else FREQALLOC_COOKIE, else ~/.erlang.cookie).
+    #[arg(long, global = true)]
+    cookie: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +105,8 @@ enum Command {
     /// Machine-readable benchmarks of the workloads benches/beam/compare.sh runs on BEAM too.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Serve the store as a hidden Erlang node (the `frequency` name) until SIGINT/SIGTERM.
+    Node(node::NodeArgs),
 }
 
 #[derive(Args)]
@@ -120,7 +135,7 @@ struct InitArgs {
 }
 
 #[derive(Args)]
-struct LoadArgs {
+pub(crate) struct LoadArgs {
     /// Client threads (named c0, c1, ...).
     #[arg(long, default_value_t = 4)]
     clients: usize,
@@ -136,6 +151,9 @@ struct LoadArgs {
     /// Append a JSON line before each call and after each reply (written unbuffered).
     #[arg(long)]
     history: Option<PathBuf>,
+    /// With --node: calls each client keeps in flight (each under its own client name).
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
 }
 
 fn main() -> ExitCode {
@@ -172,10 +190,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let dir = cli.data.as_path();
+    if let Some(n) = cli.node.as_deref().filter(|n| !n.is_empty()) {
+        return run_remote(n, cli.cookie.as_deref(), cli.command);
+    }
     match cli.command {
         Command::Init(args) => init(dir, args),
         Command::Allocate { client, lease } => {
-            let alloc = open(dir)?;
+            let alloc = node::open_waiting(dir)?;
             let f = match lease {
                 Some(secs) => alloc.allocate_with_lease(&client, Duration::from_secs(secs)),
                 None => alloc.allocate(&client),
@@ -185,13 +206,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Deallocate { freq, client } => {
-            let alloc = open(dir)?;
+            let alloc = node::open_waiting(dir)?;
             alloc.deallocate(freq, &client)?;
             alloc.stop();
             Ok(ExitCode::SUCCESS)
         }
         Command::Release { client } => {
-            let alloc = open(dir)?;
+            let alloc = node::open_waiting(dir)?;
             for f in alloc.release_all(&client)? {
                 println!("{f}");
             }
@@ -199,14 +220,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Held { client } => {
-            let alloc = open(dir)?;
+            let alloc = node::open_waiting(dir)?;
             for f in alloc.held_by(&client)? {
                 println!("{f}");
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
-            let alloc = open(dir)?;
+            let alloc = node::open_waiting(dir)?;
             let status = alloc.status();
             if json {
                 println!("{}", status_json(&status));
@@ -216,7 +237,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {
-            let alloc = open(dir)?;
+            let alloc = node::open_waiting(dir)?;
             let violations = alloc.check()?;
             if violations.is_empty() {
                 let s = alloc.status();
@@ -239,7 +260,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Load(args) => load(dir, args),
         Command::Demo { seconds, clients } => demo(dir, seconds, clients),
         Command::Bench(BenchCommand::Tables(args)) => bench_tables(args),
+        Command::Node(args) => node::run(dir, cli.cookie.as_deref(), args),
     }
+}
+
+/// The store commands through a node.
+fn run_remote(n: &str, cookie: Option<&str>, command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Load(args) => return remote::load(n, cookie, args),
+        Command::Init(_) | Command::Demo { .. } | Command::Bench(_) | Command::Node(_) => {
+            bail!("--node works with allocate, deallocate, release, held, status, check and load")
+        }
+        _ => {}
+    }
+    let r = remote::connect(n, cookie)?;
+    match command {
+        Command::Allocate { client, lease } => {
+            let f = match lease {
+                Some(secs) => r.allocate_with_lease(&client, Duration::from_secs(secs)),
+                None => r.allocate(&client),
+            }?;
+            println!("{f}");
+        }
+        Command::Deallocate { freq, client } => r.deallocate(freq, &client)?,
+        Command::Release { client } => {
+            for f in r.release_all(&client)? {
+                println!("{f}");
+            }
+        }
+        Command::Held { client } => {
+            for f in r.held_by(&client)? {
+                println!("{f}");
+            }
+        }
+        Command::Status { json } => {
+            let s = r.status()?;
+            if json {
+                println!("{}", remote::status_json(&s));
+            } else {
+                remote::print_status(n, &s);
+            }
+        }
+        Command::Check => return remote::check(n, &r),
+        _ => {}
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The course's two back ends, 10-15 and 20-25, scaled up ten-thousandfold and split over four
@@ -280,6 +345,7 @@ fn demo(dir: &Path, seconds: f64, clients: usize) -> Result<ExitCode> {
             hold: 8,
             json: false,
             history: None,
+            pipeline: 1,
         },
     )?;
     let alloc = open(dir)?;
@@ -321,7 +387,17 @@ fn open(dir: &Path) -> Result<Allocator> {
         release_on_drop: false,
         ..Options::default()
     };
-    Ok(Allocator::open(dir, options)?)
+    match Allocator::open(dir, options) {
+        Ok(a) => Ok(a),
+        Err(e) if node::is_locked(&e) => match node::serving_node(dir) {
+            Some(n) => bail!(
+                "the store {} is served by node {n}: use --node {n} (or FREQALLOC_NODE={n})",
+                dir.display()
+            ),
+            None => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {

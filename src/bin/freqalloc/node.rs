@@ -1,0 +1,174 @@
+//! `freqalloc node`: serve a store to Erlang and Rust clients over distribution until
+//! SIGINT/SIGTERM (or a permitted `{request, Pid, stop}`), then stop in order.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use freqalloc::dist::{resolve_cookie, FrequencyService, Node, NodeConfig, ServiceOptions};
+use freqalloc::freq::{Allocator, FreqError, Options};
+
+/// The file in a store directory that names the node serving it.
+pub const NODE_FILE: &str = "node";
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// The node's name, name@host (e.g. freq@localhost).
+    #[arg(long)]
+    name: String,
+    /// Refuse `{request, Pid, stop}` from clients.
+    #[arg(long)]
+    no_remote_stop: bool,
+    /// Keep what a process held when it exits (frequency2.erl's semantics); default: release.
+    #[arg(long)]
+    keep_on_exit: bool,
+    /// Address to listen on (the port is chosen by the system and published via epmd).
+    #[arg(long, default_value = "127.0.0.1")]
+    listen: String,
+    /// Worker threads answering requests.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Erlang's net_ticktime in seconds: a silent peer is dropped after this long.
+    #[arg(long, default_value_t = 60)]
+    net_ticktime: u64,
+}
+
+fn node_file(dir: &Path) -> PathBuf {
+    dir.join(NODE_FILE)
+}
+
+/// The node named in the store's `node` file, if there is one (it may be stale: only a locked
+/// store proves the node runs).
+pub fn serving_node(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(node_file(dir)).ok()?;
+    let mut lines = text.lines();
+    let name = lines.next()?.trim().to_string();
+    // Where /proc tells, a node file whose process is gone is stale (the lock is someone else's).
+    if let Some(pid) = lines.next().and_then(|l| l.trim().parse::<u32>().ok()) {
+        if Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists() {
+            return None;
+        }
+    }
+    (!name.is_empty()).then_some(name)
+}
+
+pub fn run(dir: &Path, cookie: Option<&str>, args: NodeArgs) -> Result<ExitCode> {
+    let cookie = resolve_cookie(cookie)?;
+    freqalloc::dist::split_name(&args.name)?;
+    let alloc = Arc::new(super::open(dir)?);
+    // We hold the store's lock now: any `node` file left is stale (a SIGKILLed node).
+    std::fs::write(
+        node_file(dir),
+        format!("{}\n{}\n", args.name, std::process::id()),
+    )
+    .with_context(|| format!("writing {}", node_file(dir).display()))?;
+    let mut config = NodeConfig::new(&args.name, &cookie, true);
+    config.listen_addr = format!("{}:0", args.listen);
+    config.tick_time = std::time::Duration::from_secs(args.net_ticktime.max(1));
+    let mut node = match Node::start(config) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(node_file(dir));
+            alloc.stop();
+            return Err(e.into());
+        }
+    };
+    let (stop_tx, stop_rx) = mpsc::channel::<&'static str>();
+    let remote_stop = stop_tx.clone();
+    let options = ServiceOptions {
+        keep_on_exit: args.keep_on_exit,
+        no_remote_stop: args.no_remote_stop,
+        workers: args.workers,
+        on_stop: Some(Arc::new(move || {
+            let _ = remote_stop.send("a client's stop request");
+        })),
+    };
+    let mut service = FrequencyService::start(&node, alloc.clone(), options)?;
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
+    let signal_handle = signals.handle();
+    let signal_thread = std::thread::Builder::new()
+        .name("freq-signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                let _ = stop_tx.send("a signal");
+            }
+        })
+        .context("spawning the signal thread")?;
+
+    let status = alloc.status();
+    println!(
+        "freqalloc node {} serving {} (pool {}, {} shards)",
+        args.name,
+        dir.display(),
+        status.pool_size,
+        status.shards.len()
+    );
+    let _ = std::io::stdout().flush();
+
+    let why = stop_rx.recv().unwrap_or("the service ending");
+    eprintln!("freqalloc node {}: stopping on {why}", args.name);
+    // In order: no new requests (name gone, queued ones answered), then the connections and the
+    // epmd name, then the shards (pending batches flushed, tables closed), then the node file.
+    service.stop(&node);
+    drop(service);
+    node.stop();
+    alloc.stop();
+    drop(alloc);
+    let _ = std::fs::remove_file(node_file(dir));
+    signal_handle.close();
+    let _ = signal_thread.join();
+    eprintln!("freqalloc node {}: stopped", args.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether an open failed because another process holds the store.
+pub fn is_locked(e: &FreqError) -> bool {
+    matches!(
+        e,
+        FreqError::Disk(freqalloc::dets::DetsError::Locked { .. })
+    ) || e.to_string().contains("is locked")
+}
+
+/// Opens the store for a short command: when it is busy, names the node serving it, or waits
+/// (bounded by `FREQALLOC_WAIT_MS`, default 10 000 ms) for the other process to finish.
+pub fn open_waiting(dir: &Path) -> Result<Allocator> {
+    let wait_ms = std::env::var("FREQALLOC_WAIT_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000u64);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        let options = Options {
+            release_on_drop: false,
+            ..Options::default()
+        };
+        match Allocator::open(dir, options) {
+            Ok(a) => return Ok(a),
+            Err(e) if is_locked(&e) => {
+                if let Some(n) = serving_node(dir) {
+                    anyhow::bail!("the store {} is served by node {n}: use --node {n} (or FREQALLOC_NODE={n})", dir.display());
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "the store stayed busy for {wait_ms} ms (FREQALLOC_WAIT_MS)"
+                    )));
+                }
+                // Another short command holds it: back off, bounded by the deadline.
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

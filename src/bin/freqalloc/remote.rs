@@ -1,0 +1,449 @@
+//! The store commands through a running node (`--node NAME` or `FREQALLOC_NODE`): the same
+//! output as the local commands, over distribution via `RemoteAllocator`.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions as FileOptions};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use freqalloc::dist::{
+    resolve_cookie, ClientOptions, DistError, PendingCall, RemoteAllocator, RemoteStatus,
+};
+use freqalloc::freq::FreqError;
+
+use super::{history_line, ClientStats, LoadArgs, LATENCY_SAMPLE, OPS_PUBLISH};
+
+pub fn connect(node: &str, cookie: Option<&str>) -> Result<RemoteAllocator> {
+    let cookie = resolve_cookie(cookie)?;
+    RemoteAllocator::connect_with(node, ClientOptions::new(&cookie))
+        .with_context(|| format!("connecting to node {node}"))
+}
+
+pub fn status_json(s: &RemoteStatus) -> serde_json::Value {
+    json!({
+        "pool_size": s.pool,
+        "free_count": s.free,
+        "allocated_count": s.allocated,
+        "strategy": s.strategy,
+        "durability": s.durability,
+        "shards": s.shards.iter().map(|x| json!({
+            "shard": x.shard, "free": x.free, "allocated": x.allocated,
+            "ranges": x.ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn print_status(node: &str, s: &RemoteStatus) {
+    println!(
+        "node {node}: {} frequencies, {} free, {} allocated, {} shards ({}, {})",
+        s.pool,
+        s.free,
+        s.allocated,
+        s.shards.len(),
+        s.strategy,
+        s.durability
+    );
+    for x in &s.shards {
+        let ranges: Vec<String> = x.ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+        println!(
+            "  shard {} ({}): {} free, {} allocated",
+            x.shard,
+            ranges.join(","),
+            x.free,
+            x.allocated
+        );
+    }
+}
+
+pub fn check(node: &str, remote: &RemoteAllocator) -> Result<ExitCode> {
+    let violations = remote.check()?;
+    if violations.is_empty() {
+        let s = remote.status()?;
+        println!(
+            "consistent: {} frequencies, {} free, {} allocated, {} shards (node {node})",
+            s.pool,
+            s.free,
+            s.allocated,
+            s.shards.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("freqalloc: {} violation(s):", violations.len());
+        for v in &violations {
+            eprintln!("  {v}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+enum Op {
+    Allocate,
+    Deallocate(u64),
+}
+
+/// One logical client of a load thread: its own name and its own sequential history, so the
+/// `--history` checks of the local load apply unchanged with several calls in flight.
+struct Slot {
+    name: String,
+    held: VecDeque<u64>,
+    retired: u32,
+    base: String,
+    /// The last allocation found no frequency: deallocate next.
+    give_back: bool,
+}
+
+struct InFlight {
+    slot: usize,
+    op: Op,
+    call: PendingCall,
+    started: Option<Instant>,
+}
+
+fn is_transport(e: &DistError) -> bool {
+    !matches!(e, DistError::Freq(_))
+}
+
+/// `load --node`: `clients` threads, each keeping `pipeline` calls in flight on one shared
+/// connection. A call whose outcome is unknown (the link failed) retires its client name (its
+/// history ends "in flight"); the slot goes on under a new name.
+pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode> {
+    if args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    if args.hold == 0 {
+        bail!("--hold must be at least 1");
+    }
+    if args.pipeline == 0 {
+        bail!("--pipeline must be at least 1");
+    }
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        bail!("--seconds must be a positive number");
+    }
+    let history: Option<File> = match &args.history {
+        Some(p) => Some(
+            FileOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening history file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let history = Arc::new(history);
+    let open_started = Instant::now();
+    let remote = Arc::new(connect(node, cookie)?);
+    let status = remote.status()?;
+    let open_time = open_started.elapsed();
+    let status = Arc::new(status);
+    let shards = status.shards.len();
+    let duration = Duration::from_secs_f64(args.seconds);
+    let ops = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(args.clients + 1));
+    let (hold, pipeline) = (args.hold, args.pipeline);
+
+    let handles: Vec<_> = (0..args.clients)
+        .map(|i| {
+            let (remote, ops, stop, barrier, history, status) = (
+                remote.clone(),
+                ops.clone(),
+                stop.clone(),
+                barrier.clone(),
+                history.clone(),
+                status.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("load-c{i}"))
+                .spawn(move || -> Result<ClientStats> {
+                    let mut st = ClientStats {
+                        per_shard: vec![0; status.shards.len()],
+                        ..Default::default()
+                    };
+                    let mut slots = Vec::with_capacity(pipeline);
+                    for k in 0..pipeline {
+                        let base = if pipeline == 1 {
+                            format!("c{i}")
+                        } else {
+                            format!("c{i}.{k}")
+                        };
+                        // Adopt what this client already holds from an earlier run.
+                        let held: VecDeque<u64> = remote.held_by(&base)?.into();
+                        slots.push(Slot {
+                            name: base.clone(),
+                            held,
+                            retired: 0,
+                            base,
+                            give_back: false,
+                        });
+                    }
+                    let mut flight: VecDeque<InFlight> = VecDeque::with_capacity(pipeline);
+                    barrier.wait();
+                    let issue = |slot: usize,
+                                 slots: &mut Vec<Slot>,
+                                 st: &mut ClientStats|
+                     -> Result<Option<InFlight>> {
+                        let s = &mut slots[slot];
+                        st.operations += 1;
+                        let started = st
+                            .operations
+                            .is_multiple_of(LATENCY_SAMPLE)
+                            .then(Instant::now);
+                        let give_back = std::mem::take(&mut s.give_back) && !s.held.is_empty();
+                        let (op, req) = if s.held.len() < hold && !give_back {
+                            history_line(&history, &s.name, "allocate", None, "invoke", None)?;
+                            (
+                                Op::Allocate,
+                                RemoteAllocator::allocate_request(&s.name, None),
+                            )
+                        } else {
+                            let f = s.held.pop_front().unwrap_or_default();
+                            history_line(&history, &s.name, "deallocate", Some(f), "invoke", None)?;
+                            (
+                                Op::Deallocate(f),
+                                RemoteAllocator::deallocate_request(f, &s.name),
+                            )
+                        };
+                        match remote.call_async(&req) {
+                            Ok(call) => Ok(Some(InFlight {
+                                slot,
+                                op,
+                                call,
+                                started,
+                            })),
+                            Err(e) => {
+                                // Not sent, or unknown: the name is retired in flight.
+                                st.errors += 1;
+                                st.first_error.get_or_insert(e.to_string());
+                                s.retired += 1;
+                                s.name = format!("{}~{}", s.base, s.retired);
+                                s.held.clear();
+                                Ok(None)
+                            }
+                        }
+                    };
+                    for k in 0..pipeline {
+                        if let Some(f) = issue(k, &mut slots, &mut st)? {
+                            flight.push_back(f);
+                        }
+                    }
+                    while let Some(InFlight {
+                        slot,
+                        op,
+                        call,
+                        started,
+                    }) = flight.pop_front()
+                    {
+                        let reply = call.wait();
+                        let s = &mut slots[slot];
+                        let mut no_freq_empty = false;
+                        match (op, reply) {
+                            (Op::Allocate, Ok(term)) => match remote.decode_alloc(&s.name, term) {
+                                Ok(f) => {
+                                    history_line(
+                                        &history,
+                                        &s.name,
+                                        "allocate",
+                                        Some(f),
+                                        "ok",
+                                        None,
+                                    )?;
+                                    st.allocations += 1;
+                                    if let Some(sh) = status.owner_of(f) {
+                                        st.per_shard[sh] += 1;
+                                    }
+                                    s.held.push_back(f);
+                                }
+                                Err(e) => {
+                                    let msg = e.to_string();
+                                    history_line(
+                                        &history,
+                                        &s.name,
+                                        "allocate",
+                                        None,
+                                        "fail",
+                                        Some(&msg),
+                                    )?;
+                                    if matches!(e, DistError::Freq(FreqError::NoFrequency { .. })) {
+                                        st.no_frequency += 1;
+                                        no_freq_empty = s.held.is_empty();
+                                        // Give one back next so the storm keeps moving.
+                                        s.give_back = !s.held.is_empty();
+                                    } else {
+                                        st.errors += 1;
+                                        st.first_error.get_or_insert(msg);
+                                    }
+                                }
+                            },
+                            (Op::Deallocate(f), Ok(term)) => {
+                                match remote.decode_ok(&s.name, Some(f), term) {
+                                    Ok(()) => {
+                                        history_line(
+                                            &history,
+                                            &s.name,
+                                            "deallocate",
+                                            Some(f),
+                                            "ok",
+                                            None,
+                                        )?;
+                                        st.deallocations += 1;
+                                    }
+                                    Err(e) => {
+                                        let msg = e.to_string();
+                                        history_line(
+                                            &history,
+                                            &s.name,
+                                            "deallocate",
+                                            Some(f),
+                                            "fail",
+                                            Some(&msg),
+                                        )?;
+                                        st.errors += 1;
+                                        st.first_error.get_or_insert(msg);
+                                    }
+                                }
+                            }
+                            (_, Err(e)) if is_transport(&e) => {
+                                // Outcome unknown: retire the name, leaving its last call in flight.
+                                st.errors += 1;
+                                st.first_error.get_or_insert(e.to_string());
+                                s.retired += 1;
+                                s.name = format!("{}~{}", s.base, s.retired);
+                                s.held.clear();
+                            }
+                            (_, Err(e)) => {
+                                st.errors += 1;
+                                st.first_error.get_or_insert(e.to_string());
+                            }
+                        }
+                        if let Some(t) = started {
+                            st.latencies_ns
+                                .push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                        }
+                        if st.operations.is_multiple_of(OPS_PUBLISH) {
+                            ops.fetch_add(OPS_PUBLISH, Ordering::Relaxed);
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            continue; // drain what is in flight, issue nothing new
+                        }
+                        if no_freq_empty {
+                            std::thread::yield_now();
+                        }
+                        if let Some(f) = issue(slot, &mut slots, &mut st)? {
+                            flight.push_back(f);
+                        }
+                    }
+                    Ok(st)
+                })
+                .context("spawning a client thread")
+        })
+        .collect::<Result<_>>()?;
+
+    barrier.wait();
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        // The main thread only waits: clients stop on the flag when time is up.
+        std::thread::sleep(
+            Duration::from_millis(50).min(duration.saturating_sub(started.elapsed())),
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = ClientStats {
+        per_shard: vec![0; shards],
+        ..Default::default()
+    };
+    for h in handles {
+        let st = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        total.allocations += st.allocations;
+        total.deallocations += st.deallocations;
+        total.no_frequency += st.no_frequency;
+        total.errors += st.errors;
+        total.operations += st.operations;
+        total.latencies_ns.extend(st.latencies_ns);
+        if total.first_error.is_none() {
+            total.first_error = st.first_error;
+        }
+        for (a, b) in total.per_shard.iter_mut().zip(st.per_shard) {
+            *a += b;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    total.latencies_ns.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        let v = &total.latencies_ns;
+        if v.is_empty() {
+            return 0.0;
+        }
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v[i.min(v.len() - 1)] as f64 / 1000.0
+    };
+    let operations = total.operations;
+    let pairs = total.allocations.min(total.deallocations);
+    let summary = json!({
+        "clients": args.clients,
+        "seconds": elapsed,
+        "hold": args.hold,
+        "shards": shards,
+        "pool_size": status.pool,
+        "strategy": status.strategy,
+        "durability": status.durability,
+        "operations": operations,
+        "ops_per_sec": operations as f64 / elapsed,
+        "allocations": total.allocations,
+        "deallocations": total.deallocations,
+        "pairs_per_sec": pairs as f64 / elapsed,
+        "p50_us": pct(0.50),
+        "p99_us": pct(0.99),
+        "max_us": pct(1.0),
+        "latency_sample_every": LATENCY_SAMPLE,
+        "no_frequency": total.no_frequency,
+        "errors": total.errors,
+        "per_shard_allocations": total.per_shard,
+        "recovered_at_open": 0,
+        "open_ms": open_time.as_secs_f64() * 1000.0,
+        "node": node,
+        "pipeline": args.pipeline,
+    });
+    println!(
+        "{} clients x {} in flight x {:.1} s through node {node} ({} shard(s), {} frequencies, {}, {}):",
+        args.clients, args.pipeline, elapsed, shards, status.pool, status.strategy, status.durability
+    );
+    println!(
+        "  {} operations ({:.0}/s), {} allocate+deallocate pairs/s",
+        operations,
+        operations as f64 / elapsed,
+        (pairs as f64 / elapsed).round()
+    );
+    println!(
+        "  latency p50 {:.1} us, p99 {:.1} us, max {:.1} us (every {}th operation timed)",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+        LATENCY_SAMPLE
+    );
+    println!(
+        "  no frequency: {}, other errors: {}{}",
+        total.no_frequency,
+        total.errors,
+        total
+            .first_error
+            .as_ref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+    println!("  allocations per shard: {:?}", total.per_shard);
+    if args.json {
+        println!("{summary}");
+    }
+    Ok(if total.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,1141 @@
+//! The node runtime: a listener registered with epmd, handshakes (erl_dist) as server and client,
+//! the connection table (one connection per peer, the simultaneous-connect tie-break), one reader
+//! and one writer thread per connection, ticks, local processes and registered names, monitors
+//! both ways, and `net_kernel`'s `is_auth` so that `net_adm:ping/1` answers `pong`.
+//!
+//! A local "process" here is a pid and a handler closure: messages, monitor `DOWN`s and lost
+//! connections are delivered to it on the connection's reader thread, so a handler must only hand
+//! work on (to a channel), never block. The node is **hidden** (as C nodes are): BEAM nodes do not
+//! send it `global` or `rex` traffic.
+//!
+//! Architecture Invariant: nothing a peer sends can panic this code: every frame is bounded,
+//! every term is decoded by [`super::term`], every unexpected shape is dropped or closes only that
+//! connection.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use eetf::{Pid, Reference, Term};
+use erl_dist::handshake::{
+    ClientSideHandshake, HandshakeError, HandshakeStatus, ServerSideHandshake,
+};
+use erl_dist::node::{Creation, LocalNode, NodeName};
+use erl_dist::DistributionFlags;
+use futures::executor::block_on;
+
+use super::blocking::BlockingIo;
+use super::epmd;
+use super::error::DistError;
+use super::frame::{self, Control};
+use super::term::{as_atom, as_tuple, atom, tuple};
+
+/// What a local process receives.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A message (`from` is known for registered-name sends).
+    Message {
+        /// The sender, when the frame says.
+        from: Option<Pid>,
+        /// The message.
+        msg: Term,
+    },
+    /// A monitor fired: the monitored `object` is gone with `reason` (`noconnection` when its
+    /// node's connection was lost, `noproc` when it did not exist).
+    Down {
+        /// The monitor's reference (as returned by [`Node::monitor`]).
+        reference: Reference,
+        /// The pid, or the `{Name, Node}` tuple for a name monitor.
+        object: Term,
+        /// The reason.
+        reason: Term,
+    },
+    /// The connection to this node was lost.
+    NodeDown(String),
+}
+
+/// A local process's handler. Called on connection threads: hand work on, never block.
+pub type Handler = Arc<dyn Fn(Delivery) + Send + Sync>;
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// `name@host`.
+    pub name: String,
+    /// The cookie (see [`super::resolve_cookie`]).
+    pub cookie: String,
+    /// Listen for connections and register with epmd (a server); `false` for a client-only node.
+    pub listen: bool,
+    /// The address to listen on (port 0: any). Default: loopback.
+    pub listen_addr: String,
+    /// Erlang's `net_ticktime`: a peer silent this long is disconnected; we tick every quarter.
+    pub tick_time: Duration,
+    /// Longest frame accepted.
+    pub max_frame: usize,
+    /// Frames queued for one peer before it counts as not reading and is disconnected.
+    pub out_queue: usize,
+    /// Bound of a connection attempt (epmd lookup, TCP connect, handshake).
+    pub connect_timeout: Duration,
+    /// epmd's port (default: `ERL_EPMD_PORT`, else 4369).
+    pub epmd_port: u16,
+}
+
+impl NodeConfig {
+    /// Defaults: loopback, 60 s tick time, 8 MiB frames, 64 K queued frames, 5 s connects.
+    pub fn new(name: &str, cookie: &str, listen: bool) -> Self {
+        NodeConfig {
+            name: name.to_string(),
+            cookie: cookie.to_string(),
+            listen,
+            listen_addr: "127.0.0.1:0".into(),
+            tick_time: Duration::from_secs(60),
+            max_frame: frame::DEFAULT_MAX_FRAME,
+            out_queue: 65_536,
+            connect_timeout: Duration::from_secs(5),
+            epmd_port: epmd::epmd_port(),
+        }
+    }
+}
+
+/// Splits `name@host`.
+pub fn split_name(full: &str) -> Result<(&str, &str), DistError> {
+    match full.split_once('@') {
+        Some((a, h)) if !a.is_empty() && !h.is_empty() && !h.contains('@') => Ok((a, h)),
+        _ => Err(DistError::BadNodeName(full.to_string())),
+    }
+}
+
+enum Out {
+    Frame(Vec<u8>),
+    Close,
+}
+
+/// One live connection.
+struct Conn {
+    id: u64,
+    peer: String,
+    /// We dialled it (else we accepted it): for the simultaneous-connect rule.
+    outgoing: bool,
+    tx: SyncSender<Out>,
+    stream: TcpStream,
+    closed: AtomicBool,
+    /// Monitors the peer holds on our processes and names: reference → (monitoring pid, target).
+    monitors_on_us: Mutex<HashMap<Reference, (Pid, Term)>>,
+}
+
+impl Conn {
+    /// Closes after what is queued has been written (an orderly stop: a reply sent just before
+    /// still reaches the peer), bounded by a short write timeout.
+    fn close_after_queue(&self) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(2)));
+        if self.tx.try_send(Out::Close).is_err() {
+            self.close();
+        }
+    }
+
+    fn close(&self) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            let _ = self.stream.shutdown(Shutdown::Both);
+            let _ = self.tx.try_send(Out::Close);
+        }
+    }
+}
+
+enum PeerState {
+    /// We are dialling it.
+    Dialling,
+    Up(Arc<Conn>),
+}
+
+struct Inner {
+    config: NodeConfig,
+    name: String,
+    creation: u32,
+    port: u16,
+    stopping: AtomicBool,
+    next_id: AtomicU32,
+    next_ref: AtomicU64,
+    next_conn: AtomicU64,
+    processes: RwLock<HashMap<u32, Handler>>,
+    names: RwLock<HashMap<String, u32>>,
+    peers: Mutex<HashMap<String, PeerState>>,
+    peers_changed: Condvar,
+    /// Monitors our processes hold on remote ones: reference → (local pid id, peer, object).
+    monitors: Mutex<HashMap<Reference, (u32, String, Term)>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    epmd: Mutex<Option<TcpStream>>,
+}
+
+/// A running node. Dropping it (or [`Node::stop`]) unregisters from epmd, closes every
+/// connection and joins every thread. Its operations are those of [`NodeHandle`] (it derefs
+/// to one).
+pub struct Node {
+    handle: NodeHandle,
+    accept: Option<JoinHandle<()>>,
+}
+
+/// A cheap, cloneable reference to a running node's operations (send, monitor, processes),
+/// for handlers and worker threads; it does not keep the node's threads alive.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::ops::Deref for Node {
+    type Target = NodeHandle;
+    fn deref(&self) -> &NodeHandle {
+        &self.handle
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.inner.name)
+            .field("port", &self.inner.port)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+fn log(msg: &str) {
+    eprintln!("freqalloc dist: {msg}");
+}
+
+fn spawn(inner: &Inner, name: String, f: impl FnOnce() + Send + 'static) -> Result<(), DistError> {
+    let h = std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| DistError::io("spawning a thread", e))?;
+    let mut threads = inner.threads.lock().unwrap_or_else(|e| e.into_inner());
+    threads.retain(|t| !t.is_finished());
+    threads.push(h);
+    Ok(())
+}
+
+impl Node {
+    /// Starts a node: with `config.listen`, binds, registers with epmd (starting `epmd -daemon`
+    /// if none answers) and accepts connections.
+    pub fn start(config: NodeConfig) -> Result<Node, DistError> {
+        let (alive, _host) = split_name(&config.name)?;
+        let alive = alive.to_string();
+        let (listener, port, creation, reg) = if config.listen {
+            let listener = TcpListener::bind(&config.listen_addr)
+                .map_err(|e| DistError::io(format!("binding {}", config.listen_addr), e))?;
+            let port = listener
+                .local_addr()
+                .map_err(|e| DistError::io("local address", e))?
+                .port();
+            let (reg, creation) = epmd::register(&alive, port, config.epmd_port)?;
+            (Some(listener), port, creation, Some(reg))
+        } else {
+            (None, 0, Creation::random().get(), None)
+        };
+        let inner = Arc::new(Inner {
+            name: config.name.clone(),
+            config,
+            creation,
+            port,
+            stopping: AtomicBool::new(false),
+            next_id: AtomicU32::new(1),
+            next_ref: AtomicU64::new(1),
+            next_conn: AtomicU64::new(1),
+            processes: RwLock::new(HashMap::new()),
+            names: RwLock::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            peers_changed: Condvar::new(),
+            monitors: Mutex::new(HashMap::new()),
+            threads: Mutex::new(Vec::new()),
+            epmd: Mutex::new(reg),
+        });
+        let accept = match listener {
+            Some(l) => {
+                let i = inner.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("dist-accept".into())
+                        .spawn(move || accept_loop(i, l))
+                        .map_err(|e| DistError::io("spawning a thread", e))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Node {
+            handle: NodeHandle { inner },
+            accept,
+        })
+    }
+
+    /// Stops: unregisters from epmd, closes connections, joins every thread. Idempotent.
+    pub fn stop(&mut self) {
+        self.handle.stop_inner(&mut self.accept);
+    }
+}
+
+impl NodeHandle {
+    /// `name@host`.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The distribution port (0 for a client-only node).
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    /// Peers with a live connection.
+    pub fn connected(&self) -> Vec<String> {
+        let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .iter()
+            .filter(|(_, v)| matches!(v, PeerState::Up(_)))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Creates a local process with `handler`; returns its pid.
+    pub fn spawn_process(&self, handler: Handler) -> Pid {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
+        self.inner
+            .processes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, handler);
+        Pid::new(self.inner.name.clone(), id, 0, self.inner.creation)
+    }
+
+    /// Ends a local process: its names are unregistered and monitors on it fire with `reason`.
+    pub fn exit_process(&self, pid: &Pid, reason: &str) {
+        self.inner
+            .processes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid.id);
+        let mut gone_names = Vec::new();
+        {
+            let mut names = self.inner.names.write().unwrap_or_else(|e| e.into_inner());
+            names.retain(|n, id| {
+                if *id == pid.id {
+                    gone_names.push(n.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        let conns = self.inner.conns();
+        for c in conns {
+            let fired: Vec<(Reference, Pid, Term)> = {
+                let mut m = c.monitors_on_us.lock().unwrap_or_else(|e| e.into_inner());
+                let keys: Vec<Reference> = m
+                    .iter()
+                    .filter(|(_, (_, t))| match t {
+                        Term::Pid(p) => p.id == pid.id,
+                        Term::Atom(a) => gone_names.contains(&a.name),
+                        _ => false,
+                    })
+                    .map(|(r, _)| r.clone())
+                    .collect();
+                keys.into_iter()
+                    .filter_map(|r| m.remove(&r).map(|(from, t)| (r, from, t)))
+                    .collect()
+            };
+            for (r, from, t) in fired {
+                if let Ok(f) = frame::monitor_exit(&t, &from, &r, &atom(reason)) {
+                    self.inner.enqueue(&c, f);
+                }
+            }
+        }
+    }
+
+    /// Registers `name` for the local process `pid` (replacing any previous holder).
+    pub fn register_name(&self, name: &str, pid: &Pid) {
+        self.inner
+            .names
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), pid.id);
+    }
+
+    /// A fresh reference of this node.
+    pub fn make_ref(&self) -> Reference {
+        self.inner.make_ref()
+    }
+
+    /// Sends `msg` to `to` (connecting to its node when needed).
+    pub fn send(&self, to: &Pid, msg: &Term) -> Result<(), DistError> {
+        if to.node.name == self.inner.name {
+            self.inner.deliver(
+                to.id,
+                Delivery::Message {
+                    from: None,
+                    msg: msg.clone(),
+                },
+            );
+            return Ok(());
+        }
+        let c = self.inner.connection(&to.node.name)?;
+        self.inner.enqueue(&c, frame::send(to, msg)?);
+        Ok(())
+    }
+
+    /// Sends `msg` to `to` only if its node is connected (Erlang's `noconnect`): a reply to a
+    /// process whose node is gone is dropped, never a reason to block on a dial.
+    pub fn send_noconnect(&self, to: &Pid, msg: &Term) -> Result<(), DistError> {
+        if to.node.name == self.inner.name {
+            return self.send(to, msg);
+        }
+        match self.inner.up(&to.node.name) {
+            Some(c) => {
+                self.inner.enqueue(&c, frame::send(to, msg)?);
+                Ok(())
+            }
+            None => Err(DistError::NodeDown(to.node.name.clone())),
+        }
+    }
+
+    /// Sends `msg` from `from` to the name `name` on `node` (REG_SEND), connecting as needed.
+    pub fn reg_send(
+        &self,
+        from: &Pid,
+        name: &str,
+        node: &str,
+        msg: &Term,
+    ) -> Result<(), DistError> {
+        let c = self.inner.connection(node)?;
+        self.inner.enqueue(&c, frame::reg_send(from, name, msg)?);
+        Ok(())
+    }
+
+    /// Sends a pre-encoded REG_SEND frame built by [`frame::reg_send`] (callers that batch).
+    pub(crate) fn reg_send_frame(&self, node: &str, f: Vec<u8>) -> Result<(), DistError> {
+        let c = self.inner.connection(node)?;
+        if c.closed.load(Ordering::SeqCst) {
+            return Err(DistError::NodeDown(node.to_string()));
+        }
+        self.inner.enqueue(&c, f);
+        Ok(())
+    }
+
+    /// `from` (local) monitors the remote pid `target`. When the target's node cannot be reached,
+    /// the `DOWN` (`noconnection`) is delivered at once.
+    pub fn monitor(&self, from: &Pid, target: &Pid) -> Reference {
+        self.monitor_term(
+            from,
+            &target.node.name,
+            Term::from(target.clone()),
+            Term::from(target.clone()),
+        )
+    }
+
+    /// `from` (local) monitors the registered `name` on `node`; a name the node lacks gives
+    /// a `DOWN` with `noproc` at once.
+    pub fn monitor_name(&self, from: &Pid, name: &str, node: &str) -> Reference {
+        self.monitor_term(from, node, atom(name), tuple(vec![atom(name), atom(node)]))
+    }
+
+    fn monitor_term(&self, from: &Pid, node: &str, target: Term, object: Term) -> Reference {
+        let r = self.inner.make_ref();
+        match self.inner.connection(node) {
+            Ok(c) => {
+                self.inner
+                    .monitors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(r.clone(), (from.id, node.to_string(), object.clone()));
+                match frame::monitor(from, &target, &r) {
+                    Ok(f) => {
+                        self.inner.enqueue(&c, f);
+                        // Closed between lookup and insert: the teardown may have missed it.
+                        if c.closed.load(Ordering::SeqCst) {
+                            self.inner.fire_monitors_of(node);
+                        }
+                    }
+                    Err(_) => {
+                        self.inner
+                            .monitors
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&r);
+                        self.inner.deliver(
+                            from.id,
+                            Delivery::Down {
+                                reference: r.clone(),
+                                object,
+                                reason: atom("badarg"),
+                            },
+                        );
+                    }
+                }
+            }
+            Err(_) => self.inner.deliver(
+                from.id,
+                Delivery::Down {
+                    reference: r.clone(),
+                    object,
+                    reason: atom("noconnection"),
+                },
+            ),
+        }
+        r
+    }
+
+    /// Removes a monitor made by [`Node::monitor`] or [`Node::monitor_name`].
+    pub fn demonitor(&self, from: &Pid, r: &Reference) {
+        let entry = self
+            .inner
+            .monitors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(r);
+        if let Some((_, node, object)) = entry {
+            let target = match &object {
+                Term::Tuple(t) if t.elements.len() == 2 => t.elements[0].clone(),
+                o => o.clone(),
+            };
+            if let (Some(c), Ok(f)) = (self.inner.up(&node), frame::demonitor(from, &target, r)) {
+                self.inner.enqueue(&c, f);
+            }
+        }
+    }
+
+    /// Connects to `node` now (normally connections are made on first use).
+    pub fn connect(&self, node: &str) -> Result<(), DistError> {
+        self.inner.connection(node).map(|_| ())
+    }
+
+    /// Closes the connection to `node`, if any (its monitors fire with `noconnection`).
+    pub fn disconnect(&self, node: &str) {
+        if let Some(c) = self.inner.up(node) {
+            c.close();
+        }
+    }
+
+    fn stop_inner(&self, accept: &mut Option<JoinHandle<()>>) {
+        if self.inner.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Closing the registration stream unregisters the name.
+        if let Some(s) = self
+            .inner
+            .epmd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        // Wake the accept loop with a connection to ourselves.
+        if self.inner.port != 0 {
+            let _ = TcpStream::connect(("127.0.0.1", self.inner.port));
+        }
+        if let Some(h) = accept.take() {
+            let _ = h.join();
+        }
+        for c in self.inner.conns() {
+            c.close_after_queue();
+        }
+        loop {
+            let threads: Vec<JoinHandle<()>> =
+                std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
+            if threads.is_empty() {
+                break;
+            }
+            for t in threads {
+                let _ = t.join();
+            }
+        }
+        // Handlers may hold handles of this node: break the cycle.
+        self.inner
+            .processes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Inner {
+    fn make_ref(&self) -> Reference {
+        let n = self.next_ref.fetch_add(1, Ordering::Relaxed);
+        Reference {
+            node: eetf::Atom::from(self.name.clone()),
+            id: vec![(n & 0x3ffff) as u32, (n >> 18) as u32, (n >> 50) as u32],
+            creation: self.creation,
+        }
+    }
+
+    fn conns(&self) -> Vec<Arc<Conn>> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .values()
+            .filter_map(|s| match s {
+                PeerState::Up(c) => Some(c.clone()),
+                PeerState::Dialling => None,
+            })
+            .collect()
+    }
+
+    fn up(&self, node: &str) -> Option<Arc<Conn>> {
+        match self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+        {
+            Some(PeerState::Up(c)) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    fn deliver(&self, id: u32, d: Delivery) {
+        let h = self
+            .processes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        if let Some(h) = h {
+            h(d);
+        }
+    }
+
+    fn deliver_all(&self, d: Delivery) {
+        let hs: Vec<Handler> = self
+            .processes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for h in hs {
+            h(d.clone());
+        }
+    }
+
+    /// Queues a frame; a peer whose queue is full has stopped reading and is disconnected.
+    fn enqueue(&self, c: &Arc<Conn>, f: Vec<u8>) {
+        match c.tx.try_send(Out::Frame(f)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                log(&format!(
+                    "{}: outbound queue full (peer not reading): disconnecting",
+                    c.peer
+                ));
+                c.close();
+            }
+            Err(TrySendError::Disconnected(_)) => c.close(),
+        }
+    }
+
+    /// The connection to `node`, dialling it when there is none (one dial at a time per peer;
+    /// callers that arrive meanwhile wait for its outcome).
+    fn connection(self: &Arc<Self>, node: &str) -> Result<Arc<Conn>, DistError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(DistError::Stopped);
+        }
+        if node == self.name {
+            return Err(DistError::BadNodeName(format!("{node} is this node")));
+        }
+        let deadline = Instant::now() + self.config.connect_timeout;
+        {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                match peers.get(node) {
+                    Some(PeerState::Up(c)) if !c.closed.load(Ordering::SeqCst) => {
+                        return Ok(c.clone())
+                    }
+                    Some(PeerState::Dialling) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            return Err(DistError::Unreachable {
+                                node: node.into(),
+                                reason: "connect timed out".into(),
+                            });
+                        }
+                        peers = self
+                            .peers_changed
+                            .wait_timeout(peers, deadline - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                    _ => {
+                        peers.insert(node.to_string(), PeerState::Dialling);
+                        break;
+                    }
+                }
+            }
+        }
+        let result = self.dial(node);
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let out = match result {
+            Ok((stream, peer)) => {
+                // A simultaneous incoming connection may be up already: the tie-break decides.
+                let r = self.adopt(&mut peers, stream, &peer, true);
+                if r.is_err() && matches!(peers.get(node), Some(PeerState::Dialling)) {
+                    peers.remove(node);
+                }
+                r
+            }
+            Err(DistError::Handshake { reason, .. }) if reason == "nok" => {
+                // Simultaneous connect, the peer's attempt wins: wait for it to come up.
+                if matches!(peers.get(node), Some(PeerState::Dialling)) {
+                    peers.remove(node);
+                }
+                loop {
+                    if let Some(PeerState::Up(c)) = peers.get(node) {
+                        break Ok(c.clone());
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break Err(DistError::Unreachable {
+                            node: node.into(),
+                            reason: "simultaneous connect did not complete".into(),
+                        });
+                    }
+                    peers = self
+                        .peers_changed
+                        .wait_timeout(peers, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+            Err(e) => match peers.get(node) {
+                // The peer's simultaneous attempt won (we answered ok_simultaneous).
+                Some(PeerState::Up(c)) => Ok(c.clone()),
+                _ => {
+                    peers.remove(node);
+                    Err(e)
+                }
+            },
+        };
+        self.peers_changed.notify_all();
+        out
+    }
+
+    fn local_node(&self) -> Result<LocalNode, DistError> {
+        let name: NodeName = self
+            .name
+            .parse()
+            .map_err(|_| DistError::BadNodeName(self.name.clone()))?;
+        let mut local = LocalNode::new(name, Creation::new(self.creation));
+        // Hidden: no PUBLISHED flag. Monitors of names are ours to answer.
+        local.flags = DistributionFlags::mandatory()
+            | DistributionFlags::DIST_MONITOR
+            | DistributionFlags::DIST_MONITOR_NAME;
+        Ok(local)
+    }
+
+    fn dial(&self, node: &str) -> Result<(TcpStream, String), DistError> {
+        let (alive, host) = split_name(node)?;
+        let port = epmd::port_please(alive, host, self.config.epmd_port)?;
+        let unreachable = |reason: String| DistError::Unreachable {
+            node: node.to_string(),
+            reason,
+        };
+        let addr = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| unreachable(e.to_string()))?
+            .next()
+            .ok_or_else(|| unreachable("no address".into()))?;
+        let stream = TcpStream::connect_timeout(&addr, self.config.connect_timeout)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(self.config.connect_timeout));
+        let _ = stream.set_write_timeout(Some(self.config.connect_timeout));
+        let hs_err = |reason: String| DistError::Handshake {
+            node: node.to_string(),
+            reason,
+        };
+        let mut hs =
+            ClientSideHandshake::new(BlockingIo(stream), self.local_node()?, &self.config.cookie);
+        let status = block_on(hs.execute_send_name(6)).map_err(|e| hs_err(e.to_string()))?;
+        if status == HandshakeStatus::Nok {
+            return Err(hs_err("nok".into()));
+        }
+        let (io, peer) = block_on(hs.execute_rest(true)).map_err(|e| {
+            hs_err(match e {
+                HandshakeError::CookieMismatch => "cookie mismatch".to_string(),
+                HandshakeError::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    "closed by the peer (wrong cookie?)".to_string()
+                }
+                e => e.to_string(),
+            })
+        })?;
+        Ok((io.0, peer.name.to_string()))
+    }
+
+    /// Takes a handshaken connection to `peer` into the table, unless one already up wins.
+    /// Two live connections between the same pair (simultaneous connects) are settled by one
+    /// rule both sides apply alike: the one dialled by the greater node name stays. A new
+    /// connection dialled by the same side as the old one replaces it (the peer restarted).
+    fn adopt(
+        self: &Arc<Self>,
+        peers: &mut HashMap<String, PeerState>,
+        stream: TcpStream,
+        peer: &str,
+        outgoing: bool,
+    ) -> Result<Arc<Conn>, DistError> {
+        if let Some(PeerState::Up(old)) = peers.get(peer) {
+            if !old.closed.load(Ordering::SeqCst) && old.outgoing != outgoing {
+                let ours_wins = self.name.as_str() > peer;
+                if outgoing != ours_wins {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return Ok(old.clone());
+                }
+            }
+            old.close();
+        }
+        let c = self.start_conn(stream, peer, outgoing)?;
+        peers.insert(peer.to_string(), PeerState::Up(c.clone()));
+        Ok(c)
+    }
+
+    /// Starts the reader and writer threads of a handshaken connection.
+    fn start_conn(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: &str,
+        outgoing: bool,
+    ) -> Result<Arc<Conn>, DistError> {
+        let _ = stream.set_nodelay(true);
+        // A peer silent for the tick time is dead; writes bounded the same way.
+        let _ = stream.set_read_timeout(Some(self.config.tick_time));
+        let _ = stream.set_write_timeout(Some(self.config.tick_time));
+        let (tx, rx) = mpsc::sync_channel(self.config.out_queue);
+        let w = stream
+            .try_clone()
+            .map_err(|e| DistError::io("cloning a socket", e))?;
+        let r = stream
+            .try_clone()
+            .map_err(|e| DistError::io("cloning a socket", e))?;
+        let conn = Arc::new(Conn {
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            peer: peer.to_string(),
+            outgoing,
+            tx,
+            stream,
+            closed: AtomicBool::new(false),
+            monitors_on_us: Mutex::new(HashMap::new()),
+        });
+        let tick = self.config.tick_time / 4;
+        spawn(self, format!("dist-write-{peer}"), move || {
+            writer_loop(w, rx, tick)
+        })?;
+        let (i, c) = (self.clone(), conn.clone());
+        spawn(self, format!("dist-read-{peer}"), move || {
+            reader_loop(i, c, r)
+        })?;
+        Ok(conn)
+    }
+
+    /// Fires every monitor we hold on processes of `node` with `noconnection`.
+    fn fire_monitors_of(&self, node: &str) {
+        let fired: Vec<(Reference, u32, Term)> = {
+            let mut m = self.monitors.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<Reference> = m
+                .iter()
+                .filter(|(_, (_, n, _))| n == node)
+                .map(|(r, _)| r.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|r| m.remove(&r).map(|(id, _, o)| (r, id, o)))
+                .collect()
+        };
+        for (r, id, object) in fired {
+            self.deliver(
+                id,
+                Delivery::Down {
+                    reference: r,
+                    object,
+                    reason: atom("noconnection"),
+                },
+            );
+        }
+    }
+
+    fn teardown(&self, c: &Arc<Conn>) {
+        c.close();
+        let lost_to_simultaneous = {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            let successor = match peers.get(&c.peer) {
+                Some(PeerState::Up(cur)) if cur.id == c.id => {
+                    peers.remove(&c.peer);
+                    None
+                }
+                Some(PeerState::Up(cur)) => Some(cur.outgoing),
+                _ => None,
+            };
+            self.peers_changed.notify_all();
+            // The loser of a simultaneous connect (the other direction stays up): the peer is
+            // not down. A connection replaced by one dialled the same way (the peer came back,
+            // restarted) is a real loss.
+            successor.is_some_and(|o| o != c.outgoing)
+        };
+        if lost_to_simultaneous {
+            return;
+        }
+        self.fire_monitors_of(&c.peer);
+        self.deliver_all(Delivery::NodeDown(c.peer.clone()));
+    }
+
+    fn handle(&self, c: &Arc<Conn>, ctl: Control) {
+        match ctl {
+            Control::Send { from, to, msg } => self.deliver(to.id, Delivery::Message { from, msg }),
+            Control::RegSend { from, to, msg } => {
+                if to == "net_kernel" {
+                    self.net_kernel(c, &msg);
+                    return;
+                }
+                let id = self
+                    .names
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&to)
+                    .copied();
+                if let Some(id) = id {
+                    self.deliver(
+                        id,
+                        Delivery::Message {
+                            from: Some(from),
+                            msg,
+                        },
+                    );
+                }
+            }
+            Control::Monitor {
+                from,
+                target,
+                reference,
+            } => {
+                let exists = match &target {
+                    Term::Atom(a) => {
+                        a.name == "net_kernel"
+                            || self
+                                .names
+                                .read()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .contains_key(&a.name)
+                    }
+                    Term::Pid(p) => {
+                        p.node.name == self.name
+                            && self
+                                .processes
+                                .read()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .contains_key(&p.id)
+                    }
+                    _ => false,
+                };
+                if exists {
+                    c.monitors_on_us
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(reference, (from, target));
+                } else if let Ok(f) =
+                    frame::monitor_exit(&target, &from, &reference, &atom("noproc"))
+                {
+                    self.enqueue(c, f);
+                }
+            }
+            Control::Demonitor { reference, .. } => {
+                c.monitors_on_us
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&reference);
+            }
+            Control::MonitorExit {
+                reference, reason, ..
+            } => {
+                let entry = self
+                    .monitors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&reference);
+                if let Some((id, _, object)) = entry {
+                    self.deliver(
+                        id,
+                        Delivery::Down {
+                            reference,
+                            object,
+                            reason,
+                        },
+                    );
+                }
+            }
+            Control::UnlinkId { id, from, to } => {
+                if let Ok(f) = frame::unlink_id_ack(&id, &to, &from) {
+                    self.enqueue(c, f);
+                }
+            }
+            Control::Ignored(_) => {}
+        }
+    }
+
+    /// `net_kernel`'s part: `{'$gen_call', {From, Tag}, {is_auth, _}}` → `{Tag, yes}`.
+    fn net_kernel(&self, c: &Arc<Conn>, msg: &Term) {
+        let Some(el) = as_tuple(msg) else { return };
+        if el.len() != 3 || as_atom(&el[0]) != Some("$gen_call") {
+            return;
+        }
+        let Some(from) = as_tuple(&el[1]) else { return };
+        let (Some(Term::Pid(pid)), Some(tag)) = (from.first(), from.get(1)) else {
+            return;
+        };
+        let reply = match as_tuple(&el[2]) {
+            Some(req) if req.first().and_then(as_atom) == Some("is_auth") => atom("yes"),
+            _ => atom("ignored"),
+        };
+        if let Ok(f) = frame::send(pid, &tuple(vec![tag.clone(), reply])) {
+            self.enqueue(c, f);
+        }
+    }
+
+    /// The server side of one handshake, then the connection's life.
+    fn accept_one(self: &Arc<Self>, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(self.config.connect_timeout));
+        let _ = stream.set_write_timeout(Some(self.config.connect_timeout));
+        let addr = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let local = match self.local_node() {
+            Ok(l) => l,
+            Err(_) => return,
+        };
+        let mut hs = ServerSideHandshake::new(BlockingIo(stream), local, &self.config.cookie);
+        let peer = match block_on(hs.execute_recv_name()) {
+            Ok(Some(n)) => n.to_string(),
+            Ok(None) => {
+                let _ = block_on(hs.execute_rest(HandshakeStatus::NotAllowed));
+                log(&format!(
+                    "refused {addr}: dynamic node names are not served"
+                ));
+                return;
+            }
+            Err(e) => {
+                log(&format!("refused {addr}: handshake: {e}"));
+                return;
+            }
+        };
+        // The tie-break: while we dial the same peer, the greater name wins.
+        let status = {
+            let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            match peers.get(&peer) {
+                Some(PeerState::Dialling) if self.name > peer => HandshakeStatus::Nok,
+                Some(PeerState::Dialling) => HandshakeStatus::OkSimultaneous,
+                _ => HandshakeStatus::Ok,
+            }
+        };
+        if status == HandshakeStatus::Nok {
+            let _ = block_on(hs.execute_rest(status));
+            return;
+        }
+        match block_on(hs.execute_rest(status)) {
+            Ok((io, _)) => {
+                let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = self.adopt(&mut peers, io.0, &peer, false) {
+                    log(&format!("{peer}: {e}"));
+                }
+                self.peers_changed.notify_all();
+            }
+            Err(HandshakeError::CookieMismatch) => {
+                log(&format!("refused {peer} ({addr}): wrong cookie"));
+            }
+            Err(e) => log(&format!("refused {peer} ({addr}): handshake: {e}")),
+        }
+    }
+}
+
+fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    for stream in listener.incoming() {
+        if inner.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        let i = inner.clone();
+        if spawn(&inner, "dist-handshake".into(), move || {
+            i.accept_one(stream)
+        })
+        .is_err()
+        {
+            log("cannot spawn a handshake thread");
+        }
+    }
+}
+
+fn reader_loop(inner: Arc<Inner>, c: Arc<Conn>, stream: TcpStream) {
+    let mut r = BufReader::with_capacity(64 * 1024, stream);
+    let mut buf = Vec::new();
+    loop {
+        match frame::read_frame(&mut r, &mut buf, inner.config.max_frame) {
+            Ok(false) => {} // a tick: the peer is alive
+            Ok(true) => match frame::parse(&buf) {
+                Ok(ctl) => inner.handle(&c, ctl),
+                Err(e) => log(&format!("{}: dropped a frame: {e}", c.peer)),
+            },
+            Err(e) => {
+                if !c.closed.load(Ordering::SeqCst) && !inner.stopping.load(Ordering::SeqCst) {
+                    log(&format!("{}: connection closed: {e}", c.peer));
+                }
+                break;
+            }
+        }
+    }
+    inner.teardown(&c);
+}
+
+fn writer_loop(mut stream: TcpStream, rx: Receiver<Out>, tick: Duration) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    loop {
+        match rx.recv_timeout(tick) {
+            Ok(Out::Frame(f)) => {
+                batch.clear();
+                batch.extend_from_slice(&f);
+                let mut close = false;
+                // Everything already queued goes out in the same write.
+                while batch.len() < 256 * 1024 {
+                    match rx.try_recv() {
+                        Ok(Out::Frame(g)) => batch.extend_from_slice(&g),
+                        Ok(Out::Close) => {
+                            close = true;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if stream.write_all(&batch).is_err() || close {
+                    break;
+                }
+            }
+            Ok(Out::Close) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                if stream.write_all(&frame::TICK).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
