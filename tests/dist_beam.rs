@@ -439,7 +439,10 @@ fn sigkill_under_a_beam_storm_loses_no_acknowledged_operation() {
         storm
             .wait_exit(CLIENT_TIMEOUT)
             .expect("the storm ends when the node is gone");
-        for line in storm.all_stdout() {
+        let lines = storm.all_stdout();
+        let acks = lines.iter().filter(|l| l.starts_with("ACK ")).count();
+        assert!(acks as u64 >= kill_after, "the storm printed {acks} acks");
+        for line in lines {
             let words: Vec<&str> = line.split_whitespace().collect();
             let (op, name) = match words.as_slice() {
                 [kind @ ("REQ" | "ACK"), op, name, ..] => ((*kind, *op), *name),
@@ -467,6 +470,8 @@ fn sigkill_under_a_beam_storm_loses_no_acknowledged_operation() {
         node = cluster.start_freqalloc_node(&node_name, &data, &[]);
         let r = cluster.client_ok("held_as", &node_name, &[&name_list]);
         assert_eq!(r.get("check"), "ok", "after kill {it}: {}", r.line);
+        let in_flight = logs.values().filter(|l| l.pending.is_some()).count();
+        println!("kill {it}: after {kill_after} acks ({acks} in all), {in_flight} calls in flight");
         let mut everyone = BTreeSet::new();
         for (name, log) in logs.iter_mut() {
             let actual: BTreeSet<i64> = r.nums(name).into_iter().collect();
