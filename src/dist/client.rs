@@ -33,6 +33,8 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// This client's own node name; default `freqalloc-client-<pid>-<n>@<the server's host>`.
     pub name: Option<String>,
+    /// epmd's port (default: `ERL_EPMD_PORT`, else 4369).
+    pub epmd_port: u16,
 }
 
 impl ClientOptions {
@@ -43,6 +45,7 @@ impl ClientOptions {
             call_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             name: None,
+            epmd_port: super::epmd::epmd_port(),
         }
     }
 }
@@ -179,6 +182,7 @@ impl RemoteAllocator {
         };
         let mut config = NodeConfig::new(&name, &options.cookie, false);
         config.connect_timeout = options.connect_timeout;
+        config.epmd_port = options.epmd_port;
         let node = Node::start(config)?;
         let state = Arc::new(State {
             pending: Mutex::new(HashMap::new()),

@@ -46,9 +46,8 @@ fn connect(host: &str, port: u16) -> Result<TcpStream, DistError> {
 
 /// Registers `alive` (the part before `@`) as a hidden node listening on `port` with the local
 /// epmd, starting `epmd -daemon` if none answers. Returns the registration stream (closing it
-/// unregisters the name) and the creation epmd assigned.
-pub fn register(alive: &str, port: u16) -> Result<(TcpStream, u32), DistError> {
-    let eport = epmd_port();
+/// unregisters the name) and the creation epmd assigned. `eport` is epmd's port.
+pub fn register(alive: &str, port: u16, eport: u16) -> Result<(TcpStream, u32), DistError> {
     let stream = match connect("127.0.0.1", eport) {
         Ok(s) => s,
         Err(_) => {
@@ -103,10 +102,11 @@ fn start_daemon(port: u16) -> Result<(), DistError> {
     }
 }
 
-/// The distribution port of node `alive` on `host`, or [`DistError::NodeNotRunning`].
-pub fn port_please(alive: &str, host: &str) -> Result<u16, DistError> {
+/// The distribution port of node `alive` on `host` (asking the epmd on port `eport`), or
+/// [`DistError::NodeNotRunning`].
+pub fn port_please(alive: &str, host: &str, eport: u16) -> Result<u16, DistError> {
     let full = format!("{alive}@{host}");
-    let stream = connect(host, epmd_port()).map_err(|e| DistError::Unreachable {
+    let stream = connect(host, eport).map_err(|e| DistError::Unreachable {
         node: full.clone(),
         reason: e.to_string(),
     })?;

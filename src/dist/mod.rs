@@ -32,5 +32,5 @@ pub use client::{ClientOptions, PendingCall, RemoteAllocator, RemoteShard, Remot
 pub use cookie::resolve_cookie;
 pub use eetf::{Pid, Reference, Term};
 pub use error::DistError;
-pub use node::{split_name, Delivery, Handler, Node, NodeConfig};
+pub use node::{split_name, Delivery, Handler, Node, NodeConfig, NodeHandle};
 pub use service::{error_atom, parse_pid_owner, pid_owner, FrequencyService, ServiceOptions, PID_OWNER_PREFIX, SERVICE_NAME};

@@ -79,6 +79,8 @@ pub struct NodeConfig {
     pub out_queue: usize,
     /// Bound of a connection attempt (epmd lookup, TCP connect, handshake).
     pub connect_timeout: Duration,
+    /// epmd's port (default: `ERL_EPMD_PORT`, else 4369).
+    pub epmd_port: u16,
 }
 
 impl NodeConfig {
@@ -93,6 +95,7 @@ impl NodeConfig {
             max_frame: frame::DEFAULT_MAX_FRAME,
             out_queue: 65_536,
             connect_timeout: Duration::from_secs(5),
+            epmd_port: epmd::epmd_port(),
         }
     }
 }
@@ -122,6 +125,18 @@ struct Conn {
 }
 
 impl Conn {
+    /// Closes after what is queued has been written (an orderly stop: a reply sent just before
+    /// still reaches the peer), bounded by a short write timeout.
+    fn close_after_queue(&self) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(2)));
+        if self.tx.try_send(Out::Close).is_err() {
+            self.close();
+        }
+    }
+
     fn close(&self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
             let _ = self.stream.shutdown(Shutdown::Both);
@@ -156,15 +171,36 @@ struct Inner {
 }
 
 /// A running node. Dropping it (or [`Node::stop`]) unregisters from epmd, closes every
-/// connection and joins every thread.
+/// connection and joins every thread. Its operations are those of [`NodeHandle`] (it derefs
+/// to one).
 pub struct Node {
-    inner: Arc<Inner>,
+    handle: NodeHandle,
     accept: Option<JoinHandle<()>>,
+}
+
+/// A cheap, cloneable reference to a running node's operations (send, monitor, processes),
+/// for handlers and worker threads; it does not keep the node's threads alive.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::ops::Deref for Node {
+    type Target = NodeHandle;
+    fn deref(&self) -> &NodeHandle {
+        &self.handle
+    }
 }
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node").field("name", &self.inner.name).field("port", &self.inner.port).finish()
+    }
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle").field("name", &self.inner.name).finish()
     }
 }
 
@@ -193,7 +229,7 @@ impl Node {
             let listener = TcpListener::bind(&config.listen_addr)
                 .map_err(|e| DistError::io(format!("binding {}", config.listen_addr), e))?;
             let port = listener.local_addr().map_err(|e| DistError::io("local address", e))?.port();
-            let (reg, creation) = epmd::register(&alive, port)?;
+            let (reg, creation) = epmd::register(&alive, port, config.epmd_port)?;
             (Some(listener), port, creation, Some(reg))
         } else {
             (None, 0, Creation::random().get(), None)
@@ -227,9 +263,16 @@ impl Node {
             }
             None => None,
         };
-        Ok(Node { inner, accept })
+        Ok(Node { handle: NodeHandle { inner }, accept })
     }
 
+    /// Stops: unregisters from epmd, closes connections, joins every thread. Idempotent.
+    pub fn stop(&mut self) {
+        self.handle.stop_inner(&mut self.accept);
+    }
+}
+
+impl NodeHandle {
     /// `name@host`.
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -418,8 +461,7 @@ impl Node {
         }
     }
 
-    /// Stops: unregisters from epmd, closes connections, joins every thread. Idempotent.
-    pub fn stop(&mut self) {
+    fn stop_inner(&self, accept: &mut Option<JoinHandle<()>>) {
         if self.inner.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -431,11 +473,11 @@ impl Node {
         if self.inner.port != 0 {
             let _ = TcpStream::connect(("127.0.0.1", self.inner.port));
         }
-        if let Some(h) = self.accept.take() {
+        if let Some(h) = accept.take() {
             let _ = h.join();
         }
         for c in self.inner.conns() {
-            c.close();
+            c.close_after_queue();
         }
         loop {
             let threads: Vec<JoinHandle<()>> =
@@ -447,6 +489,8 @@ impl Node {
                 let _ = t.join();
             }
         }
+        // Handlers may hold handles of this node: break the cycle.
+        self.inner.processes.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -597,7 +641,7 @@ impl Inner {
 
     fn dial(&self, node: &str) -> Result<(TcpStream, String), DistError> {
         let (alive, host) = split_name(node)?;
-        let port = epmd::port_please(alive, host)?;
+        let port = epmd::port_please(alive, host, self.config.epmd_port)?;
         let unreachable = |reason: String| DistError::Unreachable { node: node.to_string(), reason };
         let addr = (host, port)
             .to_socket_addrs()

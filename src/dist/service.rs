@@ -20,7 +20,8 @@ use std::time::Duration;
 use eetf::{Map, Pid, Term};
 
 use super::error::DistError;
-use super::node::{Delivery, Node};
+use super::node::{Delivery, Node, NodeHandle};
+use crate::freq::Durability;
 use super::term::{as_atom, as_text, as_tuple, as_u64, atom, binary, error, list, ok, tuple, uint};
 use crate::freq::{Allocator, FreqError};
 
@@ -36,7 +37,9 @@ pub struct ServiceOptions {
     pub keep_on_exit: bool,
     /// Refuse `{request, Pid, stop}` with `{reply, {error, not_allowed}}`.
     pub no_remote_stop: bool,
-    /// Worker threads (0: 8).
+    /// Worker threads. 0 (the default): none in `none`/`interval` durability (requests are
+    /// answered on the connection's reader thread, the shortest path), 8 in `sync` (so that
+    /// concurrent calls share a flush).
     pub workers: usize,
     /// Called once when a client asked the node to stop (and it was allowed).
     pub on_stop: Option<Arc<dyn Fn() + Send + Sync>>,
@@ -113,18 +116,41 @@ impl std::fmt::Debug for FrequencyService {
     }
 }
 
-fn worker_of(p: &Pid, n: usize) -> usize {
+fn hash_of<T: Hash>(t: &T) -> u64 {
     let mut h = rustc_hash::FxHasher::default();
-    p.hash(&mut h);
-    (h.finish() as usize) % n
+    t.hash(&mut h);
+    h.finish()
+}
+
+/// Which worker a message goes to. Requests naming a client (`allocate_as`, ...) go by that
+/// name, so one name's requests stay in order while one connection's many names spread over
+/// the workers; everything else goes by the caller pid (Erlang's per-sender order, and a pid's
+/// `DOWN` after its last request).
+fn route_key(from: Option<&Pid>, msg: &Term) -> u64 {
+    if let Some(el) = as_tuple(msg) {
+        if el.len() == 3 && as_atom(&el[0]) == Some("$gen_call") {
+            if let Some(req) = as_tuple(&el[2]) {
+                if req.len() >= 2 && req.first().and_then(as_atom).is_some_and(|a| a.ends_with("_as")) {
+                    return hash_of(&req[1]);
+                }
+            }
+        }
+    }
+    match from.cloned().or_else(|| caller_of(msg)) {
+        Some(p) => hash_of(&p),
+        None => 0,
+    }
 }
 
 impl FrequencyService {
     /// Registers `frequency` on `node` and starts serving `alloc`. Before it answers anything it
     /// monitors again every pid that holds frequencies (after a restart); those that are gone
     /// have their frequencies released as their `DOWN`s arrive.
-    pub fn start(node: &Arc<Node>, alloc: Arc<Allocator>, options: ServiceOptions) -> Result<Self, DistError> {
-        let n = if options.workers == 0 { 8 } else { options.workers };
+    pub fn start(node: &Node, alloc: Arc<Allocator>, options: ServiceOptions) -> Result<Self, DistError> {
+        let n = match options.workers {
+            0 if matches!(alloc.config().durability, Durability::Sync) => 8,
+            w => w,
+        };
         let senders: Arc<Mutex<Vec<Sender<Job>>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
         let mut receivers: Vec<Receiver<Job>> = Vec::with_capacity(n);
         for _ in 0..n {
@@ -132,25 +158,34 @@ impl FrequencyService {
             senders.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
             receivers.push(rx);
         }
-        let s2 = senders.clone();
+        // The shared state needs the pid, the pid needs the handler: the handler reads the state
+        // from a cell filled right after.
+        let cell: Arc<std::sync::OnceLock<Arc<Shared>>> = Arc::new(std::sync::OnceLock::new());
+        let (s2, c2, inline) = (senders.clone(), cell.clone(), n == 0);
+        let handle = NodeHandle::clone(node);
         let handler = Arc::new(move |d: Delivery| {
-            let senders = s2.lock().unwrap_or_else(|e| e.into_inner());
-            if senders.is_empty() {
-                return;
-            }
             let (key, job) = match d {
                 Delivery::Message { from, msg } => {
-                    // Route by the caller pid: `from`, or the pid inside the request.
-                    let key = from.clone().or_else(|| caller_of(&msg));
+                    let key = route_key(from.as_ref(), &msg);
                     (key, Job::Msg { msg })
                 }
                 Delivery::Down { object, .. } => match &object {
-                    Term::Pid(p) => (Some(p.clone()), Job::Down { object }),
+                    Term::Pid(p) => (hash_of(p), Job::Down { object }),
                     _ => return,
                 },
                 Delivery::NodeDown(_) => return,
             };
-            let w = key.as_ref().map_or(0, |p| worker_of(p, senders.len()));
+            if inline {
+                if let Some(sh) = c2.get() {
+                    sh.handle(&handle, job);
+                }
+                return;
+            }
+            let senders = s2.lock().unwrap_or_else(|e| e.into_inner());
+            if senders.is_empty() {
+                return;
+            }
+            let w = (key % senders.len() as u64) as usize;
             let _ = senders[w].send(job);
         });
         let pid = node.spawn_process(handler);
@@ -160,9 +195,10 @@ impl FrequencyService {
             options,
             monitored: Mutex::new(HashSet::new()),
         });
+        let _ = cell.set(shared.clone());
         let mut workers = Vec::with_capacity(n);
         for (i, rx) in receivers.into_iter().enumerate() {
-            let (sh, nd) = (shared.clone(), node.clone());
+            let (sh, nd) = (shared.clone(), NodeHandle::clone(node));
             let h = std::thread::Builder::new()
                 .name(format!("freq-dist-worker-{i}"))
                 .spawn(move || {
@@ -226,7 +262,7 @@ fn freqs(v: Vec<u64>) -> Term {
 }
 
 impl Shared {
-    fn remonitor(&self, node: &Node) {
+    fn remonitor(&self, node: &NodeHandle) {
         let mut pids: Vec<Pid> = self
             .alloc
             .status()
@@ -241,7 +277,7 @@ impl Shared {
         }
     }
 
-    fn ensure_monitored(&self, node: &Node, p: &Pid) {
+    fn ensure_monitored(&self, node: &NodeHandle, p: &Pid) {
         if self.options.keep_on_exit {
             return;
         }
@@ -253,7 +289,7 @@ impl Shared {
         node.monitor(&self.node_pid, p);
     }
 
-    fn handle(&self, node: &Node, job: Job) {
+    fn handle(&self, node: &NodeHandle, job: Job) {
         match job {
             Job::Down { object: Term::Pid(p) } => {
                 self.monitored.lock().unwrap_or_else(|e| e.into_inner()).remove(&p);
@@ -266,7 +302,7 @@ impl Shared {
         }
     }
 
-    fn handle_msg(&self, node: &Node, msg: &Term) {
+    fn handle_msg(&self, node: &NodeHandle, msg: &Term) {
         let Some(el) = as_tuple(msg) else { return };
         match (el.len(), el.first().and_then(as_atom)) {
             (3, Some("$gen_call")) => {
@@ -317,7 +353,7 @@ impl Shared {
         }
     }
 
-    fn alloc_pid(&self, node: &Node, pid: &Pid, lease: Option<Duration>) -> Term {
+    fn alloc_pid(&self, node: &NodeHandle, pid: &Pid, lease: Option<Duration>) -> Term {
         self.ensure_monitored(node, pid);
         let owner = pid_owner(pid);
         let r = match lease {
@@ -348,7 +384,7 @@ impl Shared {
     }
 
     /// One gen_server request → its reply.
-    fn call(&self, node: &Node, pid: &Pid, req: &Term) -> Term {
+    fn call(&self, node: &NodeHandle, pid: &Pid, req: &Term) -> Term {
         if let Some(a) = as_atom(req) {
             return match a {
                 "allocate" => self.alloc_pid(node, pid, None),

@@ -60,8 +60,8 @@ pub fn run(dir: &Path, cookie: Option<&str>, args: NodeArgs) -> Result<ExitCode>
     let mut config = NodeConfig::new(&args.name, &cookie, true);
     config.listen_addr = format!("{}:0", args.listen);
     config.tick_time = std::time::Duration::from_secs(args.net_ticktime.max(1));
-    let node = match Node::start(config) {
-        Ok(n) => Arc::new(n),
+    let mut node = match Node::start(config) {
+        Ok(n) => n,
         Err(e) => {
             let _ = std::fs::remove_file(node_file(dir));
             alloc.stop();
@@ -108,10 +108,7 @@ pub fn run(dir: &Path, cookie: Option<&str>, args: NodeArgs) -> Result<ExitCode>
     // epmd name, then the shards (pending batches flushed, tables closed), then the node file.
     service.stop(&node);
     drop(service);
-    match Arc::try_unwrap(node) {
-        Ok(mut n) => n.stop(),
-        Err(n) => drop(n),
-    }
+    node.stop();
     alloc.stop();
     drop(alloc);
     let _ = std::fs::remove_file(node_file(dir));
