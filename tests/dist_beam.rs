@@ -386,10 +386,42 @@ struct NameLog {
     pending: Option<Option<i64>>,
 }
 
-/// SIGKILL of a node in `sync` at random moments while BEAM processes storm it with named
-/// allocations; after each restart, every acknowledged operation is there, the one in flight
-/// at the kill is either done or not, and nothing is held twice (`check` agrees).
-/// `FREQALLOC_DIST_CRASH_ITERS` (default 3) kills; `FREQALLOC_CRASH_SEED` replays a run.
+/// Applies one line of `freqalloc load --history` (JSON: client, op, freq, phase) to the
+/// logs. `fail` is a typed refusal (nothing happened); a call with no reply (the link was
+/// lost) stays in flight.
+fn apply_history_line(logs: &mut std::collections::BTreeMap<String, NameLog>, line: &str) {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return; // only whole lines count
+    };
+    let name = v["client"].as_str().expect("client").to_string();
+    let freq = v["freq"].as_i64();
+    let log = logs.entry(name.clone()).or_default();
+    match (
+        v["op"].as_str().expect("op"),
+        v["phase"].as_str().expect("phase"),
+    ) {
+        ("allocate", "invoke") => log.pending = Some(None),
+        ("deallocate", "invoke") => log.pending = Some(freq),
+        ("allocate", "ok") => {
+            let f = freq.expect("an allocated frequency");
+            assert!(log.held.insert(f), "{name} got {f} twice: {line}");
+            log.pending = None;
+        }
+        ("deallocate", "ok") => {
+            let f = freq.expect("a deallocated frequency");
+            assert!(log.held.remove(&f), "{name} gave back {f} it did not hold");
+            log.pending = None;
+        }
+        (_, "fail") => log.pending = None,
+        other => panic!("unexpected history line {other:?}: {line}"),
+    }
+}
+
+/// SIGKILL of a node in `sync` at random moments while BEAM processes (named allocations) and
+/// a CLI client (`freqalloc load --node --history`) storm it; after each restart, every
+/// acknowledged operation is there, the one in flight at the kill is either done or not, and
+/// nothing is held twice (`check` agrees). `FREQALLOC_DIST_CRASH_ITERS` (default 3) kills;
+/// `FREQALLOC_CRASH_SEED` replays the kill points.
 #[test]
 fn sigkill_under_a_beam_storm_loses_no_acknowledged_operation() {
     use std::collections::{BTreeMap, BTreeSet};
@@ -415,10 +447,11 @@ fn sigkill_under_a_beam_storm_loses_no_acknowledged_operation() {
     };
     const WORKERS: usize = 8;
     let names: Vec<String> = (1..=WORKERS).map(|i| format!("w{i}")).collect();
-    let name_list = format!("[{}]", names.join(","));
     let cluster = Cluster::new();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut node = cluster.start_target(Target::Freqalloc, dir.path(), 0, 15, 2, &[]);
+    let mut node = cluster.start_target(Target::Freqalloc, dir.path(), 0, 31, 2, &[]);
+    let history = dir.path().join("history.jsonl");
+    let mut history_seen = 0;
     let node_name = node.name.clone();
     let data = node.data.clone().expect("a freqalloc node has a store");
     let mut logs: BTreeMap<String, NameLog> = names
@@ -430,6 +463,19 @@ fn sigkill_under_a_beam_storm_loses_no_acknowledged_operation() {
             "freq_client:acked_storm('{node_name}', {WORKERS})"
         ));
         storm.wait_prefix(READY_TIMEOUT, "STORM started");
+        let mut load = cluster.command(env!("CARGO_BIN_EXE_freqalloc"));
+        load.args(["load", "--node", &node_name, "--cookie", &cluster.cookie])
+            .args([
+                "--clients",
+                "2",
+                "--hold",
+                "3",
+                "--seconds",
+                "600",
+                "--history",
+            ])
+            .arg(&history);
+        let mut load = erlang::Proc::spawn("freqalloc load --node", load);
         let kill_after = 10 + below(300);
         for _ in 0..kill_after {
             storm.wait_prefix(CLIENT_TIMEOUT, "ACK ");
@@ -439,7 +485,30 @@ fn sigkill_under_a_beam_storm_loses_no_acknowledged_operation() {
         storm
             .wait_exit(CLIENT_TIMEOUT)
             .expect("the storm ends when the node is gone");
-        for line in storm.all_stdout() {
+        // The CLI client's calls fail once the link is lost; it ends on its own (with an
+        // error status), or is stopped here.
+        let t0 = std::time::Instant::now();
+        let load_exit = load.wait_exit(Duration::from_secs(5));
+        println!("load after the kill: {load_exit:?} in {:?}", t0.elapsed());
+        let load_said = load.diagnostics();
+        if load_exit.is_none() {
+            load.kill();
+        }
+        drop(load);
+        let all = std::fs::read_to_string(&history).expect("the history file");
+        let lines: Vec<&str> = all.lines().collect();
+        assert!(
+            lines.len() > history_seen,
+            "kill {it}: the CLI client did nothing (exit {load_exit:?})\n{load_said}"
+        );
+        for line in &lines[history_seen..] {
+            apply_history_line(&mut logs, line);
+        }
+        history_seen = lines.len();
+        let lines = storm.all_stdout();
+        let acks = lines.iter().filter(|l| l.starts_with("ACK ")).count();
+        assert!(acks as u64 >= kill_after, "the storm printed {acks} acks");
+        for line in lines {
             let words: Vec<&str> = line.split_whitespace().collect();
             let (op, name) = match words.as_slice() {
                 [kind @ ("REQ" | "ACK"), op, name, ..] => ((*kind, *op), *name),
@@ -465,8 +534,17 @@ fn sigkill_under_a_beam_storm_loses_no_acknowledged_operation() {
             }
         }
         node = cluster.start_freqalloc_node(&node_name, &data, &[]);
+        let name_list = format!(
+            "[{}]",
+            logs.keys()
+                .map(|n| format!("<<\"{n}\">>"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         let r = cluster.client_ok("held_as", &node_name, &[&name_list]);
         assert_eq!(r.get("check"), "ok", "after kill {it}: {}", r.line);
+        let in_flight = logs.values().filter(|l| l.pending.is_some()).count();
+        println!("kill {it}: after {kill_after} acks ({acks} in all), {in_flight} calls in flight");
         let mut everyone = BTreeSet::new();
         for (name, log) in logs.iter_mut() {
             let actual: BTreeSet<i64> = r.nums(name).into_iter().collect();

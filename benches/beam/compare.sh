@@ -196,7 +196,7 @@ dist_rows() {
     for c in $dist_rust_clients; do
         FREQALLOC_COOKIE="$cookie" "$bin" load --node freq@localhost --clients "$c" \
             --seconds "$seconds" --json --pipeline "$dist_pipeline" | tail -n 1 \
-            | sed "s|^{|{\"side\":\"rust\",\"workload\":\"dist/rust_client\",\"pipeline\":$dist_pipeline,|" \
+            | sed "s|^{|{\"side\":\"rust\",\"workload\":\"dist/rust_client\",|" \
             | tee -a "$dist_out" >&2
     done
     kill "$node_pid"; wait "$node_pid" || echo "compare.sh: the freqalloc node exited with $?" >&2

@@ -34,7 +34,10 @@ run(Fun, Args) ->
     halt(Code).
 
 print_result(Facts) ->
-    io:format("RESULT ok~s~n", [[[" ", atom_to_list(K), "=", value(V)] || {K, V} <- Facts]]).
+    io:format("RESULT ok~s~n", [[[" ", key(K), "=", value(V)] || {K, V} <- Facts]]).
+
+key(K) when is_atom(K) -> atom_to_list(K);
+key(K) when is_binary(K) -> binary_to_list(K).
 
 value(V) when is_integer(V) -> integer_to_list(V);
 value(V) when is_atom(V) -> atom_to_list(V);
