@@ -20,11 +20,11 @@ use super::protocol::{ClientCall, ClientReply, Fault};
 use super::range::FreqRange;
 use super::replica::{ReplicaArgs, DEFAULT_LOG_ENTRIES};
 use super::router::{choose, fallback_order, Pick, Routing};
-use super::shard::{Shard, ShardArgs};
+use super::shard::{Shard, ShardArgs, ShardFailure};
 use super::shard_core::{load, CoreArgs, ShardShared};
 use super::status::{ShardStatus, Status};
 use super::store::{read_config, replica_dir, shard_dir, write_config, Durability, StoreConfig};
-use crate::otp::{self, ChildSpec, OtpError, Server, Supervisor, SupervisorSpec};
+use crate::otp::{self, ChildSpec, ExitReason, OtpError, Server, Supervisor, SupervisorSpec};
 
 /// Run-time options of an [`Allocator`] (what is not stored with the pool).
 #[derive(Clone)]
@@ -382,7 +382,7 @@ impl Allocator {
             )));
             shared.push(s);
         }
-        let supervisor = start_supervisor(spec, &shared)?;
+        let supervisor = start_supervisor(spec)?;
         // Round robin continues from the allocations already held, so one-shot processes (the
         // CLI) alternate shards as one long-lived front end would.
         let held: u64 = shared.iter().map(|s| s.load().allocated()).sum();
@@ -855,21 +855,25 @@ fn classify(shard: usize, e: OtpError) -> Failed {
     }
 }
 
-/// Starts the shards' supervisor. A shard that cannot start reports why in its typed error (the
-/// supervisor only has the text): corrupt or foreign contents, a disk failure.
-fn start_supervisor(
-    spec: SupervisorSpec,
-    shared: &[Arc<ShardShared>],
-) -> Result<Supervisor, FreqError> {
+/// Starts the shards' supervisor. A shard that cannot start reports why in its own typed error,
+/// carried inside the supervisor's error (corrupt or foreign contents, a disk failure).
+fn start_supervisor(spec: SupervisorSpec) -> Result<Supervisor, FreqError> {
     Supervisor::start(spec).map_err(|e| {
-        shared
-            .iter()
-            .find_map(|s| s.take_init_error())
-            .unwrap_or_else(|| FreqError::ShardFailed {
-                shard: usize::MAX,
-                reason: format!("could not start the shards: {e}"),
-            })
+        start_failure(&e).unwrap_or_else(|| FreqError::ShardFailed {
+            shard: usize::MAX,
+            reason: format!("could not start the shards: {e}"),
+        })
     })
+}
+
+/// The shard's own error behind a failed start: `ChildStartFailed` → `InitFailed` →
+/// `ExitReason::Error` holding the shard's [`ShardFailure`].
+fn start_failure(e: &OtpError) -> Option<FreqError> {
+    match e {
+        OtpError::ChildStartFailed { source, .. } => start_failure(source),
+        OtpError::InitFailed(ExitReason::Error(x)) => x.downcast_ref::<ShardFailure>()?.take(),
+        _ => None,
+    }
 }
 
 fn unexpected(shard: usize, reply: &ClientReply) -> FreqError {

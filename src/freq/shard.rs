@@ -218,18 +218,10 @@ impl GenServer for Shard {
     type Reply = ShardResponse;
     type Cast = ();
     type Info = ShardInfo;
-    type Error = FreqError;
+    type Error = ShardFailure;
 
-    fn init(args: ShardArgs, ctx: &mut Context<Self>) -> Result<Self, FreqError> {
-        let shared = std::sync::Arc::clone(&args.core.shared);
-        Shard::start(args, ctx).map_err(|e| {
-            let reason = e.to_string();
-            shared.set_init_error(e);
-            FreqError::ShardFailed {
-                shard: shared.index(),
-                reason,
-            }
-        })
+    fn init(args: ShardArgs, ctx: &mut Context<Self>) -> Result<Self, ShardFailure> {
+        Shard::start(args, ctx).map_err(ShardFailure::from)
     }
 
     fn handle_call(
@@ -237,14 +229,15 @@ impl GenServer for Shard {
         request: ShardRequest,
         from: ReplyTo<ShardResponse>,
         ctx: &mut Context<Self>,
-    ) -> Result<(), FreqError> {
+    ) -> Result<(), ShardFailure> {
         match request {
             ShardRequest::Client(call) => self.handle_client(call, from, ctx),
             ShardRequest::Link(call) => self.handle_link(call, from),
         }
+        .map_err(ShardFailure::from)
     }
 
-    fn handle_info(&mut self, msg: ShardInfo, ctx: &mut Context<Self>) -> Result<(), FreqError> {
+    fn handle_info(&mut self, msg: ShardInfo, ctx: &mut Context<Self>) -> Result<(), ShardFailure> {
         match msg {
             ShardInfo::LeaseTick => {
                 self.core.lease_timer_fired();
@@ -270,11 +263,45 @@ impl GenServer for Shard {
         Ok(())
     }
 
-    fn handle_drained(&mut self, ctx: &mut Context<Self>) -> Result<(), FreqError> {
-        self.commit(ctx)
+    fn handle_drained(&mut self, ctx: &mut Context<Self>) -> Result<(), ShardFailure> {
+        self.commit(ctx).map_err(ShardFailure::from)
     }
 
     fn terminate(&mut self, _reason: &crate::otp::ExitReason) {
         self.core.close();
     }
 }
+
+/// The error a shard's callback exits with: its `FreqError`, carried inside the exit reason
+/// ([`crate::otp::ExitReason::Error`]) to whoever asked for the start, which takes it back out
+/// typed ([`ShardFailure::take`]). `FreqError` is not `Clone` (it holds I/O errors), and an exit
+/// reason is shared, so the error is handed over once; later readers see its text.
+#[derive(Debug)]
+pub(crate) struct ShardFailure {
+    text: String,
+    error: parking_lot::Mutex<Option<FreqError>>,
+}
+
+impl ShardFailure {
+    /// The error itself, the first time it is asked for.
+    pub(crate) fn take(&self) -> Option<FreqError> {
+        self.error.lock().take()
+    }
+}
+
+impl From<FreqError> for ShardFailure {
+    fn from(error: FreqError) -> Self {
+        ShardFailure {
+            text: error.to_string(),
+            error: parking_lot::Mutex::new(Some(error)),
+        }
+    }
+}
+
+impl std::fmt::Display for ShardFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for ShardFailure {}

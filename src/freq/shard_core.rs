@@ -53,9 +53,6 @@ pub struct ShardShared {
     readers: RwLock<Option<PoolReaders>>,
     recovered: AtomicU64,
     open_micros: AtomicU64,
-    /// Why the last `init` failed, kept typed for the caller of the first start (the generic
-    /// server only reports an exit reason as text).
-    init_error: Mutex<Option<FreqError>>,
     /// With `replicas: 2`, the pair's roles and readers.
     pair: Option<Arc<PairShared>>,
 }
@@ -69,7 +66,6 @@ impl ShardShared {
             readers: RwLock::new(None),
             recovered: AtomicU64::new(0),
             open_micros: AtomicU64::new(0),
-            init_error: Mutex::new(None),
             pair,
         })
     }
@@ -79,16 +75,6 @@ impl ShardShared {
         self.recovered.store(recovered, Ordering::Relaxed);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.open_micros.store(micros, Ordering::Relaxed);
-    }
-
-    /// Keeps the typed error of a failed start.
-    pub(crate) fn set_init_error(&self, e: FreqError) {
-        *self.init_error.lock() = Some(e);
-    }
-
-    /// Takes the error of the last failed start, if any.
-    pub(crate) fn take_init_error(&self) -> Option<FreqError> {
-        self.init_error.lock().take()
     }
 
     /// The shard's index.
