@@ -3,8 +3,9 @@
 //! A persistent, sharded allocator of a finite pool of identifiers ("frequencies"), built on Rust
 //! analogues of Erlang's ETS (in-memory concurrent tables), DETS (disk tables), `gen_server` and
 //! `supervisor`. It re-creates, as real software, the frequency server of week 3 of a course on
-//! concurrent Erlang: sharding, multicore, bulk storage and OTP (replication and distribution are
-//! later steps; the shard link is kept abstract for them).
+//! concurrent Erlang: sharding, replication, multicore, bulk storage, OTP, and distribution: a
+//! freqalloc node speaks the Erlang distribution protocol, so BEAM processes call it with the
+//! course's own messages.
 //!
 //! ## A tour in three steps
 //!
@@ -63,14 +64,15 @@
 //! |---|---|---|
 //! | [`table`] | the table contract shared by ETS and DETS: [`TableType`], [`ReadTable`], [`WriteTable`] | - |
 //! | [`codec`] | value encoding (serde + bincode 2.0.1): the one file that knows bincode | `term_to_binary` |
-//! | [`ets`] | in-memory concurrent tables (sharded `hashbrown` tables and a `BTreeMap`) | `ets` |
+//! | [`ets`] | in-memory concurrent tables (the hash types on `dashmap`, `ordered_set` on a `BTreeMap`) | `ets` |
 //! | [`dets`] | `sled`-backed disk tables with the same API, durable on demand | `dets` |
 //! | [`otp`] | generic server and supervisor on named OS threads | `gen_server`, `supervisor` |
 //! | [`freq`] | the frequency allocator: layout, pool, shards, router, front end | the course's `frequency` |
 //! | [`dist`] | Erlang distribution: a hidden node (epmd, handshake, framing, monitors), the `frequency` service, [`dist::RemoteAllocator`] | `net_kernel`, `dist_util`, C nodes |
 //!
-//! Dependencies point one way: `freq` uses `otp`, `ets`, `dets`; `dets` uses `ets` (`to_ets`,
-//! `from_ets`); `ets` and `dets` share `table` and `codec`; `otp` knows no tables.
+//! Dependencies point one way: `dist` uses `freq`; `freq` uses `otp`, `ets`, `dets` (and never
+//! `dist`); `dets` uses `ets` (`to_ets`, `from_ets`); `ets` and `dets` share `table` and `codec`;
+//! `otp` knows no tables.
 
 pub mod codec;
 pub mod dets;

@@ -1027,7 +1027,8 @@ fn bench_ets(
         bench_cycle(&mut [Table::<u64, u64>::new(tt)], keys, |_| Ok(()))
     } else {
         // As the BEAM side: `[public, {write_concurrency, true}, {read_concurrency, true}]`
-        // (our hash tables always have per-shard write locks; `ordered_set` has one lock).
+        // (our hash tables always have dashmap's per-shard locks and ignore `read_concurrency`;
+        // `ordered_set` has one lock, with per-thread reader slots under `read_concurrency`).
         let t =
             PublicTable::<u64, u64>::with_options(tt, TableOptions::new().read_concurrency(true));
         let mut handles: Vec<_> = (0..threads).map(|_| t.clone()).collect();
