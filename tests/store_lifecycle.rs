@@ -528,7 +528,7 @@ impl Drop for SmallDisk {
 /// there is room.
 #[test]
 fn init_on_a_disk_too_small_says_so_and_can_be_repeated() {
-    let Some(disk) = SmallDisk::mount("256k") else {
+    let Some(disk) = SmallDisk::mount("128k") else {
         assert!(
             std::env::var("CI").is_err(),
             "CI runs as root: the tmpfs must mount"
