@@ -24,8 +24,9 @@ use super::shard::{Shard, ShardArgs};
 use super::shard_core::{load, CoreArgs, ShardShared};
 use super::status::{ShardStatus, Status};
 use super::store::{
-    check_shards, create_meta, new_store_id, read_config, read_meta, remove_meta, replica_dir,
-    shard_dir, stray_shard_dirs, write_config, write_identities, Durability, StoreConfig,
+    check_shards, create_meta, new_store_id, read_config, read_meta, register_shards, remove_meta,
+    replica_dir, shard_dir, stray_shard_dirs, write_config, write_identities, Created, Durability,
+    MetaId, StoreConfig,
 };
 use crate::otp::{self, ChildSpec, OtpError, Server, Supervisor, SupervisorSpec};
 
@@ -209,9 +210,11 @@ impl Allocator {
     /// Creation is exclusive: of two processes creating a store at once one gets
     /// [`InitOutcome::Created`], the other compares its request with what the winner wrote.
     /// Every shard's directory gets an identity record (see [`Allocator::open`]), and the new
-    /// store is opened once to prove it works; if that fails (a full disk, say) everything this
-    /// call created is removed again, so the same `init` can simply be repeated. A directory
-    /// that holds shard data but no `meta.json` is refused.
+    /// store is opened twice to prove it works; if that fails (a full disk, say) everything this
+    /// call created is removed again, so the same `init` can simply be repeated. A replicated
+    /// store (whose replicas may live in [`Options::replica_dirs`], given at open) gets its
+    /// records at its first open instead, and is not opened here. A directory that holds shard
+    /// data but no `meta.json` is refused.
     ///
     /// On an existing store nothing but the pool may change, and only with `grow` (the new
     /// pool containing the old one): a strategy, durability, limit or replica count other than
@@ -345,9 +348,21 @@ impl Allocator {
             }
         })?;
         let id = new_store_id();
+        // A replicated store's replicas may live outside the store (`Options::replica_dirs`,
+        // given at open): its records are written, and it is first opened, by its first open.
+        let replicated = config.replicas == 2;
+        let meta_id = MetaId {
+            id: Some(id.clone()),
+            unregistered: replicated,
+        };
         // Identity records first (under this store's id, so a racing creator's are other
         // files), then meta.json, the commit point.
-        let created = match write_identities(dir, config, &id) {
+        let written = if replicated {
+            Ok(Created::default())
+        } else {
+            write_identities(dir, config, &id)
+        };
+        let created = match written {
             Ok(c) => c,
             Err(e) => {
                 if made_dir {
@@ -356,7 +371,7 @@ impl Allocator {
                 return Err(e.into());
             }
         };
-        match create_meta(dir, config, &id) {
+        match create_meta(dir, config, &meta_id) {
             Ok(Ok(())) => {}
             Ok(Err(existing)) => {
                 created.undo(false);
@@ -366,6 +381,9 @@ impl Allocator {
                 created.undo(false);
                 return Err(e.into());
             }
+        }
+        if replicated {
+            return Ok(Ok(()));
         }
         // Open, close and open again (what the next commands do), so that the disk tables
         // exist and a disk too small shows now, not at the first allocation. A failure undoes
@@ -397,8 +415,11 @@ impl Allocator {
         let dir = dir.as_ref();
         let (config, id) = read_meta(dir)?.ok_or_else(|| StoreError::NoStore(dir.to_path_buf()))?;
         config.check_replicas()?;
-        if let (Some(id), None) = (&id, &options.replica_dirs) {
-            check_shards(dir, &config, id)?;
+        if let (Some(store_id), None) = (&id.id, &options.replica_dirs) {
+            if id.unregistered {
+                register_shards(dir, &config, store_id)?;
+            }
+            check_shards(dir, &config, store_id)?;
         }
         Allocator::start(Some(dir.to_path_buf()), config, options)
     }

@@ -108,6 +108,19 @@ struct MetaFile {
     /// Stores written before identities read as `None` and are opened unchecked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     store_id: Option<String>,
+    /// A replicated store whose identity records are written at its first open (its replicas
+    /// may live outside the store, see `Options::replica_dirs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    unregistered: bool,
+}
+
+/// The identity part of `meta.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct MetaId {
+    /// The store's id (`None`: written before identities, not checked).
+    pub id: Option<String>,
+    /// The shards' identity records are still to be written (first open of a replicated store).
+    pub unregistered: bool,
 }
 
 /// The path of `meta.json` in `dir`.
@@ -165,7 +178,7 @@ fn read_regular(path: &Path) -> Result<Option<String>, StoreError> {
 }
 
 /// Reads a store's configuration and identity; `Ok(None)` when `dir` holds no store.
-pub(crate) fn read_meta(dir: &Path) -> Result<Option<(StoreConfig, Option<String>)>, StoreError> {
+pub(crate) fn read_meta(dir: &Path) -> Result<Option<(StoreConfig, MetaId)>, StoreError> {
     let path = meta_path(dir);
     let Some(text) = read_regular(&path)? else {
         return Ok(None);
@@ -185,7 +198,13 @@ pub(crate) fn read_meta(dir: &Path) -> Result<Option<(StoreConfig, Option<String
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    Ok(Some((config, meta.store_id)))
+    Ok(Some((
+        config,
+        MetaId {
+            id: meta.store_id,
+            unregistered: meta.unregistered,
+        },
+    )))
 }
 
 /// Reads a store's configuration; `Ok(None)` when `dir` holds no store. A `meta.json` that is
@@ -194,15 +213,12 @@ pub fn read_config(dir: &Path) -> Result<Option<StoreConfig>, StoreError> {
     Ok(read_meta(dir)?.map(|(c, _)| c))
 }
 
-fn meta_text(
-    dir: &Path,
-    config: &StoreConfig,
-    store_id: Option<String>,
-) -> Result<String, StoreError> {
+fn meta_text(dir: &Path, config: &StoreConfig, id: &MetaId) -> Result<String, StoreError> {
     let meta = MetaFile {
         format: FORMAT,
         config: config.clone(),
-        store_id,
+        store_id: id.id.clone(),
+        unregistered: id.unregistered,
     };
     serde_json::to_string_pretty(&meta).map_err(|e| StoreError::BadMeta {
         path: meta_path(dir),
@@ -245,8 +261,13 @@ pub fn write_config(dir: &Path, config: &StoreConfig) -> Result<(), StoreError> 
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let id = match read_meta(dir) {
         Ok(Some((_, id))) => id,
-        _ => None,
+        _ => MetaId::default(),
     };
+    write_meta(dir, config, &id)
+}
+
+/// Replaces `meta.json` atomically with `config` and `id`.
+pub(crate) fn write_meta(dir: &Path, config: &StoreConfig, id: &MetaId) -> Result<(), StoreError> {
     let tmp = write_tmp(dir, &meta_text(dir, config, id)?)?;
     let path = meta_path(dir);
     if let Err(e) = fs::rename(&tmp, &path) {
@@ -263,9 +284,9 @@ pub fn write_config(dir: &Path, config: &StoreConfig) -> Result<(), StoreError> 
 pub(crate) fn create_meta(
     dir: &Path,
     config: &StoreConfig,
-    store_id: &str,
+    id: &MetaId,
 ) -> Result<Result<(), StoreConfig>, StoreError> {
-    let tmp = write_tmp(dir, &meta_text(dir, config, Some(store_id.to_string()))?)?;
+    let tmp = write_tmp(dir, &meta_text(dir, config, id)?)?;
     let path = meta_path(dir);
     let linked = fs::hard_link(&tmp, &path);
     let _ = fs::remove_file(&tmp);
@@ -568,6 +589,38 @@ pub(crate) fn check_shards(
         }
     }
     Ok(())
+}
+
+/// Writes the identity records of a replicated store at its first open, into replica
+/// directories that must hold nothing yet, then marks `meta.json` registered.
+pub(crate) fn register_shards(
+    dir: &Path,
+    config: &StoreConfig,
+    store_id: &str,
+) -> Result<(), StoreError> {
+    for (_, _, core) in core_dirs(dir, config) {
+        if let Some(other) = other_identity(&core) {
+            return Err(StoreError::ShardMismatch {
+                path: core,
+                reason: format!("it belongs to another store ({other})"),
+            });
+        }
+        if holds_data(&core) {
+            return Err(StoreError::ShardMismatch {
+                path: core,
+                reason: "it holds data, but the store has never been opened".into(),
+            });
+        }
+    }
+    write_identities(dir, config, store_id)?;
+    write_meta(
+        dir,
+        config,
+        &MetaId {
+            id: Some(store_id.to_string()),
+            unregistered: false,
+        },
+    )
 }
 
 fn other_identity(core: &Path) -> Option<String> {
