@@ -308,6 +308,25 @@ fn a_configuration_that_does_not_match_the_shards_is_refused() {
     fs::write(meta_path(dir.path()), &meta).unwrap();
     assert_eq!(held_after_reopen(dir.path()).len(), 2);
 
+    // A layout edited to move frequencies between shards.
+    let swapped = meta
+        .replace("\"first\": 10", "\"first\": 9910")
+        .replace("\"first\": 20", "\"first\": 10")
+        .replace("\"first\": 9910", "\"first\": 20")
+        .replace("\"last\": 15", "\"last\": 9915")
+        .replace("\"last\": 25", "\"last\": 15")
+        .replace("\"last\": 9915", "\"last\": 25");
+    assert_ne!(swapped, meta);
+    fs::write(meta_path(dir.path()), &swapped).unwrap();
+    match Allocator::open(dir.path(), quiet()) {
+        Err(FreqError::Store(StoreError::ShardMismatch { reason, .. })) => {
+            assert!(reason.contains("10-15"), "{reason}")
+        }
+        Err(e) => panic!("expected ShardMismatch, got {e}"),
+        Ok(_) => panic!("a layout with moved frequencies opened"),
+    }
+    fs::write(meta_path(dir.path()), &meta).unwrap();
+
     // Another store's shard in place of ours.
     let other = tempfile::tempdir().unwrap();
     store_with_allocations(other.path(), 1);

@@ -269,7 +269,7 @@ pub fn coalesce(mut ranges: Vec<FreqRange>) -> Vec<FreqRange> {
 }
 
 /// `a` minus `b`, both coalesced.
-fn subtract(a: &[FreqRange], b: &[FreqRange]) -> Vec<FreqRange> {
+pub(crate) fn subtract(a: &[FreqRange], b: &[FreqRange]) -> Vec<FreqRange> {
     let mut out = Vec::new();
     for r in a {
         let mut first = r.first;

@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::{FreqError, StoreError};
-use super::layout::Layout;
+use super::layout::{coalesce, subtract, Layout};
+use super::range::FreqRange;
 use super::router::Routing;
 
 /// The name of the configuration file inside a store directory.
@@ -339,6 +340,9 @@ struct ShardIdentity {
     replica: Option<usize>,
     shards: usize,
     replicas: usize,
+    /// The frequencies the shard owned when its record was written. A pool only grows, so the
+    /// shard must still own all of them: a layout edited to move or drop frequencies is refused.
+    ranges: Vec<FreqRange>,
 }
 
 fn identity_path(core_dir: &Path, store_id: &str) -> PathBuf {
@@ -373,6 +377,7 @@ fn identity_of(
         replica,
         shards: config.layout.shard_count(),
         replicas: config.replicas,
+        ranges: coalesce(config.layout.ranges(shard).to_vec()),
     }
 }
 
@@ -534,7 +539,21 @@ pub(crate) fn check_shards(
                         reason: format!("unreadable identity record: {e}"),
                     })?;
                 let want = identity_of(config, store_id, shard, replica);
-                if found != want {
+                let lost = subtract(&coalesce(found.ranges.clone()), &want.ranges);
+                if !lost.is_empty() {
+                    let lost: Vec<String> = lost.iter().map(ToString::to_string).collect();
+                    return Err(StoreError::ShardMismatch {
+                        path: core.clone(),
+                        reason: format!(
+                            "it owns frequencies {} that the configuration gives to no shard or another one",
+                            lost.join(",")
+                        ),
+                    });
+                }
+                let place = |i: &ShardIdentity| {
+                    (i.store_id.clone(), i.shard, i.replica, i.shards, i.replicas)
+                };
+                if place(&found) != place(&want) {
                     return Err(StoreError::ShardMismatch {
                         path: core.clone(),
                         reason: describe_mismatch(&found, &want),
