@@ -341,6 +341,50 @@ fn a_configuration_that_does_not_match_the_shards_is_refused() {
     }
 }
 
+/// A store written before identity records (no `store_id`, no records) gets them at its first
+/// open, unless a shard is already missing.
+#[test]
+fn a_store_without_identity_records_is_adopted_unless_a_shard_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut held = store_with_allocations(dir.path(), 1);
+    held.sort();
+    let strip = |dir: &Path| {
+        let text = fs::read_to_string(meta_path(dir)).unwrap();
+        let mut meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+        meta.as_object_mut().unwrap().remove("store_id").unwrap();
+        let legacy = serde_json::to_string_pretty(&meta).unwrap();
+        fs::write(meta_path(dir), legacy).unwrap();
+        for i in 0..2 {
+            for e in fs::read_dir(shard_dir(dir, i)).unwrap().flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with("freqalloc-shard-")
+                {
+                    fs::remove_file(e.path()).unwrap();
+                }
+            }
+        }
+    };
+    strip(dir.path());
+    assert!(!fs::read_to_string(meta_path(dir.path()))
+        .unwrap()
+        .contains("store_id"));
+    fs::rename(shard_dir(dir.path(), 0), dir.path().join("away")).unwrap();
+    match Allocator::open(dir.path(), quiet()) {
+        Err(FreqError::Store(StoreError::ShardMissing { shard: 0, .. })) => {}
+        Err(e) => panic!("expected ShardMissing, got {e}"),
+        Ok(_) => panic!("a legacy store with a deleted shard opened"),
+    }
+    fs::rename(dir.path().join("away"), shard_dir(dir.path(), 0)).unwrap();
+    assert_eq!(held_after_reopen(dir.path()), held);
+    assert!(fs::read_to_string(meta_path(dir.path()))
+        .unwrap()
+        .contains("store_id"));
+    // Adopted: from now on a deleted shard is refused like any other store's.
+    fs::remove_dir_all(shard_dir(dir.path(), 1)).unwrap();
+    assert!(Allocator::open(dir.path(), quiet()).is_err());
+}
+
 /// With two replicas, one replica's lost directory is rebuilt from its partner (nothing lost);
 /// both lost is refused like a single shard's.
 #[test]

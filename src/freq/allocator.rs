@@ -24,9 +24,9 @@ use super::shard::{Shard, ShardArgs};
 use super::shard_core::{load, CoreArgs, ShardShared};
 use super::status::{ShardStatus, Status};
 use super::store::{
-    check_shards, create_meta, new_store_id, read_config, read_meta, register_shards, remove_meta,
-    replica_dir, shard_dir, stray_shard_dirs, write_config, write_identities, Created, Durability,
-    MetaId, StoreConfig,
+    adopt_legacy, check_shards, create_meta, new_store_id, read_config, read_meta, register_shards,
+    remove_meta, replica_dir, shard_dir, stray_shard_dirs, write_config, write_identities, Created,
+    Durability, MetaId, StoreConfig,
 };
 use crate::otp::{self, ChildSpec, OtpError, Server, Supervisor, SupervisorSpec};
 
@@ -409,17 +409,23 @@ impl Allocator {
     /// `meta.json` replaced by another store's or edited by hand (`replicas`, shard count) is
     /// refused with [`StoreError::ShardMissing`] or [`StoreError::ShardMismatch`] instead of
     /// starting empty shards that would hand allocations out again. With two replicas, one
-    /// replica's missing directory is recreated and rebuilt from its partner. Stores written
-    /// before identity records, and replicas kept in [`Options::replica_dirs`], are not checked.
+    /// replica's missing directory is recreated and rebuilt from its partner. A store written
+    /// before identity records gets them at its first open (refused if a shard's directory
+    /// holds no disk table); replicas kept in [`Options::replica_dirs`] are not checked.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Self, FreqError> {
         let dir = dir.as_ref();
         let (config, id) = read_meta(dir)?.ok_or_else(|| StoreError::NoStore(dir.to_path_buf()))?;
         config.check_replicas()?;
-        if let (Some(store_id), None) = (&id.id, &options.replica_dirs) {
-            if id.unregistered {
-                register_shards(dir, &config, store_id)?;
-            }
-            check_shards(dir, &config, store_id)?;
+        if options.replica_dirs.is_none() {
+            let store_id = match &id.id {
+                Some(store_id) if id.unregistered => {
+                    register_shards(dir, &config, store_id)?;
+                    store_id.clone()
+                }
+                Some(store_id) => store_id.clone(),
+                None => adopt_legacy(dir, &config)?,
+            };
+            check_shards(dir, &config, &store_id)?;
         }
         Allocator::start(Some(dir.to_path_buf()), config, options)
     }

@@ -642,6 +642,38 @@ pub(crate) fn register_shards(
     )
 }
 
+/// Gives a store written before identity records (no `store_id` in `meta.json`) an id and its
+/// records, at its first open by this build. Such a store was opened once by the `init` that
+/// made it, so every shard's directory holds a disk table: one that does not is missing.
+pub(crate) fn adopt_legacy(dir: &Path, config: &StoreConfig) -> Result<String, StoreError> {
+    for (shard, replica, core) in core_dirs(dir, config) {
+        if let Some(other) = other_identity(&core) {
+            return Err(StoreError::ShardMismatch {
+                path: core,
+                reason: format!("it belongs to another store ({other})"),
+            });
+        }
+        if !holds_data(&core) {
+            return Err(StoreError::ShardMissing {
+                path: core,
+                shard,
+                replica,
+            });
+        }
+    }
+    let id = new_store_id();
+    write_identities(dir, config, &id)?;
+    write_meta(
+        dir,
+        config,
+        &MetaId {
+            id: Some(id.clone()),
+            unregistered: false,
+        },
+    )?;
+    Ok(id)
+}
+
 fn other_identity(core: &Path) -> Option<String> {
     fs::read_dir(core).ok()?.flatten().find_map(|e| {
         let name = e.file_name();
