@@ -457,9 +457,20 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
         replicas: args.replicas,
     };
     let outcome = Allocator::init(dir, config, args.grow)?;
-    // Open once so the shards' disk tables exist and a locked or damaged store shows now.
-    let alloc = open(dir)?;
-    let c = alloc.config();
+    // A created store was opened by `init` itself (twice, to prove it opens); an existing one
+    // is opened once here so that a locked or damaged store shows now.
+    let (alloc, c) = match outcome {
+        InitOutcome::Created => (
+            None,
+            freqalloc::freq::read_config(dir)?
+                .ok_or_else(|| freqalloc::freq::StoreError::NoStore(dir.to_path_buf()))?,
+        ),
+        _ => {
+            let alloc = open(dir)?;
+            let c = alloc.config().clone();
+            (Some(alloc), c)
+        }
+    };
     let what = match outcome {
         InitOutcome::Created => "created store".to_string(),
         InitOutcome::Existing => "store exists".to_string(),
@@ -482,7 +493,9 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
             String::new()
         }
     );
-    alloc.stop();
+    if let Some(alloc) = alloc {
+        alloc.stop();
+    }
     Ok(ExitCode::SUCCESS)
 }
 
