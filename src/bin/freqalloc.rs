@@ -457,10 +457,11 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
         replicas: args.replicas,
     };
     let outcome = Allocator::init(dir, config, args.grow)?;
-    // A created store was opened by `init` itself (twice, to prove it opens); an existing one
-    // is opened once here so that a locked or damaged store shows now.
+    // A created store was opened by `init` itself (twice, to prove it opens); an existing one,
+    // or a new replicated one (which `init` leaves to its first open), is opened once here so
+    // that a locked or damaged store, or a disk too small, shows now.
     let (alloc, c) = match outcome {
-        InitOutcome::Created => (
+        InitOutcome::Created if args.replicas == 1 => (
             None,
             freqalloc::freq::read_config(dir)?
                 .ok_or_else(|| freqalloc::freq::StoreError::NoStore(dir.to_path_buf()))?,
