@@ -22,8 +22,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use freqalloc::freq::{
-    parse_pool, Allocator, Durability, FreqError, InitOutcome, Layout, Options, Routing, Status,
-    StoreConfig,
+    parse_pool, Allocator, ConfigChange, Durability, FreqError, InitOutcome, Layout, Options,
+    Routing, Status, StoreConfig,
 };
 
 /// A persistent, sharded allocator of frequencies (the course's frequency server, scaled up).
@@ -53,6 +53,9 @@ struct Cli {
 enum Command {
     /// Create the store (or check an existing one; --grow adds frequencies).
     Init(InitArgs),
+    /// Show or change the store's stored settings (strategy, durability, limit).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Allocate a frequency to a client; prints the frequency alone on stdout.
     Allocate {
         /// The client's name.
@@ -109,29 +112,49 @@ enum Command {
     Node(node::NodeArgs),
 }
 
+/// On an existing store, --strategy, --durability, --limit and --shards not given keep their
+/// stored values, and one given with another value is refused (change a setting with
+/// `freqalloc config set`).
 #[derive(Args)]
 struct InitArgs {
     /// The pool: comma-separated ranges, e.g. 10-15,20-25.
     #[arg(long)]
     pool: String,
-    /// Split the pool evenly over this many shards (default: one shard per listed range).
+    /// Split the pool evenly over this many shards, at most 64 (default: one shard per listed
+    /// range up to 8 ranges, else 8 shards).
     #[arg(long)]
     shards: Option<usize>,
-    /// most-free, round-robin, p2c or hash.
-    #[arg(long, default_value = "most-free")]
-    strategy: String,
-    /// sync, interval:MS or none.
-    #[arg(long, default_value = "sync")]
-    durability: String,
-    /// At most this many frequencies per client.
+    /// most-free, round-robin, p2c or hash [new store's default: most-free].
+    #[arg(long)]
+    strategy: Option<String>,
+    /// sync, interval:MS or none [new store's default: sync].
+    #[arg(long)]
+    durability: Option<String>,
+    /// At most this many frequencies per client [new store's default: no limit].
     #[arg(long)]
     limit: Option<usize>,
     /// Allow adding frequencies to an existing store's pool.
     #[arg(long)]
     grow: bool,
-    /// Copies of each shard: 1, or 2 for a primary/backup pair.
+    /// Copies of each shard: 1, or 2 for a primary/backup pair. Like the pool, part of the
+    /// store's shape: give it again on an existing store (no conversion between counts).
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the stored settings, one `KEY VALUE` a line.
+    Show,
+    /// Change one setting: strategy (most-free, round-robin, p2c, hash), durability (sync,
+    /// interval:MS, none) or limit (a number, or none). Refused, changing nothing, when it
+    /// would lose or double an allocation (durability none while frequencies are allocated).
+    Set {
+        /// strategy, durability or limit.
+        key: String,
+        /// The new value.
+        value: String,
+    },
 }
 
 #[derive(Args)]
@@ -195,6 +218,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
     match cli.command {
         Command::Init(args) => init(dir, args),
+        Command::Config(cmd) => config(dir, cmd),
         Command::Allocate { client, lease } => {
             let alloc = node::open_waiting(dir)?;
             let f = match lease {
@@ -268,7 +292,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn run_remote(n: &str, cookie: Option<&str>, command: Command) -> Result<ExitCode> {
     match command {
         Command::Load(args) => return remote::load(n, cookie, args),
-        Command::Init(_) | Command::Demo { .. } | Command::Bench(_) | Command::Node(_) => {
+        Command::Init(_)
+        | Command::Config(_)
+        | Command::Demo { .. }
+        | Command::Bench(_)
+        | Command::Node(_) => {
             bail!("--node works with allocate, deallocate, release, held, status, check and load")
         }
         _ => {}
@@ -402,21 +430,48 @@ fn open(dir: &Path) -> Result<Allocator> {
 
 fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
     let ranges = parse_pool(&args.pool)?;
-    let layout = match args.shards {
-        Some(n) => Layout::split_evenly(&ranges, n)?,
-        None => Layout::one_shard_per_range(&ranges)?,
+    // Options not given keep the stored values (of an existing store) or take the defaults.
+    let stored = freqalloc::freq::read_config(dir)?;
+    let layout = match (args.shards, &stored) {
+        (None, Some(s)) => Layout::split_evenly(&ranges, s.layout.shard_count())
+            .or_else(|_| Layout::for_pool(&ranges, None))?,
+        (n, _) => Layout::for_pool(&ranges, n)?,
     };
     let config = StoreConfig {
         layout,
-        strategy: args.strategy.parse::<Routing>()?,
-        durability: args.durability.parse::<Durability>()?,
-        client_limit: args.limit,
+        strategy: match (&args.strategy, &stored) {
+            (Some(s), _) => s.parse::<Routing>()?,
+            (None, Some(s)) => s.strategy,
+            (None, None) => Routing::MostFree,
+        },
+        durability: match (&args.durability, &stored) {
+            (Some(d), _) => d.parse::<Durability>()?,
+            (None, Some(s)) => s.durability,
+            (None, None) => Durability::Sync,
+        },
+        client_limit: match (args.limit, &stored) {
+            (Some(l), _) => Some(l),
+            (None, Some(s)) => s.client_limit,
+            (None, None) => None,
+        },
         replicas: args.replicas,
     };
     let outcome = Allocator::init(dir, config, args.grow)?;
-    // Open once so the shards' disk tables exist and a locked or damaged store shows now.
-    let alloc = open(dir)?;
-    let c = alloc.config();
+    // A created store was opened by `init` itself (twice, to prove it opens); an existing one,
+    // or a new replicated one (which `init` leaves to its first open), is opened once here so
+    // that a locked or damaged store, or a disk too small, shows now.
+    let (alloc, c) = match outcome {
+        InitOutcome::Created if args.replicas == 1 => (
+            None,
+            freqalloc::freq::read_config(dir)?
+                .ok_or_else(|| freqalloc::freq::StoreError::NoStore(dir.to_path_buf()))?,
+        ),
+        _ => {
+            let alloc = open(dir)?;
+            let c = alloc.config().clone();
+            (Some(alloc), c)
+        }
+    };
     let what = match outcome {
         InitOutcome::Created => "created store".to_string(),
         InitOutcome::Existing => "store exists".to_string(),
@@ -439,7 +494,58 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
             String::new()
         }
     );
-    alloc.stop();
+    if let Some(alloc) = alloc {
+        alloc.stop();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config(dir: &Path, cmd: ConfigCommand) -> Result<ExitCode> {
+    let show = |c: &StoreConfig| {
+        println!("pool {}", c.layout.pool_string());
+        println!("shards {}", c.layout.shard_count());
+        println!("replicas {}", c.replicas);
+        println!("strategy {}", c.strategy);
+        println!("durability {}", c.durability);
+        match c.client_limit {
+            Some(l) => println!("limit {l}"),
+            None => println!("limit none"),
+        }
+    };
+    match cmd {
+        ConfigCommand::Show => {
+            let c = freqalloc::freq::read_config(dir)?
+                .ok_or_else(|| freqalloc::freq::StoreError::NoStore(dir.to_path_buf()))?;
+            show(&c);
+        }
+        ConfigCommand::Set { key, value } => {
+            let change = match key.as_str() {
+                "strategy" => ConfigChange::Strategy(value.parse::<Routing>()?),
+                "durability" => ConfigChange::Durability(value.parse::<Durability>()?),
+                "limit" if value == "none" => ConfigChange::Limit(None),
+                "limit" => ConfigChange::Limit(Some(value.parse::<usize>().with_context(|| {
+                    format!("bad limit {value:?}: expected a number or none")
+                })?)),
+                "pool" | "shards" | "replicas" => bail!(
+                    "{key} cannot be set: grow the pool with `freqalloc init --pool P --grow`; shards and replicas are fixed when a store is created"
+                ),
+                _ => bail!("unknown setting {key:?}: expected strategy, durability or limit"),
+            };
+            let c = match Allocator::set_config(dir, change) {
+                Ok(c) => c,
+                Err(e) if node::is_locked(&e) => match node::serving_node(dir) {
+                    Some(n) => bail!(
+                        "the store {} is served by node {n}: stop it to change its settings",
+                        dir.display()
+                    ),
+                    None => return Err(e.into()),
+                },
+                Err(e) => return Err(e.into()),
+            };
+            println!("set {key} to {value} in the store at {}", dir.display());
+            show(&c);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

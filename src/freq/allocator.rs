@@ -23,7 +23,11 @@ use super::router::{choose, fallback_order, Pick, Routing};
 use super::shard::{Shard, ShardArgs, ShardFailure};
 use super::shard_core::{load, CoreArgs, ShardShared};
 use super::status::{ShardStatus, Status};
-use super::store::{read_config, replica_dir, shard_dir, write_config, Durability, StoreConfig};
+use super::store::{
+    adopt_legacy, check_shards, create_meta, new_store_id, read_config, read_meta, register_shards,
+    remove_meta, replica_dir, shard_dir, stray_shard_dirs, write_config, write_identities, Created,
+    Durability, MetaId, StoreConfig,
+};
 use crate::otp::{self, ChildSpec, ExitReason, OtpError, Server, Supervisor, SupervisorSpec};
 
 /// Run-time options of an [`Allocator`] (what is not stored with the pool).
@@ -75,12 +79,60 @@ impl std::fmt::Debug for Options {
     }
 }
 
+/// One stored setting to change with [`Allocator::set_config`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigChange {
+    /// How allocations pick a shard.
+    Strategy(Routing),
+    /// How operations reach the disk.
+    Durability(Durability),
+    /// The per-client limit (`None`: no limit).
+    Limit(Option<usize>),
+}
+
+/// Options for the short opens of `init` and `set_config`, which allocate nothing.
+fn quiet_options() -> Options {
+    Options {
+        release_on_drop: false,
+        ..Options::default()
+    }
+}
+
+/// A creation that failed for lack of space says so, naming the store.
+fn disk_full_in(e: FreqError, dir: &Path) -> FreqError {
+    let full = {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut found = false;
+        while let Some(err) = cur {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                found |=
+                    io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28);
+            }
+            if let Some(StoreError::DiskFull { .. }) = err.downcast_ref::<StoreError>() {
+                found = true;
+            }
+            found |= err.to_string().contains("No space left on device");
+            cur = err.source();
+        }
+        found
+    };
+    if full {
+        StoreError::DiskFull {
+            path: dir.to_path_buf(),
+        }
+        .into()
+    } else {
+        e
+    }
+}
+
 /// What [`Allocator::init`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InitOutcome {
     /// A new store was created.
     Created,
-    /// The store existed with this pool; strategy, durability and limit were updated if given.
+    /// The store existed with this pool and these settings; nothing was changed.
     Existing,
     /// The store existed and its pool grew by this many frequencies.
     Grown(u64),
@@ -153,8 +205,22 @@ fn random() -> u64 {
 
 impl Allocator {
     /// Creates the store at `dir`, or checks an existing one against `config` (the CLI's
-    /// `init`). An existing store with another pool is refused, unless `grow` is set and the new
-    /// pool contains the old one; strategy, durability and limit may change freely.
+    /// `init`).
+    ///
+    /// Creation is exclusive: of two processes creating a store at once one gets
+    /// [`InitOutcome::Created`], the other compares its request with what the winner wrote.
+    /// Every shard's directory gets an identity record (see [`Allocator::open`]), and the new
+    /// store is opened twice to prove it works; if that fails (a full disk, say) everything this
+    /// call created is removed again, so the same `init` can simply be repeated. A replicated
+    /// store (whose replicas may live in [`Options::replica_dirs`], given at open) gets its
+    /// records at its first open instead, and is not opened here. A directory that holds shard
+    /// data but no `meta.json` is refused.
+    ///
+    /// On an existing store nothing but the pool may change, and only with `grow` (the new
+    /// pool containing the old one): a strategy, durability, limit or replica count other than
+    /// the stored one is refused (change those with [`Allocator::set_config`]). A growth is
+    /// written only while the store is open here, so a store locked by another process is
+    /// refused with its `meta.json` untouched.
     pub fn init(
         dir: impl AsRef<Path>,
         config: StoreConfig,
@@ -162,14 +228,26 @@ impl Allocator {
     ) -> Result<InitOutcome, FreqError> {
         let dir = dir.as_ref();
         config.check_replicas()?;
-        let Some(existing) = read_config(dir)? else {
-            write_config(dir, &config)?;
-            return Ok(InitOutcome::Created);
+        let existing = match read_config(dir)? {
+            Some(existing) => existing,
+            None => match Allocator::create(dir, &config)? {
+                Ok(()) => return Ok(InitOutcome::Created),
+                Err(existing) => existing,
+            },
         };
         // The same frequencies split another way are the same pool (`0-999` over 4 shards is
         // `0-249,250-499,...`): compare the frequencies, not the ranges.
         let same_pool =
             coalesce(existing.layout.all_ranges()) == coalesce(config.layout.all_ranges());
+        let mismatch = |key: &'static str, existing: String, requested: String| -> FreqError {
+            StoreError::SettingMismatch {
+                path: dir.to_path_buf(),
+                key,
+                existing,
+                requested,
+            }
+            .into()
+        };
         if existing.replicas != config.replicas {
             // The replicas' tables live elsewhere than a single shard's: no conversion (yet).
             return Err(StoreError::ConfigMismatch {
@@ -179,7 +257,29 @@ impl Allocator {
             }
             .into());
         }
-        let outcome = if same_pool {
+        if existing.strategy != config.strategy {
+            return Err(mismatch(
+                "strategy",
+                existing.strategy.to_string(),
+                config.strategy.to_string(),
+            ));
+        }
+        if existing.durability != config.durability {
+            return Err(mismatch(
+                "durability",
+                existing.durability.to_string(),
+                config.durability.to_string(),
+            ));
+        }
+        if existing.client_limit != config.client_limit {
+            let show = |l: Option<usize>| l.map_or("none".to_string(), |l| l.to_string());
+            return Err(mismatch(
+                "limit",
+                show(existing.client_limit),
+                show(config.client_limit),
+            ));
+        }
+        if same_pool {
             if existing.layout.shard_count() != config.layout.shard_count() {
                 // Moving allocations between shards is not supported: refuse, naming both.
                 return Err(StoreError::ConfigMismatch {
@@ -197,32 +297,187 @@ impl Allocator {
                 }
                 .into());
             }
-            InitOutcome::Existing
-        } else if grow {
-            let grown = existing.layout.grow_to(&config.layout.all_ranges())?;
-            InitOutcome::Grown(grown.pool_size() - existing.layout.pool_size())
-        } else {
+            return Ok(InitOutcome::Existing);
+        }
+        if !grow {
             return Err(StoreError::ConfigMismatch {
                 path: dir.to_path_buf(),
                 existing: format!("pool {}", existing.layout.pool_string()),
                 requested: format!("pool {}", config.layout.pool_string()),
             }
             .into());
+        }
+        let grown = existing.layout.grow_to(&config.layout.all_ranges())?;
+        let added = grown.pool_size() - existing.layout.pool_size();
+        // Hold the store open (its shards' locks, and proof that it opens) while meta.json is
+        // rewritten: a store in use elsewhere is refused before anything is written.
+        let alloc = Allocator::open(dir, quiet_options())?;
+        let written = write_config(
+            dir,
+            &StoreConfig {
+                layout: grown,
+                ..existing
+            },
+        );
+        alloc.stop();
+        written?;
+        Ok(InitOutcome::Grown(added))
+    }
+
+    /// Creates a new store; `Ok(Err(existing))` when another process created one first.
+    fn create(dir: &Path, config: &StoreConfig) -> Result<Result<(), StoreConfig>, FreqError> {
+        let stray = stray_shard_dirs(dir)?;
+        if !stray.is_empty() {
+            return Err(StoreError::StrayShards {
+                path: dir.to_path_buf(),
+                found: stray,
+            }
+            .into());
+        }
+        let made_dir = !dir.exists();
+        std::fs::create_dir_all(dir).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::StorageFull {
+                StoreError::DiskFull {
+                    path: dir.to_path_buf(),
+                }
+            } else {
+                StoreError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+        let id = new_store_id();
+        // A replicated store's replicas may live outside the store (`Options::replica_dirs`,
+        // given at open): its records are written, and it is first opened, by its first open.
+        let replicated = config.replicas == 2;
+        let meta_id = MetaId {
+            id: Some(id.clone()),
+            unregistered: replicated,
         };
-        let layout = match outcome {
-            InitOutcome::Grown(_) => existing.layout.grow_to(&config.layout.all_ranges())?,
-            _ => existing.layout,
+        // Identity records first (under this store's id, so a racing creator's are other
+        // files), then meta.json, the commit point.
+        let written = if replicated {
+            Ok(Created::default())
+        } else {
+            write_identities(dir, config, &id)
         };
-        write_config(dir, &StoreConfig { layout, ..config })?;
-        Ok(outcome)
+        let created = match written {
+            Ok(c) => c,
+            Err(e) => {
+                if made_dir {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                return Err(e.into());
+            }
+        };
+        match create_meta(dir, config, &meta_id) {
+            Ok(Ok(())) => {}
+            Ok(Err(existing)) => {
+                created.undo(false);
+                return Ok(Err(existing));
+            }
+            Err(e) => {
+                created.undo(false);
+                return Err(e.into());
+            }
+        }
+        if replicated {
+            return Ok(Ok(()));
+        }
+        // Open, close and open again (what the next commands do), so that the disk tables
+        // exist and a disk too small shows now, not at the first allocation. A failure undoes
+        // the creation.
+        let opened = Allocator::open(dir, quiet_options())
+            .map(|a| a.stop())
+            .and_then(|()| Allocator::open(dir, quiet_options()))
+            .map(|a| a.stop());
+        if let Err(e) = opened {
+            let _ = remove_meta(dir);
+            created.undo(true);
+            return Err(disk_full_in(e, dir));
+        }
+        Ok(Ok(()))
     }
 
     /// Opens the store at `dir` (created by [`Allocator::init`]) and starts its shards, each
     /// rebuilding its tables from disk.
+    ///
+    /// First it checks that every shard the configuration names is there and is this store's
+    /// (an identity record in each shard's directory), and that no file where a disk table
+    /// keeps its files is a FIFO or other non-regular file: a deleted shard directory, a
+    /// `meta.json` replaced by another store's or edited by hand (`replicas`, shard count) is
+    /// refused with [`StoreError::ShardMissing`] or [`StoreError::ShardMismatch`] instead of
+    /// starting empty shards that would hand allocations out again. With two replicas, one
+    /// replica's missing directory is recreated and rebuilt from its partner. A store written
+    /// before identity records gets them at its first open (refused if a shard's directory
+    /// holds no disk table); replicas kept in [`Options::replica_dirs`] are not checked.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Self, FreqError> {
         let dir = dir.as_ref();
-        let config = read_config(dir)?.ok_or_else(|| StoreError::NoStore(dir.to_path_buf()))?;
+        let (config, id) = read_meta(dir)?.ok_or_else(|| StoreError::NoStore(dir.to_path_buf()))?;
+        config.check_replicas()?;
+        if options.replica_dirs.is_none() {
+            let store_id = match &id.id {
+                Some(store_id) if id.unregistered => {
+                    register_shards(dir, &config, store_id)?;
+                    store_id.clone()
+                }
+                Some(store_id) => store_id.clone(),
+                None => adopt_legacy(dir, &config)?,
+            };
+            check_shards(dir, &config, &store_id)?;
+        }
         Allocator::start(Some(dir.to_path_buf()), config, options)
+    }
+
+    /// Changes one stored setting of the store at `dir` (the CLI's `config set`), after
+    /// checking that the change loses and doubles nothing; returns the new configuration.
+    ///
+    /// The store is opened for the change (so a store in use elsewhere is refused) and
+    /// `meta.json` is replaced atomically only once every check passed: on any error nothing
+    /// changed. Refused: `durability none` while any frequency is allocated (they would be
+    /// forgotten at the next open and handed out again). Every strategy, every other
+    /// durability (`none` keeps nothing on disk, so leaving it loses nothing) and every limit
+    /// are allowed; a limit below what a client holds only stops it allocating more.
+    pub fn set_config(
+        dir: impl AsRef<Path>,
+        change: ConfigChange,
+    ) -> Result<StoreConfig, FreqError> {
+        let dir = dir.as_ref();
+        let alloc = Allocator::open(dir, quiet_options())?;
+        let result = (|| {
+            let mut config = alloc.config().clone();
+            match change {
+                ConfigChange::Strategy(s) => config.strategy = s,
+                ConfigChange::Limit(l) => config.client_limit = l,
+                ConfigChange::Durability(d) => {
+                    let held: u64 = alloc
+                        .free_per_shard()
+                        .iter()
+                        .zip(0..)
+                        .map(|(free, i)| config.layout.shard_size(i) - free)
+                        .sum();
+                    if d == Durability::None && config.durability != Durability::None && held > 0 {
+                        return Err(StoreError::ConfigRefused {
+                            key: "durability".into(),
+                            value: d.to_string(),
+                            reason: format!(
+                                "{held} {} allocated, and a store with durability none forgets {} at the next open (release {} first)",
+                                if held == 1 { "frequency is" } else { "frequencies are" },
+                                if held == 1 { "it" } else { "them" },
+                                if held == 1 { "it" } else { "them" },
+                            ),
+                        }
+                        .into());
+                    }
+                    config.durability = d;
+                }
+            }
+            write_config(dir, &config)?;
+            Ok(config)
+        })();
+        alloc.stop();
+        result
     }
 
     /// An allocator that keeps nothing on disk, with default options.

@@ -36,6 +36,15 @@ pub enum LayoutError {
         /// Frequencies in the pool.
         frequencies: u64,
     },
+    /// More shards than a store may have (see [`MAX_SHARDS`](super::MAX_SHARDS)): each shard
+    /// is a thread and a disk table with its own files and cache.
+    #[error("{shards} shards is more than the {max} a store may have")]
+    ShardLimit {
+        /// Shards asked for.
+        shards: usize,
+        /// The bound.
+        max: usize,
+    },
     /// The new pool leaves out frequencies the store has (only growth is allowed).
     #[error("the new pool drops frequencies {}: only growth is allowed", list(.0))]
     Shrink(Vec<FreqRange>),
@@ -209,4 +218,79 @@ pub enum StoreError {
         /// What was asked for.
         requested: String,
     },
+    /// `init` on an existing store asked for another strategy, durability, limit or replica
+    /// count than the stored one (nothing changed: settings change only with `config set`).
+    #[error("the store at {} has {key} {existing}; refusing {key} {requested} (init never changes a store's settings: use `freqalloc config set {key} {requested}`)", path.display())]
+    SettingMismatch {
+        /// The store.
+        path: std::path::PathBuf,
+        /// The setting.
+        key: &'static str,
+        /// What it has.
+        existing: String,
+        /// What was asked for.
+        requested: String,
+    },
+    /// A file of the store that is not a regular file (a FIFO, socket, device or directory in
+    /// place of `meta.json` or of a disk table's file): refused rather than read, which could
+    /// hang.
+    #[error("{} is not a regular file: refusing to read it", path.display())]
+    NotRegular {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// A shard (or both replicas of one) named by the configuration has no directory or no
+    /// identity record: it was deleted, or the configuration was edited (e.g. `replicas`).
+    /// Opening would start it empty and hand its allocations out again.
+    #[error("{} is missing: the store's configuration names shard {shard}{}, but its directory or identity record is gone (restore it, or restore the matching meta.json)", path.display(), replica.map(|r| format!(" replica {r}")).unwrap_or_default())]
+    ShardMissing {
+        /// Where the shard's disk table should be.
+        path: std::path::PathBuf,
+        /// The shard.
+        shard: usize,
+        /// The replica, with replication.
+        replica: Option<usize>,
+    },
+    /// A shard directory whose identity record does not match the configuration (another
+    /// store's shard, another index, or a configuration edited by hand).
+    #[error("{} does not match the store's configuration: {reason}", path.display())]
+    ShardMismatch {
+        /// The shard's directory.
+        path: std::path::PathBuf,
+        /// What differs.
+        reason: String,
+    },
+    /// `init` found shard directories holding data but no `meta.json` (it was lost): creating
+    /// a store over them would adopt some and hand their allocations out again.
+    #[error("{} holds shard data ({}) but no meta.json: refusing to create a store over it (restore meta.json, or move the shard directories away)", path.display(), list_paths(found))]
+    StrayShards {
+        /// The store directory.
+        path: std::path::PathBuf,
+        /// The shard directories found.
+        found: Vec<std::path::PathBuf>,
+    },
+    /// The disk is full (or too small for the store).
+    #[error("disk full while writing {}", path.display())]
+    DiskFull {
+        /// The file or directory being written.
+        path: std::path::PathBuf,
+    },
+    /// `config set` refused a change that would lose or double allocations (nothing changed).
+    #[error("refusing to set {key} to {value}: {reason}")]
+    ConfigRefused {
+        /// The setting.
+        key: String,
+        /// The value asked for.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn list_paths(paths: &[std::path::PathBuf]) -> String {
+    let parts: Vec<String> = paths
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    parts.join(", ")
 }

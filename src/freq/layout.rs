@@ -40,6 +40,16 @@ impl FromStr for FreqRange {
     }
 }
 
+/// The most shards a store may have. Each shard is a thread and a disk table (with two
+/// replicas, two), each with a few open files and its own cache: 10,000 shards took 2 GB and
+/// ran out of file descriptors. 64 shards (128 disk tables with two replicas) open in well
+/// under the default limit of 1,024 descriptors.
+pub const MAX_SHARDS: usize = 64;
+
+/// Without an explicit shard count a pool gets one shard per listed range, up to this many; a
+/// pool of more ranges is split evenly over this many shards.
+pub const DEFAULT_MAX_SHARDS: usize = 8;
+
 /// The shards of a pool: shard `i` owns `shards[i]`, a sorted list of disjoint ranges.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
@@ -56,6 +66,7 @@ impl Layout {
         if shards.is_empty() {
             return Err(LayoutError::NoShards);
         }
+        check_shard_count(shards.len())?;
         let mut layout = Layout {
             shards,
             index: Vec::new(),
@@ -70,6 +81,30 @@ impl Layout {
         Ok(layout)
     }
 
+    /// The layout the CLI's `init` makes: `shards` shards split evenly when given (at most
+    /// [`MAX_SHARDS`]), else one shard per listed range when there are at most
+    /// [`DEFAULT_MAX_SHARDS`] of them, else the ranges split evenly over that many shards.
+    pub fn for_pool(ranges: &[FreqRange], shards: Option<usize>) -> Result<Self, LayoutError> {
+        match shards {
+            Some(n) => Layout::split_evenly(ranges, n),
+            None if ranges.len() <= DEFAULT_MAX_SHARDS => Layout::one_shard_per_range(ranges),
+            None => {
+                let ranges = coalesce(ranges.to_vec());
+                if ranges.len() <= DEFAULT_MAX_SHARDS {
+                    return Layout::one_shard_per_range(&ranges);
+                }
+                let total: u128 = ranges
+                    .iter()
+                    .map(|r| u128::from(r.last - r.first) + 1)
+                    .sum();
+                let n = usize::try_from(total)
+                    .unwrap_or(usize::MAX)
+                    .min(DEFAULT_MAX_SHARDS);
+                Layout::split_evenly(&ranges, n)
+            }
+        }
+    }
+
     /// One shard per listed range: the course's `10-15,20-25` gives two shards.
     pub fn one_shard_per_range(ranges: &[FreqRange]) -> Result<Self, LayoutError> {
         Layout::new(ranges.iter().map(|r| vec![*r]).collect())
@@ -81,6 +116,7 @@ impl Layout {
         if shards == 0 {
             return Err(LayoutError::NoShards);
         }
+        check_shard_count(shards)?;
         let mut sorted = ranges.to_vec();
         sorted.sort();
         let total: u64 = sorted.iter().map(FreqRange::len).sum();
@@ -116,6 +152,7 @@ impl Layout {
     }
 
     fn rebuild_index(&mut self) -> Result<(), LayoutError> {
+        check_shard_count(self.shards.len())?;
         let mut index: Vec<(FreqRange, usize)> = self
             .shards
             .iter()
@@ -201,6 +238,16 @@ impl Layout {
     }
 }
 
+fn check_shard_count(shards: usize) -> Result<(), LayoutError> {
+    if shards > MAX_SHARDS {
+        return Err(LayoutError::ShardLimit {
+            shards,
+            max: MAX_SHARDS,
+        });
+    }
+    Ok(())
+}
+
 fn added_len(ranges: &[FreqRange]) -> usize {
     let n: u64 = ranges.iter().map(FreqRange::len).sum();
     usize::try_from(n).unwrap_or(usize::MAX)
@@ -222,7 +269,7 @@ pub fn coalesce(mut ranges: Vec<FreqRange>) -> Vec<FreqRange> {
 }
 
 /// `a` minus `b`, both coalesced.
-fn subtract(a: &[FreqRange], b: &[FreqRange]) -> Vec<FreqRange> {
+pub(crate) fn subtract(a: &[FreqRange], b: &[FreqRange]) -> Vec<FreqRange> {
     let mut out = Vec::new();
     for r in a {
         let mut first = r.first;
@@ -334,6 +381,40 @@ mod tests {
             other => panic!("expected a shrink error, got {other:?}"),
         }
         assert_eq!(l.grow_to(&l.all_ranges()).unwrap(), l);
+    }
+
+    /// Regression (issue 12): `--shards` had no bound (10,000 shards took 2 GB, then EMFILE)
+    /// and 2,000 listed ranges made 2,000 shards.
+    #[test]
+    fn shards_are_bounded_and_many_ranges_make_few_shards() {
+        let pool = parse_pool("0-999999").unwrap();
+        assert!(Layout::split_evenly(&pool, MAX_SHARDS).is_ok());
+        for n in [MAX_SHARDS + 1, 10_000, usize::MAX] {
+            assert_eq!(
+                Layout::split_evenly(&pool, n),
+                Err(LayoutError::ShardLimit {
+                    shards: n,
+                    max: MAX_SHARDS
+                })
+            );
+        }
+        let many: Vec<FreqRange> = (0..2000u64).map(|i| r(i * 10, i * 10 + 4)).collect();
+        assert!(matches!(
+            Layout::one_shard_per_range(&many),
+            Err(LayoutError::ShardLimit { .. })
+        ));
+        let l = Layout::for_pool(&many, None).unwrap();
+        assert_eq!(l.shard_count(), DEFAULT_MAX_SHARDS);
+        assert_eq!(l.pool_size(), 10_000);
+        let course = parse_pool("10-15,20-25").unwrap();
+        assert_eq!(Layout::for_pool(&course, None).unwrap().shard_count(), 2);
+        assert_eq!(Layout::for_pool(&course, Some(3)).unwrap().shard_count(), 3);
+        // A stored layout over the bound is refused when read back.
+        let json =
+            serde_json::to_string(&Layout::split_evenly(&pool, MAX_SHARDS).unwrap()).unwrap();
+        let mut big: Layout = serde_json::from_str(&json).unwrap();
+        big.shards.push(vec![r(2_000_000, 2_000_000)]);
+        assert!(matches!(big.reindex(), Err(LayoutError::ShardLimit { .. })));
     }
 
     proptest! {

@@ -57,10 +57,10 @@ mod shard_core;
 mod status;
 mod store;
 
-pub use allocator::{Allocator, Client, InitOutcome, Options};
+pub use allocator::{Allocator, Client, ConfigChange, InitOutcome, Options};
 pub use clock::{LeaseClock, ManualLeaseClock, SystemLeaseClock};
 pub use error::{FreqError, LayoutError, StoreError};
-pub use layout::{coalesce, parse_pool, Layout};
+pub use layout::{coalesce, parse_pool, Layout, DEFAULT_MAX_SHARDS, MAX_SHARDS};
 pub use pair::Role;
 pub use pool::{Allocation, Change, Load, Pool, PoolReaders, Violation};
 pub use protocol::{Fault, LogEntry, ReplicaDump, Snapshot};
