@@ -41,6 +41,17 @@ pub enum LayoutError {
     Shrink(Vec<FreqRange>),
 }
 
+/// An I/O error of a store file in words, once: "disk full while writing s/meta.json".
+fn io_text(path: &std::path::Path, source: &std::io::Error) -> String {
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    let words = crate::io_words::io_words(source);
+    if matches!(source.kind(), StorageFull | QuotaExceeded) {
+        format!("{words} while writing {}", path.display())
+    } else {
+        format!("{}: {words}", path.display())
+    }
+}
+
 fn list(ranges: &[FreqRange]) -> String {
     let parts: Vec<String> = ranges.iter().map(ToString::to_string).collect();
     parts.join(",")
@@ -101,10 +112,10 @@ pub enum FreqError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The in-memory tables refused an operation (a bug if it happens: reported, not hidden).
-    #[error("in-memory table: {0}")]
+    #[error(transparent)]
     Table(#[from] crate::ets::EtsError),
     /// The disk tables failed.
-    #[error("disk table: {0}")]
+    #[error(transparent)]
     Disk(#[from] crate::dets::DetsError),
     /// The state read from disk breaks an invariant.
     #[error("corrupt store: {0}")]
@@ -181,7 +192,7 @@ impl ShardError {
 #[non_exhaustive]
 pub enum StoreError {
     /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", io_text(path, source))]
     Io {
         /// The file or directory.
         path: std::path::PathBuf,
