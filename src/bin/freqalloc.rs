@@ -39,7 +39,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use freqalloc::freq::{
-    parse_pool, Allocator, Durability, FreqError, InitOutcome, Layout, Options, Routing, Status,
+    parse_pool, Allocator, Durability, FreqError, InitOutcome, Layout, LayoutError, Options,
+    Routing, Status,
     StoreConfig,
 };
 
@@ -757,7 +758,11 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
 
 /// `--pool`: checked when the arguments are parsed, so a bad pool is a usage error (exit 2).
 fn parse_pool_arg(text: &str) -> Result<String, String> {
-    parse_pool(text).map_err(|e| e.to_string())?;
+    let mut ranges = parse_pool(text).map_err(|e| e.to_string())?;
+    ranges.sort();
+    if let Some(w) = ranges.windows(2).find(|w| w[1].first <= w[0].last) {
+        return Err(LayoutError::Overlap(w[0], w[1]).to_string());
+    }
     Ok(text.to_string())
 }
 
