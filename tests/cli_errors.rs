@@ -277,3 +277,78 @@ fn one_frequency_is_singular() {
     let status = ok(&store, &["status"]);
     assert!(status.lines().next().unwrap().contains(": 1 frequency,"), "{status}");
 }
+
+/// A small tmpfs mounted on a temporary directory, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` when not root (mounting needs it); under `CI=true` that is a failure, not a skip.
+    fn mount(size: &str) -> Option<SmallDisk> {
+        // The effective uid, from /proc (no libc dependency for one number).
+        let root = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .map(|l| l.split_whitespace().nth(2) == Some("0"))
+            })
+            .unwrap_or(false);
+        if !root {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI must run this test as root (it mounts a tmpfs)"
+            );
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount tmpfs: {st:?}");
+        Some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Bug: disk full printed the I/O error's text three times with sled internals
+/// (`Os { code: 28, kind: StorageFull, .. }`, "backtrace ()"). Now: "disk full while writing
+/// table ".../shard-0"", once.
+#[test]
+fn disk_full_is_said_in_words_once() {
+    let Some(disk) = SmallDisk::mount("4m") else {
+        return;
+    };
+    let store = disk.path().join("s");
+    ok(&store, &["init", "--pool", "1-1000"]);
+    // Fill the rest of the file system.
+    let mut fill = std::fs::File::create(disk.path().join("fill")).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut fill, &block).is_ok() {}
+    drop(fill);
+    let out = cmd(&store, &["allocate", "--client", "a"])
+        .env("FREQALLOC_WAIT_MS", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("disk full while writing"), "{err}");
+    assert_eq!(err.matches("disk full").count(), 1, "{err}");
+    for internal in ["os error", "Os {", "backtrace", "No space left"] {
+        assert!(!err.contains(internal), "{internal:?} in {err}");
+    }
+}
