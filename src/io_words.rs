@@ -55,10 +55,7 @@ pub fn engine_words(detail: &str) -> String {
         let end = text[i..].find('}').map_or(text.len(), |j| i + j + 1);
         text.replace_range(i..end, &words);
     }
-    for (from, to) in [
-        ("Read corrupted data", "damaged data"),
-        ("IO error: ", ""),
-    ] {
+    for (from, to) in [("Read corrupted data", "damaged data"), ("IO error: ", "")] {
         text = text.replace(from, to);
     }
     if let Some(i) = text.find("Some(") {

@@ -67,7 +67,11 @@ fn status_json_is_proportional_to_ranges_and_allocations() {
     ok(&store, &["init", "--pool", "0-9999999"]);
     ok(&store, &["allocate", "--client", "a"]);
     let text = ok(&store, &["status", "--json"]);
-    assert!(text.len() < 4096, "{} bytes for 10^7 frequencies", text.len());
+    assert!(
+        text.len() < 4096,
+        "{} bytes for 10^7 frequencies",
+        text.len()
+    );
     let s: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(s["free_ranges"], serde_json::json!([[1, 9999999]]));
     assert_eq!(s["free_count"], 9999999);
@@ -83,7 +87,13 @@ fn status_json_is_proportional_to_ranges_and_allocations() {
     // The bound is bounded too.
     fails_with(
         &store,
-        &["status", "--json", "--list-free", "--free-limit", "99999999999"],
+        &[
+            "status",
+            "--json",
+            "--list-free",
+            "--free-limit",
+            "99999999999",
+        ],
         2,
     );
 
@@ -103,7 +113,9 @@ fn the_whole_u64_range_counts_two_to_the_64() {
         ok(&store, &["init", "--pool", pool]);
         let check = ok(&store, &["check"]);
         assert!(
-            check.starts_with(&format!("consistent: {TWO_TO_64} frequencies, {TWO_TO_64} free")),
+            check.starts_with(&format!(
+                "consistent: {TWO_TO_64} frequencies, {TWO_TO_64} free"
+            )),
             "{pool}: {check}"
         );
         let f = ok(&store, &["allocate", "--client", "a"]);
@@ -120,7 +132,10 @@ fn the_whole_u64_range_counts_two_to_the_64() {
         assert_eq!(s["free_count"], u64::MAX, "{pool}");
         let text = ok(&store, &["status"]);
         assert!(
-            text.lines().next().unwrap().contains(&format!("{TWO_TO_64} frequencies")),
+            text.lines()
+                .next()
+                .unwrap()
+                .contains(&format!("{TWO_TO_64} frequencies")),
             "{text}"
         );
         ok(&store, &["deallocate", f.trim(), "--client", "a"]);
@@ -167,7 +182,11 @@ fn a_closed_pipe_ends_the_binary_quietly() {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // `2>&1`: both on the closed pipe, no abort.
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
@@ -275,7 +294,16 @@ fn one_frequency_is_singular() {
         "{check}"
     );
     let status = ok(&store, &["status"]);
-    assert!(status.lines().next().unwrap().contains(": 1 frequency,"), "{status}");
+    assert!(
+        status.lines().next().unwrap().contains(": 1 frequency,"),
+        "{status}"
+    );
+    ok(&store, &["allocate", "--client", "a"]);
+    let err = fails_with(&store, &["allocate", "--client", "b"], 1);
+    assert!(
+        err.contains("no frequency left: the 1 frequency is allocated"),
+        "{err}"
+    );
 }
 
 /// A small tmpfs mounted on a temporary directory, unmounted on drop.

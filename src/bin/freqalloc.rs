@@ -40,8 +40,7 @@ use serde_json::{json, Value};
 
 use freqalloc::freq::{
     parse_pool, Allocator, Durability, FreqError, InitOutcome, Layout, LayoutError, Options,
-    Routing, Status,
-    StoreConfig,
+    Routing, Status, StoreConfig,
 };
 
 /// A persistent, sharded allocator of frequencies (the course's frequency server, scaled up).
@@ -544,7 +543,12 @@ fn print_status(dir: &Path, s: &Status, pool: u128) -> Result<()> {
     );
     out!(
         "{:>5}  {:<24} {:>10} {:>10} {:>10} {:>8}",
-        "shard", "ranges", "free", "allocated", "recovered", "restarts"
+        "shard",
+        "ranges",
+        "free",
+        "allocated",
+        "recovered",
+        "restarts"
     );
     for sh in &s.shards {
         out!(
@@ -589,7 +593,10 @@ fn print_status(dir: &Path, s: &Status, pool: u128) -> Result<()> {
     out!("allocations:");
     out!(
         "{:>12}  {:<20} {:>15} {:>15}",
-        "freq", "owner", "since_ms", "lease_until_ms"
+        "freq",
+        "owner",
+        "since_ms",
+        "lease_until_ms"
     );
     for (f, a) in &s.allocations {
         let lease = a
@@ -626,7 +633,13 @@ const FREE_LIST_MAX: u64 = 10_000_000;
 
 /// The pool's size, counted in `u128`: the whole `u64` range holds 2^64 frequencies.
 fn pool_count(alloc: &Allocator) -> u128 {
-    alloc.config().layout.all_ranges().iter().map(range_count).sum()
+    alloc
+        .config()
+        .layout
+        .all_ranges()
+        .iter()
+        .map(range_count)
+        .sum()
 }
 
 /// How many frequencies `r` holds (up to 2^64).
@@ -1337,7 +1350,10 @@ fn bench_tables(args: BenchTablesArgs) -> Result<ExitCode> {
     if !args.json {
         out!(
             "{:<32} {:>7} {:>9} {:>14}",
-            "workload", "threads", "keys", "ops/s"
+            "workload",
+            "threads",
+            "keys",
+            "ops/s"
         );
     }
     if only != Some("dets") {

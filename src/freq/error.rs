@@ -52,6 +52,20 @@ fn io_text(path: &std::path::Path, source: &std::io::Error) -> String {
     }
 }
 
+/// "1 frequency", "2 frequencies".
+fn frequencies(n: u128) -> String {
+    format!("{n} {}", if n == 1 { "frequency" } else { "frequencies" })
+}
+
+/// "the 1 frequency is", "all 6 frequencies are".
+fn all_of(n: u64) -> String {
+    if n == 1 {
+        "the 1 frequency is".to_string()
+    } else {
+        format!("all {n} frequencies are")
+    }
+}
+
 fn list(ranges: &[FreqRange]) -> String {
     let parts: Vec<String> = ranges.iter().map(ToString::to_string).collect();
     parts.join(",")
@@ -64,7 +78,7 @@ fn list(ranges: &[FreqRange]) -> String {
 #[non_exhaustive]
 pub enum FreqError {
     /// Every frequency of the whole pool is allocated (never returned while any shard has one).
-    #[error("no frequency left: all {pool_size} frequencies are allocated")]
+    #[error("no frequency left: {} allocated", all_of(*pool_size))]
     NoFrequency {
         /// The pool's size.
         pool_size: u64,
@@ -86,7 +100,7 @@ pub enum FreqError {
         client: String,
     },
     /// The client already holds its limit of frequencies.
-    #[error("client {client:?} already holds its limit of {limit} frequencies")]
+    #[error("client {client:?} already holds its limit of {}", frequencies(*limit as u128))]
     LimitReached {
         /// The client.
         client: String,
