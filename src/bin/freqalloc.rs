@@ -39,8 +39,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use freqalloc::freq::{
-    parse_pool, Allocator, Durability, FreqError, InitOutcome, Layout, LayoutError, Options,
-    Routing, Status, StoreConfig,
+    check_client_name, parse_pool, Allocator, Durability, FreqError, InitOutcome, Layout,
+    LayoutError, Options, Routing, Status, StoreConfig,
 };
 
 /// A persistent, sharded allocator of frequencies (the course's frequency server, scaled up).
@@ -738,21 +738,10 @@ fn escaped_controls(text: &str) -> String {
         .collect()
 }
 
-/// `--client`: the one validation of a client name for every command (the library's rule,
-/// 1 to 255 bytes, plus no control characters, which would be printed raw).
+/// `--client`: the library's one rule for a client name ([`check_client_name`]), checked when
+/// the arguments are parsed, so a bad name is a usage error in every command.
 fn parse_client(name: &str) -> Result<String, String> {
-    if name.is_empty() || name.len() > 255 {
-        return Err(format!(
-            "\"{}\" is not a client name: it must be 1 to 255 bytes",
-            escaped(name)
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(format!(
-            "\"{}\" is not a client name: control characters are not allowed",
-            escaped(name)
-        ));
-    }
+    check_client_name(name).map_err(|e| e.to_string())?;
     Ok(name.to_string())
 }
 
@@ -1402,4 +1391,27 @@ fn bench_tables(args: BenchTablesArgs) -> Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bug (issue 12): names with control characters were printed raw. A name from a store
+    /// written before the rule, or from a peer, is printed escaped.
+    #[test]
+    fn names_are_escaped_on_output() {
+        assert_eq!(escaped("radio-7"), "radio-7");
+        assert_eq!(escaped("a\nb\u{1b}[2J\\"), "a\\nb\\u{1b}[2J\\\\");
+        assert!(!escaped("\u{7}\r\t").chars().any(char::is_control));
+    }
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(28);
+        let e = anyhow::Error::new(io).context("disk full while writing s/meta.json");
+        assert_eq!(error_line(&e), "disk full while writing s/meta.json");
+        let e = anyhow::anyhow!("table x is locked").context("opening: table x is locked");
+        assert_eq!(error_line(&e), "opening: table x is locked");
+    }
 }

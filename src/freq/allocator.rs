@@ -591,6 +591,7 @@ impl Allocator {
 
     /// What `client` holds, lowest first, read from the shards' owner indexes (no message).
     pub fn held_by(&self, client: &str) -> Result<Vec<u64>, FreqError> {
+        check_name(client)?;
         let owner = client.to_string();
         let mut held = Vec::new();
         for s in &self.inner.shared {
@@ -832,11 +833,17 @@ impl Drop for Client {
     }
 }
 
-fn check_name(name: &str) -> Result<(), FreqError> {
-    if name.is_empty() || name.len() > 255 {
+/// The one rule for a client name, for every operation (and the CLI's `--client`): 1 to 255
+/// bytes, no control characters (a name is printed in status tables and error messages).
+pub fn check_client_name(name: &str) -> Result<(), FreqError> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
         return Err(FreqError::BadClientName(name.to_string()));
     }
     Ok(())
+}
+
+fn check_name(name: &str) -> Result<(), FreqError> {
+    check_client_name(name)
 }
 
 /// How the allocator treats a call that failed in transport: the one place where it matches

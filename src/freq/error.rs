@@ -107,8 +107,8 @@ pub enum FreqError {
         /// The per-client limit.
         limit: usize,
     },
-    /// A client name that is empty or too long.
-    #[error("bad client name {0:?}: it must be 1 to 255 bytes")]
+    /// A client name that is empty, too long, or holds a control character.
+    #[error("bad client name {0:?}: it must be 1 to 255 bytes, without control characters")]
     BadClientName(String),
     /// A client handle with that name is already open in this allocator.
     #[error("a client handle named {0:?} is already open")]
