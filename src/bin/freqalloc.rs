@@ -378,7 +378,12 @@ fn run_remote(n: &str, cookie: Option<&str>, command: Command) -> Result<ExitCod
                 out!("{f}");
             }
         }
-        Command::Status { json, .. } => {
+        Command::Status {
+            json, list_free, ..
+        } => {
+            if list_free {
+                bail!("--list-free needs the store itself: a node's status has counts and ranges only");
+            }
             let s = r.status()?;
             if json {
                 out!("{}", remote::status_json(&s));
@@ -629,7 +634,7 @@ fn escaped(name: &str) -> String {
 }
 
 /// The most `status --json --list-free --free-limit N` lists.
-const FREE_LIST_MAX: u64 = 10_000_000;
+const FREE_LIST_MAX: u64 = 1_000_000;
 
 /// The pool's size, counted in `u128`: the whole `u64` range holds 2^64 frequencies.
 fn pool_count(alloc: &Allocator) -> u128 {
