@@ -36,7 +36,7 @@ fn kind_words(kind: ErrorKind) -> Option<&'static str> {
 }
 
 /// A storage engine's message in words: sled's `backtrace ()` tails are cut, an embedded
-/// `Os { code: N, .. }` debug dump becomes its words, `Some(N)` offsets become `N`.
+/// `Os { code: N, .. }` debug dump becomes its words, `Some(Inline(N))` offsets become `N`.
 pub fn engine_words(detail: &str) -> String {
     let mut text = match detail.find(" backtrace") {
         Some(i) => detail[..i].to_string(),
@@ -58,13 +58,35 @@ pub fn engine_words(detail: &str) -> String {
     for (from, to) in [("Read corrupted data", "damaged data"), ("IO error: ", "")] {
         text = text.replace(from, to);
     }
-    if let Some(i) = text.find("Some(") {
-        if let Some(j) = text[i..].find(')') {
-            let inner = text[i + 5..i + j].to_string();
+    // sled's file offsets print as `Some(Inline(96))`: keep the number.
+    for wrapper in ["Some(", "Inline("] {
+        while let Some(i) = text.find(wrapper) {
+            let Some(j) = closing(&text[i..]) else {
+                break;
+            };
+            let inner = text[i + wrapper.len()..i + j].to_string();
             text.replace_range(i..i + j + 1, &inner);
         }
     }
     text.trim().to_string()
+}
+
+/// The offset in `text` of the parenthesis closing its first `(`.
+fn closing(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -82,15 +104,19 @@ mod tests {
 
     #[test]
     fn no_os_error_suffix_or_backtrace() {
-        let e = Error::from_raw_os_error(libc_eio());
+        let e = Error::from_raw_os_error(5); // EIO
         assert!(!io_words(&e).contains("os error"), "{}", io_words(&e));
         assert_eq!(
             engine_words("Read corrupted data at file offset Some(4096) backtrace ()"),
             "damaged data at file offset 4096"
         );
-    }
-
-    fn libc_eio() -> i32 {
-        5
+        assert_eq!(
+            engine_words("Read corrupted data at file offset Some(Inline(96)) backtrace ()"),
+            "damaged data at file offset 96"
+        );
+        assert_eq!(
+            engine_words("at Some(Inline(96)) (while reading)"),
+            "at 96 (while reading)"
+        );
     }
 }

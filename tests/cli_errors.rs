@@ -285,6 +285,28 @@ fn each_cause_is_said_once() {
     }
 }
 
+/// Bug: a damaged sled log was reported with sled's internals ("Read corrupted data at file
+/// offset Some(Inline(96)) backtrace ()"). Now in words, once.
+#[test]
+fn a_damaged_log_is_said_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    ok(&store, &["init", "--pool", "1-50"]);
+    for _ in 0..3 {
+        ok(&store, &["allocate", "--client", "a"]);
+    }
+    let log = store.join("shard-0").join("db");
+    let mut bytes = std::fs::read(&log).unwrap();
+    for b in bytes.iter_mut().step_by(97) {
+        *b ^= 0xff;
+    }
+    std::fs::write(&log, bytes).unwrap();
+    let err = fails_with(&store, &["status"], 1);
+    for internal in ["backtrace", "Some(", "Inline(", "Os {", "os error"] {
+        assert!(!err.contains(internal), "{internal:?} in {err}");
+    }
+}
+
 /// Bug: "(1 frequencies)".
 #[test]
 fn one_frequency_is_singular() {
