@@ -79,6 +79,7 @@ pub mod dets;
 pub mod dist;
 pub mod ets;
 pub mod freq;
+pub mod io_words;
 pub mod otp;
 pub mod table;
 

@@ -45,7 +45,11 @@ fn fails(store: &Path, args: &[&str]) -> String {
 }
 
 fn status(store: &Path) -> Value {
-    serde_json::from_str(&ok(store, &["status", "--json"])).expect("status --json is JSON")
+    serde_json::from_str(&ok(
+        store,
+        &["status", "--json", "--list-free", "--free-limit", "1000000"],
+    ))
+    .expect("status --json is JSON")
 }
 
 #[test]

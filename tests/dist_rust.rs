@@ -442,7 +442,8 @@ fn sigkill_under_a_remote_load_storm_loses_no_acknowledged_operation() {
 
         // A local command opens the store: the stale node file does not block it.
         let s: Value =
-            serde_json::from_str(&cluster.freqalloc(&data, &["status", "--json"])).unwrap();
+            serde_json::from_str(&cluster.freqalloc(&data, &["status", "--json", "--list-free"]))
+                .unwrap();
         let mut actual: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
         let mut seen = BTreeSet::new();
         for a in s["allocations"].as_array().unwrap() {

@@ -4,6 +4,23 @@
 //! does its work and closes it; with `--node NAME` (or `FREQALLOC_NODE`) the store commands talk
 //! to a running `freqalloc node` instead. Every error is one line on stderr and a non-zero exit.
 
+/// `println!` that hands a failed write (a closed pipe: `freqalloc status | head -1`) back to
+/// the caller as an error instead of panicking; `main` ends quietly on a broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// `eprintln!` that never panics: a closed stderr (`2>&1 | head -1`) is ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 #[path = "freqalloc/node.rs"]
 mod node;
 #[path = "freqalloc/remote.rs"]
@@ -22,8 +39,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use freqalloc::freq::{
-    parse_pool, Allocator, ConfigChange, Durability, FreqError, InitOutcome, Layout, Options,
-    Routing, Status, StoreConfig,
+    check_client_name, parse_pool, Allocator, ConfigChange, Durability, FreqError, InitOutcome,
+    Layout, LayoutError, Options, Routing, Status, StoreConfig,
 };
 
 /// A persistent, sharded allocator of frequencies (the course's frequency server, scaled up).
@@ -59,7 +76,7 @@ enum Command {
     /// Allocate a frequency to a client; prints the frequency alone on stdout.
     Allocate {
         /// The client's name.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_client)]
         client: String,
         /// Reclaim the frequency after this many seconds.
         #[arg(long)]
@@ -70,26 +87,34 @@ enum Command {
         /// The frequency.
         freq: u64,
         /// The client's name.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_client)]
         client: String,
     },
     /// Free every frequency a client holds; prints them.
     Release {
         /// The client's name.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_client)]
         client: String,
     },
     /// Print what a client holds, one frequency a line.
     Held {
         /// The client's name.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_client)]
         client: String,
     },
     /// Show shards, free ranges and allocations.
     Status {
-        /// One JSON object instead of tables.
+        /// One JSON object instead of tables: free frequencies as ranges, allocations one by one.
         #[arg(long)]
         json: bool,
+        /// With --json: also list free frequencies one by one ("free"), at most --free-limit.
+        #[arg(long, requires = "json")]
+        list_free: bool,
+        /// The most free frequencies --list-free lists ("free_truncated" says if there were
+        /// more).
+        #[arg(long, default_value_t = 10_000, requires = "list_free",
+              value_parser = clap::value_parser!(u64).range(0..=FREE_LIST_MAX))]
+        free_limit: u64,
     },
     /// Verify the store's invariants; exit 0 when consistent.
     Check,
@@ -99,7 +124,7 @@ enum Command {
     /// of clients with a progress bar, and summarise. A second run shows what was recovered.
     Demo {
         /// How long the storm runs.
-        #[arg(long, default_value_t = 5.0)]
+        #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
         seconds: f64,
         /// Client threads.
         #[arg(long, default_value_t = 12)]
@@ -118,7 +143,7 @@ enum Command {
 #[derive(Args)]
 struct InitArgs {
     /// The pool: comma-separated ranges, e.g. 10-15,20-25.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_pool_arg)]
     pool: String,
     /// Split the pool evenly over this many shards, at most 64 (default: one shard per listed
     /// range up to 8 ranges, else 8 shards).
@@ -163,7 +188,7 @@ pub(crate) struct LoadArgs {
     #[arg(long, default_value_t = 4)]
     clients: usize,
     /// How long to run.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
     seconds: f64,
     /// Frequencies each client holds at most before it deallocates.
     #[arg(long, default_value_t = 1)]
@@ -179,10 +204,43 @@ pub(crate) struct LoadArgs {
     pipeline: usize,
 }
 
+/// The exit code of a command whose output pipe closed, as a shell reports a process ended by
+/// `SIGPIPE` (128 + 13). Nothing is printed.
+const BROKEN_PIPE_EXIT: u8 = 141;
+
+/// An error and its causes, each said once: a cause whose text (for an I/O error: its words,
+/// see [`freqalloc::io_words`]) the line already holds is left out, so a layer that repeats
+/// its source in its own message does not print it twice.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = match cause.downcast_ref::<std::io::Error>() {
+            Some(io) => freqalloc::io_words::io_words(io),
+            None => cause.to_string(),
+        };
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// True when the error is a write to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
     // A panic is a bug, but the user still gets one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("freqalloc: internal error: {info}");
+        say!("freqalloc: internal error: {info}");
     }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -192,22 +250,43 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // Usage errors in one line, like every other error.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("bad arguments");
-            eprintln!(
-                "freqalloc: {} (try --help)",
-                first.trim_start_matches("error: ")
-            );
+            say!("freqalloc: {} (try --help)", usage_line(&e));
             return ExitCode::from(2);
         }
     };
     match run(cli) {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(BROKEN_PIPE_EXIT),
         Err(e) => {
-            eprintln!("freqalloc: {e:#}");
+            say!("freqalloc: {}", error_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A usage error in one line, like every other error, with all clap said: which argument, what
+/// was wrong with it (clap's "Usage:" and "--help" tails are left out, a hint is kept).
+fn usage_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let mut text = e.render().to_string();
+    // The value as typed may hold a newline or an escape sequence: print it escaped.
+    if let Some(ContextValue::String(v)) = e.get(ContextKind::InvalidValue) {
+        if !v.is_empty() {
+            text = text.replace(v.as_str(), &escaped(v));
+        }
+    }
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect();
+    let line = escaped_controls(&parts.join(" "));
+    let line = line.trim_start_matches("error: ");
+    if line.is_empty() {
+        "bad arguments".to_string()
+    } else {
+        line.to_string()
     }
 }
 
@@ -226,7 +305,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => alloc.allocate(&client),
             }?;
             alloc.stop();
-            println!("{f}");
+            out!("{f}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Deallocate { freq, client } => {
@@ -238,7 +317,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Release { client } => {
             let alloc = node::open_waiting(dir)?;
             for f in alloc.release_all(&client)? {
-                println!("{f}");
+                out!("{f}");
             }
             alloc.stop();
             Ok(ExitCode::SUCCESS)
@@ -246,17 +325,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Held { client } => {
             let alloc = node::open_waiting(dir)?;
             for f in alloc.held_by(&client)? {
-                println!("{f}");
+                out!("{f}");
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json } => {
+        Command::Status {
+            json,
+            list_free,
+            free_limit,
+        } => {
             let alloc = node::open_waiting(dir)?;
             let status = alloc.status();
             if json {
-                println!("{}", status_json(&status));
+                let free_list = list_free.then_some(free_limit);
+                out!("{}", status_json(&status, pool_count(&alloc), free_list));
             } else {
-                print_status(dir, &status);
+                print_status(dir, &status, pool_count(&alloc))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -265,18 +349,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let violations = alloc.check()?;
             if violations.is_empty() {
                 let s = alloc.status();
-                println!(
-                    "consistent: {} frequencies, {} free, {} allocated, {} shards",
-                    s.pool_size,
-                    s.pool_size - s.allocations.len() as u64,
+                let pool = pool_count(&alloc);
+                out!(
+                    "consistent: {}, {} free, {} allocated, {}",
+                    counted(pool, "frequency", "frequencies"),
+                    pool - s.allocations.len() as u128,
                     s.allocations.len(),
-                    s.shards.len()
+                    counted(s.shards.len() as u128, "shard", "shards")
                 );
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("freqalloc: {} violation(s):", violations.len());
+                say!("freqalloc: {} violation(s):", violations.len());
                 for v in &violations {
-                    eprintln!("  {v}");
+                    say!("  {v}");
                 }
                 Ok(ExitCode::FAILURE)
             }
@@ -308,25 +393,30 @@ fn run_remote(n: &str, cookie: Option<&str>, command: Command) -> Result<ExitCod
                 Some(secs) => r.allocate_with_lease(&client, Duration::from_secs(secs)),
                 None => r.allocate(&client),
             }?;
-            println!("{f}");
+            out!("{f}");
         }
         Command::Deallocate { freq, client } => r.deallocate(freq, &client)?,
         Command::Release { client } => {
             for f in r.release_all(&client)? {
-                println!("{f}");
+                out!("{f}");
             }
         }
         Command::Held { client } => {
             for f in r.held_by(&client)? {
-                println!("{f}");
+                out!("{f}");
             }
         }
-        Command::Status { json } => {
+        Command::Status {
+            json, list_free, ..
+        } => {
+            if list_free {
+                bail!("--list-free needs the store itself: a node's status has counts and ranges only");
+            }
             let s = r.status()?;
             if json {
-                println!("{}", remote::status_json(&s));
+                out!("{}", remote::status_json(&s));
             } else {
-                remote::print_status(n, &s);
+                remote::print_status(n, &s)?;
             }
         }
         Command::Check => return remote::check(n, &r),
@@ -351,12 +441,12 @@ fn demo(dir: &Path, seconds: f64, clients: usize) -> Result<ExitCode> {
                 replicas: 1,
             };
             Allocator::init(dir, config, false)?;
-            println!(
+            out!(
                 "demo: created a store at {} (pool {DEMO_POOL}, 4 shards, most-free, sync)",
                 dir.display()
             );
         }
-        Some(c) => println!(
+        Some(c) => out!(
             "demo: reopening the store at {} (pool {}, {} shards, {}, {}); its allocations come back from disk",
             dir.display(),
             c.layout.pool_string(),
@@ -378,9 +468,9 @@ fn demo(dir: &Path, seconds: f64, clients: usize) -> Result<ExitCode> {
     )?;
     let alloc = open(dir)?;
     let status = alloc.status();
-    println!("after the storm (held allocations stay; run the demo again to see them recovered):");
+    out!("after the storm (held allocations stay; run the demo again to see them recovered):");
     for sh in &status.shards {
-        println!(
+        out!(
             "  shard {} ({}): {} free, {} allocated",
             sh.shard,
             ranges_string(&sh.ranges),
@@ -389,7 +479,7 @@ fn demo(dir: &Path, seconds: f64, clients: usize) -> Result<ExitCode> {
         );
     }
     let violations = alloc.check()?;
-    println!(
+    out!(
         "  check: {}",
         if violations.is_empty() {
             "consistent".to_string()
@@ -554,31 +644,36 @@ fn ranges_string(ranges: &[freqalloc::freq::FreqRange]) -> String {
     parts.join(",")
 }
 
-fn print_status(dir: &Path, s: &Status) {
-    println!(
-        "store {}: {} frequencies, strategy {}, durability {}",
+fn print_status(dir: &Path, s: &Status, pool: u128) -> Result<()> {
+    out!(
+        "store {}: {}, strategy {}, durability {}",
         dir.display(),
-        s.pool_size,
+        counted(pool, "frequency", "frequencies"),
         s.strategy,
         s.durability
     );
-    println!(
+    out!(
         "{:>5}  {:<24} {:>10} {:>10} {:>10} {:>8}",
-        "shard", "ranges", "free", "allocated", "recovered", "restarts"
+        "shard",
+        "ranges",
+        "free",
+        "allocated",
+        "recovered",
+        "restarts"
     );
     for sh in &s.shards {
-        println!(
+        out!(
             "{:>5}  {:<24} {:>10} {:>10} {:>10} {:>8}{}",
             sh.shard,
             ranges_string(&sh.ranges),
-            sh.free,
+            shard_free(s, &sh.ranges),
             sh.allocated,
             sh.recovered,
             sh.restarts,
             if sh.alive { "" } else { "  (down)" }
         );
         for r in &sh.replicas {
-            println!(
+            out!(
                 "{:>5}  replica {}: {:<8} applied {:>10}, lag {:>6}, restarts {}{}",
                 "",
                 r.replica,
@@ -594,7 +689,7 @@ fn print_status(dir: &Path, s: &Status) {
             );
         }
     }
-    println!(
+    out!(
         "free: {}",
         if s.free.is_empty() {
             "none".to_string()
@@ -603,34 +698,105 @@ fn print_status(dir: &Path, s: &Status) {
         }
     );
     if s.allocations.is_empty() {
-        println!("allocations: none");
-        return;
+        out!("allocations: none");
+        return Ok(());
     }
-    println!("allocations:");
-    println!(
+    out!("allocations:");
+    out!(
         "{:>12}  {:<20} {:>15} {:>15}",
-        "freq", "owner", "since_ms", "lease_until_ms"
+        "freq",
+        "owner",
+        "since_ms",
+        "lease_until_ms"
     );
     for (f, a) in &s.allocations {
         let lease = a
             .lease_until_ms
             .map(|t| t.to_string())
             .unwrap_or_else(|| "-".into());
-        println!(
+        out!(
             "{:>12}  {:<20} {:>15} {:>15}",
-            f, a.owner, a.since_ms, lease
+            f,
+            escaped(&a.owner),
+            a.since_ms,
+            lease
         );
+    }
+    Ok(())
+}
+
+/// A client name as printed: control characters and other unprintable ones escaped (`\n`,
+/// `\u{1b}`), so a stored name cannot move the cursor or forge a line.
+fn escaped(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_control() || c == '\\' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The most `status --json --list-free --free-limit N` lists.
+const FREE_LIST_MAX: u64 = 1_000_000;
+
+/// The pool's size, counted in `u128`: the whole `u64` range holds 2^64 frequencies.
+fn pool_count(alloc: &Allocator) -> u128 {
+    alloc
+        .config()
+        .layout
+        .all_ranges()
+        .iter()
+        .map(range_count)
+        .sum()
+}
+
+/// How many frequencies `r` holds (up to 2^64).
+fn range_count(r: &freqalloc::freq::FreqRange) -> u128 {
+    u128::from(r.last - r.first) + 1
+}
+
+/// A count in JSON: a number while it fits a `u64`, else its decimal digits as a string (JSON
+/// numbers above 2^64 - 1 do not survive most parsers).
+fn json_count(n: u128) -> Value {
+    match u64::try_from(n) {
+        Ok(n) => json!(n),
+        Err(_) => json!(n.to_string()),
     }
 }
 
-fn status_json(s: &Status) -> Value {
-    let free: Vec<u64> = s.free.iter().flat_map(|r| r.first..=r.last).collect();
-    json!({
-        "pool_size": s.pool_size,
+/// Free frequencies inside `ranges` (a shard's), counted from the status's free ranges: exact
+/// where a shard's published count saturates (2^64 free in a shard of the whole `u64` range).
+fn shard_free(s: &Status, ranges: &[freqalloc::freq::FreqRange]) -> u128 {
+    let mut n = 0;
+    for r in ranges {
+        // The free ranges are sorted and disjoint: the first one that can overlap `r` is the
+        // first whose end reaches it.
+        let from = s.free.partition_point(|f| f.last < r.first);
+        for f in s.free[from..].iter().take_while(|f| f.first <= r.last) {
+            n += u128::from(f.last.min(r.last) - f.first.max(r.first)) + 1;
+        }
+    }
+    n
+}
+
+/// "1 frequency", "2 frequencies".
+fn counted(n: u128, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `status --json`: proportional to the allocations and the free ranges, never to the pool's
+/// size; free frequencies one by one only when asked (`free_list`: at most that many).
+fn status_json(s: &Status, pool: u128, free_list: Option<u64>) -> Value {
+    let free_count: u128 = s.free.iter().map(range_count).sum();
+    let mut v = json!({
+        "pool_size": json_count(pool),
         "strategy": s.strategy.name(),
         "durability": s.durability.to_string(),
-        "free_count": s.pool_size - s.allocations.len() as u64,
-        "free": free,
+        "free_count": json_count(free_count),
+        "allocated_count": s.allocations.len(),
         "free_ranges": s.free.iter().map(|r| [r.first, r.last]).collect::<Vec<_>>(),
         "allocations": s.allocations.iter().map(|(f, a)| json!({
             "freq": f,
@@ -641,7 +807,7 @@ fn status_json(s: &Status) -> Value {
         "shards": s.shards.iter().map(|sh| json!({
             "shard": sh.shard,
             "ranges": sh.ranges.iter().map(|r| [r.first, r.last]).collect::<Vec<_>>(),
-            "free": sh.free,
+            "free": json_count(shard_free(s, &sh.ranges)),
             "allocated": sh.allocated,
             "recovered": sh.recovered,
             "restarts": sh.restarts,
@@ -655,7 +821,62 @@ fn status_json(s: &Status) -> Value {
                 "restarts": r.restarts,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-    })
+    });
+    if let Some(limit) = free_list {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let free: Vec<u64> = s
+            .free
+            .iter()
+            .flat_map(|r| r.first..=r.last)
+            .take(limit)
+            .collect();
+        v["free_truncated"] = json!((free.len() as u128) < free_count);
+        v["free"] = json!(free);
+    }
+    v
+}
+
+/// `text` with its control characters escaped (backslashes left alone).
+fn escaped_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// `--client`: the library's one rule for a client name ([`check_client_name`]), checked when
+/// the arguments are parsed, so a bad name is a usage error in every command.
+fn parse_client(name: &str) -> Result<String, String> {
+    check_client_name(name).map_err(|e| e.to_string())?;
+    Ok(name.to_string())
+}
+
+/// `--seconds`: a positive number of seconds that a `Duration` can hold.
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    let s: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(s > 0.0 && s.is_finite()) {
+        return Err(format!("{text} is not a positive number of seconds"));
+    }
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| format!("{text} seconds is too long (at most {} s)", u64::MAX))?;
+    Ok(s)
+}
+
+/// `--pool`: checked when the arguments are parsed, so a bad pool is a usage error (exit 2).
+fn parse_pool_arg(text: &str) -> Result<String, String> {
+    let mut ranges = parse_pool(text).map_err(|e| e.to_string())?;
+    ranges.sort();
+    if let Some(w) = ranges.windows(2).find(|w| w[1].first <= w[0].last) {
+        return Err(LayoutError::Overlap(w[0], w[1]).to_string());
+    }
+    Ok(text.to_string())
 }
 
 /// One history line, written with a single `write` so concurrent clients never interleave
@@ -726,7 +947,8 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
     let open_time = open_started.elapsed();
     let recovered: u64 = alloc.recovery().iter().map(|(n, _)| n).sum();
     let shards = alloc.shard_count();
-    let duration = Duration::from_secs_f64(args.seconds);
+    let duration = Duration::try_from_secs_f64(args.seconds)
+        .map_err(|_| anyhow::anyhow!("--seconds {} is too long", args.seconds))?;
     let ops = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let barrier = Arc::new(Barrier::new(args.clients + 1));
@@ -889,7 +1111,7 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
         "recovered_at_open": recovered,
         "open_ms": open_time.as_secs_f64() * 1000.0,
     });
-    println!(
+    out!(
         "{} clients x {:.1} s on {} shard(s) ({} frequencies, {}, {}):",
         args.clients,
         elapsed,
@@ -898,20 +1120,20 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
         config.strategy,
         config.durability
     );
-    println!(
+    out!(
         "  {} operations ({:.0}/s), {} allocate+deallocate pairs/s",
         operations,
         operations as f64 / elapsed,
         (pairs as f64 / elapsed).round()
     );
-    println!(
+    out!(
         "  latency p50 {:.1} us, p99 {:.1} us, max {:.1} us (every {}th operation timed)",
         pct(0.5),
         pct(0.99),
         pct(1.0),
         LATENCY_SAMPLE
     );
-    println!(
+    out!(
         "  no frequency: {}, other errors: {}{}",
         total.no_frequency,
         total.errors,
@@ -921,13 +1143,13 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
             .map(|e| format!(" (first: {e})"))
             .unwrap_or_default()
     );
-    println!("  allocations per shard: {:?}", total.per_shard);
-    println!(
+    out!("  allocations per shard: {:?}", total.per_shard);
+    out!(
         "  recovered at open: {recovered} allocation(s) in {:.1} ms",
         open_time.as_secs_f64() * 1000.0
     );
     if args.json {
-        println!("{summary}");
+        out!("{summary}");
     }
     Ok(if total.errors == 0 {
         ExitCode::SUCCESS
@@ -1020,10 +1242,10 @@ impl Drop for BenchDir {
 }
 
 /// Prints one result as it comes: a JSON line, or a table row.
-fn bench_row(json: bool, workload: &str, threads: u64, keys: u64, seconds: f64) {
+fn bench_row(json: bool, workload: &str, threads: u64, keys: u64, seconds: f64) -> Result<()> {
     let rate = keys as f64 / seconds.max(1e-12);
     if json {
-        println!(
+        out!(
             "{}",
             json!({
                 "side": "rust",
@@ -1035,8 +1257,9 @@ fn bench_row(json: bool, workload: &str, threads: u64, keys: u64, seconds: f64) 
             })
         );
     } else {
-        println!("{workload:<32} {threads:>7} {keys:>9} {rate:>14.0}");
+        out!("{workload:<32} {threads:>7} {keys:>9} {rate:>14.0}");
     }
+    Ok(())
 }
 
 /// Runs `work(handle, first_key, end_key)` on one thread per handle over equal slices of
@@ -1226,9 +1449,12 @@ fn bench_tables(args: BenchTablesArgs) -> Result<ExitCode> {
     }
     let only = args.only.as_deref();
     if !args.json {
-        println!(
+        out!(
             "{:<32} {:>7} {:>9} {:>14}",
-            "workload", "threads", "keys", "ops/s"
+            "workload",
+            "threads",
+            "keys",
+            "ops/s"
         );
     }
     if only != Some("dets") {
@@ -1237,7 +1463,7 @@ fn bench_tables(args: BenchTablesArgs) -> Result<ExitCode> {
                 let keys = args.keys / n * n;
                 bench_ets(tt, n, keys)?; // warm-up
                 for (op, seconds) in bench_ets(tt, n, keys)? {
-                    bench_row(args.json, &format!("ets/{tt}/{op}"), n, keys, seconds);
+                    bench_row(args.json, &format!("ets/{tt}/{op}"), n, keys, seconds)?;
                 }
             }
         }
@@ -1254,7 +1480,7 @@ fn bench_tables(args: BenchTablesArgs) -> Result<ExitCode> {
                     1,
                     args.dets_keys,
                     seconds,
-                );
+                )?;
             }
         }
         bench_sled_raw(&dir.0, args.dets_keys)?; // warm-up
@@ -1265,7 +1491,7 @@ fn bench_tables(args: BenchTablesArgs) -> Result<ExitCode> {
                 1,
                 args.dets_keys,
                 seconds,
-            );
+            )?;
         }
         let seconds = bench_dets_sync_each(&dir.0, args.sync_writes)?;
         bench_row(
@@ -1274,7 +1500,30 @@ fn bench_tables(args: BenchTablesArgs) -> Result<ExitCode> {
             1,
             args.sync_writes,
             seconds,
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bug (issue 12): names with control characters were printed raw. A name from a store
+    /// written before the rule, or from a peer, is printed escaped.
+    #[test]
+    fn names_are_escaped_on_output() {
+        assert_eq!(escaped("radio-7"), "radio-7");
+        assert_eq!(escaped("a\nb\u{1b}[2J\\"), "a\\nb\\u{1b}[2J\\\\");
+        assert!(!escaped("\u{7}\r\t").chars().any(char::is_control));
+    }
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(28);
+        let e = anyhow::Error::new(io).context("disk full while writing s/meta.json");
+        assert_eq!(error_line(&e), "disk full while writing s/meta.json");
+        let e = anyhow::anyhow!("table x is locked").context("opening: table x is locked");
+        assert_eq!(error_line(&e), "opening: table x is locked");
+    }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::codec::CodecError;
 use crate::ets::EtsError;
+use crate::io_words::{engine_words, io_words};
 use crate::table::TableType;
 
 use super::schema::Schema;
@@ -25,7 +26,7 @@ pub enum DetsError {
         path: PathBuf,
     },
     /// An I/O error of the file system.
-    #[error("I/O error on table {path:?}: {source}")]
+    #[error("{}", io_text(path, source))]
     Io {
         /// The table's directory.
         path: PathBuf,
@@ -35,7 +36,7 @@ pub enum DetsError {
     },
     /// The store's files are damaged or truncated: sled found a bad checksum, a record does not
     /// decode, or the metadata is missing while data is present.
-    #[error("table {path:?} is corrupted: {detail}")]
+    #[error("table {path:?} is corrupted: {}", engine_words(detail))]
     Corrupted {
         /// The table's directory.
         path: PathBuf,
@@ -53,7 +54,7 @@ pub enum DetsError {
         found: Box<Schema>,
     },
     /// Any other failure reported by the storage engine.
-    #[error("storage engine error on table {path:?}: {detail}")]
+    #[error("storage engine error on table {path:?}: {}", engine_words(detail))]
     Storage {
         /// The table's directory.
         path: PathBuf,
@@ -67,7 +68,7 @@ pub enum DetsError {
         detail: String,
     },
     /// A value could not be encoded, or a stored record could not be decoded.
-    #[error("value codec: {0}")]
+    #[error(transparent)]
     Codec(#[from] CodecError),
     /// A key range was asked of a table that is not an `OrderedSet`.
     #[error("range queries need an ordered_set table, this one is a {table_type}")]
@@ -89,7 +90,7 @@ pub enum DetsError {
     NoSuchKey,
     /// An in-memory table that a disk table was loaded into or saved from failed
     /// ([`DiskTable::to_ets`](super::DiskTable::to_ets), [`DiskTable::from_ets`](super::DiskTable::from_ets)).
-    #[error("in-memory table: {0}")]
+    #[error(transparent)]
     Ets(#[from] EtsError),
     /// `update_counter` would overflow or underflow the value type.
     #[error("counter overflow: adding {incr} does not fit the value type")]
@@ -97,6 +98,17 @@ pub enum DetsError {
         /// The increment that did not fit.
         incr: i64,
     },
+}
+
+/// An I/O error of a table in words, once: "disk full while writing table "s/shard-0"".
+fn io_text(path: &std::path::Path, source: &std::io::Error) -> String {
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    let words = io_words(source);
+    if matches!(source.kind(), StorageFull | QuotaExceeded) {
+        format!("{words} while writing table {path:?}")
+    } else {
+        format!("I/O error on table {path:?}: {words}")
+    }
 }
 
 impl serde::ser::Error for DetsError {

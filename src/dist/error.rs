@@ -77,7 +77,7 @@ pub enum DistError {
     #[error(transparent)]
     Freq(#[from] FreqError),
     /// An I/O error on a socket or file.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", crate::io_words::io_words(source))]
     Io {
         /// What was being done.
         context: String,

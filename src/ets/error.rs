@@ -38,7 +38,7 @@ pub enum EtsError {
         incr: i64,
     },
     /// Reading or writing a dump file failed.
-    #[error("I/O error on {path:?}: {source}")]
+    #[error("I/O error on {path:?}: {}", crate::io_words::io_words(source))]
     Io {
         /// The file involved.
         path: PathBuf,

@@ -846,6 +846,7 @@ impl Allocator {
 
     /// What `client` holds, lowest first, read from the shards' owner indexes (no message).
     pub fn held_by(&self, client: &str) -> Result<Vec<u64>, FreqError> {
+        check_name(client)?;
         let owner = client.to_string();
         let mut held = Vec::new();
         for s in &self.inner.shared {
@@ -927,7 +928,9 @@ impl Allocator {
     /// compares them too. Returns the violations; empty means consistent.
     pub fn check(&self) -> Result<Vec<String>, FreqError> {
         let mut out = Vec::new();
-        let mut total = 0u64;
+        // Counted in u128: the whole u64 range holds 2^64 frequencies.
+        let mut total = 0u128;
+        let layout = &self.inner.config.layout;
         for shard in 0..self.shard_count() {
             // With both replicas running, compare them: let the backup finish catching up.
             self.inner.shards[shard].settle(self.inner.options.call_timeout);
@@ -936,12 +939,20 @@ impl Allocator {
                 other => return Err(unexpected(shard, &other)),
             }
             let load = self.inner.shared[shard].load();
-            total += load.free() + load.allocated();
+            let allocated = u128::from(load.allocated());
+            // A published free count saturates at u64::MAX (a shard of the whole u64 range with
+            // nothing allocated has 2^64 free); the shard's own check above compared its exact
+            // count with its free ranges, so a saturated figure stands for what the shard holds.
+            let free = match load.free() {
+                u64::MAX => layout.shard_count_of(shard).saturating_sub(allocated),
+                f => u128::from(f),
+            };
+            total += free + allocated;
         }
-        if total != self.pool_size() {
+        if total != layout.pool_count() {
             out.push(format!(
                 "free plus allocated is {total}, the pool holds {}",
-                self.pool_size()
+                layout.pool_count()
             ));
         }
         Ok(out)
@@ -1077,11 +1088,17 @@ impl Drop for Client {
     }
 }
 
-fn check_name(name: &str) -> Result<(), FreqError> {
-    if name.is_empty() || name.len() > 255 {
+/// The one rule for a client name, for every operation (and the CLI's `--client`): 1 to 255
+/// bytes, no control characters (a name is printed in status tables and error messages).
+pub fn check_client_name(name: &str) -> Result<(), FreqError> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
         return Err(FreqError::BadClientName(name.to_string()));
     }
     Ok(())
+}
+
+fn check_name(name: &str) -> Result<(), FreqError> {
+    check_client_name(name)
 }
 
 /// How the allocator treats a call that failed in transport: the one place where it matches

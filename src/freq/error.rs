@@ -50,6 +50,31 @@ pub enum LayoutError {
     Shrink(Vec<FreqRange>),
 }
 
+/// An I/O error of a store file in words, once: "disk full while writing s/meta.json".
+fn io_text(path: &std::path::Path, source: &std::io::Error) -> String {
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    let words = crate::io_words::io_words(source);
+    if matches!(source.kind(), StorageFull | QuotaExceeded) {
+        format!("{words} while writing {}", path.display())
+    } else {
+        format!("{}: {words}", path.display())
+    }
+}
+
+/// "1 frequency", "2 frequencies".
+fn frequencies(n: u128) -> String {
+    format!("{n} {}", if n == 1 { "frequency" } else { "frequencies" })
+}
+
+/// "the 1 frequency is", "all 6 frequencies are".
+fn all_of(n: u64) -> String {
+    if n == 1 {
+        "the 1 frequency is".to_string()
+    } else {
+        format!("all {n} frequencies are")
+    }
+}
+
 fn list(ranges: &[FreqRange]) -> String {
     let parts: Vec<String> = ranges.iter().map(ToString::to_string).collect();
     parts.join(",")
@@ -62,7 +87,7 @@ fn list(ranges: &[FreqRange]) -> String {
 #[non_exhaustive]
 pub enum FreqError {
     /// Every frequency of the whole pool is allocated (never returned while any shard has one).
-    #[error("no frequency left: all {pool_size} frequencies are allocated")]
+    #[error("no frequency left: {} allocated", all_of(*pool_size))]
     NoFrequency {
         /// The pool's size.
         pool_size: u64,
@@ -84,15 +109,15 @@ pub enum FreqError {
         client: String,
     },
     /// The client already holds its limit of frequencies.
-    #[error("client {client:?} already holds its limit of {limit} frequencies")]
+    #[error("client {client:?} already holds its limit of {}", frequencies(*limit as u128))]
     LimitReached {
         /// The client.
         client: String,
         /// The per-client limit.
         limit: usize,
     },
-    /// A client name that is empty or too long.
-    #[error("bad client name {0:?}: it must be 1 to 255 bytes")]
+    /// A client name that is empty, too long, or holds a control character.
+    #[error("bad client name {0:?}: it must be 1 to 255 bytes, without control characters")]
     BadClientName(String),
     /// A client handle with that name is already open in this allocator.
     #[error("a client handle named {0:?} is already open")]
@@ -110,10 +135,10 @@ pub enum FreqError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The in-memory tables refused an operation (a bug if it happens: reported, not hidden).
-    #[error("in-memory table: {0}")]
+    #[error(transparent)]
     Table(#[from] crate::ets::EtsError),
     /// The disk tables failed.
-    #[error("disk table: {0}")]
+    #[error(transparent)]
     Disk(#[from] crate::dets::DetsError),
     /// The state read from disk breaks an invariant.
     #[error("corrupt store: {0}")]
@@ -190,7 +215,7 @@ impl ShardError {
 #[non_exhaustive]
 pub enum StoreError {
     /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", io_text(path, source))]
     Io {
         /// The file or directory.
         path: std::path::PathBuf,

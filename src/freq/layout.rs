@@ -190,14 +190,26 @@ impl Layout {
         self.index.iter().map(|(r, _)| *r).collect()
     }
 
-    /// How many frequencies the pool holds.
+    /// How many frequencies the pool holds, saturated at `u64::MAX` (a pool covering the whole
+    /// `u64` range holds 2^64); [`Layout::pool_count`] is exact.
     pub fn pool_size(&self) -> u64 {
-        self.index.iter().map(|(r, _)| r.len()).sum()
+        saturate(self.pool_count())
     }
 
-    /// How many frequencies shard `i` owns.
+    /// How many frequencies the pool holds, exactly (up to 2^64).
+    pub fn pool_count(&self) -> u128 {
+        self.index.iter().map(|(r, _)| r.count()).sum()
+    }
+
+    /// How many frequencies shard `i` owns, saturated at `u64::MAX`; [`Layout::shard_count_of`]
+    /// is exact.
     pub fn shard_size(&self, shard: usize) -> u64 {
-        self.ranges(shard).iter().map(FreqRange::len).sum()
+        saturate(self.shard_count_of(shard))
+    }
+
+    /// How many frequencies shard `i` owns, exactly (up to 2^64).
+    pub fn shard_count_of(&self, shard: usize) -> u128 {
+        self.ranges(shard).iter().map(FreqRange::count).sum()
     }
 
     /// The shard that owns `f`, or `None` when `f` is outside the pool. O(log ranges).
@@ -249,7 +261,7 @@ fn check_shard_count(shards: usize) -> Result<(), LayoutError> {
 }
 
 fn added_len(ranges: &[FreqRange]) -> usize {
-    let n: u64 = ranges.iter().map(FreqRange::len).sum();
+    let n: u128 = ranges.iter().map(FreqRange::count).sum();
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
@@ -308,6 +320,11 @@ pub fn parse_pool(s: &str) -> Result<Vec<FreqRange>, LayoutError> {
         return Err(LayoutError::BadRange(s.to_string()));
     }
     Ok(ranges)
+}
+
+/// A count as a `u64`, `u64::MAX` when it does not fit (2^64: the whole `u64` range).
+pub(crate) fn saturate(n: u128) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

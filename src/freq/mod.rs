@@ -57,7 +57,7 @@ mod shard_core;
 mod status;
 mod store;
 
-pub use allocator::{Allocator, Client, ConfigChange, InitOutcome, Options};
+pub use allocator::{check_client_name, Allocator, Client, ConfigChange, InitOutcome, Options};
 pub use clock::{LeaseClock, ManualLeaseClock, SystemLeaseClock};
 pub use error::{FreqError, LayoutError, StoreError};
 pub use layout::{coalesce, parse_pool, Layout, DEFAULT_MAX_SHARDS, MAX_SHARDS};

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::error::FreqError;
+use super::layout::saturate;
 use super::range::FreqRange;
 use crate::ets::{Table, TableReader};
 use crate::table::TableType;
@@ -96,11 +97,12 @@ pub struct Violation(pub String);
 /// One shard's pool. See the module docs.
 pub struct Pool {
     ranges: Vec<FreqRange>,
-    size: u64,
+    /// Exact counts: a shard of the whole `u64` range holds 2^64 frequencies.
+    size: u128,
     free: Table<u64, u64>,
     allocations: Table<u64, Allocation>,
     owners: Table<String, u64>,
-    free_count: u64,
+    free_count: u128,
     load: Arc<Load>,
     limit: Option<usize>,
     /// (expiry, frequency) of every leased allocation: private and derived, so reaping and the
@@ -153,8 +155,8 @@ impl Pool {
                 free_ranges.push((next, r.last));
             }
         }
-        let size: u64 = ranges.iter().map(FreqRange::len).sum();
-        let allocated = sorted.len() as u64;
+        let size: u128 = ranges.iter().map(FreqRange::count).sum();
+        let allocated = sorted.len() as u128;
         let leases = sorted
             .iter()
             .filter_map(|(f, a)| a.lease_until_ms.map(|t| (t, *f)))
@@ -180,7 +182,10 @@ impl Pool {
     }
 
     fn publish(&self) {
-        self.load.set(self.free_count, self.size - self.free_count);
+        self.load.set(
+            saturate(self.free_count),
+            saturate(self.size - self.free_count),
+        );
     }
 
     /// Read handles for other threads.
@@ -203,14 +208,16 @@ impl Pool {
         &self.ranges
     }
 
-    /// Free frequencies.
+    /// Free frequencies, saturated at `u64::MAX` (only a pool of the whole `u64` range with
+    /// nothing allocated has more).
     pub fn free_count(&self) -> u64 {
-        self.free_count
+        saturate(self.free_count)
     }
 
-    /// Frequencies in the pool.
+    /// Frequencies in the pool, saturated at `u64::MAX` (only the whole `u64` range, 2^64,
+    /// saturates).
     pub fn size(&self) -> u64 {
-        self.size
+        saturate(self.size)
     }
 
     fn owns(&self, f: u64) -> bool {
@@ -235,7 +242,7 @@ impl Pool {
         }
         let Some(first) = self.free.first() else {
             return Err(FreqError::NoFrequency {
-                pool_size: self.size,
+                pool_size: saturate(self.size),
             });
         };
         let last = self
@@ -445,7 +452,7 @@ impl Pool {
         let mut v = Vec::new();
         let free = self.free_ranges()?;
         let allocs = self.allocations()?;
-        let mut free_total = 0u64;
+        let mut free_total = 0u128;
         for w in free.windows(2) {
             if w[0].last.saturating_add(1) >= w[1].first {
                 v.push(Violation(format!(
@@ -465,7 +472,7 @@ impl Pool {
                     "free range {r} is not inside the shard's ranges"
                 )));
             }
-            free_total += r.last.saturating_sub(r.first).saturating_add(1);
+            free_total += u128::from(r.last.saturating_sub(r.first)) + 1;
         }
         for (f, a) in &allocs {
             // The free range that would hold f is the last one starting at or below it.
@@ -496,7 +503,7 @@ impl Pool {
                 ))),
             }
         }
-        if free_total + allocs.len() as u64 != self.size {
+        if free_total + allocs.len() as u128 != self.size {
             v.push(Violation(format!(
                 "free {} + allocated {} != shard size {}",
                 free_total,
@@ -504,7 +511,7 @@ impl Pool {
                 self.size
             )));
         }
-        if free_total != self.free_count || self.load.free() != free_total {
+        if free_total != self.free_count || self.load.free() != saturate(free_total) {
             v.push(Violation(format!(
                 "free count {} (published {}) disagrees with the free ranges ({free_total})",
                 self.free_count,

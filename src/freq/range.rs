@@ -18,7 +18,14 @@ pub struct FreqRange {
 }
 
 impl FreqRange {
-    /// How many frequencies the range holds.
+    /// How many frequencies the range holds, exactly: the whole `u64` range holds 2^64, one
+    /// more than a `u64` can count.
+    pub fn count(&self) -> u128 {
+        u128::from(self.last - self.first) + 1
+    }
+
+    /// How many frequencies the range holds, saturated at `u64::MAX` (only the whole `u64`
+    /// range, 2^64 frequencies, saturates); [`FreqRange::count`] is exact.
     pub fn len(&self) -> u64 {
         // Cannot overflow unless the range is 0..=u64::MAX, which we saturate.
         (self.last - self.first).saturating_add(1)

@@ -211,7 +211,7 @@ pub enum OtpError {
         source: Box<OtpError>,
     },
     /// The operating system refused to spawn a thread.
-    #[error("cannot spawn thread: {0}")]
+    #[error("cannot spawn thread: {}", crate::io_words::io_words(.0))]
     Spawn(#[from] std::io::Error),
     /// A name given to [`register`](crate::otp::register) is already taken by a live server.
     #[error("name {0:?} is already registered")]

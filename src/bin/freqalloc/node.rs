@@ -106,7 +106,7 @@ pub fn run(dir: &Path, cookie: Option<&str>, args: NodeArgs) -> Result<ExitCode>
         .context("spawning the signal thread")?;
 
     let status = alloc.status();
-    println!(
+    out!(
         "freqalloc node {} serving {} (pool {}, {} shards)",
         args.name,
         dir.display(),
@@ -116,7 +116,7 @@ pub fn run(dir: &Path, cookie: Option<&str>, args: NodeArgs) -> Result<ExitCode>
     let _ = std::io::stdout().flush();
 
     let why = stop_rx.recv().unwrap_or("the service ending");
-    eprintln!("freqalloc node {}: stopping on {why}", args.name);
+    say!("freqalloc node {}: stopping on {why}", args.name);
     // In order: no new requests (name gone, queued ones answered), then the connections and the
     // epmd name, then the shards (pending batches flushed, tables closed), then the node file.
     service.stop(&node);
@@ -127,7 +127,7 @@ pub fn run(dir: &Path, cookie: Option<&str>, args: NodeArgs) -> Result<ExitCode>
     let _ = std::fs::remove_file(node_file(dir));
     signal_handle.close();
     let _ = signal_thread.join();
-    eprintln!("freqalloc node {}: stopped", args.name);
+    say!("freqalloc node {}: stopped", args.name);
     Ok(ExitCode::SUCCESS)
 }
 

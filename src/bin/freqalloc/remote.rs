@@ -38,8 +38,8 @@ pub fn status_json(s: &RemoteStatus) -> serde_json::Value {
     })
 }
 
-pub fn print_status(node: &str, s: &RemoteStatus) {
-    println!(
+pub fn print_status(node: &str, s: &RemoteStatus) -> Result<()> {
+    out!(
         "node {node}: {} frequencies, {} free, {} allocated, {} shards ({}, {})",
         s.pool,
         s.free,
@@ -50,7 +50,7 @@ pub fn print_status(node: &str, s: &RemoteStatus) {
     );
     for x in &s.shards {
         let ranges: Vec<String> = x.ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
-        println!(
+        out!(
             "  shard {} ({}): {} free, {} allocated",
             x.shard,
             ranges.join(","),
@@ -58,13 +58,14 @@ pub fn print_status(node: &str, s: &RemoteStatus) {
             x.allocated
         );
     }
+    Ok(())
 }
 
 pub fn check(node: &str, remote: &RemoteAllocator) -> Result<ExitCode> {
     let violations = remote.check()?;
     if violations.is_empty() {
         let s = remote.status()?;
-        println!(
+        out!(
             "consistent: {} frequencies, {} free, {} allocated, {} shards (node {node})",
             s.pool,
             s.free,
@@ -73,9 +74,9 @@ pub fn check(node: &str, remote: &RemoteAllocator) -> Result<ExitCode> {
         );
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("freqalloc: {} violation(s):", violations.len());
+        say!("freqalloc: {} violation(s):", violations.len());
         for v in &violations {
-            eprintln!("  {v}");
+            say!("  {v}");
         }
         Ok(ExitCode::FAILURE)
     }
@@ -141,7 +142,8 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
     let open_time = open_started.elapsed();
     let status = Arc::new(status);
     let shards = status.shards.len();
-    let duration = Duration::from_secs_f64(args.seconds);
+    let duration = Duration::try_from_secs_f64(args.seconds)
+        .map_err(|_| anyhow::anyhow!("--seconds {} is too long", args.seconds))?;
     let ops = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let barrier = Arc::new(Barrier::new(args.clients + 1));
@@ -410,24 +412,24 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
         "node": node,
         "pipeline": args.pipeline,
     });
-    println!(
+    out!(
         "{} clients x {} in flight x {:.1} s through node {node} ({} shard(s), {} frequencies, {}, {}):",
         args.clients, args.pipeline, elapsed, shards, status.pool, status.strategy, status.durability
     );
-    println!(
+    out!(
         "  {} operations ({:.0}/s), {} allocate+deallocate pairs/s",
         operations,
         operations as f64 / elapsed,
         (pairs as f64 / elapsed).round()
     );
-    println!(
+    out!(
         "  latency p50 {:.1} us, p99 {:.1} us, max {:.1} us (every {}th operation timed)",
         pct(0.5),
         pct(0.99),
         pct(1.0),
         LATENCY_SAMPLE
     );
-    println!(
+    out!(
         "  no frequency: {}, other errors: {}{}",
         total.no_frequency,
         total.errors,
@@ -437,9 +439,9 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
             .map(|e| format!(" (first: {e})"))
             .unwrap_or_default()
     );
-    println!("  allocations per shard: {:?}", total.per_shard);
+    out!("  allocations per shard: {:?}", total.per_shard);
     if args.json {
-        println!("{summary}");
+        out!("{summary}");
     }
     Ok(if total.errors == 0 {
         ExitCode::SUCCESS
