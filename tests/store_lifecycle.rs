@@ -541,7 +541,7 @@ fn shards_are_bounded() {
         .map(|i| format!("{}-{}", i * 10, i * 10 + 4))
         .collect();
     let out = ok(&store, &["init", "--pool", &many.join(",")]);
-    assert!(out.contains("(10000 frequencies) in 8 shard(s)"), "{out}");
+    assert!(out.contains("(10000 frequencies) in 8 shards"), "{out}");
     assert!(matches!(
         Layout::split_evenly(&parse_pool("0-999").unwrap(), MAX_SHARDS + 1),
         Err(LayoutError::ShardLimit { .. })
@@ -549,7 +549,7 @@ fn shards_are_bounded() {
     let max = dir.path().join("max");
     let shards = MAX_SHARDS.to_string();
     let out = ok(&max, &["init", "--pool", "0-99999", "--shards", &shards]);
-    assert!(out.contains(&format!("in {MAX_SHARDS} shard(s)")), "{out}");
+    assert!(out.contains(&format!("in {MAX_SHARDS} shards")), "{out}");
     ok(&max, &["allocate", "--client", "a"]);
 }
 

@@ -565,14 +565,17 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
     let what = match outcome {
         InitOutcome::Created => "created store".to_string(),
         InitOutcome::Existing => "store exists".to_string(),
-        InitOutcome::Grown(n) => format!("added {n} frequencies to store"),
+        InitOutcome::Grown(n) => format!(
+            "added {} to store",
+            counted(u128::from(n), "frequency", "frequencies")
+        ),
     };
-    println!(
-        "{what} at {}: pool {} ({} frequencies) in {} shard(s), strategy {}, durability {}{}{}",
+    out!(
+        "{what} at {}: pool {} ({}) in {}, strategy {}, durability {}{}{}",
         dir.display(),
         c.layout.pool_string(),
-        c.layout.pool_size(),
-        c.layout.shard_count(),
+        counted(c.layout.pool_count(), "frequency", "frequencies"),
+        counted(c.layout.shard_count() as u128, "shard", "shards"),
         c.strategy,
         c.durability,
         c.client_limit
@@ -591,22 +594,23 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
 }
 
 fn config(dir: &Path, cmd: ConfigCommand) -> Result<ExitCode> {
-    let show = |c: &StoreConfig| {
-        println!("pool {}", c.layout.pool_string());
-        println!("shards {}", c.layout.shard_count());
-        println!("replicas {}", c.replicas);
-        println!("strategy {}", c.strategy);
-        println!("durability {}", c.durability);
+    let show = |c: &StoreConfig| -> Result<()> {
+        out!("pool {}", c.layout.pool_string());
+        out!("shards {}", c.layout.shard_count());
+        out!("replicas {}", c.replicas);
+        out!("strategy {}", c.strategy);
+        out!("durability {}", c.durability);
         match c.client_limit {
-            Some(l) => println!("limit {l}"),
-            None => println!("limit none"),
+            Some(l) => out!("limit {l}"),
+            None => out!("limit none"),
         }
+        Ok(())
     };
     match cmd {
         ConfigCommand::Show => {
             let c = freqalloc::freq::read_config(dir)?
                 .ok_or_else(|| freqalloc::freq::StoreError::NoStore(dir.to_path_buf()))?;
-            show(&c);
+            show(&c)?;
         }
         ConfigCommand::Set { key, value } => {
             let change = match key.as_str() {
@@ -632,8 +636,8 @@ fn config(dir: &Path, cmd: ConfigCommand) -> Result<ExitCode> {
                 },
                 Err(e) => return Err(e.into()),
             };
-            println!("set {key} to {value} in the store at {}", dir.display());
-            show(&c);
+            out!("set {key} to {value} in the store at {}", dir.display());
+            show(&c)?;
         }
     }
     Ok(ExitCode::SUCCESS)

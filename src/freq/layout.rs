@@ -119,33 +119,37 @@ impl Layout {
         check_shard_count(shards)?;
         let mut sorted = ranges.to_vec();
         sorted.sort();
-        let total: u64 = sorted.iter().map(FreqRange::len).sum();
-        if total < shards as u64 {
+        // Counted in u128: the whole u64 range holds 2^64 frequencies, one more than u64 holds.
+        let total: u128 = sorted.iter().map(FreqRange::count).sum();
+        let n = shards as u128;
+        if total < n {
             return Err(LayoutError::TooManyShards {
                 shards,
-                frequencies: total,
+                frequencies: u64::try_from(total).unwrap_or(u64::MAX),
             });
         }
-        let base = total / shards as u64;
-        let extra = total % shards as u64;
+        let base = total / n;
+        let extra = total % n;
         let mut out: Vec<Vec<FreqRange>> = vec![Vec::new(); shards];
         let mut shard = 0usize;
-        let mut want = base + u64::from(extra > 0);
+        let mut want: u128 = base + u128::from(extra > 0);
         for r in sorted {
             let mut first = r.first;
             loop {
-                let left = r.last - first + 1;
+                let left = u128::from(r.last - first) + 1;
                 let take = left.min(want);
-                out[shard].push(FreqRange::new(first, first + take - 1)?);
+                // 1 <= take <= left <= 2^64, so take - 1 fits in u64.
+                let last = first + u64::try_from(take - 1).unwrap_or(u64::MAX);
+                out[shard].push(FreqRange::new(first, last)?);
                 want -= take;
                 if want == 0 && shard + 1 < shards {
                     shard += 1;
-                    want = base + u64::from((shard as u64) < extra);
+                    want = base + u128::from((shard as u128) < extra);
                 }
                 if take == left {
                     break;
                 }
-                first += take;
+                first = last + 1;
             }
         }
         Layout::new(out)
@@ -331,6 +335,24 @@ pub(crate) fn saturate(n: u128) -> u64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Regression: `split_evenly` summed in u64, so the whole u64 range (2^64 frequencies)
+    /// counted 0 and `--pool 0-18446744073709551615 --shards 2` failed with "shard 1 owns no
+    /// frequency".
+    #[test]
+    fn the_whole_u64_range_splits_evenly() {
+        let whole = [FreqRange::new(0, u64::MAX).unwrap()];
+        let l = Layout::split_evenly(&whole, 2).unwrap();
+        assert_eq!(l.pool_count(), 1u128 << 64);
+        assert_eq!(l.ranges(0), &[FreqRange::new(0, (1 << 63) - 1).unwrap()][..]);
+        assert_eq!(l.ranges(1), &[FreqRange::new(1 << 63, u64::MAX).unwrap()][..]);
+        let two = [
+            FreqRange::new(0, 9).unwrap(),
+            FreqRange::new(10, u64::MAX).unwrap(),
+        ];
+        let l = Layout::split_evenly(&two, 3).unwrap();
+        assert_eq!(l.pool_count(), 1u128 << 64);
+    }
 
     fn r(a: u64, b: u64) -> FreqRange {
         FreqRange::new(a, b).unwrap()
