@@ -93,6 +93,7 @@
 
 mod error;
 mod key;
+mod mark;
 mod options;
 mod schema;
 
@@ -191,6 +192,10 @@ pub struct DiskTable<K, V> {
     db: sled::Db,
     /// sled's log file, opened again to `fdatasync` it (see [`DiskTable::sync`]).
     log_file: std::fs::File,
+    /// The meta tree (schema record, sync number).
+    meta: sled::Tree,
+    /// The high-water mark file and the last sync number written to it (see `mark.rs`).
+    mark: Mutex<(mark::MarkFile, u64)>,
     data: sled::Tree,
     path: PathBuf,
     schema: Schema,
@@ -463,10 +468,29 @@ where
                 flush_and_sync(&db, &log_file).map_err(|e| sled_error(&path, e))?;
             }
         }
+        // A log behind its high-water mark lost writes a completed sync made durable.
+        let (mark_file, marked) = mark::MarkFile::open(&path)?;
+        let logged = mark::decode_logged(
+            meta.get(mark::MARK_KEY)
+                .map_err(|e| sled_error(&path, e))?
+                .as_deref(),
+        )
+        .ok_or_else(|| corrupted(&path, "unreadable sync record"))?;
+        if logged < marked {
+            return Err(corrupted(
+                &path,
+                format!(
+                    "the log holds {logged} completed syncs but {marked} were acknowledged: \
+                     it was truncated or damaged after a crash, and acknowledged writes are lost"
+                ),
+            ));
+        }
         let mut table = DiskTable {
             _registered: path_guard,
             db,
             log_file,
+            meta,
+            mark: Mutex::new((mark_file, logged)),
             data,
             path,
             schema: expected,
@@ -557,8 +581,12 @@ where
     /// sled's `flush` writes its log buffers but, on Linux, syncs them with
     /// `sync_file_range`, which neither flushes the drive's write cache nor the file's size;
     /// so after it we `fdatasync` the log file ourselves, which does both.
+    ///
+    /// Each completed sync is numbered: the number goes into the log before the flush and into
+    /// the high-water mark file beside it after, so a later open detects a log that lost what
+    /// a completed sync made durable (see [`DetsError::Corrupted`]).
     pub fn sync(&self) -> Result<(), DetsError> {
-        flush_and_sync(&self.db, &self.log_file).map_err(|e| self.err(e))
+        self.sync_marked()
     }
 
     /// Flushes and closes the table, returning any error of the final flush (`Drop` would
@@ -858,11 +886,28 @@ where
     }
 }
 
+impl<K, V> DiskTable<K, V> {
+    /// [`DiskTable::sync`]'s body (no bounds, so `Drop` can call it).
+    fn sync_marked(&self) -> Result<(), DetsError> {
+        let mut mark = self.mark.lock();
+        let next = mark.1 + 1;
+        self.meta
+            .insert(mark::MARK_KEY, &next.to_le_bytes())
+            .map_err(|e| sled_error(&self.path, e))?;
+        flush_and_sync(&self.db, &self.log_file).map_err(|e| sled_error(&self.path, e))?;
+        mark.0
+            .write(next)
+            .map_err(|e| io_error(&self.path, e))?;
+        mark.1 = next;
+        Ok(())
+    }
+}
+
 impl<K, V> Drop for DiskTable<K, V> {
     /// Flushes and records a clean close, as `dets:close/1` would; use [`DiskTable::close`] to
     /// see the error.
     fn drop(&mut self) {
-        if !self.closed && flush_and_sync(&self.db, &self.log_file).is_ok() {
+        if !self.closed && self.sync_marked().is_ok() {
             let counts = (self.len as u64, self.keys as u64, self.next_seq);
             let _ = write_state(&self.path, &self.schema, Some(counts));
         }

@@ -458,9 +458,13 @@ impl Allocator {
     }
 
     /// Allocates with a lease: the shard reclaims the frequency when `lease` has passed, so a
-    /// client that never comes back after a crash does not leak it.
+    /// client that never comes back after a crash does not leak it. A lease under 1 ms (one
+    /// tick of the lease clock) is [`FreqError::BadLease`], and nothing is allocated.
     pub fn allocate_with_lease(&self, client: &str, lease: Duration) -> Result<u64, FreqError> {
         let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        if ms == 0 {
+            return Err(FreqError::BadLease);
+        }
         self.allocate_inner(client, Some(ms))
     }
 

@@ -1,0 +1,164 @@
+//! Durability regressions of issue 12: what a crash, a damaged log or a full disk may and may not
+//! do to acknowledged operations, and the lease that would hand one frequency to two clients.
+//!
+//! The crash tests re-run this test binary as a child (`std::env::current_exe`, the test's own
+//! name, `FREQALLOC_DURABILITY_CHILD` set), which writes and acknowledges on its stdout; the
+//! parent kills it with SIGKILL, damages the files as a disk or a careless copy would, and
+//! reopens.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use freqalloc::dets::{DetsError, DiskTable, FlushPolicy, OpenOptions};
+use freqalloc::freq::{parse_pool, Allocator, FreqError, Layout, Routing};
+use freqalloc::table::{ReadTable, TableType, WriteTable};
+
+const CHILD_ENV: &str = "FREQALLOC_DURABILITY_CHILD";
+
+/// Runs `test` (this binary's test of that name) as a child with `CHILD_ENV=dir`.
+fn spawn_child(test: &str, dir: &Path) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(CHILD_ENV, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Issue 12: `allocate --lease 0` succeeded and the lease expired as it was granted, so the
+/// next client got the same frequency. A lease under one tick (1 ms) is refused, typed, and
+/// nothing is allocated.
+#[test]
+fn a_lease_shorter_than_one_tick_is_refused_and_allocates_nothing() {
+    let layout = Layout::one_shard_per_range(&parse_pool("10-12").unwrap()).unwrap();
+    let alloc = Allocator::in_memory(layout, Routing::MostFree, None).unwrap();
+    for lease in [Duration::ZERO, Duration::from_micros(999)] {
+        let r = alloc.allocate_with_lease("a", lease);
+        assert!(matches!(r, Err(FreqError::BadLease)), "{lease:?}: {r:?}");
+    }
+    // Nothing was taken: the first client gets the lowest frequency, the next another one.
+    assert_eq!(alloc.allocate_with_lease("a", Duration::from_secs(3600)).ok(), Some(10));
+    let f = alloc.allocate("b").unwrap();
+    assert_eq!(f, 11);
+    assert!(alloc.check().unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A damaged log after SIGKILL
+
+const TABLE_CHILD: &str = "sigkill_then_damage_child";
+const ACKS_BEFORE_KILL: u64 = 120;
+
+/// The child of [`a_log_damaged_after_sigkill_never_loses_acknowledged_writes_silently`]:
+/// inserts `i` and syncs, then prints `i` (acknowledged), forever.
+#[test]
+fn sigkill_then_damage_child() {
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let opts = OpenOptions::new(TableType::Set).flush_policy(FlushPolicy::Manual);
+    let mut t: DiskTable<u64, u64> = DiskTable::open(&dir, opts).unwrap();
+    let mut out = std::io::stdout();
+    for i in 0.. {
+        t.insert(i, i).unwrap();
+        t.sync().unwrap();
+        if writeln!(out, "{i}").and_then(|()| out.flush()).is_err() {
+            return;
+        }
+    }
+}
+
+/// How a log file is damaged after the crash.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    /// Cut to this fraction (per mille) of its length.
+    Truncate(u64),
+    /// 4 KiB of zeros at this fraction of its written length.
+    Zero(u64),
+    /// One byte's bits flipped at this fraction.
+    Flip(u64),
+}
+
+fn damage(file: &Path, how: Damage) {
+    use std::os::unix::fs::FileExt;
+    let len = std::fs::metadata(file).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    match how {
+        Damage::Truncate(pm) => f.set_len(len * pm / 1000).unwrap(),
+        Damage::Zero(pm) => f.write_all_at(&[0u8; 4096], len * pm / 1000).unwrap(),
+        Damage::Flip(pm) => {
+            let at = len * pm / 1000;
+            let mut b = [0u8; 1];
+            std::fs::File::open(file).unwrap().read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[!b[0]], at).unwrap();
+        }
+    }
+    f.sync_all().unwrap();
+}
+
+/// Issue 12: after a SIGKILL, a damaged sled log (truncated, zeroed, flipped bits) rolled the
+/// table back silently, losing writes a completed `sync` had acknowledged. Now every reopen
+/// either holds every acknowledged write or refuses with `Corrupted`.
+#[test]
+fn a_log_damaged_after_sigkill_never_loses_acknowledged_writes_silently() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let cases = [
+        Damage::Truncate(500),
+        Damage::Truncate(900),
+        Damage::Truncate(990),
+        Damage::Zero(300),
+        Damage::Zero(700),
+        Damage::Zero(950),
+        Damage::Flip(400),
+        Damage::Flip(800),
+        Damage::Flip(980),
+    ];
+    let mut detected = 0;
+    for how in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn_child(TABLE_CHILD, dir.path());
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut acked = None;
+        // libtest prints its own lines first; ours are bare numbers.
+        while acked.is_none_or(|a| a < ACKS_BEFORE_KILL) {
+            let line = lines.next().expect("child ended early").unwrap();
+            if let Ok(i) = line.trim().parse::<u64>() {
+                acked = Some(i);
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Whatever the child printed after our last read was acknowledged too.
+        let acked = lines
+            .map_while(Result::ok)
+            .filter_map(|l| l.trim().parse::<u64>().ok())
+            .fold(acked.unwrap(), u64::max);
+        damage(&dir.path().join("db"), how);
+        let opts = OpenOptions::new(TableType::Set).flush_policy(FlushPolicy::Manual);
+        match DiskTable::<u64, u64>::open(dir.path(), opts) {
+            Ok(t) => {
+                let missing: Vec<u64> = (0..=acked)
+                    .filter(|i| !t.member(i).unwrap_or(false))
+                    .collect();
+                assert!(
+                    missing.is_empty(),
+                    "{how:?}: reopened without error but {} of {} acknowledged writes are \
+                     gone (first {:?})",
+                    missing.len(),
+                    acked + 1,
+                    missing.first()
+                );
+            }
+            Err(DetsError::Corrupted { .. }) => detected += 1,
+            Err(e) => panic!("{how:?}: {e:?}"),
+        }
+    }
+    eprintln!("{detected} of {} damaged logs refused", cases.len());
+}
