@@ -440,6 +440,39 @@ impl Allocator {
         Ok(())
     }
 
+    /// The error for a call to `shard` that found no instance running: while the shard is
+    /// down after a failure (e.g. its disk is full), callers are told that failure (the disk
+    /// error), not a bare "not running" or "timed out". `error` as it is otherwise.
+    fn explain(&self, shard: usize, error: FreqError) -> FreqError {
+        let Some(endpoint) = self.inner.shards.get(shard) else {
+            return error;
+        };
+        if endpoint.health().alive {
+            return error;
+        }
+        let Some(last) = self.inner.shared.get(shard).and_then(|s| s.last_failure()) else {
+            return error;
+        };
+        let state = if self.supervisor_gone() {
+            "down (restarts stopped after repeated failures)"
+        } else {
+            "restarting"
+        };
+        FreqError::ShardFailed {
+            shard,
+            reason: format!("it is {state}; its last failure: {last}"),
+        }
+    }
+
+    /// Whether the shards' supervisor gave up (no shard that stops is restarted any more).
+    fn supervisor_gone(&self) -> bool {
+        self.inner
+            .supervisor
+            .lock()
+            .as_ref()
+            .is_some_and(|s| s.exit_reason().is_some())
+    }
+
     /// Sends `request` to shard `shard`'s endpoint, with the allocator's call timeout.
     fn send(
         &self,
@@ -510,7 +543,9 @@ impl Allocator {
                 Ok(Err(e)) => return Err(e),
                 Err(e) => match classify(shard, e) {
                     // Never delivered: skip the shard, another may serve.
-                    Failed::NotDelivered { error, .. } => failure = Some(error),
+                    Failed::NotDelivered { error, .. } => {
+                        failure = Some(self.explain(shard, error))
+                    }
                     // The shard may still make the allocation, so trying another shard could
                     // allocate twice. Not retried.
                     Failed::MaybeDelivered(error) => return Err(error),
@@ -562,13 +597,17 @@ impl Allocator {
                 Failed::NotDelivered { restarting, .. } => {
                     self.check_running()?;
                     if restarting {
+                        // Nothing will restart it: say why now, not after a timeout.
+                        if self.supervisor_gone() {
+                            return Err(self.explain(shard, shard_error(shard, OtpError::NoProc)));
+                        }
                         endpoint
                             .wait_for_generation(generation + 1, timeout)
-                            .map_err(|e| shard_error(shard, e))?;
+                            .map_err(|e| self.explain(shard, shard_error(shard, e)))?;
                     }
                     match endpoint.call(request(), timeout) {
                         Ok(result) => result,
-                        Err(e) => Err(shard_error(shard, e)),
+                        Err(e) => Err(self.explain(shard, shard_error(shard, e))),
                     }
                 }
                 Failed::MaybeDelivered(error) => Err(error),

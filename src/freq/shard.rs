@@ -224,6 +224,7 @@ impl GenServer for Shard {
         let shared = std::sync::Arc::clone(&args.core.shared);
         Shard::start(args, ctx).map_err(|e| {
             let reason = e.to_string();
+            shared.set_last_failure(reason.clone());
             shared.set_init_error(e);
             FreqError::ShardFailed {
                 shard: shared.index(),
@@ -274,7 +275,10 @@ impl GenServer for Shard {
         self.commit(ctx)
     }
 
-    fn terminate(&mut self, _reason: &crate::otp::ExitReason) {
+    fn terminate(&mut self, reason: &crate::otp::ExitReason) {
+        if !reason.is_normal() {
+            self.core.record_failure(reason.to_string());
+        }
         self.core.close();
     }
 }

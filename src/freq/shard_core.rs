@@ -56,6 +56,10 @@ pub struct ShardShared {
     /// Why the last `init` failed, kept typed for the caller of the first start (the generic
     /// server only reports an exit reason as text).
     init_error: Mutex<Option<FreqError>>,
+    /// Why the last instance stopped abnormally or failed to start, as text: what a caller is
+    /// told once no instance runs any more (e.g. the disk error of a full disk), instead of a
+    /// bare "not running".
+    last_failure: Mutex<Option<String>>,
     /// With `replicas: 2`, the pair's roles and readers.
     pair: Option<Arc<PairShared>>,
 }
@@ -70,6 +74,7 @@ impl ShardShared {
             recovered: AtomicU64::new(0),
             open_micros: AtomicU64::new(0),
             init_error: Mutex::new(None),
+            last_failure: Mutex::new(None),
             pair,
         })
     }
@@ -89,6 +94,16 @@ impl ShardShared {
     /// Takes the error of the last failed start, if any.
     pub(crate) fn take_init_error(&self) -> Option<FreqError> {
         self.init_error.lock().take()
+    }
+
+    /// Records why an instance stopped abnormally or failed to start.
+    pub(crate) fn set_last_failure(&self, reason: String) {
+        *self.last_failure.lock() = Some(reason);
+    }
+
+    /// Why the last instance stopped abnormally or failed to start, if one did.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure.lock().clone()
     }
 
     /// The shard's index.
@@ -613,6 +628,11 @@ impl ShardCore {
             free: self.pool.free_ranges()?,
             violations: self.self_check(label)?,
         })
+    }
+
+    /// Records why this instance stops (see [`ShardShared::last_failure`]).
+    pub(crate) fn record_failure(&self, reason: String) {
+        self.args.shared.set_last_failure(reason);
     }
 
     /// Closes the disk table (at a clean stop).
