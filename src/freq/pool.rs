@@ -678,7 +678,7 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0u8..4, proptest::option::of(0u64..50)).prop_map(|(o, l)| Op::Allocate(o, l)),
+            4 => (0u8..4, proptest::option::of(1u64..50)).prop_map(|(o, l)| Op::Allocate(o, l)),
             3 => (0u64..32, 0u8..4).prop_map(|(f, o)| Op::Deallocate(f, o)),
             1 => (0u8..4).prop_map(Op::ReleaseAll),
             1 => (0u64..60).prop_map(Op::Reap),
