@@ -279,7 +279,9 @@ fn leases_expire_on_the_injected_clock() {
         ..Options::default()
     };
     let alloc = Allocator::in_memory_with(course(), Routing::RoundRobin, None, options).unwrap();
-    alloc.allocate_with_lease("d", Duration::from_millis(1)).unwrap();
+    alloc
+        .allocate_with_lease("d", Duration::from_millis(1))
+        .unwrap();
     clock.advance(1);
     assert!(wait_until(|| alloc.held_by("d").unwrap().is_empty(), LONG));
     assert_consistent(&alloc);

@@ -42,7 +42,12 @@ fn a_lease_shorter_than_one_tick_is_refused_and_allocates_nothing() {
         assert!(matches!(r, Err(FreqError::BadLease)), "{lease:?}: {r:?}");
     }
     // Nothing was taken: the first client gets the lowest frequency, the next another one.
-    assert_eq!(alloc.allocate_with_lease("a", Duration::from_secs(3600)).ok(), Some(10));
+    assert_eq!(
+        alloc
+            .allocate_with_lease("a", Duration::from_secs(3600))
+            .ok(),
+        Some(10)
+    );
     let f = alloc.allocate("b").unwrap();
     assert_eq!(f, 11);
     assert!(alloc.check().unwrap().is_empty());
@@ -94,7 +99,10 @@ fn damage(file: &Path, how: Damage) {
         Damage::Flip(pm) => {
             let at = len * pm / 1000;
             let mut b = [0u8; 1];
-            std::fs::File::open(file).unwrap().read_exact_at(&mut b, at).unwrap();
+            std::fs::File::open(file)
+                .unwrap()
+                .read_exact_at(&mut b, at)
+                .unwrap();
             f.write_all_at(&[!b[0]], at).unwrap();
         }
     }
@@ -262,7 +270,11 @@ fn a_full_disk_in_sync_fails_callers_with_the_disk_error_and_loses_nothing_ackno
             _ => alloc.deallocate(acked[0], &name).unwrap_err(),
         };
         assert!(says_disk_full(&e), "call {i}: {e}");
-        assert!(started.elapsed() < Duration::from_secs(3), "call {i} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "call {i} took {:?}",
+            started.elapsed()
+        );
     }
     alloc.stop();
     drop(alloc);
@@ -270,7 +282,11 @@ fn a_full_disk_in_sync_fails_callers_with_the_disk_error_and_loses_nothing_ackno
     let alloc = Allocator::open(&store, Options::default()).unwrap();
     let held = alloc.held_by(&name).unwrap();
     let missing: Vec<&u64> = acked.iter().filter(|f| !held.contains(f)).collect();
-    assert!(missing.is_empty(), "{} acknowledged allocations lost", missing.len());
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged allocations lost",
+        missing.len()
+    );
     assert!(alloc.check().unwrap().is_empty());
 }
 
@@ -295,7 +311,15 @@ fn load_stops_on_a_persistent_disk_error() {
     let out = Command::new(bin)
         .arg("--data")
         .arg(&store)
-        .args(["load", "--seconds", "60", "--clients", "2", "--hold", "1000000"])
+        .args([
+            "load",
+            "--seconds",
+            "60",
+            "--clients",
+            "2",
+            "--hold",
+            "1000000",
+        ])
         .arg("--history")
         .arg(history.path())
         .output()
@@ -305,7 +329,10 @@ fn load_stops_on_a_persistent_disk_error() {
     assert!(!out.status.success(), "{stdout}");
     assert!(took < Duration::from_secs(30), "ran {took:?}: {stdout}");
     assert!(stdout.contains("stopped early"), "{stdout}");
-    assert!(stdout.contains("No space left on device") || stdout.contains("disk full"), "{stdout}");
+    assert!(
+        stdout.contains("No space left on device") || stdout.contains("disk full"),
+        "{stdout}"
+    );
     let size = std::fs::metadata(history.path()).unwrap().len();
     assert!(size < 20_000_000, "history grew to {size} bytes");
 }
@@ -380,7 +407,9 @@ fn interval_ms_loses_at_most_ms_plus_one_flush() {
         let first_lost = acked.iter().find(|(i, _)| !t.member(i).unwrap());
         if let Some(&(lost, _)) = first_lost {
             // What survived is a prefix.
-            assert!(acked.iter().all(|(i, _)| *i < lost || !t.member(i).unwrap()));
+            assert!(acked
+                .iter()
+                .all(|(i, _)| *i < lost || !t.member(i).unwrap()));
         }
         let window_ms = first_lost.map_or(0, |(_, at)| killed_at.saturating_sub(*at) / 1000);
         eprintln!(
@@ -391,5 +420,8 @@ fn interval_ms_loses_at_most_ms_plus_one_flush() {
     }
     eprintln!("interval:{INTERVAL_MS}: worst loss window {worst} ms");
     // MS plus one sync (a few ms here; generous for a loaded 2-core machine).
-    assert!(worst <= INTERVAL_MS + 60, "lost writes {worst} ms old with interval:{INTERVAL_MS}");
+    assert!(
+        worst <= INTERVAL_MS + 60,
+        "lost writes {worst} ms old with interval:{INTERVAL_MS}"
+    );
 }

@@ -66,7 +66,10 @@ impl MarkFile {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| io(dir, e))?;
         let mark = decode(&bytes).ok_or_else(|| {
-            super::corrupted(dir, format!("{MARK_FILE} is damaged ({} bytes)", bytes.len()))
+            super::corrupted(
+                dir,
+                format!("{MARK_FILE} is damaged ({} bytes)", bytes.len()),
+            )
         })?;
         Ok((MarkFile { file }, mark))
     }
