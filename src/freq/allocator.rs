@@ -318,11 +318,34 @@ impl Allocator {
                 .collect()
         });
         let mut loaded = loaded.into_iter();
-        for args in all_args.iter().flatten() {
-            let l = loaded
-                .next()
-                .ok_or_else(|| FreqError::Corrupt("a shard did not load".into()))??;
-            *args.preloaded.lock() = Some(l);
+        // Replicas found damaged while their partner loaded: (shard, replica).
+        let mut rebuilt = Vec::new();
+        for (i, pair) in all_args.iter().enumerate() {
+            let mut results: Vec<Result<_, FreqError>> = pair
+                .iter()
+                .map(|_| {
+                    loaded
+                        .next()
+                        .unwrap_or_else(|| Err(FreqError::Corrupt("a shard did not load".into())))
+                })
+                .collect();
+            if replicated && results.len() == 2 {
+                for r in 0..2 {
+                    if results[1 - r].is_ok() && results[r].as_ref().is_err_and(is_damage) {
+                        // The partner is intact: set the damaged copy aside (kept for
+                        // inspection, never deleted) and start this replica empty; its partner
+                        // becomes primary and catches it up by a full state transfer.
+                        let fresh = set_aside(&pair[r]).and_then(|()| load(&pair[r]));
+                        if fresh.is_ok() {
+                            rebuilt.push((i, r));
+                        }
+                        results[r] = fresh;
+                    }
+                }
+            }
+            for (args, l) in pair.iter().zip(results) {
+                *args.preloaded.lock() = Some(l?);
+            }
         }
         let stopped = Arc::new(AtomicBool::new(false));
         let mut spec = SupervisorSpec::new(otp::Strategy::OneForOne)
@@ -350,6 +373,9 @@ impl Allocator {
             let seqs = [seq(0), seq(1)];
             // The higher applied sequence starts as primary (the other catches up).
             let pair = PairShared::new(usize::from(seqs[1] > seqs[0]), seqs);
+            for &(_, r) in rebuilt.iter().filter(|(shard, _)| *shard == i) {
+                pair.mark_rebuilt(r);
+            }
             let s = ShardShared::new(i, Some(Arc::clone(&pair)));
             let servers = [
                 Server::<Shard>::unstarted(format!("freq-shard-{i}-a")),
@@ -863,6 +889,33 @@ impl Drop for Client {
         }
         self.alloc.inner.clients.lock().remove(&self.name);
     }
+}
+
+/// Whether a replica failed to load because its files are damaged (not locked, not foreign, not
+/// an I/O failure), so that rebuilding it from an intact partner loses nothing.
+fn is_damage(e: &FreqError) -> bool {
+    matches!(
+        e,
+        FreqError::Corrupt(_) | FreqError::Disk(crate::dets::DetsError::Corrupted { .. })
+    )
+}
+
+/// Renames a damaged replica's directory to `replica-N.damaged-SECS` beside it.
+fn set_aside(args: &CoreArgs) -> Result<(), FreqError> {
+    let Some(dir) = &args.dir else {
+        return Ok(());
+    };
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".damaged-{secs}"));
+    let aside = dir.with_file_name(name);
+    std::fs::rename(dir, &aside).map_err(|source| StoreError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(())
 }
 
 fn check_name(name: &str) -> Result<(), FreqError> {
