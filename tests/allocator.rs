@@ -271,12 +271,18 @@ fn leases_expire_on_the_injected_clock() {
     // An expired lease is reaped by the shard's own timer, unasked. (The timer runs on real
     // time, set from the clock's reading, so with a manual clock only an already-expired
     // lease is reaped by it promptly: the first timer a shard sets.)
+    // (A lease is at least 1 ms since issue 12: a shorter one is refused, so the lease expires
+    // by advancing the clock past it.)
+    let clock = ManualLeaseClock::new(1_000);
     let options = Options {
-        clock: Arc::new(ManualLeaseClock::new(1_000)),
+        clock: Arc::new(clock.clone()),
         ..Options::default()
     };
     let alloc = Allocator::in_memory_with(course(), Routing::RoundRobin, None, options).unwrap();
-    alloc.allocate_with_lease("d", Duration::ZERO).unwrap();
+    alloc
+        .allocate_with_lease("d", Duration::from_millis(1))
+        .unwrap();
+    clock.advance(1);
     assert!(wait_until(|| alloc.held_by("d").unwrap().is_empty(), LONG));
     assert_consistent(&alloc);
 }

@@ -912,6 +912,10 @@ const LATENCY_SAMPLE: u64 = 8;
 /// on every operation (one counter written by every client would bounce between the cores).
 const OPS_PUBLISH: u64 = 256;
 
+/// `load` stops every client once one has seen this many errors in a row (other than "no
+/// frequency"): a persistent failure such as a full disk, not a storm to keep measuring.
+const PERSISTENT_ERRORS: u64 = 100;
+
 #[derive(Default)]
 struct ClientStats {
     allocations: u64,
@@ -923,6 +927,23 @@ struct ClientStats {
     latencies_ns: Vec<u64>,
     per_shard: Vec<u64>,
     first_error: Option<String>,
+    /// Errors since the last success (see [`PERSISTENT_ERRORS`]).
+    errors_in_a_row: u64,
+    /// The error that stopped the run, if one did.
+    persistent: Option<String>,
+}
+
+impl ClientStats {
+    /// Counts an error; true once the errors in a row make it persistent.
+    fn failed(&mut self, msg: String) -> bool {
+        self.errors += 1;
+        self.errors_in_a_row += 1;
+        if self.errors_in_a_row >= PERSISTENT_ERRORS && self.persistent.is_none() {
+            self.persistent = Some(msg.clone());
+        }
+        self.first_error.get_or_insert(msg);
+        self.persistent.is_some()
+    }
 }
 
 fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
@@ -986,6 +1007,7 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
                                 Ok(f) => {
                                     history_line(&history, &name, "allocate", Some(f), "ok", None)?;
                                     st.allocations += 1;
+                                    st.errors_in_a_row = 0;
                                     if let Some(s) = alloc.config().layout.owner_of(f) {
                                         st.per_shard[s] += 1;
                                     }
@@ -1010,14 +1032,16 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
                                             // Give one back so the storm keeps moving.
                                             hold_down(&alloc, &name, &mut held, &history, &mut st)?;
                                         }
-                                    } else {
-                                        st.errors += 1;
-                                        st.first_error.get_or_insert(msg);
+                                    } else if st.failed(msg) {
+                                        stop.store(true, Ordering::Relaxed);
                                     }
                                 }
                             }
                         } else {
                             hold_down(&alloc, &name, &mut held, &history, &mut st)?;
+                        }
+                        if st.persistent.is_some() {
+                            stop.store(true, Ordering::Relaxed);
                         }
                         if let Some(t) = t {
                             let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -1041,7 +1065,7 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     // The main thread only paints the bar; clients stop on the flag when time is up.
-    while started.elapsed() < duration {
+    while started.elapsed() < duration && !stop.load(Ordering::Relaxed) {
         std::thread::sleep(
             Duration::from_millis(100).min(duration.saturating_sub(started.elapsed())),
         );
@@ -1072,6 +1096,9 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
         total.latencies_ns.extend(st.latencies_ns);
         if total.first_error.is_none() {
             total.first_error = st.first_error;
+        }
+        if total.persistent.is_none() {
+            total.persistent = st.persistent;
         }
         for (a, b) in total.per_shard.iter_mut().zip(st.per_shard) {
             *a += b;
@@ -1111,6 +1138,7 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
         "latency_sample_every": LATENCY_SAMPLE,
         "no_frequency": total.no_frequency,
         "errors": total.errors,
+        "stopped_on_error": total.persistent,
         "per_shard_allocations": total.per_shard,
         "recovered_at_open": recovered,
         "open_ms": open_time.as_secs_f64() * 1000.0,
@@ -1147,6 +1175,9 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
             .map(|e| format!(" (first: {e})"))
             .unwrap_or_default()
     );
+    if let Some(e) = &total.persistent {
+        out!("  stopped early after {PERSISTENT_ERRORS} errors in a row: {e}");
+    }
     out!("  allocations per shard: {:?}", total.per_shard);
     out!(
         "  recovered at open: {recovered} allocation(s) in {:.1} ms",
@@ -1178,12 +1209,12 @@ fn hold_down(
         Ok(()) => {
             history_line(history, name, "deallocate", Some(f), "ok", None)?;
             st.deallocations += 1;
+            st.errors_in_a_row = 0;
         }
         Err(e) => {
             let msg = e.to_string();
             history_line(history, name, "deallocate", Some(f), "fail", Some(&msg))?;
-            st.errors += 1;
-            st.first_error.get_or_insert(msg);
+            st.failed(msg);
         }
     }
     Ok(())

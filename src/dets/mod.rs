@@ -44,11 +44,12 @@
 //!   [`DiskTable::apply_batch`], `delete_all_objects`, `select_delete`, `take` and
 //!   [`DiskTable::from_ets`]/[`DiskTable::replace_from`] are all-or-nothing across a crash
 //!   (one sled batch each). Tested by `tests/dets_crash.rs`, which SIGKILLs a writer.
-//! - [`FlushPolicy::Interval(d)`](FlushPolicy::Interval): sled's background flusher writes every
-//!   `d` (as DETS's `auto_save`). A crash loses at most the writes of the last `d` plus the
-//!   time of one flush; what it keeps is a prefix of the writes (sled recovers a consistent
-//!   prefix of its log), and batches stay all-or-nothing. The background flush is sled's own
-//!   (no `fdatasync`), so against power loss only `sync` counts.
+//! - [`FlushPolicy::Interval(d)`](FlushPolicy::Interval): a background flusher
+//!   (`freq-dets-flush`) runs [`DiskTable::sync`] every `d`, at a fixed rate (as DETS's
+//!   `auto_save`). A crash loses at most the writes of the last `d` plus the time of one sync;
+//!   what it keeps is a prefix of the writes (sled recovers a consistent prefix of its log), and
+//!   batches stay all-or-nothing. (sled's own flusher is off: it also runs garbage collection
+//!   and an `fsync` in each cycle, which stretched `interval:50` to 170 ms.)
 //! - [`FlushPolicy::Manual`]: only [`DiskTable::sync`], [`DiskTable::close`] and `Drop` flush.
 //!   A crash loses everything since the last of these (again a consistent prefix).
 //!
@@ -93,6 +94,7 @@
 
 mod error;
 mod key;
+mod mark;
 mod options;
 mod schema;
 
@@ -102,6 +104,7 @@ use std::marker::PhantomData;
 use std::ops::Bound;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -189,8 +192,10 @@ pub struct DiskTable<K, V> {
     /// Declared first so it drops first: unregisters the directory (see `open_db`).
     _registered: OpenGuard,
     db: sled::Db,
-    /// sled's log file, opened again to `fdatasync` it (see [`DiskTable::sync`]).
-    log_file: std::fs::File,
+    /// What a sync needs, shared with the interval flusher.
+    syncer: Arc<Syncer>,
+    /// With [`FlushPolicy::Interval`]: the background flusher (stopped and joined on drop).
+    flusher: Option<Flusher>,
     data: sled::Tree,
     path: PathBuf,
     schema: Schema,
@@ -389,16 +394,10 @@ where
     /// [`DetsError::Corrupted`] if its files are damaged, [`DetsError::Io`] for the rest.
     pub fn open(path: impl AsRef<Path>, opts: OpenOptions) -> Result<Self, DetsError> {
         let path = path.as_ref().to_path_buf();
-        let flush_every_ms = match opts.flush_policy {
-            FlushPolicy::Interval(d) => {
-                Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
-            }
-            // sled flushes every 500 ms by default; these modes flush on their own terms.
-            FlushPolicy::EveryWrite | FlushPolicy::Manual => None,
-        };
-        let config = sled::Config::new()
-            .path(&path)
-            .flush_every_ms(flush_every_ms);
+        // sled flushes every 500 ms by default; every mode here flushes on its own terms (with
+        // `Interval`, our flusher below: sled's runs its garbage collection and an `fsync` in
+        // the same cycle, which stretched the interval well past `d`).
+        let config = sled::Config::new().path(&path).flush_every_ms(None);
         let (db, canonical) = open_db(&path, &config)?;
         let path_guard = OpenGuard {
             path: Some(canonical),
@@ -463,10 +462,34 @@ where
                 flush_and_sync(&db, &log_file).map_err(|e| sled_error(&path, e))?;
             }
         }
+        // A log behind its high-water mark lost writes a completed sync made durable.
+        let (mark_file, marked) = mark::MarkFile::open(&path)?;
+        let logged = mark::decode_logged(
+            meta.get(mark::MARK_KEY)
+                .map_err(|e| sled_error(&path, e))?
+                .as_deref(),
+        )
+        .ok_or_else(|| corrupted(&path, "unreadable sync record"))?;
+        if logged < marked {
+            return Err(corrupted(
+                &path,
+                format!(
+                    "the log holds {logged} completed syncs but {marked} were acknowledged: \
+                     it was truncated or damaged after a crash, and acknowledged writes are lost"
+                ),
+            ));
+        }
         let mut table = DiskTable {
             _registered: path_guard,
-            db,
-            log_file,
+            db: db.clone(),
+            syncer: Arc::new(Syncer {
+                db,
+                log_file,
+                meta,
+                mark: Mutex::new((mark_file, logged)),
+                path: path.clone(),
+            }),
+            flusher: None,
             data,
             path,
             schema: expected,
@@ -496,6 +519,9 @@ where
         // Mark the table open: a crash from here on leaves no counts to check against.
         write_state(&table.path, &table.schema, None)?;
         table.closed = false;
+        if let FlushPolicy::Interval(d) = opts.flush_policy {
+            table.flusher = Some(Flusher::start(Arc::clone(&table.syncer), d)?);
+        }
         Ok(table)
     }
 
@@ -557,13 +583,18 @@ where
     /// sled's `flush` writes its log buffers but, on Linux, syncs them with
     /// `sync_file_range`, which neither flushes the drive's write cache nor the file's size;
     /// so after it we `fdatasync` the log file ourselves, which does both.
+    ///
+    /// Each completed sync is numbered: the number goes into the log before the flush and into
+    /// the high-water mark file beside it after, so a later open detects a log that lost what
+    /// a completed sync made durable (see [`DetsError::Corrupted`]).
     pub fn sync(&self) -> Result<(), DetsError> {
-        flush_and_sync(&self.db, &self.log_file).map_err(|e| self.err(e))
+        self.sync_marked()
     }
 
     /// Flushes and closes the table, returning any error of the final flush (`Drop` would
     /// have to ignore it). Erlang: `close/1`.
     pub fn close(mut self) -> Result<(), DetsError> {
+        drop(self.flusher.take());
         let r = self.close_cleanly();
         self.closed = true;
         r
@@ -858,11 +889,96 @@ where
     }
 }
 
+impl<K, V> DiskTable<K, V> {
+    /// [`DiskTable::sync`]'s body (no bounds, so `Drop` can call it).
+    fn sync_marked(&self) -> Result<(), DetsError> {
+        self.syncer.sync()
+    }
+}
+
+/// What a sync needs: shared by the table and its interval flusher.
+struct Syncer {
+    db: sled::Db,
+    /// sled's log file, opened again to `fdatasync` it (see [`DiskTable::sync`]).
+    log_file: std::fs::File,
+    /// The meta tree (schema record, sync number).
+    meta: sled::Tree,
+    /// The high-water mark file and the last sync number written to it (see `mark.rs`).
+    mark: Mutex<(mark::MarkFile, u64)>,
+    path: PathBuf,
+}
+
+impl Syncer {
+    /// Numbers the sync in the log, flushes and `fdatasync`s it, then records the number in the
+    /// mark file (see `mark.rs`). One at a time (the mark's lock).
+    fn sync(&self) -> Result<(), DetsError> {
+        let mut mark = self.mark.lock();
+        let next = mark.1 + 1;
+        self.meta
+            .insert(mark::MARK_KEY, &next.to_le_bytes())
+            .map_err(|e| sled_error(&self.path, e))?;
+        flush_and_sync(&self.db, &self.log_file).map_err(|e| sled_error(&self.path, e))?;
+        mark.0.write(next).map_err(|e| io_error(&self.path, e))?;
+        mark.1 = next;
+        Ok(())
+    }
+}
+
+/// The background flusher of [`FlushPolicy::Interval`] (`freq-dets-flush`): a [`Syncer::sync`]
+/// at a fixed rate, every `d` from the start of the previous one (at once when one took longer),
+/// so a write is on disk at most `d` plus one sync after it returned. Stopped by dropping the
+/// sender, joined on drop.
+struct Flusher {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(syncer: Arc<Syncer>, d: Duration) -> Result<Flusher, DetsError> {
+        let d = d.max(Duration::from_millis(1));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let path = syncer.path.clone();
+        let thread = std::thread::Builder::new()
+            .name("freq-dets-flush".into())
+            .spawn(move || {
+                let mut next = Instant::now() + d;
+                loop {
+                    match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        // Stopped (the sender dropped).
+                        _ => return,
+                    }
+                    next += d;
+                    // A failed background sync has no caller; the next `sync`, `close` or
+                    // write (in `EveryWrite`) reports the error.
+                    let _ = syncer.sync();
+                    next = next.max(Instant::now());
+                }
+            })
+            .map_err(|e| io_error(&path, e))?;
+        Ok(Flusher {
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl<K, V> Drop for DiskTable<K, V> {
     /// Flushes and records a clean close, as `dets:close/1` would; use [`DiskTable::close`] to
     /// see the error.
     fn drop(&mut self) {
-        if !self.closed && flush_and_sync(&self.db, &self.log_file).is_ok() {
+        // The flusher first: it must not sync after the clean close is recorded.
+        drop(self.flusher.take());
+        if !self.closed && self.sync_marked().is_ok() {
             let counts = (self.len as u64, self.keys as u64, self.next_seq);
             let _ = write_state(&self.path, &self.schema, Some(counts));
         }

@@ -573,11 +573,34 @@ impl Allocator {
                 .collect()
         });
         let mut loaded = loaded.into_iter();
-        for args in all_args.iter().flatten() {
-            let l = loaded
-                .next()
-                .ok_or_else(|| FreqError::Corrupt("a shard did not load".into()))??;
-            *args.preloaded.lock() = Some(l);
+        // Replicas found damaged while their partner loaded: (shard, replica).
+        let mut rebuilt = Vec::new();
+        for (i, pair) in all_args.iter().enumerate() {
+            let mut results: Vec<Result<_, FreqError>> = pair
+                .iter()
+                .map(|_| {
+                    loaded
+                        .next()
+                        .unwrap_or_else(|| Err(FreqError::Corrupt("a shard did not load".into())))
+                })
+                .collect();
+            if replicated && results.len() == 2 {
+                for r in 0..2 {
+                    if results[1 - r].is_ok() && results[r].as_ref().is_err_and(is_damage) {
+                        // The partner is intact: set the damaged copy aside (kept for
+                        // inspection, never deleted) and start this replica empty; its partner
+                        // becomes primary and catches it up by a full state transfer.
+                        let fresh = set_aside(&pair[r]).and_then(|()| load(&pair[r]));
+                        if fresh.is_ok() {
+                            rebuilt.push((i, r));
+                        }
+                        results[r] = fresh;
+                    }
+                }
+            }
+            for (args, l) in pair.iter().zip(results) {
+                *args.preloaded.lock() = Some(l?);
+            }
         }
         let stopped = Arc::new(AtomicBool::new(false));
         let mut spec = SupervisorSpec::new(otp::Strategy::OneForOne)
@@ -605,6 +628,9 @@ impl Allocator {
             let seqs = [seq(0), seq(1)];
             // The higher applied sequence starts as primary (the other catches up).
             let pair = PairShared::new(usize::from(seqs[1] > seqs[0]), seqs);
+            for &(_, r) in rebuilt.iter().filter(|(shard, _)| *shard == i) {
+                pair.mark_rebuilt(r);
+            }
             let s = ShardShared::new(i, Some(Arc::clone(&pair)));
             let servers = [
                 Server::<Shard>::unstarted(format!("freq-shard-{i}-a")),
@@ -695,6 +721,39 @@ impl Allocator {
         Ok(())
     }
 
+    /// The error for a call to `shard` that found no instance running: while the shard is
+    /// down after a failure (e.g. its disk is full), callers are told that failure (the disk
+    /// error), not a bare "not running" or "timed out". `error` as it is otherwise.
+    fn explain(&self, shard: usize, error: FreqError) -> FreqError {
+        let Some(endpoint) = self.inner.shards.get(shard) else {
+            return error;
+        };
+        if endpoint.health().alive {
+            return error;
+        }
+        let Some(last) = self.inner.shared.get(shard).and_then(|s| s.last_failure()) else {
+            return error;
+        };
+        let state = if self.supervisor_gone() {
+            "down (restarts stopped after repeated failures)"
+        } else {
+            "restarting"
+        };
+        FreqError::ShardFailed {
+            shard,
+            reason: format!("it is {state}; its last failure: {last}"),
+        }
+    }
+
+    /// Whether the shards' supervisor gave up (no shard that stops is restarted any more).
+    fn supervisor_gone(&self) -> bool {
+        self.inner
+            .supervisor
+            .lock()
+            .as_ref()
+            .is_some_and(|s| s.exit_reason().is_some())
+    }
+
     /// Sends `request` to shard `shard`'s endpoint, with the allocator's call timeout.
     fn send(
         &self,
@@ -713,9 +772,13 @@ impl Allocator {
     }
 
     /// Allocates with a lease: the shard reclaims the frequency when `lease` has passed, so a
-    /// client that never comes back after a crash does not leak it.
+    /// client that never comes back after a crash does not leak it. A lease under 1 ms (one
+    /// tick of the lease clock) is [`FreqError::BadLease`], and nothing is allocated.
     pub fn allocate_with_lease(&self, client: &str, lease: Duration) -> Result<u64, FreqError> {
         let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        if ms == 0 {
+            return Err(FreqError::BadLease);
+        }
         self.allocate_inner(client, Some(ms))
     }
 
@@ -761,7 +824,9 @@ impl Allocator {
                 Ok(Err(e)) => return Err(e),
                 Err(e) => match classify(shard, e) {
                     // Never delivered: skip the shard, another may serve.
-                    Failed::NotDelivered { error, .. } => failure = Some(error),
+                    Failed::NotDelivered { error, .. } => {
+                        failure = Some(self.explain(shard, error))
+                    }
                     // The shard may still make the allocation, so trying another shard could
                     // allocate twice. Not retried.
                     Failed::MaybeDelivered(error) => return Err(error),
@@ -813,13 +878,17 @@ impl Allocator {
                 Failed::NotDelivered { restarting, .. } => {
                     self.check_running()?;
                     if restarting {
+                        // Nothing will restart it: say why now, not after a timeout.
+                        if self.supervisor_gone() {
+                            return Err(self.explain(shard, shard_error(shard, OtpError::NoProc)));
+                        }
                         endpoint
                             .wait_for_generation(generation + 1, timeout)
-                            .map_err(|e| shard_error(shard, e))?;
+                            .map_err(|e| self.explain(shard, shard_error(shard, e)))?;
                     }
                     match endpoint.call(request(), timeout) {
                         Ok(result) => result,
-                        Err(e) => Err(shard_error(shard, e)),
+                        Err(e) => Err(self.explain(shard, shard_error(shard, e))),
                     }
                 }
                 Failed::MaybeDelivered(error) => Err(error),
@@ -1086,6 +1155,33 @@ impl Drop for Client {
         }
         self.alloc.inner.clients.lock().remove(&self.name);
     }
+}
+
+/// Whether a replica failed to load because its files are damaged (not locked, not foreign, not
+/// an I/O failure), so that rebuilding it from an intact partner loses nothing.
+fn is_damage(e: &FreqError) -> bool {
+    matches!(
+        e,
+        FreqError::Corrupt(_) | FreqError::Disk(crate::dets::DetsError::Corrupted { .. })
+    )
+}
+
+/// Renames a damaged replica's directory to `replica-N.damaged-SECS` beside it.
+fn set_aside(args: &CoreArgs) -> Result<(), FreqError> {
+    let Some(dir) = &args.dir else {
+        return Ok(());
+    };
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".damaged-{secs}"));
+    let aside = dir.with_file_name(name);
+    std::fs::rename(dir, &aside).map_err(|source| StoreError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(())
 }
 
 /// The one rule for a client name, for every operation (and the CLI's `--client`): 1 to 255

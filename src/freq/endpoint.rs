@@ -257,7 +257,8 @@ impl ShardEndpoint for ReplicatedShard {
                 role: st.roles[r],
                 applied: applied[r],
                 lag: applied[1 - r].saturating_sub(applied[r]),
-                restarts: self.servers[r].generation().saturating_sub(1),
+                // A replica rebuilt from its partner at open counts as restarted.
+                restarts: self.servers[r].generation().saturating_sub(1) + self.pair.rebuilt(r),
             })
             .collect();
         Health {

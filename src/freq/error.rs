@@ -119,6 +119,10 @@ pub enum FreqError {
     /// A client name that is empty, too long, or holds a control character.
     #[error("bad client name {0:?}: it must be 1 to 255 bytes, without control characters")]
     BadClientName(String),
+    /// A lease shorter than one tick of the lease clock (1 ms): it would expire as it is granted
+    /// and the frequency would go to the next client too. Nothing was allocated.
+    #[error("a lease must be at least 1 ms long")]
+    BadLease,
     /// A client handle with that name is already open in this allocator.
     #[error("a client handle named {0:?} is already open")]
     ClientInUse(String),

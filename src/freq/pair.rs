@@ -55,6 +55,9 @@ pub(crate) struct PairShared {
     /// is down there).
     durable: [AtomicU64; 2],
     pub(crate) readers: [RwLock<Option<PoolReaders>>; 2],
+    /// Times each replica's disk table was found damaged at open and rebuilt from its partner
+    /// (counted with its restarts in the shard's health).
+    rebuilt: [AtomicU64; 2],
 }
 
 impl PairShared {
@@ -70,7 +73,20 @@ impl PairShared {
             applied: [AtomicU64::new(seqs[0]), AtomicU64::new(seqs[1])],
             durable: [AtomicU64::new(seqs[0]), AtomicU64::new(seqs[1])],
             readers: [RwLock::new(None), RwLock::new(None)],
+            rebuilt: [AtomicU64::new(0), AtomicU64::new(0)],
         })
+    }
+
+    /// Records that replica `r`'s damaged disk table was set aside and rebuilt.
+    pub(crate) fn mark_rebuilt(&self, r: usize) {
+        if let Some(n) = self.rebuilt.get(r) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many times replica `r` was rebuilt from its partner at open.
+    pub(crate) fn rebuilt(&self, r: usize) -> u64 {
+        self.rebuilt.get(r).map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     pub(crate) fn state(&self) -> PairState {

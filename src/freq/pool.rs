@@ -225,13 +225,18 @@ impl Pool {
     }
 
     /// Allocates the lowest free frequency to `owner` (the course's list head). `NoFrequency`
-    /// when this pool has none (the allocator then tries another shard).
+    /// when this pool has none (the allocator then tries another shard); `BadLease` for a lease
+    /// of 0 ms.
     pub fn allocate(
         &mut self,
         owner: &str,
         now_ms: u64,
         lease_ms: Option<u64>,
     ) -> Result<(u64, Change), FreqError> {
+        // A lease expires at `now + lease`: zero would expire as it is granted.
+        if lease_ms == Some(0) {
+            return Err(FreqError::BadLease);
+        }
         if let Some(limit) = self.limit {
             if self.owners.lookup(&owner.to_string()).len() >= limit {
                 return Err(FreqError::LimitReached {
@@ -680,7 +685,7 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0u8..4, proptest::option::of(0u64..50)).prop_map(|(o, l)| Op::Allocate(o, l)),
+            4 => (0u8..4, proptest::option::of(1u64..50)).prop_map(|(o, l)| Op::Allocate(o, l)),
             3 => (0u64..32, 0u8..4).prop_map(|(f, o)| Op::Deallocate(f, o)),
             1 => (0u8..4).prop_map(Op::ReleaseAll),
             1 => (0u64..60).prop_map(Op::Reap),

@@ -221,7 +221,11 @@ impl GenServer for Shard {
     type Error = ShardFailure;
 
     fn init(args: ShardArgs, ctx: &mut Context<Self>) -> Result<Self, ShardFailure> {
-        Shard::start(args, ctx).map_err(ShardFailure::from)
+        let shared = std::sync::Arc::clone(&args.core.shared);
+        Shard::start(args, ctx).map_err(|e| {
+            shared.set_last_failure(e.to_string());
+            ShardFailure::from(e)
+        })
     }
 
     fn handle_call(
@@ -267,7 +271,10 @@ impl GenServer for Shard {
         self.commit(ctx).map_err(ShardFailure::from)
     }
 
-    fn terminate(&mut self, _reason: &crate::otp::ExitReason) {
+    fn terminate(&mut self, reason: &crate::otp::ExitReason) {
+        if !reason.is_normal() {
+            self.core.record_failure(reason.to_string());
+        }
         self.core.close();
     }
 }

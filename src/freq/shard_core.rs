@@ -53,6 +53,10 @@ pub struct ShardShared {
     readers: RwLock<Option<PoolReaders>>,
     recovered: AtomicU64,
     open_micros: AtomicU64,
+    /// Why the last instance stopped abnormally or failed to start, as text: what a caller is
+    /// told once no instance runs any more (e.g. the disk error of a full disk), instead of a
+    /// bare "not running".
+    last_failure: Mutex<Option<String>>,
     /// With `replicas: 2`, the pair's roles and readers.
     pair: Option<Arc<PairShared>>,
 }
@@ -66,6 +70,7 @@ impl ShardShared {
             readers: RwLock::new(None),
             recovered: AtomicU64::new(0),
             open_micros: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
             pair,
         })
     }
@@ -75,6 +80,16 @@ impl ShardShared {
         self.recovered.store(recovered, Ordering::Relaxed);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.open_micros.store(micros, Ordering::Relaxed);
+    }
+
+    /// Records why an instance stopped abnormally or failed to start.
+    pub(crate) fn set_last_failure(&self, reason: String) {
+        *self.last_failure.lock() = Some(reason);
+    }
+
+    /// Why the last instance stopped abnormally or failed to start, if one did.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure.lock().clone()
     }
 
     /// The shard's index.
@@ -599,6 +614,11 @@ impl ShardCore {
             free: self.pool.free_ranges()?,
             violations: self.self_check(label)?,
         })
+    }
+
+    /// Records why this instance stops (see [`ShardShared::last_failure`]).
+    pub(crate) fn record_failure(&self, reason: String) {
+        self.args.shared.set_last_failure(reason);
     }
 
     /// Closes the disk table (at a clean stop).
