@@ -344,8 +344,14 @@ mod tests {
         let whole = [FreqRange::new(0, u64::MAX).unwrap()];
         let l = Layout::split_evenly(&whole, 2).unwrap();
         assert_eq!(l.pool_count(), 1u128 << 64);
-        assert_eq!(l.ranges(0), &[FreqRange::new(0, (1 << 63) - 1).unwrap()][..]);
-        assert_eq!(l.ranges(1), &[FreqRange::new(1 << 63, u64::MAX).unwrap()][..]);
+        assert_eq!(
+            l.ranges(0),
+            &[FreqRange::new(0, (1 << 63) - 1).unwrap()][..]
+        );
+        assert_eq!(
+            l.ranges(1),
+            &[FreqRange::new(1 << 63, u64::MAX).unwrap()][..]
+        );
         let two = [
             FreqRange::new(0, 9).unwrap(),
             FreqRange::new(10, u64::MAX).unwrap(),
