@@ -3,9 +3,12 @@
 //! on a closed pipe, usage errors that name the argument, one client-name rule, each cause of an
 //! error said once. Each test names the bug it guards against.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use common::disk::SmallDisk;
 use freqalloc::freq::{Allocator, FreqError, Options};
 use serde_json::Value;
 
@@ -329,52 +332,6 @@ fn one_frequency_is_singular() {
         err.contains("no frequency left: the 1 frequency is allocated"),
         "{err}"
     );
-}
-
-/// A small tmpfs mounted on a temporary directory, unmounted on drop.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    /// `None` when not root (mounting needs it); under `CI=true` that is a failure, not a skip.
-    fn mount(size: &str) -> Option<SmallDisk> {
-        // The effective uid, from /proc (no libc dependency for one number).
-        let root = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .map(|l| l.split_whitespace().nth(2) == Some("0"))
-            })
-            .unwrap_or(false);
-        if !root {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI must run this test as root (it mounts a tmpfs)"
-            );
-            eprintln!("skipped: mounting a tmpfs needs root");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "mount tmpfs: {st:?}");
-        Some(SmallDisk { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
 }
 
 /// Bug: disk full printed the I/O error's text three times with sled internals

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::disk::SmallDisk;
 use freqalloc::dets::{DetsError, DiskTable, FlushPolicy, OpenOptions};
 use freqalloc::freq::{parse_pool, Allocator, FreqError, Layout, Routing};
 use freqalloc::table::{ReadTable, TableType, WriteTable};
@@ -174,54 +175,6 @@ fn a_log_damaged_after_sigkill_never_loses_acknowledged_writes_silently() {
 // ---------------------------------------------------------------------------------------------
 // A full disk in `Sync`
 
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    /// `None` when this process may not mount (not root); under `CI=true` that is a failure,
-    /// never a skip.
-    fn mount(size: &str) -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI must run the disk-full tests: mounting a tmpfs failed (run as root)"
-            );
-            eprintln!("skipped: cannot mount a tmpfs (not root)");
-            return None;
-        }
-        Some(SmallDisk { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Gives the filesystem room again (the files stay).
-    fn grow(&self, size: &str) {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(self.path())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "remount failed");
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
 /// Issue 12: on a full disk in `sync` the first error a user saw was "call timed out", then
 /// every call said "no such server". Now the first failing call, and every call after it once
 /// the shard's restarts stopped, names the disk error; nothing acknowledged is lost (seen after
@@ -278,7 +231,7 @@ fn a_full_disk_in_sync_fails_callers_with_the_disk_error_and_loses_nothing_ackno
     }
     alloc.stop();
     drop(alloc);
-    disk.grow("64m");
+    disk.resize("64m");
     let alloc = Allocator::open(&store, Options::default()).unwrap();
     let held = alloc.held_by(&name).unwrap();
     let missing: Vec<&u64> = acked.iter().filter(|f| !held.contains(f)).collect();
