@@ -5,44 +5,12 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+// This file's failures are all one line.
+use common::cli::{fails_in_one_line as fails, ok};
 use serde_json::Value;
-
-fn freqalloc(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_freqalloc"))
-        .arg("--data")
-        .arg(store)
-        .args(args)
-        .env_remove("FREQALLOC_DATA")
-        .output()
-        .expect("run freqalloc")
-}
-
-fn ok(store: &Path, args: &[&str]) -> String {
-    let out = freqalloc(store, args);
-    assert!(
-        out.status.success(),
-        "freqalloc {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 stdout")
-}
-
-/// Runs a command that must fail; returns its stderr, checked to be one line.
-fn fails(store: &Path, args: &[&str]) -> String {
-    let out = freqalloc(store, args);
-    assert!(!out.status.success(), "freqalloc {args:?} should fail");
-    let err = String::from_utf8(out.stderr).expect("utf-8 stderr");
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "one line expected: {err:?}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
 
 fn status(store: &Path) -> Value {
     serde_json::from_str(&ok(

@@ -6,56 +6,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
+use common::cli::{cmd, fails_with, ok, run};
 use common::disk::SmallDisk;
 use freqalloc::freq::{Allocator, FreqError, Options};
 use serde_json::Value;
 
 const WHOLE_U64: &str = "0-18446744073709551615";
 const TWO_TO_64: &str = "18446744073709551616";
-
-fn cmd(store: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_freqalloc"));
-    c.arg("--data")
-        .arg(store)
-        .args(args)
-        .env_remove("FREQALLOC_DATA")
-        .env_remove("FREQALLOC_NODE");
-    c
-}
-
-fn run(store: &Path, args: &[&str]) -> Output {
-    cmd(store, args).output().expect("run freqalloc")
-}
-
-fn ok(store: &Path, args: &[&str]) -> String {
-    let out = run(store, args);
-    assert!(
-        out.status.success(),
-        "freqalloc {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 stdout")
-}
-
-/// Runs a command that must fail with `code`; returns its stderr, checked to be one line with
-/// no panic and no raw control character.
-fn fails_with(store: &Path, args: &[&str], code: i32) -> String {
-    let out = run(store, args);
-    let err = String::from_utf8(out.stderr).expect("utf-8 stderr");
-    assert_eq!(out.status.code(), Some(code), "freqalloc {args:?}: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
-    assert!(
-        !err.contains("panicked") && !err.contains("internal error"),
-        "{err}"
-    );
-    assert!(
-        !err.trim_end().chars().any(char::is_control),
-        "raw control character in {err:?}"
-    );
-    err
-}
 
 fn json(store: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&ok(store, args)).expect("JSON")

@@ -6,48 +6,16 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::Duration;
 
+use common::cli::{fails, ok};
 use common::disk::SmallDisk;
 use freqalloc::freq::{
     meta_path, parse_pool, replica_dir, shard_dir, Allocator, ConfigChange, Durability, FreqError,
     InitOutcome, Layout, LayoutError, Options, Routing, StoreConfig, StoreError, MAX_SHARDS,
 };
-
-fn freqalloc(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_freqalloc"))
-        .arg("--data")
-        .arg(store)
-        .args(args)
-        .env_remove("FREQALLOC_DATA")
-        .env_remove("FREQALLOC_NODE")
-        .output()
-        .expect("run freqalloc")
-}
-
-fn ok(store: &Path, args: &[&str]) -> String {
-    let out = freqalloc(store, args);
-    assert!(
-        out.status.success(),
-        "freqalloc {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 stdout")
-}
-
-fn fails(store: &Path, args: &[&str]) -> String {
-    let out = freqalloc(store, args);
-    assert!(
-        !out.status.success(),
-        "freqalloc {args:?} should fail, printed {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let err = String::from_utf8(out.stderr).expect("utf-8 stderr");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
 
 fn course() -> Layout {
     Layout::one_shard_per_range(&parse_pool("10-15,20-25").unwrap()).unwrap()
