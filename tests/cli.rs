@@ -3,13 +3,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 // This file's failures are all one line.
 use common::cli::{fails_in_one_line as fails, ok};
+use common::history::assert_status_keeps_history;
 use serde_json::Value;
 
 fn status(store: &Path) -> Value {
@@ -161,46 +161,6 @@ fn load_prints_a_json_summary_and_a_history() {
     assert!(fails(&store, &["load", "--clients", "0"]).contains("at least 1"));
 }
 
-/// What a client's acknowledged history says it must hold, and what may be in flight.
-#[derive(Default, Debug)]
-struct Belief {
-    held: BTreeSet<u64>,
-    /// An allocation invoked with no reply seen: it may have happened.
-    alloc_in_flight: bool,
-    /// A deallocation invoked with no reply seen: the frequency may be free or still held.
-    dealloc_in_flight: Option<u64>,
-}
-
-fn beliefs(history: &str) -> BTreeMap<String, Belief> {
-    let mut out: BTreeMap<String, Belief> = BTreeMap::new();
-    for line in history.lines() {
-        // A SIGKILL may cut the very last line short; only whole lines count.
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        let b = out
-            .entry(v["client"].as_str().unwrap().to_string())
-            .or_default();
-        let freq = v["freq"].as_u64();
-        match (v["op"].as_str().unwrap(), v["phase"].as_str().unwrap()) {
-            ("allocate", "invoke") => b.alloc_in_flight = true,
-            ("allocate", "ok") => {
-                b.alloc_in_flight = false;
-                b.held.insert(freq.unwrap());
-            }
-            ("allocate", _) => b.alloc_in_flight = false,
-            ("deallocate", "invoke") => b.dealloc_in_flight = freq,
-            ("deallocate", "ok") => {
-                b.dealloc_in_flight = None;
-                b.held.remove(&freq.unwrap());
-            }
-            ("deallocate", _) => b.dealloc_in_flight = None,
-            other => panic!("unexpected history line {other:?}"),
-        }
-    }
-    out
-}
-
 /// The whole process is SIGKILLed mid-storm in `sync`; the reopened store holds every
 /// acknowledged allocation for its owner, frees every acknowledged deallocation, and is
 /// consistent. Repeated `FREQALLOC_CLI_CRASH_ITERS` times (default 2).
@@ -251,41 +211,9 @@ fn sigkill_mid_storm_loses_no_acknowledged_operation() {
         child.wait().unwrap();
         assert!(reached, "the load never wrote {want} history lines");
 
-        let beliefs = beliefs(&std::fs::read_to_string(&history).unwrap());
-        let s = status(&store);
-        let mut actual: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-        let mut seen = BTreeSet::new();
-        for a in s["allocations"].as_array().unwrap() {
-            let f = a["freq"].as_u64().unwrap();
-            assert!(seen.insert(f), "frequency {f} listed twice");
-            actual
-                .entry(a["owner"].as_str().unwrap().to_string())
-                .or_default()
-                .insert(f);
-        }
-        assert_eq!(
-            seen.len() + s["free"].as_array().unwrap().len(),
-            200,
-            "free + allocated = pool"
-        );
-        for (client, b) in &beliefs {
-            let has = actual.remove(client).unwrap_or_default();
-            for f in &b.held {
-                assert!(
-                    has.contains(f) || b.dealloc_in_flight == Some(*f),
-                    "iteration {iter}: acknowledged allocation of {f} to {client} was lost (holds {has:?})"
-                );
-            }
-            let extra: Vec<_> = has.difference(&b.held).collect();
-            assert!(
-                extra.is_empty() || (extra.len() == 1 && b.alloc_in_flight),
-                "iteration {iter}: {client} holds {extra:?} it was never acknowledged (belief {b:?})"
-            );
-        }
-        assert!(
-            actual.is_empty(),
-            "allocations to clients that never ran: {actual:?}"
-        );
+        let history = std::fs::read_to_string(&history).unwrap();
+        let context = format!("iteration {iter}");
+        assert_status_keeps_history(&status(&store), 200, &history, &context);
         assert!(ok(&store, &["check"]).starts_with("consistent"));
     }
 }

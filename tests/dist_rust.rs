@@ -9,13 +9,14 @@
 mod common;
 mod erlang;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::history::assert_status_keeps_history;
 use erlang::{erlang_or_skip, unique_name, Cluster, ServerNode};
 use freqalloc::dist::{term, ClientOptions, DistError, RemoteAllocator};
 use freqalloc::freq::FreqError;
@@ -330,43 +331,6 @@ fn garbage_on_the_socket_does_not_hurt_the_node() {
     assert!(remote.check().unwrap().is_empty());
 }
 
-/// What a client's acknowledged history says it must hold, and what may be in flight.
-#[derive(Default, Debug)]
-struct Belief {
-    held: BTreeSet<u64>,
-    alloc_in_flight: bool,
-    dealloc_in_flight: Option<u64>,
-}
-
-fn beliefs(history: &str) -> BTreeMap<String, Belief> {
-    let mut out: BTreeMap<String, Belief> = BTreeMap::new();
-    for line in history.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        let b = out
-            .entry(v["client"].as_str().unwrap().to_string())
-            .or_default();
-        let freq = v["freq"].as_u64();
-        match (v["op"].as_str().unwrap(), v["phase"].as_str().unwrap()) {
-            ("allocate", "invoke") => b.alloc_in_flight = true,
-            ("allocate", "ok") => {
-                b.alloc_in_flight = false;
-                b.held.insert(freq.unwrap());
-            }
-            ("allocate", _) => b.alloc_in_flight = false,
-            ("deallocate", "invoke") => b.dealloc_in_flight = freq,
-            ("deallocate", "ok") => {
-                b.dealloc_in_flight = None;
-                b.held.remove(&freq.unwrap());
-            }
-            ("deallocate", _) => b.dealloc_in_flight = None,
-            other => panic!("unexpected history line {other:?}"),
-        }
-    }
-    out
-}
-
 /// A `sync` node is SIGKILLed at varying moments while `load --node --history` (8 clients, 4
 /// calls in flight each) storms it; restarted, it has every acknowledged operation and nothing
 /// held twice. Rounds: `FREQALLOC_DIST_CRASH_ROUNDS` (default 2).
@@ -444,21 +408,6 @@ fn sigkill_under_a_remote_load_storm_loses_no_acknowledged_operation() {
         let s: Value =
             serde_json::from_str(&cluster.freqalloc(&data, &["status", "--json", "--list-free"]))
                 .unwrap();
-        let mut actual: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-        let mut seen = BTreeSet::new();
-        for a in s["allocations"].as_array().unwrap() {
-            let f = a["freq"].as_u64().unwrap();
-            assert!(seen.insert(f), "round {round}: frequency {f} held twice");
-            actual
-                .entry(a["owner"].as_str().unwrap().to_string())
-                .or_default()
-                .insert(f);
-        }
-        assert_eq!(
-            seen.len() + s["free"].as_array().unwrap().len(),
-            200,
-            "free + allocated = pool"
-        );
         let text = std::fs::read_to_string(&history).unwrap();
         let acked = text
             .lines()
@@ -468,24 +417,7 @@ fn sigkill_under_a_remote_load_storm_loses_no_acknowledged_operation() {
             acked >= 100,
             "round {round}: only {acked} acknowledged operations before the kill"
         );
-        for (client, b) in &beliefs(&text) {
-            let has = actual.remove(client).unwrap_or_default();
-            for f in &b.held {
-                assert!(
-                    has.contains(f) || b.dealloc_in_flight == Some(*f),
-                    "round {round}: acknowledged allocation of {f} to {client} was lost (holds {has:?})"
-                );
-            }
-            let extra: Vec<_> = has.difference(&b.held).collect();
-            assert!(
-                extra.is_empty() || (extra.len() == 1 && b.alloc_in_flight),
-                "round {round}: {client} holds {extra:?} it was never acknowledged (belief {b:?})"
-            );
-        }
-        assert!(
-            actual.is_empty(),
-            "allocations to clients that never ran: {actual:?}"
-        );
+        assert_status_keeps_history(&s, 200, &text, &format!("round {round}"));
         assert!(cluster
             .freqalloc(&data, &["check"])
             .starts_with("consistent"));

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod disk;
+pub mod history;
 pub mod model;
 
 use std::time::{Duration, Instant};
