@@ -934,6 +934,72 @@ struct ClientStats {
 }
 
 impl ClientStats {
+    /// Adds one client's counts to these totals; the first error (and the first persistent
+    /// one) seen is kept.
+    fn absorb(&mut self, st: ClientStats) {
+        self.allocations += st.allocations;
+        self.deallocations += st.deallocations;
+        self.no_frequency += st.no_frequency;
+        self.errors += st.errors;
+        self.operations += st.operations;
+        self.latencies_ns.extend(st.latencies_ns);
+        if self.first_error.is_none() {
+            self.first_error = st.first_error;
+        }
+        if self.persistent.is_none() {
+            self.persistent = st.persistent;
+        }
+        for (a, b) in self.per_shard.iter_mut().zip(st.per_shard) {
+            *a += b;
+        }
+    }
+
+    /// The sampled latency at quantile `p` (0.0..=1.0) in microseconds, 0 when nothing was
+    /// timed. `latencies_ns` must be sorted.
+    fn latency_us(&self, p: f64) -> f64 {
+        let v = &self.latencies_ns;
+        if v.is_empty() {
+            return 0.0;
+        }
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v[i.min(v.len() - 1)] as f64 / 1000.0
+    }
+
+    /// Prints the lines every `load` summary shares, local or through a node: operations and
+    /// rates over `elapsed` seconds, latencies, errors, why the run stopped early (if it did),
+    /// allocations per shard. `latencies_ns` must be sorted.
+    fn print_summary(&self, elapsed: f64) -> Result<()> {
+        let operations = self.operations;
+        let pairs = self.allocations.min(self.deallocations);
+        out!(
+            "  {} operations ({:.0}/s), {} allocate+deallocate pairs/s",
+            operations,
+            operations as f64 / elapsed,
+            (pairs as f64 / elapsed).round()
+        );
+        out!(
+            "  latency p50 {:.1} us, p99 {:.1} us, max {:.1} us (every {}th operation timed)",
+            self.latency_us(0.5),
+            self.latency_us(0.99),
+            self.latency_us(1.0),
+            LATENCY_SAMPLE
+        );
+        out!(
+            "  no frequency: {}, other errors: {}{}",
+            self.no_frequency,
+            self.errors,
+            self.first_error
+                .as_ref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        );
+        if let Some(e) = &self.persistent {
+            out!("  stopped early after {PERSISTENT_ERRORS} errors in a row: {e}");
+        }
+        out!("  allocations per shard: {:?}", self.per_shard);
+        Ok(())
+    }
+
     /// Counts an error; true once the errors in a row make it persistent.
     fn failed(&mut self, msg: String) -> bool {
         self.errors += 1;
@@ -1088,34 +1154,13 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
         let st = h
             .join()
             .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
-        total.allocations += st.allocations;
-        total.deallocations += st.deallocations;
-        total.no_frequency += st.no_frequency;
-        total.errors += st.errors;
-        total.operations += st.operations;
-        total.latencies_ns.extend(st.latencies_ns);
-        if total.first_error.is_none() {
-            total.first_error = st.first_error;
-        }
-        if total.persistent.is_none() {
-            total.persistent = st.persistent;
-        }
-        for (a, b) in total.per_shard.iter_mut().zip(st.per_shard) {
-            *a += b;
-        }
+        total.absorb(st);
     }
     let elapsed = started.elapsed().as_secs_f64();
     alloc.stop();
 
     total.latencies_ns.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        let v = &total.latencies_ns;
-        if v.is_empty() {
-            return 0.0;
-        }
-        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-        v[i.min(v.len() - 1)] as f64 / 1000.0
-    };
+    let pct = |p: f64| total.latency_us(p);
     let operations = total.operations;
     let pairs = total.allocations.min(total.deallocations);
     let config = alloc.config();
@@ -1152,33 +1197,7 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
         config.strategy,
         config.durability
     );
-    out!(
-        "  {} operations ({:.0}/s), {} allocate+deallocate pairs/s",
-        operations,
-        operations as f64 / elapsed,
-        (pairs as f64 / elapsed).round()
-    );
-    out!(
-        "  latency p50 {:.1} us, p99 {:.1} us, max {:.1} us (every {}th operation timed)",
-        pct(0.5),
-        pct(0.99),
-        pct(1.0),
-        LATENCY_SAMPLE
-    );
-    out!(
-        "  no frequency: {}, other errors: {}{}",
-        total.no_frequency,
-        total.errors,
-        total
-            .first_error
-            .as_ref()
-            .map(|e| format!(" (first: {e})"))
-            .unwrap_or_default()
-    );
-    if let Some(e) = &total.persistent {
-        out!("  stopped early after {PERSISTENT_ERRORS} errors in a row: {e}");
-    }
-    out!("  allocations per shard: {:?}", total.per_shard);
+    total.print_summary(elapsed)?;
     out!(
         "  recovered at open: {recovered} allocation(s) in {:.1} ms",
         open_time.as_secs_f64() * 1000.0

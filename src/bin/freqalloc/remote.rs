@@ -362,29 +362,12 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
         let st = h
             .join()
             .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
-        total.allocations += st.allocations;
-        total.deallocations += st.deallocations;
-        total.no_frequency += st.no_frequency;
-        total.errors += st.errors;
-        total.operations += st.operations;
-        total.latencies_ns.extend(st.latencies_ns);
-        if total.first_error.is_none() {
-            total.first_error = st.first_error;
-        }
-        for (a, b) in total.per_shard.iter_mut().zip(st.per_shard) {
-            *a += b;
-        }
+        // Remote clients never set `persistent`: absorbing it changes nothing.
+        total.absorb(st);
     }
     let elapsed = started.elapsed().as_secs_f64();
     total.latencies_ns.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        let v = &total.latencies_ns;
-        if v.is_empty() {
-            return 0.0;
-        }
-        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-        v[i.min(v.len() - 1)] as f64 / 1000.0
-    };
+    let pct = |p: f64| total.latency_us(p);
     let operations = total.operations;
     let pairs = total.allocations.min(total.deallocations);
     let summary = json!({
@@ -416,30 +399,7 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
         "{} clients x {} in flight x {:.1} s through node {node} ({} shard(s), {} frequencies, {}, {}):",
         args.clients, args.pipeline, elapsed, shards, status.pool, status.strategy, status.durability
     );
-    out!(
-        "  {} operations ({:.0}/s), {} allocate+deallocate pairs/s",
-        operations,
-        operations as f64 / elapsed,
-        (pairs as f64 / elapsed).round()
-    );
-    out!(
-        "  latency p50 {:.1} us, p99 {:.1} us, max {:.1} us (every {}th operation timed)",
-        pct(0.5),
-        pct(0.99),
-        pct(1.0),
-        LATENCY_SAMPLE
-    );
-    out!(
-        "  no frequency: {}, other errors: {}{}",
-        total.no_frequency,
-        total.errors,
-        total
-            .first_error
-            .as_ref()
-            .map(|e| format!(" (first: {e})"))
-            .unwrap_or_default()
-    );
-    out!("  allocations per shard: {:?}", total.per_shard);
+    total.print_summary(elapsed)?;
     if args.json {
         out!("{summary}");
     }
