@@ -934,6 +934,24 @@ struct ClientStats {
 }
 
 impl ClientStats {
+    /// Waits for every client thread of a `load` over `shards` shards; their totals.
+    fn join(
+        handles: Vec<std::thread::JoinHandle<Result<ClientStats>>>,
+        shards: usize,
+    ) -> Result<ClientStats> {
+        let mut total = ClientStats {
+            per_shard: vec![0; shards],
+            ..Default::default()
+        };
+        for h in handles {
+            let st = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+            total.absorb(st);
+        }
+        Ok(total)
+    }
+
     /// Adds one client's counts to these totals; the first error (and the first persistent
     /// one) seen is kept.
     fn absorb(&mut self, st: ClientStats) {
@@ -963,6 +981,36 @@ impl ClientStats {
         }
         let i = ((v.len() as f64 - 1.0) * p).round() as usize;
         v[i.min(v.len() - 1)] as f64 / 1000.0
+    }
+
+    /// The `load --json` summary: the figures of a run of `elapsed` seconds over `shards`
+    /// shards that every `load` shares, with the fields of `extra` (an object: the store's
+    /// settings, what only a local or only a remote run knows) added. `latencies_ns` must be
+    /// sorted.
+    fn summary_json(&self, args: &LoadArgs, elapsed: f64, shards: usize, extra: Value) -> Value {
+        let pairs = self.allocations.min(self.deallocations);
+        let mut summary = json!({
+            "clients": args.clients,
+            "seconds": elapsed,
+            "hold": args.hold,
+            "shards": shards,
+            "operations": self.operations,
+            "ops_per_sec": self.operations as f64 / elapsed,
+            "allocations": self.allocations,
+            "deallocations": self.deallocations,
+            "pairs_per_sec": pairs as f64 / elapsed,
+            "p50_us": self.latency_us(0.50),
+            "p99_us": self.latency_us(0.99),
+            "max_us": self.latency_us(1.0),
+            "latency_sample_every": LATENCY_SAMPLE,
+            "no_frequency": self.no_frequency,
+            "errors": self.errors,
+            "per_shard_allocations": self.per_shard,
+        });
+        if let (Some(map), Value::Object(extra)) = (summary.as_object_mut(), extra) {
+            map.extend(extra);
+        }
+        summary
     }
 
     /// Prints the lines every `load` summary shares, local or through a node: operations and
@@ -1146,48 +1194,25 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
     stop.store(true, Ordering::Relaxed);
     bar.finish_and_clear();
 
-    let mut total = ClientStats {
-        per_shard: vec![0; shards],
-        ..Default::default()
-    };
-    for h in handles {
-        let st = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
-        total.absorb(st);
-    }
+    let mut total = ClientStats::join(handles, shards)?;
     let elapsed = started.elapsed().as_secs_f64();
     alloc.stop();
 
     total.latencies_ns.sort_unstable();
-    let pct = |p: f64| total.latency_us(p);
-    let operations = total.operations;
-    let pairs = total.allocations.min(total.deallocations);
     let config = alloc.config();
-    let summary = json!({
-        "clients": args.clients,
-        "seconds": elapsed,
-        "hold": args.hold,
-        "shards": shards,
-        "pool_size": config.layout.pool_size(),
-        "strategy": config.strategy.name(),
-        "durability": config.durability.to_string(),
-        "operations": operations,
-        "ops_per_sec": operations as f64 / elapsed,
-        "allocations": total.allocations,
-        "deallocations": total.deallocations,
-        "pairs_per_sec": pairs as f64 / elapsed,
-        "p50_us": pct(0.50),
-        "p99_us": pct(0.99),
-        "max_us": pct(1.0),
-        "latency_sample_every": LATENCY_SAMPLE,
-        "no_frequency": total.no_frequency,
-        "errors": total.errors,
-        "stopped_on_error": total.persistent,
-        "per_shard_allocations": total.per_shard,
-        "recovered_at_open": recovered,
-        "open_ms": open_time.as_secs_f64() * 1000.0,
-    });
+    let summary = total.summary_json(
+        &args,
+        elapsed,
+        shards,
+        json!({
+            "pool_size": config.layout.pool_size(),
+            "strategy": config.strategy.name(),
+            "durability": config.durability.to_string(),
+            "stopped_on_error": total.persistent,
+            "recovered_at_open": recovered,
+            "open_ms": open_time.as_secs_f64() * 1000.0,
+        }),
+    );
     out!(
         "{} clients x {:.1} s on {} shard(s) ({} frequencies, {}, {}):",
         args.clients,

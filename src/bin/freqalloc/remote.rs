@@ -354,47 +354,24 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
         );
     }
     stop.store(true, Ordering::Relaxed);
-    let mut total = ClientStats {
-        per_shard: vec![0; shards],
-        ..Default::default()
-    };
-    for h in handles {
-        let st = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
-        // Remote clients never set `persistent`: absorbing it changes nothing.
-        total.absorb(st);
-    }
+    // Remote clients never set `persistent`: absorbing it changes nothing.
+    let mut total = ClientStats::join(handles, shards)?;
     let elapsed = started.elapsed().as_secs_f64();
     total.latencies_ns.sort_unstable();
-    let pct = |p: f64| total.latency_us(p);
-    let operations = total.operations;
-    let pairs = total.allocations.min(total.deallocations);
-    let summary = json!({
-        "clients": args.clients,
-        "seconds": elapsed,
-        "hold": args.hold,
-        "shards": shards,
-        "pool_size": status.pool,
-        "strategy": status.strategy,
-        "durability": status.durability,
-        "operations": operations,
-        "ops_per_sec": operations as f64 / elapsed,
-        "allocations": total.allocations,
-        "deallocations": total.deallocations,
-        "pairs_per_sec": pairs as f64 / elapsed,
-        "p50_us": pct(0.50),
-        "p99_us": pct(0.99),
-        "max_us": pct(1.0),
-        "latency_sample_every": LATENCY_SAMPLE,
-        "no_frequency": total.no_frequency,
-        "errors": total.errors,
-        "per_shard_allocations": total.per_shard,
-        "recovered_at_open": 0,
-        "open_ms": open_time.as_secs_f64() * 1000.0,
-        "node": node,
-        "pipeline": args.pipeline,
-    });
+    let summary = total.summary_json(
+        &args,
+        elapsed,
+        shards,
+        json!({
+            "pool_size": status.pool,
+            "strategy": status.strategy,
+            "durability": status.durability,
+            "recovered_at_open": 0,
+            "open_ms": open_time.as_secs_f64() * 1000.0,
+            "node": node,
+            "pipeline": args.pipeline,
+        }),
+    );
     out!(
         "{} clients x {} in flight x {:.1} s through node {node} ({} shard(s), {} frequencies, {}, {}):",
         args.clients, args.pipeline, elapsed, shards, status.pool, status.strategy, status.durability
