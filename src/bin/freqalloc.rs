@@ -204,6 +204,24 @@ pub(crate) struct LoadArgs {
     pipeline: usize,
 }
 
+impl LoadArgs {
+    /// The `--history` file opened for appending (created if missing), shared by the clients;
+    /// `None` inside without `--history`.
+    fn open_history(&self) -> Result<Arc<Option<File>>> {
+        let history = match &self.history {
+            Some(p) => Some(
+                FileOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("opening history file {}", p.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Arc::new(history))
+    }
+}
+
 /// The exit code of a command whose output pipe closed, as a shell reports a process ended by
 /// `SIGPIPE` (128 + 13). Nothing is printed.
 const BROKEN_PIPE_EXIT: u8 = 141;
@@ -1070,17 +1088,7 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
     if !(args.seconds > 0.0 && args.seconds.is_finite()) {
         bail!("--seconds must be a positive number");
     }
-    let history = match &args.history {
-        Some(p) => Some(
-            FileOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("opening history file {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let history = Arc::new(history);
+    let history = args.open_history()?;
     let open_started = Instant::now();
     let alloc = open(dir)?;
     let open_time = open_started.elapsed();

@@ -2,7 +2,6 @@
 //! output as the local commands, over distribution via `RemoteAllocator`.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions as FileOptions};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -125,17 +124,7 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
     if !(args.seconds > 0.0 && args.seconds.is_finite()) {
         bail!("--seconds must be a positive number");
     }
-    let history: Option<File> = match &args.history {
-        Some(p) => Some(
-            FileOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("opening history file {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let history = Arc::new(history);
+    let history = args.open_history()?;
     let open_started = Instant::now();
     let remote = Arc::new(connect(node, cookie)?);
     let status = remote.status()?;
