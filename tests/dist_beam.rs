@@ -576,3 +576,79 @@ fn sigkill_under_a_beam_storm_loses_no_acknowledged_operation() {
     let status = node.proc.stop().expect("stops");
     assert!(status.success(), "{status}");
 }
+
+/// The Erlang expression that spawns a process which allocates one frequency, reads the
+/// node's `status` `monitors` while it still holds it, and exits normally; the parent waits for
+/// its `DOWN` and prints `f`, `monitors_while_held` and the node's `allocated` after the exit.
+fn allocate_and_exit_eval(node: &str) -> String {
+    format!(
+        "N = '{node}', Self = self(), \
+         {{P, R}} = spawn_monitor(fun() -> {{ok, F}} = gen_server:call({{frequency, N}}, allocate), \
+             {{ok, #{{monitors := M}}}} = gen_server:call({{frequency, N}}, status), \
+             Self ! {{f, F, M}} end), \
+         {{F, M}} = receive {{f, X, Y}} -> {{X, Y}} after 10000 -> error(no_allocation) end, \
+         receive {{'DOWN', R, process, P, _}} -> ok end, \
+         {{ok, #{{allocated := A}}}} = gen_server:call({{frequency, N}}, status), \
+         io:format(\"RESULT ok f=~b monitors_while_held=~b allocated=~b~n\", [F, M, A]), halt(0)."
+    )
+}
+
+/// `--keep-on-exit` (frequency2.erl's own semantics): a frequency outlives the process that
+/// took it. The node monitors no holder at all (status `monitors` is 0 while the holder holds
+/// its frequency, so no `DOWN` can ever come to release it), the frequency is still allocated
+/// after the holder exited, and it still is after an orderly restart (no re-monitoring either).
+/// The default node, in the same scenario, monitors the holder (`monitors` 1 while it holds), so
+/// the check on `monitors` can fail.
+#[test]
+fn keep_on_exit_keeps_what_an_exited_process_held() {
+    if !erlang::erlang_or_skip("keep_on_exit_keeps_what_an_exited_process_held") {
+        return;
+    }
+    let cluster = Cluster::new();
+    // The default node first: the holder is monitored from its allocation on.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = cluster.start_target(Target::Freqalloc, dir.path(), FIRST, LAST, 2, &[]);
+    let out = cluster.erl(&allocate_and_exit_eval(&node.name), CLIENT_TIMEOUT);
+    let r = erlang::parse_result(&out.stdout)
+        .unwrap_or_else(|| panic!("{}\n{}", out.stdout, out.stderr));
+    assert_eq!(r.num("monitors_while_held"), 1, "{}", r.line);
+    drop(node);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut node = cluster.start_target(
+        Target::Freqalloc,
+        dir.path(),
+        FIRST,
+        LAST,
+        2,
+        &["--keep-on-exit"],
+    );
+    let name = node.name.clone();
+    let data = node.data.clone().expect("a freqalloc node has a store");
+    let out = cluster.erl(&allocate_and_exit_eval(&name), CLIENT_TIMEOUT);
+    let r = erlang::parse_result(&out.stdout)
+        .unwrap_or_else(|| panic!("{}\n{}", out.stdout, out.stderr));
+    assert_eq!(r.num("monitors_while_held"), 0, "{}", r.line);
+    assert_eq!(r.num("allocated"), 1, "{}", r.line);
+    let f = r.num("f");
+    let status = node.proc.stop().expect("stops");
+    assert!(status.success(), "{status}");
+    drop(node);
+    let node = cluster.start_freqalloc_node(&name, &data, &["--keep-on-exit"]);
+    let eval = format!(
+        "{{ok, #{{allocated := A, monitors := M}}}} = gen_server:call({{frequency, '{name}'}}, status), \
+         ok = gen_server:call({{frequency, '{name}'}}, check), \
+         io:format(\"RESULT ok allocated=~b monitors=~b~n\", [A, M]), halt(0)."
+    );
+    let out = cluster.erl(&eval, CLIENT_TIMEOUT);
+    let r = erlang::parse_result(&out.stdout)
+        .unwrap_or_else(|| panic!("{}\n{}", out.stdout, out.stderr));
+    assert_eq!(
+        r.num("allocated"),
+        1,
+        "frequency {f} is still held: {}",
+        r.line
+    );
+    assert_eq!(r.num("monitors"), 0, "{}", r.line);
+    drop(node);
+}

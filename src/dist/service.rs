@@ -511,6 +511,17 @@ impl Shared {
             ("free", uint(free)),
             ("allocated", uint(allocated)),
             ("shards", list(shards)),
+            // How many client pids the node monitors (0 under --keep-on-exit): what can still
+            // release frequencies when their holder exits.
+            (
+                "monitors",
+                uint(
+                    self.monitored
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .len() as u64,
+                ),
+            ),
             ("strategy", binary(s.strategy.name().as_bytes())),
             ("durability", binary(s.durability.to_string().as_bytes())),
         ]))
