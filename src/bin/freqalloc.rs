@@ -205,6 +205,18 @@ pub(crate) struct LoadArgs {
 }
 
 impl LoadArgs {
+    /// The checks the local and the remote `load` share (`--seconds` is checked when the
+    /// arguments are parsed, by `parse_seconds`).
+    fn check(&self) -> Result<()> {
+        if self.clients == 0 {
+            bail!("--clients must be at least 1");
+        }
+        if self.hold == 0 {
+            bail!("--hold must be at least 1");
+        }
+        Ok(())
+    }
+
     /// The `--history` file opened for appending (created if missing), shared by the clients;
     /// `None` inside without `--history`.
     fn open_history(&self) -> Result<Arc<Option<File>>> {
@@ -1079,15 +1091,7 @@ impl ClientStats {
 }
 
 fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
-    if args.clients == 0 {
-        bail!("--clients must be at least 1");
-    }
-    if args.hold == 0 {
-        bail!("--hold must be at least 1");
-    }
-    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
-        bail!("--seconds must be a positive number");
-    }
+    args.check()?;
     let history = args.open_history()?;
     let open_started = Instant::now();
     let alloc = open(dir)?;

@@ -242,6 +242,11 @@ impl FrequencyService {
     /// Stops: unregisters the name (monitors of it fire), finishes queued requests, joins.
     pub fn stop(&mut self, node: &Node) {
         node.exit_process(&self.pid, "shutdown");
+        self.join_workers();
+    }
+
+    /// Closes the workers' queues (they finish what is queued, then end) and joins them.
+    fn join_workers(&mut self) {
         self.senders
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -254,13 +259,7 @@ impl FrequencyService {
 
 impl Drop for FrequencyService {
     fn drop(&mut self) {
-        self.senders
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+        self.join_workers();
     }
 }
 

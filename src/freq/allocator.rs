@@ -783,7 +783,7 @@ impl Allocator {
     }
 
     fn allocate_inner(&self, client: &str, lease_ms: Option<u64>) -> Result<u64, FreqError> {
-        check_name(client)?;
+        check_client_name(client)?;
         self.check_running()?;
         // The limit is per client over the whole pool, so it is checked here against every
         // shard's owner index (a shard alone sees only its part). Allocations racing under the
@@ -842,7 +842,7 @@ impl Allocator {
     /// Errors, with nothing changed: `UnknownFrequency` (outside the pool), `NotAllocated`
     /// (free), `NotOwner` (held by another client).
     pub fn deallocate(&self, freq: u64, client: &str) -> Result<(), FreqError> {
-        check_name(client)?;
+        check_client_name(client)?;
         let shard = self
             .inner
             .config
@@ -898,7 +898,7 @@ impl Allocator {
 
     /// Frees everything `client` holds; returns what it freed, lowest first.
     pub fn release_all(&self, client: &str) -> Result<Vec<u64>, FreqError> {
-        check_name(client)?;
+        check_client_name(client)?;
         let mut freed = Vec::new();
         for shard in 0..self.shard_count() {
             let request = || ClientCall::ReleaseAll {
@@ -915,7 +915,7 @@ impl Allocator {
 
     /// What `client` holds, lowest first, read from the shards' owner indexes (no message).
     pub fn held_by(&self, client: &str) -> Result<Vec<u64>, FreqError> {
-        check_name(client)?;
+        check_client_name(client)?;
         let owner = client.to_string();
         let mut held = Vec::new();
         for s in &self.inner.shared {
@@ -1031,7 +1031,7 @@ impl Allocator {
     /// [`Options::release_on_drop`] is off or [`Client::detach`] is called (Erlang's links). One
     /// open handle per name.
     pub fn client(&self, name: &str) -> Result<Client, FreqError> {
-        check_name(name)?;
+        check_client_name(name)?;
         if !self.inner.clients.lock().insert(name.to_string()) {
             return Err(FreqError::ClientInUse(name.to_string()));
         }
@@ -1191,10 +1191,6 @@ pub fn check_client_name(name: &str) -> Result<(), FreqError> {
         return Err(FreqError::BadClientName(name.to_string()));
     }
     Ok(())
-}
-
-fn check_name(name: &str) -> Result<(), FreqError> {
-    check_client_name(name)
 }
 
 /// How the allocator treats a call that failed in transport: the one place where it matches

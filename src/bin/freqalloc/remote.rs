@@ -112,17 +112,9 @@ fn is_transport(e: &DistError) -> bool {
 /// connection. A call whose outcome is unknown (the link failed) retires its client name (its
 /// history ends "in flight"); the slot goes on under a new name.
 pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode> {
-    if args.clients == 0 {
-        bail!("--clients must be at least 1");
-    }
-    if args.hold == 0 {
-        bail!("--hold must be at least 1");
-    }
+    args.check()?;
     if args.pipeline == 0 {
         bail!("--pipeline must be at least 1");
-    }
-    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
-        bail!("--seconds must be a positive number");
     }
     let history = args.open_history()?;
     let open_started = Instant::now();
