@@ -196,7 +196,8 @@ pub(crate) struct LoadArgs {
     /// Print the summary as one JSON object on the last line.
     #[arg(long)]
     json: bool,
-    /// Append a JSON line before each call and after each reply (written unbuffered).
+    /// Append a JSON line before each call and after each reply (written unbuffered); `-`
+    /// writes them to standard output.
     #[arg(long)]
     history: Option<PathBuf>,
     /// With --node: calls each client keeps in flight (each under its own client name).
@@ -218,9 +219,18 @@ impl LoadArgs {
     }
 
     /// The `--history` file opened for appending (created if missing), shared by the clients;
-    /// `None` inside without `--history`.
+    /// `None` inside without `--history`. `-` is standard output (its descriptor, duplicated, so
+    /// each line is still one unbuffered `write`).
     fn open_history(&self) -> Result<Arc<Option<File>>> {
         let history = match &self.history {
+            Some(p) if p.as_os_str() == "-" => {
+                use std::os::fd::AsFd;
+                let fd = std::io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .context("duplicating standard output for --history -")?;
+                Some(File::from(fd))
+            }
             Some(p) => Some(
                 FileOptions::new()
                     .create(true)
@@ -1090,6 +1100,31 @@ impl ClientStats {
     }
 }
 
+/// The main thread of a `load` (local or through a node) from `started`: paints the progress bar
+/// (on a terminal) until `duration` has passed or a client set `stop` (a persistent error), then
+/// sets `stop` so every client drains and ends.
+fn run_clock(started: Instant, duration: Duration, stop: &AtomicBool, ops: &AtomicU64) {
+    let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    while started.elapsed() < duration && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(
+            Duration::from_millis(100).min(duration.saturating_sub(started.elapsed())),
+        );
+        let elapsed = started.elapsed();
+        bar.set_position(elapsed.as_millis() as u64);
+        bar.set_message(format!(
+            "{} ops, {:.0} ops/s",
+            ops.load(Ordering::Relaxed),
+            ops.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64().max(1e-9)
+        ));
+    }
+    stop.store(true, Ordering::Relaxed);
+    bar.finish_and_clear();
+}
+
 fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
     args.check()?;
     let history = args.open_history()?;
@@ -1185,26 +1220,7 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
 
     barrier.wait();
     let started = Instant::now();
-    let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {elapsed_precise} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    // The main thread only paints the bar; clients stop on the flag when time is up.
-    while started.elapsed() < duration && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(
-            Duration::from_millis(100).min(duration.saturating_sub(started.elapsed())),
-        );
-        let elapsed = started.elapsed();
-        bar.set_position(elapsed.as_millis() as u64);
-        bar.set_message(format!(
-            "{} ops, {:.0} ops/s",
-            ops.load(Ordering::Relaxed),
-            ops.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64().max(1e-9)
-        ));
-    }
-    stop.store(true, Ordering::Relaxed);
-    bar.finish_and_clear();
+    run_clock(started, duration, &stop, &ops);
 
     let mut total = ClientStats::join(handles, shards)?;
     let elapsed = started.elapsed().as_secs_f64();

@@ -15,7 +15,7 @@ use freqalloc::dist::{
 };
 use freqalloc::freq::FreqError;
 
-use super::{history_line, ClientStats, LoadArgs, LATENCY_SAMPLE, OPS_PUBLISH};
+use super::{history_line, run_clock, ClientStats, LoadArgs, LATENCY_SAMPLE, OPS_PUBLISH};
 
 pub fn connect(node: &str, cookie: Option<&str>) -> Result<RemoteAllocator> {
     let cookie = resolve_cookie(cookie)?;
@@ -97,6 +97,16 @@ struct Slot {
     give_back: bool,
 }
 
+impl Slot {
+    /// Ends this name with its last call in flight (its outcome is unknown) and goes on under the
+    /// next name, holding nothing.
+    fn retire(&mut self) {
+        self.retired += 1;
+        self.name = format!("{}~{}", self.base, self.retired);
+        self.held.clear();
+    }
+}
+
 struct InFlight {
     slot: usize,
     op: Op,
@@ -166,46 +176,60 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                     }
                     let mut flight: VecDeque<InFlight> = VecDeque::with_capacity(pipeline);
                     barrier.wait();
+                    // Issues the next call of `slot`. A call that could not be sent retires the
+                    // name and is tried again under the next one, until the errors in a row are
+                    // persistent (the node is gone and cannot be dialled): then `None`, and the
+                    // run stops.
                     let issue = |slot: usize,
                                  slots: &mut Vec<Slot>,
                                  st: &mut ClientStats|
                      -> Result<Option<InFlight>> {
-                        let s = &mut slots[slot];
-                        st.operations += 1;
-                        let started = st
-                            .operations
-                            .is_multiple_of(LATENCY_SAMPLE)
-                            .then(Instant::now);
-                        let give_back = std::mem::take(&mut s.give_back) && !s.held.is_empty();
-                        let (op, req) = if s.held.len() < hold && !give_back {
-                            history_line(&history, &s.name, "allocate", None, "invoke", None)?;
-                            (
-                                Op::Allocate,
-                                RemoteAllocator::allocate_request(&s.name, None),
-                            )
-                        } else {
-                            let f = s.held.pop_front().unwrap_or_default();
-                            history_line(&history, &s.name, "deallocate", Some(f), "invoke", None)?;
-                            (
-                                Op::Deallocate(f),
-                                RemoteAllocator::deallocate_request(f, &s.name),
-                            )
-                        };
-                        match remote.call_async(&req) {
-                            Ok(call) => Ok(Some(InFlight {
-                                slot,
-                                op,
-                                call,
-                                started,
-                            })),
-                            Err(e) => {
-                                // Not sent, or unknown: the name is retired in flight.
-                                st.errors += 1;
-                                st.first_error.get_or_insert(e.to_string());
-                                s.retired += 1;
-                                s.name = format!("{}~{}", s.base, s.retired);
-                                s.held.clear();
-                                Ok(None)
+                        loop {
+                            let s = &mut slots[slot];
+                            st.operations += 1;
+                            let started = st
+                                .operations
+                                .is_multiple_of(LATENCY_SAMPLE)
+                                .then(Instant::now);
+                            let give_back = std::mem::take(&mut s.give_back) && !s.held.is_empty();
+                            let (op, req) = if s.held.len() < hold && !give_back {
+                                history_line(&history, &s.name, "allocate", None, "invoke", None)?;
+                                (
+                                    Op::Allocate,
+                                    RemoteAllocator::allocate_request(&s.name, None),
+                                )
+                            } else {
+                                let f = s.held.pop_front().unwrap_or_default();
+                                history_line(
+                                    &history,
+                                    &s.name,
+                                    "deallocate",
+                                    Some(f),
+                                    "invoke",
+                                    None,
+                                )?;
+                                (
+                                    Op::Deallocate(f),
+                                    RemoteAllocator::deallocate_request(f, &s.name),
+                                )
+                            };
+                            match remote.call_async(&req) {
+                                Ok(call) => {
+                                    return Ok(Some(InFlight {
+                                        slot,
+                                        op,
+                                        call,
+                                        started,
+                                    }))
+                                }
+                                Err(e) => {
+                                    // Not sent, or unknown: the name is retired in flight.
+                                    s.retire();
+                                    if st.failed(e.to_string()) || stop.load(Ordering::Relaxed) {
+                                        stop.store(true, Ordering::Relaxed);
+                                        return Ok(None);
+                                    }
+                                }
                             }
                         }
                     };
@@ -236,6 +260,7 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                                         None,
                                     )?;
                                     st.allocations += 1;
+                                    st.errors_in_a_row = 0;
                                     if let Some(sh) = status.owner_of(f) {
                                         st.per_shard[sh] += 1;
                                     }
@@ -257,8 +282,7 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                                         // Give one back next so the storm keeps moving.
                                         s.give_back = !s.held.is_empty();
                                     } else {
-                                        st.errors += 1;
-                                        st.first_error.get_or_insert(msg);
+                                        st.failed(msg);
                                     }
                                 }
                             },
@@ -274,6 +298,7 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                                             None,
                                         )?;
                                         st.deallocations += 1;
+                                        st.errors_in_a_row = 0;
                                     }
                                     Err(e) => {
                                         let msg = e.to_string();
@@ -285,23 +310,21 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                                             "fail",
                                             Some(&msg),
                                         )?;
-                                        st.errors += 1;
-                                        st.first_error.get_or_insert(msg);
+                                        st.failed(msg);
                                     }
                                 }
                             }
                             (_, Err(e)) if is_transport(&e) => {
                                 // Outcome unknown: retire the name, leaving its last call in flight.
-                                st.errors += 1;
-                                st.first_error.get_or_insert(e.to_string());
-                                s.retired += 1;
-                                s.name = format!("{}~{}", s.base, s.retired);
-                                s.held.clear();
+                                s.retire();
+                                st.failed(e.to_string());
                             }
                             (_, Err(e)) => {
-                                st.errors += 1;
-                                st.first_error.get_or_insert(e.to_string());
+                                st.failed(e.to_string());
                             }
+                        }
+                        if st.persistent.is_some() {
+                            stop.store(true, Ordering::Relaxed);
                         }
                         if let Some(t) = started {
                             st.latencies_ns
@@ -328,14 +351,7 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
 
     barrier.wait();
     let started = Instant::now();
-    while started.elapsed() < duration {
-        // The main thread only waits: clients stop on the flag when time is up.
-        std::thread::sleep(
-            Duration::from_millis(50).min(duration.saturating_sub(started.elapsed())),
-        );
-    }
-    stop.store(true, Ordering::Relaxed);
-    // Remote clients never set `persistent`: absorbing it changes nothing.
+    run_clock(started, duration, &stop, &ops);
     let mut total = ClientStats::join(handles, shards)?;
     let elapsed = started.elapsed().as_secs_f64();
     total.latencies_ns.sort_unstable();
@@ -351,6 +367,7 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
             "open_ms": open_time.as_secs_f64() * 1000.0,
             "node": node,
             "pipeline": args.pipeline,
+            "stopped_on_error": total.persistent,
         }),
     );
     out!(
