@@ -245,7 +245,21 @@ fn init_with_two_replicas_shows_both_in_status() {
     assert_eq!(s["allocations"][0]["freq"].to_string(), f.trim());
     assert!(ok(&store, &["check"]).starts_with("consistent"));
     assert!(store.join("shard-0").join("replica-1").is_dir());
-    let err = fails(&store, &["init", "--pool", "10-15,20-25"]);
+    // Bug (issue 12): `init` without `--replicas` on a replicated store was refused, as if 1
+    // had been asked for; an option not given keeps its stored value, as every other does.
+    let out = ok(&store, &["init", "--pool", "10-15,20-25"]);
+    assert!(
+        out.contains("store exists") && out.contains("2 replicas"),
+        "{out}"
+    );
+    assert_eq!(
+        status(&store)["allocations"][0]["freq"].to_string(),
+        f.trim()
+    );
+    let err = fails(
+        &store,
+        &["init", "--pool", "10-15,20-25", "--replicas", "1"],
+    );
     assert!(err.contains("replica"), "{err}");
     let err = fails(&store, &["init", "--pool", "1-5", "--replicas", "3"]);
     assert!(err.contains("replicas"), "{err}");

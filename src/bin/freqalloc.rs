@@ -161,10 +161,11 @@ struct InitArgs {
     /// Allow adding frequencies to an existing store's pool.
     #[arg(long)]
     grow: bool,
-    /// Copies of each shard: 1, or 2 for a primary/backup pair. Like the pool, part of the
-    /// store's shape: give it again on an existing store (no conversion between counts).
-    #[arg(long, default_value_t = 1)]
-    replicas: usize,
+    /// Copies of each shard: 1, or 2 for a primary/backup pair (default: the stored count, or
+    /// 1 for a new store). Part of the store's shape: an existing store keeps its count (no
+    /// conversion between counts; a different one is refused).
+    #[arg(long)]
+    replicas: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -584,14 +585,19 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
             (None, Some(s)) => s.client_limit,
             (None, None) => None,
         },
-        replicas: args.replicas,
+        replicas: match (args.replicas, &stored) {
+            (Some(r), _) => r,
+            (None, Some(s)) => s.replicas,
+            (None, None) => 1,
+        },
     };
+    let replicas = config.replicas;
     let outcome = Allocator::init(dir, config, args.grow)?;
     // A created store was opened by `init` itself (twice, to prove it opens); an existing one,
     // or a new replicated one (which `init` leaves to its first open), is opened once here so
     // that a locked or damaged store, or a disk too small, shows now.
     let (alloc, c) = match outcome {
-        InitOutcome::Created if args.replicas == 1 => (
+        InitOutcome::Created if replicas == 1 => (
             None,
             freqalloc::freq::read_config(dir)?
                 .ok_or_else(|| freqalloc::freq::StoreError::NoStore(dir.to_path_buf()))?,
