@@ -28,7 +28,9 @@ use super::store::{
     remove_meta, replica_dir, shard_dir, stray_shard_dirs, write_config, write_identities, Created,
     Durability, MetaId, StoreConfig,
 };
-use crate::otp::{self, ChildSpec, ExitReason, OtpError, Server, Supervisor, SupervisorSpec};
+use crate::otp::{
+    self, ChildSpec, ExitReason, OtpError, RestartBackoff, Server, Supervisor, SupervisorSpec,
+};
 
 /// Run-time options of an [`Allocator`] (what is not stored with the pool).
 #[derive(Clone)]
@@ -41,8 +43,20 @@ pub struct Options {
     pub call_timeout: Duration,
     /// Restart intensity of the shards' supervisor: at most this many restarts...
     pub max_restarts: u32,
-    /// ...within this period, or the supervisor gives up. Default: 10 in 10 s.
+    /// ...within this period, or the supervisor gives up. Default: 10 in 10 s. With a
+    /// [`restart_backoff`](Options::restart_backoff) the intensity is raised to what every
+    /// shard failing forever under that backoff needs
+    /// ([`RestartBackoff::max_restarts_within`] the period, per shard or replica), so the
+    /// supervisor never gives up on a shard; `max_restarts` is then only a lower bound.
     pub restart_period: Duration,
+    /// How the shards' supervisor spaces the restarts of a shard that keeps failing (a full
+    /// disk in `sync`, say): the `n`-th consecutive restart waits `min(10 ms * 2^(n-1), 1 s)`,
+    /// and a shard that ran 10 s without failing starts again from 10 ms. Such a shard is
+    /// retried at most once a second, forever, and comes back by itself once the cause is
+    /// gone; meanwhile its callers get its last failure at once. `None`: restart at once, and
+    /// give up after `max_restarts` (OTP's behaviour; the shard then stays down).
+    /// Default: `Some(RestartBackoff::exponential(10 ms, 1 s).healthy_after(10 s))`.
+    pub restart_backoff: Option<RestartBackoff>,
     /// With `replicas: 2`: the base directories of replica 0 and replica 1 (for instance on two
     /// disks); replica `r` of shard `N` lives in `dirs[r]/shard-N`. Default (`None`): both in
     /// the store, as `shard-N/replica-0` and `shard-N/replica-1`.
@@ -60,6 +74,7 @@ impl Default for Options {
             call_timeout: otp::DEFAULT_CALL_TIMEOUT,
             max_restarts: 10,
             restart_period: Duration::from_secs(10),
+            restart_backoff: Some(DEFAULT_RESTART_BACKOFF),
             replica_dirs: None,
             replica_log_entries: DEFAULT_LOG_ENTRIES,
         }
@@ -73,11 +88,18 @@ impl std::fmt::Debug for Options {
             .field("call_timeout", &self.call_timeout)
             .field("max_restarts", &self.max_restarts)
             .field("restart_period", &self.restart_period)
+            .field("restart_backoff", &self.restart_backoff)
             .field("replica_dirs", &self.replica_dirs)
             .field("replica_log_entries", &self.replica_log_entries)
             .finish_non_exhaustive()
     }
 }
+
+/// The shards' default restart backoff ([`Options::restart_backoff`]): 10 ms doubling up to
+/// 1 s, reset after 10 s without a failure.
+const DEFAULT_RESTART_BACKOFF: RestartBackoff =
+    RestartBackoff::exponential(Duration::from_millis(10), Duration::from_secs(1))
+        .healthy_after(Duration::from_secs(10));
 
 /// One stored setting to change with [`Allocator::set_config`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -603,9 +625,23 @@ impl Allocator {
             }
         }
         let stopped = Arc::new(AtomicBool::new(false));
-        let mut spec = SupervisorSpec::new(otp::Strategy::OneForOne)
-            .name("freq-supervisor")
-            .intensity(options.max_restarts, options.restart_period);
+        let mut spec = SupervisorSpec::new(otp::Strategy::OneForOne).name("freq-supervisor");
+        spec = match options.restart_backoff {
+            None => spec.intensity(options.max_restarts, options.restart_period),
+            Some(backoff) => {
+                // Every shard (every replica) may fail forever at once, on one full disk: allow
+                // them all their backed-off restarts, so that none is ever given up on.
+                let children = u32::try_from(n * all_args.first().map_or(1, Vec::len))
+                    .unwrap_or(u32::MAX);
+                let needed = backoff
+                    .max_restarts_within(options.restart_period)
+                    .saturating_mul(children);
+                spec.backoff(backoff).intensity(
+                    options.max_restarts.max(needed),
+                    options.restart_period,
+                )
+            }
+        };
         let mut shards: Vec<Box<dyn ShardEndpoint>> = Vec::with_capacity(n);
         let mut shared = Vec::with_capacity(n);
         for (i, mut args) in all_args.into_iter().enumerate() {
@@ -735,14 +771,44 @@ impl Allocator {
             return error;
         };
         let state = if self.supervisor_gone() {
-            "down (restarts stopped after repeated failures)"
+            "down (restarts stopped after repeated failures)".to_string()
         } else {
-            "restarting"
+            match self.restart_in(shard) {
+                Some(d) => format!("restarting (next try in {} ms)", d.as_millis()),
+                None => "restarting".to_string(),
+            }
         };
         FreqError::ShardFailed {
             shard,
             reason: format!("it is {state}; its last failure: {last}"),
         }
+    }
+
+    /// With a restart backoff, while shard `shard` (a replica of it) waits for its restart:
+    /// how long until the next try. Asks the supervisor (which answers while it waits).
+    fn restart_in(&self, shard: usize) -> Option<Duration> {
+        self.restart_waits().get(shard).copied().flatten()
+    }
+
+    /// Per shard: how long until the next try of a restart the backoff delays, if one waits.
+    fn restart_waits(&self) -> Vec<Option<Duration>> {
+        let mut waits = vec![None; self.shard_count()];
+        let children = match self.inner.supervisor.lock().as_ref() {
+            Some(sup) => sup.which_children().unwrap_or_default(),
+            None => return waits,
+        };
+        for c in children {
+            let Some(wait) = c.restart_in else { continue };
+            // Child ids: `shard-N`, or `shard-N-a` / `shard-N-b` with replication.
+            let Some(rest) = c.id.strip_prefix("shard-") else {
+                continue;
+            };
+            let index = rest.split('-').next().and_then(|i| i.parse::<usize>().ok());
+            if let Some(w) = index.and_then(|i| waits.get_mut(i)) {
+                *w = Some(w.map_or(wait, |old: Duration| old.min(wait)));
+            }
+        }
+        waits
     }
 
     /// Whether the shards' supervisor gave up (no shard that stops is restarted any more).
@@ -882,6 +948,11 @@ impl Allocator {
                         if self.supervisor_gone() {
                             return Err(self.explain(shard, shard_error(shard, OtpError::NoProc)));
                         }
+                        // A restart the backoff holds back for longer than a call may wait:
+                        // say why now (the shard's last failure), not after waiting.
+                        if self.restart_in(shard).is_some_and(|d| d > timeout) {
+                            return Err(self.explain(shard, shard_error(shard, OtpError::NoProc)));
+                        }
                         endpoint
                             .wait_for_generation(generation + 1, timeout)
                             .map_err(|e| self.explain(shard, shard_error(shard, e)))?;
@@ -950,8 +1021,10 @@ impl Allocator {
         Ok(reaped)
     }
 
-    /// A snapshot of every shard, read from the tables (no message to any shard).
+    /// A snapshot of every shard, read from the tables (no message to any shard; one to the
+    /// supervisor, for the restarts it delays).
     pub fn status(&self) -> Status {
+        let waits = self.restart_waits();
         let mut shards = Vec::new();
         let mut free = Vec::new();
         let mut allocations = Vec::new();
@@ -965,6 +1038,7 @@ impl Allocator {
                 recovered: s.recovered(),
                 restarts: health.restarts,
                 alive: health.alive,
+                restart_in: waits.get(i).copied().flatten(),
                 replicas: health.replicas,
                 in_sync: health.in_sync,
             });

@@ -1,5 +1,7 @@
 //! What [`Allocator::status`](super::Allocator::status) reports: plain data.
 
+use std::time::Duration;
+
 use super::pair::Role;
 use super::pool::Allocation;
 use super::range::FreqRange;
@@ -23,6 +25,9 @@ pub struct ShardStatus {
     pub restarts: u64,
     /// Whether an instance is running (with replication: whether a primary serves).
     pub alive: bool,
+    /// While the supervisor's restart backoff holds back its restart (with replication: a
+    /// replica's): how long until the next try. `None` when no restart waits.
+    pub restart_in: Option<Duration>,
     /// With replication, each replica's state (empty without).
     pub replicas: Vec<ReplicaStatus>,
     /// With replication, whether the backup has everything the primary has.

@@ -3,6 +3,21 @@
 //!
 //! Erlang: <https://www.erlang.org/doc/apps/stdlib/supervisor.html>
 //!
+//! **Restart backoff** (not in OTP; see [`RestartBackoff`] for why we add it): with
+//! [`SupervisorSpec::backoff`], a child that exits and is to be restarted is restarted only
+//! after a delay that doubles with each consecutive restart, up to a cap. While it waits the
+//! supervisor goes on serving its mailbox (`which_children`, `terminate_child`,
+//! `restart_child`, `stop`, other children's exits): it waits on the mailbox with a deadline,
+//! measured by its [`RestartClock`], never sleeps. `restart_child` on a waiting child starts
+//! it at once, `terminate_child` cancels its restart, `stop` stops everything at once.
+//!
+//! **Backoff and intensity**: the intensity still counts every restart, delayed or not, at
+//! the moment the supervisor decides on it (when the child exits, or when a restart's start
+//! fails), and more than the intensity ends the supervisor, as in OTP. So a backoff only
+//! spreads restarts out; to retry a child failing forever, forever, pick an intensity of at
+//! least [`RestartBackoff::max_restarts_within`] the period per child that may fail so (the
+//! allocator does).
+//!
 //! **OS threads cannot be killed.** [`Shutdown::BrutalKill`] (and a [`Shutdown::Timeout`] that
 //! runs out) therefore means: stop waiting, make the child's handle refuse further calls at once
 //! ([`OtpError::NoProc`]), flag the thread to exit before its next message, and detach it. A
@@ -11,13 +26,14 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::backoff::RestartBackoff;
 use super::clock::{RestartClock, SystemRestartClock};
 use super::error::{ExitError, ExitReason, OtpError};
 use super::gen_server::{
@@ -222,6 +238,7 @@ pub struct SupervisorSpec {
     intensity: u32,
     period: Duration,
     clock: Arc<dyn RestartClock>,
+    backoff: Option<RestartBackoff>,
     children: Vec<ChildSpec>,
     events: Vec<Sender<SupervisorEvent>>,
 }
@@ -233,13 +250,15 @@ impl std::fmt::Debug for SupervisorSpec {
             .field("strategy", &self.strategy)
             .field("intensity", &self.intensity)
             .field("period", &self.period)
+            .field("backoff", &self.backoff)
             .field("children", &self.children)
             .finish()
     }
 }
 
 impl SupervisorSpec {
-    /// A spec with OTP's defaults: at most 1 restart in 5 s, thread name `freq-supervisor`.
+    /// A spec with OTP's defaults: at most 1 restart in 5 s, restarts at once (no backoff),
+    /// thread name `freq-supervisor`.
     pub fn new(strategy: Strategy) -> Self {
         SupervisorSpec {
             name: "freq-supervisor".to_string(),
@@ -247,6 +266,7 @@ impl SupervisorSpec {
             intensity: 1,
             period: Duration::from_secs(5),
             clock: Arc::new(SystemRestartClock),
+            backoff: None,
             children: Vec::new(),
             events: Vec::new(),
         }
@@ -265,10 +285,17 @@ impl SupervisorSpec {
         self
     }
 
-    /// Uses `clock` for the intensity window (e.g. a
+    /// Uses `clock` for the intensity window and the backoff delays (e.g. a
     /// [`ManualRestartClock`](crate::otp::ManualRestartClock) in tests).
     pub fn clock(mut self, clock: Arc<dyn RestartClock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Delays restarts by `backoff` (see the module docs for how it combines with the
+    /// intensity). OTP has no such option: its supervisors restart at once.
+    pub fn backoff(mut self, backoff: RestartBackoff) -> Self {
+        self.backoff = Some(backoff);
         self
     }
 
@@ -307,6 +334,17 @@ pub enum SupervisorEvent {
         /// The child's id.
         id: String,
     },
+    /// With a backoff: the child's restart waits `delay` (by the supervisor's clock); it is
+    /// its `attempt`-th consecutive restart. (Sent once the restart is scheduled: a test moving
+    /// a manual clock waits for it first.)
+    RestartDelayed {
+        /// The child's id.
+        id: String,
+        /// Its consecutive restart count, from 1.
+        attempt: u32,
+        /// How long the restart waits.
+        delay: Duration,
+    },
     /// The supervisor itself exited, with this reason, after stopping all its children.
     Stopped {
         /// Why it exited.
@@ -324,6 +362,9 @@ pub struct ChildInfo {
     pub running: bool,
     /// Its restart type.
     pub restart: Restart,
+    /// With a backoff, while it waits to be restarted: how long until its restart is due (by
+    /// the supervisor's clock; zero when due now).
+    pub restart_in: Option<Duration>,
 }
 
 type Reply<T> = SyncSender<Result<T, OtpError>>;
@@ -337,6 +378,8 @@ enum SupMsg {
     DeleteChild(String, Reply<()>),
     WhichChildren(Reply<Vec<ChildInfo>>),
     Subscribe(Sender<SupervisorEvent>),
+    /// The clock moved (a manual clock's `advance`): look at the delayed restarts again.
+    Tick,
 }
 
 struct SupShared {
@@ -523,6 +566,27 @@ struct Child {
     shutdown: Shutdown,
     start: Box<dyn ChildStart>,
     running: Option<(u64, Box<dyn RunningChild>)>,
+    /// When (by the clock) its last start happened.
+    started_at: Option<Instant>,
+    /// With a backoff: its consecutive restarts so far.
+    attempts: u32,
+    /// With a backoff, while it waits to be restarted: when the restart is due.
+    due: Option<Instant>,
+}
+
+impl Child {
+    fn new(spec: ChildSpec) -> Self {
+        Child {
+            id: spec.id,
+            restart: spec.restart,
+            shutdown: spec.shutdown,
+            start: spec.start,
+            running: None,
+            started_at: None,
+            attempts: 0,
+            due: None,
+        }
+    }
 }
 
 struct State {
@@ -530,6 +594,7 @@ struct State {
     intensity: u32,
     period: Duration,
     clock: Arc<dyn RestartClock>,
+    backoff: Option<RestartBackoff>,
     children: Vec<Child>,
     restarts: VecDeque<Instant>,
     tx: Sender<SupMsg>,
@@ -559,10 +624,15 @@ impl State {
         });
         // The start closure is user code running on the supervisor thread: a panic in it must
         // not kill the supervisor, it is a failed start.
+        // Its run is measured from before the start (a clock read after it could already
+        // include time that passed while it ran).
+        let started_at = self.clock.now();
         let start = &mut self.children[i].start;
         let running = catch_unwind(AssertUnwindSafe(|| start.start(on_exit)))
             .unwrap_or_else(|p| Err(OtpError::InitFailed(ExitReason::Panic(panic_message(&*p)))))?;
         self.children[i].running = Some((key, running));
+        self.children[i].started_at = Some(started_at);
+        self.children[i].due = None;
         let id = self.children[i].id.clone();
         self.emit(SupervisorEvent::ChildStarted { id });
         Ok(())
@@ -657,6 +727,7 @@ impl State {
             }
             return Ok(());
         }
+        let now = self.clock.now();
         self.record_restart()?;
         let affected: Vec<usize> = match self.strategy {
             Strategy::OneForOne => vec![i],
@@ -665,6 +736,8 @@ impl State {
         };
         for &j in affected.iter().rev() {
             self.stop_child(j);
+            // A child waiting for its own delayed restart is now part of this one.
+            self.children[j].due = None;
         }
         // Temporary children stopped on the way are not restarted, and are forgotten.
         let ids: Vec<String> = affected
@@ -678,7 +751,77 @@ impl State {
             j += 1;
             keep
         });
-        self.restart_ids(ids)
+        match self.backoff {
+            None => self.restart_ids(ids),
+            Some(backoff) => {
+                // Temporary siblings may have been forgotten above: find the child again.
+                let Some(i) = self.index(&id) else {
+                    return Ok(());
+                };
+                let child = &mut self.children[i];
+                let ran = child
+                    .started_at
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                child.attempts = if ran >= backoff.healthy_run() {
+                    1
+                } else {
+                    child.attempts.saturating_add(1)
+                };
+                let attempt = child.attempts;
+                self.delay_ids(&ids, now, attempt, backoff.delay(attempt));
+                Ok(())
+            }
+        }
+    }
+
+    /// With a backoff: schedules the (stopped) children `ids` to restart `delay` after `now`,
+    /// the restart being their `attempt`-th in a row.
+    fn delay_ids(&mut self, ids: &[String], now: Instant, attempt: u32, delay: Duration) {
+        let due = now.checked_add(delay).unwrap_or(now);
+        for id in ids {
+            if let Some(j) = self.index(id) {
+                self.children[j].due = Some(due);
+                self.emit(SupervisorEvent::RestartDelayed {
+                    id: id.clone(),
+                    attempt,
+                    delay,
+                });
+            }
+        }
+    }
+
+    /// The earliest delayed restart, if any.
+    fn next_due(&self) -> Option<Instant> {
+        self.children.iter().filter_map(|c| c.due).min()
+    }
+
+    /// Starts, in order, the children whose delayed restart is due. A start that fails counts
+    /// as another restart and is delayed again, with the children after it in this batch (so a
+    /// group restarts in order).
+    fn run_due(&mut self) -> Result<(), Escalate> {
+        let now = self.clock.now();
+        let batch: Vec<String> = self
+            .children
+            .iter()
+            .filter(|c| c.due.is_some_and(|d| d <= now))
+            .map(|c| c.id.clone())
+            .collect();
+        for (k, id) in batch.iter().enumerate() {
+            let Some(i) = self.index(id) else { continue };
+            if self.start_child(i).is_ok() {
+                continue;
+            }
+            self.record_restart()?;
+            let Some(backoff) = self.backoff else {
+                return Ok(());
+            };
+            let child = &mut self.children[i];
+            child.attempts = child.attempts.saturating_add(1);
+            let attempt = child.attempts;
+            self.delay_ids(&batch[k..], now, attempt, backoff.delay(attempt));
+            break;
+        }
+        Ok(())
     }
 
     fn handle_request(&mut self, msg: SupMsg) -> Option<Result<(), Escalate>> {
@@ -689,13 +832,7 @@ impl State {
                 let r = if self.index(&spec.id).is_some() {
                     Err(OtpError::DuplicateChild(spec.id))
                 } else {
-                    self.children.push(Child {
-                        id: spec.id,
-                        restart: spec.restart,
-                        shutdown: spec.shutdown,
-                        start: spec.start,
-                        running: None,
-                    });
+                    self.children.push(Child::new(spec));
                     let i = self.children.len() - 1;
                     let r = self.start_child(i);
                     if r.is_err() {
@@ -710,6 +847,8 @@ impl State {
                     None => Err(OtpError::NoSuchChild(id)),
                     Some(i) => {
                         self.stop_child(i);
+                        // A delayed restart is cancelled: the child stays stopped.
+                        self.children[i].due = None;
                         if self.children[i].restart == Restart::Temporary {
                             self.children.remove(i);
                         }
@@ -742,6 +881,7 @@ impl State {
                 let _ = reply.send(r);
             }
             SupMsg::WhichChildren(reply) => {
+                let now = self.clock.now();
                 let list = self
                     .children
                     .iter()
@@ -749,11 +889,13 @@ impl State {
                         id: c.id.clone(),
                         running: c.running.is_some(),
                         restart: c.restart,
+                        restart_in: c.due.map(|d| d.saturating_duration_since(now)),
                     })
                     .collect();
                 let _ = reply.send(Ok(list));
             }
             SupMsg::Subscribe(s) => self.events.push(s),
+            SupMsg::Tick => {}
         }
         None
     }
@@ -772,20 +914,23 @@ fn supervisor_thread(
         intensity: spec.intensity,
         period: spec.period,
         clock: spec.clock,
+        backoff: spec.backoff,
         children: Vec::with_capacity(spec.children.len()),
         restarts: VecDeque::new(),
         tx,
         events: spec.events,
     };
+    if state.backoff.is_some() {
+        // A manual clock wakes the supervisor when it moves (a real one needs no waking: the
+        // supervisor waits on its mailbox until the next restart is due).
+        let tick = state.tx.clone();
+        state
+            .clock
+            .on_advance(Box::new(move || tick.send(SupMsg::Tick).is_ok()));
+    }
     for c in spec.children {
         let id = c.id.clone();
-        state.children.push(Child {
-            id: c.id,
-            restart: c.restart,
-            shutdown: c.shutdown,
-            start: c.start,
-            running: None,
-        });
+        state.children.push(Child::new(c));
         let i = state.children.len() - 1;
         if let Err(e) = state.start_child(i) {
             state.stop_all();
@@ -803,8 +948,21 @@ fn supervisor_thread(
     drop(started);
 
     let reason = loop {
-        let Ok(msg) = rx.recv() else {
-            break ExitReason::Shutdown; // cannot happen: the state holds a sender
+        if let Err(Escalate(reason)) = state.run_due() {
+            break reason;
+        }
+        // Wait for a message, or (with a restart delayed) until it is due: never a sleep, so
+        // the supervisor answers requests and other children's exits while it waits.
+        let wait = state.next_due().map(|due| state.clock.wait_hint(due));
+        let msg = match wait {
+            None | Some(None) => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(Some(d)) => rx.recv_timeout(d),
+        };
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(RecvTimeoutError::Timeout) => continue,
+            // Cannot happen: the state holds a sender.
+            Err(RecvTimeoutError::Disconnected) => break ExitReason::Shutdown,
         };
         if let Some(Err(Escalate(reason))) = state.handle_request(msg) {
             break reason;
@@ -833,6 +991,7 @@ mod tests {
             intensity,
             period,
             clock,
+            backoff: None,
             children: Vec::new(),
             restarts: VecDeque::new(),
             tx,
