@@ -29,7 +29,8 @@ use super::store::{
     Durability, MetaId, StoreConfig,
 };
 use crate::otp::{
-    self, ChildSpec, ExitReason, OtpError, RestartBackoff, Server, Supervisor, SupervisorSpec,
+    self, ChildSpec, ExitReason, OtpError, RestartBackoff, RestartClock, Server, Supervisor,
+    SupervisorSpec, SystemRestartClock,
 };
 
 /// Run-time options of an [`Allocator`] (what is not stored with the pool).
@@ -57,6 +58,9 @@ pub struct Options {
     /// give up after `max_restarts` (OTP's behaviour; the shard then stays down).
     /// Default: `Some(RestartBackoff::exponential(10 ms, 1 s).healthy_after(10 s))`.
     pub restart_backoff: Option<RestartBackoff>,
+    /// The clock of the shards' supervisor (its intensity window and backoff delays).
+    /// Default: the system clock; tests use a [`ManualRestartClock`](otp::ManualRestartClock).
+    pub restart_clock: Arc<dyn RestartClock>,
     /// With `replicas: 2`: the base directories of replica 0 and replica 1 (for instance on two
     /// disks); replica `r` of shard `N` lives in `dirs[r]/shard-N`. Default (`None`): both in
     /// the store, as `shard-N/replica-0` and `shard-N/replica-1`.
@@ -75,6 +79,7 @@ impl Default for Options {
             max_restarts: 10,
             restart_period: Duration::from_secs(10),
             restart_backoff: Some(DEFAULT_RESTART_BACKOFF),
+            restart_clock: Arc::new(SystemRestartClock),
             replica_dirs: None,
             replica_log_entries: DEFAULT_LOG_ENTRIES,
         }
@@ -625,7 +630,9 @@ impl Allocator {
             }
         }
         let stopped = Arc::new(AtomicBool::new(false));
-        let mut spec = SupervisorSpec::new(otp::Strategy::OneForOne).name("freq-supervisor");
+        let mut spec = SupervisorSpec::new(otp::Strategy::OneForOne)
+            .name("freq-supervisor")
+            .clock(Arc::clone(&options.restart_clock));
         spec = match options.restart_backoff {
             None => spec.intensity(options.max_restarts, options.restart_period),
             Some(backoff) => {
@@ -759,7 +766,9 @@ impl Allocator {
 
     /// The error for a call to `shard` that found no instance running: while the shard is
     /// down after a failure (e.g. its disk is full), callers are told that failure (the disk
-    /// error), not a bare "not running" or "timed out". `error` as it is otherwise.
+    /// error), not a bare "not running" or "timed out", and, while the restart backoff holds
+    /// its restart back, when the next try is ("it is restarting (next try in 640 ms); its
+    /// last failure: ..."). `error` as it is otherwise.
     fn explain(&self, shard: usize, error: FreqError) -> FreqError {
         let Some(endpoint) = self.inner.shards.get(shard) else {
             return error;
@@ -767,31 +776,39 @@ impl Allocator {
         if endpoint.health().alive {
             return error;
         }
-        let Some(last) = self.inner.shared.get(shard).and_then(|s| s.last_failure()) else {
+        let last = self.inner.shared.get(shard).and_then(|s| s.last_failure());
+        let wait = self.restart_in(shard);
+        if last.is_none() && wait.is_none() {
             return error;
-        };
+        }
         let state = if self.supervisor_gone() {
             "down (restarts stopped after repeated failures)".to_string()
         } else {
-            match self.restart_in(shard) {
+            match wait {
                 Some(d) => format!("restarting (next try in {} ms)", d.as_millis()),
                 None => "restarting".to_string(),
             }
         };
-        FreqError::ShardFailed {
-            shard,
-            reason: format!("it is {state}; its last failure: {last}"),
-        }
+        let reason = match last {
+            Some(last) => format!("it is {state}; its last failure: {last}"),
+            None => format!("it is {state}"),
+        };
+        FreqError::ShardFailed { shard, reason }
     }
 
     /// With a restart backoff, while shard `shard` (a replica of it) waits for its restart:
     /// how long until the next try. Asks the supervisor (which answers while it waits).
     fn restart_in(&self, shard: usize) -> Option<Duration> {
-        self.restart_waits().get(shard).copied().flatten()
+        self.restart_waits()
+            .get(shard)
+            .copied()
+            .flatten()
+            .map(|(wait, _)| wait)
     }
 
-    /// Per shard: how long until the next try of a restart the backoff delays, if one waits.
-    fn restart_waits(&self) -> Vec<Option<Duration>> {
+    /// Per shard, if the backoff delays a restart of it: how long until the next try, and
+    /// which consecutive restart that is (the soonest replica's, with replication).
+    fn restart_waits(&self) -> Vec<Option<(Duration, u32)>> {
         let mut waits = vec![None; self.shard_count()];
         let children = match self.inner.supervisor.lock().as_ref() {
             Some(sup) => sup.which_children().unwrap_or_default(),
@@ -805,7 +822,9 @@ impl Allocator {
             };
             let index = rest.split('-').next().and_then(|i| i.parse::<usize>().ok());
             if let Some(w) = index.and_then(|i| waits.get_mut(i)) {
-                *w = Some(w.map_or(wait, |old: Duration| old.min(wait)));
+                if w.is_none_or(|(old, _)| wait < old) {
+                    *w = Some((wait, c.restart_attempt));
+                }
             }
         }
         waits
@@ -1038,7 +1057,8 @@ impl Allocator {
                 recovered: s.recovered(),
                 restarts: health.restarts,
                 alive: health.alive,
-                restart_in: waits.get(i).copied().flatten(),
+                restart_in: waits.get(i).copied().flatten().map(|(wait, _)| wait),
+                restart_attempt: waits.get(i).copied().flatten().map_or(0, |(_, n)| n),
                 replicas: health.replicas,
                 in_sync: health.in_sync,
             });

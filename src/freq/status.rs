@@ -28,6 +28,9 @@ pub struct ShardStatus {
     /// While the supervisor's restart backoff holds back its restart (with replication: a
     /// replica's): how long until the next try. `None` when no restart waits.
     pub restart_in: Option<Duration>,
+    /// While a restart waits: which consecutive restart of the shard it is (failed starts
+    /// count; with replication, the waiting replica's). 0 when none waits.
+    pub restart_attempt: u32,
     /// With replication, each replica's state (empty without).
     pub replicas: Vec<ReplicaStatus>,
     /// With replication, whether the backup has everything the primary has.

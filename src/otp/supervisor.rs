@@ -365,6 +365,9 @@ pub struct ChildInfo {
     /// With a backoff, while it waits to be restarted: how long until its restart is due (by
     /// the supervisor's clock; zero when due now).
     pub restart_in: Option<Duration>,
+    /// While it waits to be restarted: which consecutive restart that is (1 for the first
+    /// after a healthy run; failed starts count). 0 when no restart waits.
+    pub restart_attempt: u32,
 }
 
 type Reply<T> = SyncSender<Result<T, OtpError>>;
@@ -890,6 +893,7 @@ impl State {
                         running: c.running.is_some(),
                         restart: c.restart,
                         restart_in: c.due.map(|d| d.saturating_duration_since(now)),
+                        restart_attempt: if c.due.is_some() { c.attempts } else { 0 },
                     })
                     .collect();
                 let _ = reply.send(Ok(list));
