@@ -797,7 +797,7 @@ impl Allocator {
     }
 
     /// With a restart backoff, while shard `shard` (a replica of it) waits for its restart:
-    /// how long until the next try. Asks the supervisor (which answers while it waits).
+    /// how long until the next try.
     fn restart_in(&self, shard: usize) -> Option<Duration> {
         self.restart_waits()
             .get(shard)
@@ -807,23 +807,24 @@ impl Allocator {
     }
 
     /// Per shard, if the backoff delays a restart of it: how long until the next try, and
-    /// which consecutive restart that is (the soonest replica's, with replication).
+    /// which consecutive restart that is (the soonest replica's, with replication). Read from
+    /// what the supervisor publishes: no message, so it answers at once even while the
+    /// supervisor is busy starting a shard.
     fn restart_waits(&self) -> Vec<Option<(Duration, u32)>> {
         let mut waits = vec![None; self.shard_count()];
-        let children = match self.inner.supervisor.lock().as_ref() {
-            Some(sup) => sup.which_children().unwrap_or_default(),
+        let delayed = match self.inner.supervisor.lock().as_ref() {
+            Some(sup) => sup.restart_waits(),
             None => return waits,
         };
-        for c in children {
-            let Some(wait) = c.restart_in else { continue };
+        for c in delayed {
             // Child ids: `shard-N`, or `shard-N-a` / `shard-N-b` with replication.
             let Some(rest) = c.id.strip_prefix("shard-") else {
                 continue;
             };
             let index = rest.split('-').next().and_then(|i| i.parse::<usize>().ok());
             if let Some(w) = index.and_then(|i| waits.get_mut(i)) {
-                if w.is_none_or(|(old, _)| wait < old) {
-                    *w = Some((wait, c.restart_attempt));
+                if w.is_none_or(|(old, _)| c.restart_in < old) {
+                    *w = Some((c.restart_in, c.attempt));
                 }
             }
         }
@@ -1040,8 +1041,8 @@ impl Allocator {
         Ok(reaped)
     }
 
-    /// A snapshot of every shard, read from the tables (no message to any shard; one to the
-    /// supervisor, for the restarts it delays).
+    /// A snapshot of every shard, read from the tables and from the restarts the supervisor
+    /// delays (no message to any shard or to the supervisor).
     pub fn status(&self) -> Status {
         let waits = self.restart_waits();
         let mut shards = Vec::new();

@@ -124,6 +124,7 @@ pub use gen_server::{
 pub use registry::unregister;
 pub use reply::ReplyTo;
 pub use supervisor::{
-    ChildInfo, ChildSpec, Restart, Shutdown, Strategy, Supervisor, SupervisorEvent, SupervisorSpec,
+    ChildInfo, ChildSpec, Restart, RestartWait, Shutdown, Strategy, Supervisor, SupervisorEvent,
+    SupervisorSpec,
 };
 pub use timer::TimerRef;

@@ -370,6 +370,18 @@ pub struct ChildInfo {
     pub restart_attempt: u32,
 }
 
+/// A child whose restart the backoff holds back, as reported by [`Supervisor::restart_waits`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestartWait {
+    /// The child's id.
+    pub id: String,
+    /// How long until its restart is due (by the supervisor's clock; zero when due now).
+    pub restart_in: Duration,
+    /// Which consecutive restart it is (1 for the first after a healthy run).
+    pub attempt: u32,
+}
+
 type Reply<T> = SyncSender<Result<T, OtpError>>;
 
 enum SupMsg {
@@ -388,6 +400,10 @@ enum SupMsg {
 struct SupShared {
     exit: Mutex<Option<ExitReason>>,
     cond: Condvar,
+    /// The delayed restarts (id, due, attempt), published by the supervisor thread whenever
+    /// they change, so they can be read without a message.
+    waits: Mutex<Vec<(String, Instant, u32)>>,
+    clock: Arc<dyn RestartClock>,
 }
 
 impl SupShared {
@@ -442,6 +458,8 @@ impl Supervisor {
         let shared = Arc::new(SupShared {
             exit: Mutex::new(None),
             cond: Condvar::new(),
+            waits: Mutex::new(Vec::new()),
+            clock: Arc::clone(&spec.clock),
         });
         let (started_tx, started_rx) = mpsc::sync_channel(1);
         let state_tx = tx.clone();
@@ -517,6 +535,23 @@ impl Supervisor {
     /// The children, in start order.
     pub fn which_children(&self) -> Result<Vec<ChildInfo>, OtpError> {
         self.request(SupMsg::WhichChildren)
+    }
+
+    /// The children whose restart the backoff holds back, read without a message (so it
+    /// answers at once even while the supervisor is busy starting or stopping a child). Empty
+    /// without a backoff, and once the supervisor has exited.
+    pub fn restart_waits(&self) -> Vec<RestartWait> {
+        let now = self.shared.clock.now();
+        self.shared
+            .waits
+            .lock()
+            .iter()
+            .map(|(id, due, attempt)| RestartWait {
+                id: id.clone(),
+                restart_in: due.saturating_duration_since(now),
+                attempt: *attempt,
+            })
+            .collect()
     }
 
     /// A receiver of the supervisor's events from now on.
@@ -602,12 +637,25 @@ struct State {
     restarts: VecDeque<Instant>,
     tx: Sender<SupMsg>,
     events: Vec<Sender<SupervisorEvent>>,
+    /// Where the delayed restarts are published (see [`Supervisor::restart_waits`]).
+    waits: Option<Arc<SupShared>>,
 }
 
 /// The supervisor must exit with this reason.
 struct Escalate(ExitReason);
 
 impl State {
+    /// Publishes the delayed restarts.
+    fn publish_waits(&self) {
+        let Some(shared) = &self.waits else { return };
+        let now: Vec<(String, Instant, u32)> = self
+            .children
+            .iter()
+            .filter_map(|c| c.due.map(|d| (c.id.clone(), d, c.attempts)))
+            .collect();
+        *shared.waits.lock() = now;
+    }
+
     fn emit(&mut self, e: SupervisorEvent) {
         self.events.retain(|s| s.send(e.clone()).is_ok());
     }
@@ -635,7 +683,9 @@ impl State {
             .unwrap_or_else(|p| Err(OtpError::InitFailed(ExitReason::Panic(panic_message(&*p)))))?;
         self.children[i].running = Some((key, running));
         self.children[i].started_at = Some(started_at);
-        self.children[i].due = None;
+        if self.children[i].due.take().is_some() {
+            self.publish_waits();
+        }
         let id = self.children[i].id.clone();
         self.emit(SupervisorEvent::ChildStarted { id });
         Ok(())
@@ -781,15 +831,20 @@ impl State {
     /// the restart being their `attempt`-th in a row.
     fn delay_ids(&mut self, ids: &[String], now: Instant, attempt: u32, delay: Duration) {
         let due = now.checked_add(delay).unwrap_or(now);
-        for id in ids {
+        let delayed: Vec<String> = ids
+            .iter()
+            .filter(|id| self.index(id).is_some())
+            .cloned()
+            .collect();
+        for id in &delayed {
             if let Some(j) = self.index(id) {
                 self.children[j].due = Some(due);
-                self.emit(SupervisorEvent::RestartDelayed {
-                    id: id.clone(),
-                    attempt,
-                    delay,
-                });
             }
+        }
+        // Published before the events, so an observer of an event sees the wait.
+        self.publish_waits();
+        for id in delayed {
+            self.emit(SupervisorEvent::RestartDelayed { id, attempt, delay });
         }
     }
 
@@ -923,6 +978,7 @@ fn supervisor_thread(
         restarts: VecDeque::new(),
         tx,
         events: spec.events,
+        waits: Some(Arc::clone(&shared)),
     };
     if state.backoff.is_some() {
         // A manual clock wakes the supervisor when it moves (a real one needs no waking: the
@@ -968,11 +1024,18 @@ fn supervisor_thread(
             // Cannot happen: the state holds a sender.
             Err(RecvTimeoutError::Disconnected) => break ExitReason::Shutdown,
         };
-        if let Some(Err(Escalate(reason))) = state.handle_request(msg) {
+        let escalate = state.handle_request(msg);
+        // A request may have cancelled a delayed restart (terminate, delete, restart_child).
+        state.publish_waits();
+        if let Some(Err(Escalate(reason))) = escalate {
             break reason;
         }
     };
     state.stop_all();
+    for c in &mut state.children {
+        c.due = None;
+    }
+    state.publish_waits();
     state.emit(SupervisorEvent::Stopped {
         reason: reason.clone(),
     });
@@ -1000,6 +1063,7 @@ mod tests {
             restarts: VecDeque::new(),
             tx,
             events: Vec::new(),
+            waits: None,
         }
     }
 
