@@ -150,7 +150,7 @@ fn a_shard_on_a_full_disk_backs_off_and_comes_back_when_the_disk_has_room() {
     let restarted = wait_until(
         || {
             let started = Instant::now();
-            let r = if calls % 2 == 0 {
+            let r = if calls.is_multiple_of(2) {
                 alloc.allocate(&name).map(|f| acked.push(f))
             } else {
                 alloc.deallocate(acked[0], &name).map(|()| {
@@ -170,7 +170,10 @@ fn a_shard_on_a_full_disk_backs_off_and_comes_back_when_the_disk_has_room() {
     );
     let elapsed = full_since.elapsed();
     let restarts = attempt;
-    assert!(restarted, "{restarts} restarts in {elapsed:?}, {calls} calls");
+    assert!(
+        restarted,
+        "{restarts} restarts in {elapsed:?}, {calls} calls"
+    );
     assert!(told_next_try, "no caller was told of the backoff");
     // A call waits at most for the next try (within the call timeout), then one more call.
     assert!(slowest < 3 * call_timeout, "a call took {slowest:?}");

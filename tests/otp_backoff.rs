@@ -92,10 +92,20 @@ struct Rig {
 
 /// A one-for-one supervisor on a manual clock with children `ids`, a backoff and an intensity.
 fn rig(ids: &[&str], backoff: RestartBackoff, intensity: u32, period: Duration) -> Rig {
+    rig_with(Strategy::OneForOne, ids, backoff, intensity, period)
+}
+
+fn rig_with(
+    strategy: Strategy,
+    ids: &[&str],
+    backoff: RestartBackoff,
+    intensity: u32,
+    period: Duration,
+) -> Rig {
     let clock = Arc::new(ManualRestartClock::new());
     let (log_tx, log) = mpsc::channel();
     let (ev_tx, events) = mpsc::channel();
-    let mut spec = SupervisorSpec::new(Strategy::OneForOne)
+    let mut spec = SupervisorSpec::new(strategy)
         .name("test-backoff-sup")
         .clock(clock.clone())
         .intensity(intensity, period)
@@ -168,7 +178,11 @@ impl Rig {
     /// asserts that nothing started meanwhile.
     fn waiting(&self, id: &str) -> Option<Duration> {
         let children = self.sup.which_children().unwrap();
-        assert_eq!(self.log.try_recv().ok(), None, "nothing should have started");
+        assert_eq!(
+            self.log.try_recv().ok(),
+            None,
+            "nothing should have started"
+        );
         let c = children.iter().find(|c| c.id == id).unwrap();
         assert!(!(c.running && c.restart_in.is_some()), "{c:?}");
         // What the supervisor publishes agrees (it is published before its reply).
@@ -383,7 +397,10 @@ fn max_restarts_within_lets_a_child_failing_forever_be_retried_forever() {
     r.crash(0);
     let mut restarts = 0;
     let reason = loop {
-        assert!(restarts <= k, "{restarts} restarts and the supervisor goes on");
+        assert!(
+            restarts <= k,
+            "{restarts} restarts and the supervisor goes on"
+        );
         match r.events.recv_timeout(WAIT).expect("an event") {
             SupervisorEvent::RestartDelayed { delay, .. } => {
                 restarts += 1;
@@ -396,4 +413,32 @@ fn max_restarts_within_lets_a_child_failing_forever_be_retried_forever() {
     assert_eq!(reason, ExitReason::ReachedMaxRestartIntensity);
     // The k-th restart, 190 ms after the first, is one too many.
     assert_eq!(restarts, k - 1);
+}
+
+/// Rest-for-one with a backoff: the failed child's younger siblings are stopped at once and
+/// wait with it; when the delay is up they all start again, in order.
+#[test]
+fn a_rest_for_one_group_waits_together_and_restarts_in_order() {
+    let r = rig_with(
+        Strategy::RestForOne,
+        &["a", "b", "c"],
+        RestartBackoff::exponential(10 * MS, HOUR).healthy_after(HOUR),
+        1000,
+        HOUR,
+    );
+    r.crash(1);
+    let mut delayed = vec![r.delayed(), r.delayed()];
+    delayed.sort();
+    assert_eq!(
+        delayed,
+        [("b".to_string(), 1, 10 * MS), ("c".to_string(), 1, 10 * MS)]
+    );
+    // c was stopped at once, not left running until the restart.
+    assert!(matches!(r.children[2].0.call(()), Err(OtpError::NoProc)));
+    assert_eq!(r.waiting("c"), Some(10 * MS));
+    assert_eq!(r.waiting("a"), None);
+    r.children[0].0.call(()).unwrap();
+    r.clock.advance(10 * MS);
+    assert_eq!(next_log(&r.log), "start:b");
+    assert_eq!(next_log(&r.log), "start:c");
 }

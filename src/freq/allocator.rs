@@ -638,15 +638,13 @@ impl Allocator {
             Some(backoff) => {
                 // Every shard (every replica) may fail forever at once, on one full disk: allow
                 // them all their backed-off restarts, so that none is ever given up on.
-                let children = u32::try_from(n * all_args.first().map_or(1, Vec::len))
-                    .unwrap_or(u32::MAX);
+                let children =
+                    u32::try_from(n * all_args.first().map_or(1, Vec::len)).unwrap_or(u32::MAX);
                 let needed = backoff
                     .max_restarts_within(options.restart_period)
                     .saturating_mul(children);
-                spec.backoff(backoff).intensity(
-                    options.max_restarts.max(needed),
-                    options.restart_period,
-                )
+                spec.backoff(backoff)
+                    .intensity(options.max_restarts.max(needed), options.restart_period)
             }
         };
         let mut shards: Vec<Box<dyn ShardEndpoint>> = Vec::with_capacity(n);

@@ -9,7 +9,10 @@
 //! supervisor goes on serving its mailbox (`which_children`, `terminate_child`,
 //! `restart_child`, `stop`, other children's exits): it waits on the mailbox with a deadline,
 //! measured by its [`RestartClock`], never sleeps. `restart_child` on a waiting child starts
-//! it at once, `terminate_child` cancels its restart, `stop` stops everything at once.
+//! it at once, `terminate_child` cancels its restart, `stop` stops everything at once. With
+//! `OneForAll`/`RestForOne` the siblings to restart are stopped at once and wait with the
+//! failed child (on its delay), then all start in order. [`Supervisor::restart_waits`] reads
+//! the waiting restarts without a message.
 //!
 //! **Backoff and intensity**: the intensity still counts every restart, delayed or not, at
 //! the moment the supervisor decides on it (when the child exits, or when a restart's start
@@ -385,7 +388,10 @@ pub struct RestartWait {
 type Reply<T> = SyncSender<Result<T, OtpError>>;
 
 enum SupMsg {
-    ChildExit { key: u64, reason: ExitReason },
+    ChildExit {
+        key: u64,
+        reason: ExitReason,
+    },
     Stop,
     StartChild(ChildSpec, Reply<()>),
     TerminateChild(String, Reply<()>),
