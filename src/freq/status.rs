@@ -56,7 +56,8 @@ pub struct ReplicaStatus {
 /// like `ets:tab2list/1` on a table others write). At quiescence it is exact. Taken while
 /// operations run, counts and tables are read at slightly different moments, so they may
 /// disagree by the operations in flight, and in `Sync` it may show changes not yet flushed
-/// (their callers have not been answered). For a verified view use [`Allocator::check`].
+/// (their callers have not been answered). For a verified view use
+/// [`Allocator::check`](super::Allocator::check).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     /// Frequencies in the pool.
