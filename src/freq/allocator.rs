@@ -28,7 +28,10 @@ use super::store::{
     remove_meta, replica_dir, shard_dir, stray_shard_dirs, write_config, write_identities, Created,
     Durability, MetaId, StoreConfig,
 };
-use crate::otp::{self, ChildSpec, ExitReason, OtpError, Server, Supervisor, SupervisorSpec};
+use crate::otp::{
+    self, ChildSpec, ExitReason, OtpError, RestartBackoff, RestartClock, Server, Supervisor,
+    SupervisorSpec, SystemRestartClock,
+};
 
 /// Run-time options of an [`Allocator`] (what is not stored with the pool).
 #[derive(Clone)]
@@ -41,8 +44,23 @@ pub struct Options {
     pub call_timeout: Duration,
     /// Restart intensity of the shards' supervisor: at most this many restarts...
     pub max_restarts: u32,
-    /// ...within this period, or the supervisor gives up. Default: 10 in 10 s.
+    /// ...within this period, or the supervisor gives up. Default: 10 in 10 s. With a
+    /// [`restart_backoff`](Options::restart_backoff) the intensity is raised to what every
+    /// shard failing forever under that backoff needs
+    /// ([`RestartBackoff::max_restarts_within`] the period, per shard or replica), so the
+    /// supervisor never gives up on a shard; `max_restarts` is then only a lower bound.
     pub restart_period: Duration,
+    /// How the shards' supervisor spaces the restarts of a shard that keeps failing (a full
+    /// disk in `sync`, say): the `n`-th consecutive restart waits `min(10 ms * 2^(n-1), 1 s)`,
+    /// and a shard that ran 10 s without failing starts again from 10 ms. Such a shard is
+    /// retried at most once a second, forever, and comes back by itself once the cause is
+    /// gone; meanwhile its callers get its last failure at once. `None`: restart at once, and
+    /// give up after `max_restarts` (OTP's behaviour; the shard then stays down).
+    /// Default: `Some(RestartBackoff::exponential(10 ms, 1 s).healthy_after(10 s))`.
+    pub restart_backoff: Option<RestartBackoff>,
+    /// The clock of the shards' supervisor (its intensity window and backoff delays).
+    /// Default: the system clock; tests use a [`ManualRestartClock`](otp::ManualRestartClock).
+    pub restart_clock: Arc<dyn RestartClock>,
     /// With `replicas: 2`: the base directories of replica 0 and replica 1 (for instance on two
     /// disks); replica `r` of shard `N` lives in `dirs[r]/shard-N`. Default (`None`): both in
     /// the store, as `shard-N/replica-0` and `shard-N/replica-1`.
@@ -60,6 +78,8 @@ impl Default for Options {
             call_timeout: otp::DEFAULT_CALL_TIMEOUT,
             max_restarts: 10,
             restart_period: Duration::from_secs(10),
+            restart_backoff: Some(DEFAULT_RESTART_BACKOFF),
+            restart_clock: Arc::new(SystemRestartClock),
             replica_dirs: None,
             replica_log_entries: DEFAULT_LOG_ENTRIES,
         }
@@ -73,11 +93,18 @@ impl std::fmt::Debug for Options {
             .field("call_timeout", &self.call_timeout)
             .field("max_restarts", &self.max_restarts)
             .field("restart_period", &self.restart_period)
+            .field("restart_backoff", &self.restart_backoff)
             .field("replica_dirs", &self.replica_dirs)
             .field("replica_log_entries", &self.replica_log_entries)
             .finish_non_exhaustive()
     }
 }
+
+/// The shards' default restart backoff ([`Options::restart_backoff`]): 10 ms doubling up to
+/// 1 s, reset after 10 s without a failure.
+const DEFAULT_RESTART_BACKOFF: RestartBackoff =
+    RestartBackoff::exponential(Duration::from_millis(10), Duration::from_secs(1))
+        .healthy_after(Duration::from_secs(10));
 
 /// One stored setting to change with [`Allocator::set_config`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -605,7 +632,21 @@ impl Allocator {
         let stopped = Arc::new(AtomicBool::new(false));
         let mut spec = SupervisorSpec::new(otp::Strategy::OneForOne)
             .name("freq-supervisor")
-            .intensity(options.max_restarts, options.restart_period);
+            .clock(Arc::clone(&options.restart_clock));
+        spec = match options.restart_backoff {
+            None => spec.intensity(options.max_restarts, options.restart_period),
+            Some(backoff) => {
+                // Every shard (every replica) may fail forever at once, on one full disk: allow
+                // them all their backed-off restarts, so that none is ever given up on.
+                let children =
+                    u32::try_from(n * all_args.first().map_or(1, Vec::len)).unwrap_or(u32::MAX);
+                let needed = backoff
+                    .max_restarts_within(options.restart_period)
+                    .saturating_mul(children);
+                spec.backoff(backoff)
+                    .intensity(options.max_restarts.max(needed), options.restart_period)
+            }
+        };
         let mut shards: Vec<Box<dyn ShardEndpoint>> = Vec::with_capacity(n);
         let mut shared = Vec::with_capacity(n);
         for (i, mut args) in all_args.into_iter().enumerate() {
@@ -723,7 +764,9 @@ impl Allocator {
 
     /// The error for a call to `shard` that found no instance running: while the shard is
     /// down after a failure (e.g. its disk is full), callers are told that failure (the disk
-    /// error), not a bare "not running" or "timed out". `error` as it is otherwise.
+    /// error), not a bare "not running" or "timed out", and, while the restart backoff holds
+    /// its restart back, when the next try is ("it is restarting (next try in 640 ms); its
+    /// last failure: ..."). `error` as it is otherwise.
     fn explain(&self, shard: usize, error: FreqError) -> FreqError {
         let Some(endpoint) = self.inner.shards.get(shard) else {
             return error;
@@ -731,18 +774,59 @@ impl Allocator {
         if endpoint.health().alive {
             return error;
         }
-        let Some(last) = self.inner.shared.get(shard).and_then(|s| s.last_failure()) else {
+        let last = self.inner.shared.get(shard).and_then(|s| s.last_failure());
+        let wait = self.restart_in(shard);
+        if last.is_none() && wait.is_none() {
             return error;
-        };
-        let state = if self.supervisor_gone() {
-            "down (restarts stopped after repeated failures)"
-        } else {
-            "restarting"
-        };
-        FreqError::ShardFailed {
-            shard,
-            reason: format!("it is {state}; its last failure: {last}"),
         }
+        let state = if self.supervisor_gone() {
+            "down (restarts stopped after repeated failures)".to_string()
+        } else {
+            match wait {
+                Some(d) => format!("restarting (next try in {} ms)", d.as_millis()),
+                None => "restarting".to_string(),
+            }
+        };
+        let reason = match last {
+            Some(last) => format!("it is {state}; its last failure: {last}"),
+            None => format!("it is {state}"),
+        };
+        FreqError::ShardFailed { shard, reason }
+    }
+
+    /// With a restart backoff, while shard `shard` (a replica of it) waits for its restart:
+    /// how long until the next try.
+    fn restart_in(&self, shard: usize) -> Option<Duration> {
+        self.restart_waits()
+            .get(shard)
+            .copied()
+            .flatten()
+            .map(|(wait, _)| wait)
+    }
+
+    /// Per shard, if the backoff delays a restart of it: how long until the next try, and
+    /// which consecutive restart that is (the soonest replica's, with replication). Read from
+    /// what the supervisor publishes: no message, so it answers at once even while the
+    /// supervisor is busy starting a shard.
+    fn restart_waits(&self) -> Vec<Option<(Duration, u32)>> {
+        let mut waits = vec![None; self.shard_count()];
+        let delayed = match self.inner.supervisor.lock().as_ref() {
+            Some(sup) => sup.restart_waits(),
+            None => return waits,
+        };
+        for c in delayed {
+            // Child ids: `shard-N`, or `shard-N-a` / `shard-N-b` with replication.
+            let Some(rest) = c.id.strip_prefix("shard-") else {
+                continue;
+            };
+            let index = rest.split('-').next().and_then(|i| i.parse::<usize>().ok());
+            if let Some(w) = index.and_then(|i| waits.get_mut(i)) {
+                if w.is_none_or(|(old, _)| c.restart_in < old) {
+                    *w = Some((c.restart_in, c.attempt));
+                }
+            }
+        }
+        waits
     }
 
     /// Whether the shards' supervisor gave up (no shard that stops is restarted any more).
@@ -882,6 +966,11 @@ impl Allocator {
                         if self.supervisor_gone() {
                             return Err(self.explain(shard, shard_error(shard, OtpError::NoProc)));
                         }
+                        // A restart the backoff holds back for longer than a call may wait:
+                        // say why now (the shard's last failure), not after waiting.
+                        if self.restart_in(shard).is_some_and(|d| d > timeout) {
+                            return Err(self.explain(shard, shard_error(shard, OtpError::NoProc)));
+                        }
                         endpoint
                             .wait_for_generation(generation + 1, timeout)
                             .map_err(|e| self.explain(shard, shard_error(shard, e)))?;
@@ -950,8 +1039,10 @@ impl Allocator {
         Ok(reaped)
     }
 
-    /// A snapshot of every shard, read from the tables (no message to any shard).
+    /// A snapshot of every shard, read from the tables and from the restarts the supervisor
+    /// delays (no message to any shard or to the supervisor).
     pub fn status(&self) -> Status {
+        let waits = self.restart_waits();
         let mut shards = Vec::new();
         let mut free = Vec::new();
         let mut allocations = Vec::new();
@@ -965,6 +1056,8 @@ impl Allocator {
                 recovered: s.recovered(),
                 restarts: health.restarts,
                 alive: health.alive,
+                restart_in: waits.get(i).copied().flatten().map(|(wait, _)| wait),
+                restart_attempt: waits.get(i).copied().flatten().map_or(0, |(_, n)| n),
                 replicas: health.replicas,
                 in_sync: health.in_sync,
             });

@@ -1,5 +1,7 @@
 //! What [`Allocator::status`](super::Allocator::status) reports: plain data.
 
+use std::time::Duration;
+
 use super::pair::Role;
 use super::pool::Allocation;
 use super::range::FreqRange;
@@ -23,6 +25,12 @@ pub struct ShardStatus {
     pub restarts: u64,
     /// Whether an instance is running (with replication: whether a primary serves).
     pub alive: bool,
+    /// While the supervisor's restart backoff holds back its restart (with replication: a
+    /// replica's): how long until the next try. `None` when no restart waits.
+    pub restart_in: Option<Duration>,
+    /// While a restart waits: which consecutive restart of the shard it is (failed starts
+    /// count; with replication, the waiting replica's). 0 when none waits.
+    pub restart_attempt: u32,
     /// With replication, each replica's state (empty without).
     pub replicas: Vec<ReplicaStatus>,
     /// With replication, whether the backup has everything the primary has.
@@ -48,7 +56,8 @@ pub struct ReplicaStatus {
 /// like `ets:tab2list/1` on a table others write). At quiescence it is exact. Taken while
 /// operations run, counts and tables are read at slightly different moments, so they may
 /// disagree by the operations in flight, and in `Sync` it may show changes not yet flushed
-/// (their callers have not been answered). For a verified view use [`Allocator::check`].
+/// (their callers have not been answered). For a verified view use
+/// [`Allocator::check`](super::Allocator::check).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     /// Frequencies in the pool.

@@ -18,7 +18,9 @@
 //! A [`Supervisor`] starts children from [`ChildSpec`]s in order, restarts them by
 //! [`Strategy`] and [`Restart`] type, stops them in reverse order by their [`Shutdown`] policy, and
 //! gives up (stopping everything) after more than `N` restarts in `T`. A handle to a supervised
-//! server stays valid across restarts.
+//! server stays valid across restarts. Unlike OTP's, a supervisor may delay restarts by an
+//! exponential [`RestartBackoff`] ([`SupervisorSpec::backoff`]), staying responsive while it
+//! waits; the intensity still counts every restart.
 //!
 //! # Example
 //!
@@ -104,6 +106,7 @@
 //!   handle refuse calls at once ([`OtpError::NoProc`]), flags the thread to exit before its next
 //!   message and detaches it.
 
+mod backoff;
 mod clock;
 mod error;
 mod gen_server;
@@ -112,7 +115,8 @@ mod reply;
 mod supervisor;
 mod timer;
 
-pub use clock::{ManualRestartClock, RestartClock, SystemRestartClock};
+pub use backoff::RestartBackoff;
+pub use clock::{ClockWaker, ManualRestartClock, RestartClock, SystemRestartClock};
 pub use error::{ExitError, ExitReason, OtpError};
 pub use gen_server::{
     register, whereis, Context, GenServer, Monitor, Server, DEFAULT_CALL_TIMEOUT, MAX_RUN,
@@ -120,6 +124,7 @@ pub use gen_server::{
 pub use registry::unregister;
 pub use reply::ReplyTo;
 pub use supervisor::{
-    ChildInfo, ChildSpec, Restart, Shutdown, Strategy, Supervisor, SupervisorEvent, SupervisorSpec,
+    ChildInfo, ChildSpec, Restart, RestartWait, Shutdown, Strategy, Supervisor, SupervisorEvent,
+    SupervisorSpec,
 };
 pub use timer::TimerRef;

@@ -3,6 +3,24 @@
 //!
 //! Erlang: <https://www.erlang.org/doc/apps/stdlib/supervisor.html>
 //!
+//! **Restart backoff** (not in OTP; see [`RestartBackoff`] for why we add it): with
+//! [`SupervisorSpec::backoff`], a child that exits and is to be restarted is restarted only
+//! after a delay that doubles with each consecutive restart, up to a cap. While it waits the
+//! supervisor goes on serving its mailbox (`which_children`, `terminate_child`,
+//! `restart_child`, `stop`, other children's exits): it waits on the mailbox with a deadline,
+//! measured by its [`RestartClock`], never sleeps. `restart_child` on a waiting child starts
+//! it at once, `terminate_child` cancels its restart, `stop` stops everything at once. With
+//! `OneForAll`/`RestForOne` the siblings to restart are stopped at once and wait with the
+//! failed child (on its delay), then all start in order. [`Supervisor::restart_waits`] reads
+//! the waiting restarts without a message.
+//!
+//! **Backoff and intensity**: the intensity still counts every restart, delayed or not, at
+//! the moment the supervisor decides on it (when the child exits, or when a restart's start
+//! fails), and more than the intensity ends the supervisor, as in OTP. So a backoff only
+//! spreads restarts out; to retry a child failing forever, forever, pick an intensity of at
+//! least [`RestartBackoff::max_restarts_within`] the period per child that may fail so (the
+//! allocator does).
+//!
 //! **OS threads cannot be killed.** [`Shutdown::BrutalKill`] (and a [`Shutdown::Timeout`] that
 //! runs out) therefore means: stop waiting, make the child's handle refuse further calls at once
 //! ([`OtpError::NoProc`]), flag the thread to exit before its next message, and detach it. A
@@ -11,13 +29,14 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::backoff::RestartBackoff;
 use super::clock::{RestartClock, SystemRestartClock};
 use super::error::{ExitError, ExitReason, OtpError};
 use super::gen_server::{
@@ -222,6 +241,7 @@ pub struct SupervisorSpec {
     intensity: u32,
     period: Duration,
     clock: Arc<dyn RestartClock>,
+    backoff: Option<RestartBackoff>,
     children: Vec<ChildSpec>,
     events: Vec<Sender<SupervisorEvent>>,
 }
@@ -233,13 +253,15 @@ impl std::fmt::Debug for SupervisorSpec {
             .field("strategy", &self.strategy)
             .field("intensity", &self.intensity)
             .field("period", &self.period)
+            .field("backoff", &self.backoff)
             .field("children", &self.children)
             .finish()
     }
 }
 
 impl SupervisorSpec {
-    /// A spec with OTP's defaults: at most 1 restart in 5 s, thread name `freq-supervisor`.
+    /// A spec with OTP's defaults: at most 1 restart in 5 s, restarts at once (no backoff),
+    /// thread name `freq-supervisor`.
     pub fn new(strategy: Strategy) -> Self {
         SupervisorSpec {
             name: "freq-supervisor".to_string(),
@@ -247,6 +269,7 @@ impl SupervisorSpec {
             intensity: 1,
             period: Duration::from_secs(5),
             clock: Arc::new(SystemRestartClock),
+            backoff: None,
             children: Vec::new(),
             events: Vec::new(),
         }
@@ -265,10 +288,17 @@ impl SupervisorSpec {
         self
     }
 
-    /// Uses `clock` for the intensity window (e.g. a
+    /// Uses `clock` for the intensity window and the backoff delays (e.g. a
     /// [`ManualRestartClock`](crate::otp::ManualRestartClock) in tests).
     pub fn clock(mut self, clock: Arc<dyn RestartClock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Delays restarts by `backoff` (see the module docs for how it combines with the
+    /// intensity). OTP has no such option: its supervisors restart at once.
+    pub fn backoff(mut self, backoff: RestartBackoff) -> Self {
+        self.backoff = Some(backoff);
         self
     }
 
@@ -307,6 +337,17 @@ pub enum SupervisorEvent {
         /// The child's id.
         id: String,
     },
+    /// With a backoff: the child's restart waits `delay` (by the supervisor's clock); it is
+    /// its `attempt`-th consecutive restart. (Sent once the restart is scheduled: a test moving
+    /// a manual clock waits for it first.)
+    RestartDelayed {
+        /// The child's id.
+        id: String,
+        /// Its consecutive restart count, from 1.
+        attempt: u32,
+        /// How long the restart waits.
+        delay: Duration,
+    },
     /// The supervisor itself exited, with this reason, after stopping all its children.
     Stopped {
         /// Why it exited.
@@ -324,12 +365,33 @@ pub struct ChildInfo {
     pub running: bool,
     /// Its restart type.
     pub restart: Restart,
+    /// With a backoff, while it waits to be restarted: how long until its restart is due (by
+    /// the supervisor's clock; zero when due now).
+    pub restart_in: Option<Duration>,
+    /// While it waits to be restarted: which consecutive restart that is (1 for the first
+    /// after a healthy run; failed starts count). 0 when no restart waits.
+    pub restart_attempt: u32,
+}
+
+/// A child whose restart the backoff holds back, as reported by [`Supervisor::restart_waits`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestartWait {
+    /// The child's id.
+    pub id: String,
+    /// How long until its restart is due (by the supervisor's clock; zero when due now).
+    pub restart_in: Duration,
+    /// Which consecutive restart it is (1 for the first after a healthy run).
+    pub attempt: u32,
 }
 
 type Reply<T> = SyncSender<Result<T, OtpError>>;
 
 enum SupMsg {
-    ChildExit { key: u64, reason: ExitReason },
+    ChildExit {
+        key: u64,
+        reason: ExitReason,
+    },
     Stop,
     StartChild(ChildSpec, Reply<()>),
     TerminateChild(String, Reply<()>),
@@ -337,11 +399,17 @@ enum SupMsg {
     DeleteChild(String, Reply<()>),
     WhichChildren(Reply<Vec<ChildInfo>>),
     Subscribe(Sender<SupervisorEvent>),
+    /// The clock moved (a manual clock's `advance`): look at the delayed restarts again.
+    Tick,
 }
 
 struct SupShared {
     exit: Mutex<Option<ExitReason>>,
     cond: Condvar,
+    /// The delayed restarts (id, due, attempt), published by the supervisor thread whenever
+    /// they change, so they can be read without a message.
+    waits: Mutex<Vec<(String, Instant, u32)>>,
+    clock: Arc<dyn RestartClock>,
 }
 
 impl SupShared {
@@ -396,6 +464,8 @@ impl Supervisor {
         let shared = Arc::new(SupShared {
             exit: Mutex::new(None),
             cond: Condvar::new(),
+            waits: Mutex::new(Vec::new()),
+            clock: Arc::clone(&spec.clock),
         });
         let (started_tx, started_rx) = mpsc::sync_channel(1);
         let state_tx = tx.clone();
@@ -473,6 +543,23 @@ impl Supervisor {
         self.request(SupMsg::WhichChildren)
     }
 
+    /// The children whose restart the backoff holds back, read without a message (so it
+    /// answers at once even while the supervisor is busy starting or stopping a child). Empty
+    /// without a backoff, and once the supervisor has exited.
+    pub fn restart_waits(&self) -> Vec<RestartWait> {
+        let now = self.shared.clock.now();
+        self.shared
+            .waits
+            .lock()
+            .iter()
+            .map(|(id, due, attempt)| RestartWait {
+                id: id.clone(),
+                restart_in: due.saturating_duration_since(now),
+                attempt: *attempt,
+            })
+            .collect()
+    }
+
     /// A receiver of the supervisor's events from now on.
     pub fn subscribe(&self) -> Result<Receiver<SupervisorEvent>, OtpError> {
         let (etx, erx) = mpsc::channel();
@@ -523,6 +610,27 @@ struct Child {
     shutdown: Shutdown,
     start: Box<dyn ChildStart>,
     running: Option<(u64, Box<dyn RunningChild>)>,
+    /// When (by the clock) its last start happened.
+    started_at: Option<Instant>,
+    /// With a backoff: its consecutive restarts so far.
+    attempts: u32,
+    /// With a backoff, while it waits to be restarted: when the restart is due.
+    due: Option<Instant>,
+}
+
+impl Child {
+    fn new(spec: ChildSpec) -> Self {
+        Child {
+            id: spec.id,
+            restart: spec.restart,
+            shutdown: spec.shutdown,
+            start: spec.start,
+            running: None,
+            started_at: None,
+            attempts: 0,
+            due: None,
+        }
+    }
 }
 
 struct State {
@@ -530,16 +638,30 @@ struct State {
     intensity: u32,
     period: Duration,
     clock: Arc<dyn RestartClock>,
+    backoff: Option<RestartBackoff>,
     children: Vec<Child>,
     restarts: VecDeque<Instant>,
     tx: Sender<SupMsg>,
     events: Vec<Sender<SupervisorEvent>>,
+    /// Where the delayed restarts are published (see [`Supervisor::restart_waits`]).
+    waits: Option<Arc<SupShared>>,
 }
 
 /// The supervisor must exit with this reason.
 struct Escalate(ExitReason);
 
 impl State {
+    /// Publishes the delayed restarts.
+    fn publish_waits(&self) {
+        let Some(shared) = &self.waits else { return };
+        let now: Vec<(String, Instant, u32)> = self
+            .children
+            .iter()
+            .filter_map(|c| c.due.map(|d| (c.id.clone(), d, c.attempts)))
+            .collect();
+        *shared.waits.lock() = now;
+    }
+
     fn emit(&mut self, e: SupervisorEvent) {
         self.events.retain(|s| s.send(e.clone()).is_ok());
     }
@@ -559,10 +681,17 @@ impl State {
         });
         // The start closure is user code running on the supervisor thread: a panic in it must
         // not kill the supervisor, it is a failed start.
+        // Its run is measured from before the start (a clock read after it could already
+        // include time that passed while it ran).
+        let started_at = self.clock.now();
         let start = &mut self.children[i].start;
         let running = catch_unwind(AssertUnwindSafe(|| start.start(on_exit)))
             .unwrap_or_else(|p| Err(OtpError::InitFailed(ExitReason::Panic(panic_message(&*p)))))?;
         self.children[i].running = Some((key, running));
+        self.children[i].started_at = Some(started_at);
+        if self.children[i].due.take().is_some() {
+            self.publish_waits();
+        }
         let id = self.children[i].id.clone();
         self.emit(SupervisorEvent::ChildStarted { id });
         Ok(())
@@ -657,6 +786,7 @@ impl State {
             }
             return Ok(());
         }
+        let now = self.clock.now();
         self.record_restart()?;
         let affected: Vec<usize> = match self.strategy {
             Strategy::OneForOne => vec![i],
@@ -665,6 +795,8 @@ impl State {
         };
         for &j in affected.iter().rev() {
             self.stop_child(j);
+            // A child waiting for its own delayed restart is now part of this one.
+            self.children[j].due = None;
         }
         // Temporary children stopped on the way are not restarted, and are forgotten.
         let ids: Vec<String> = affected
@@ -678,7 +810,82 @@ impl State {
             j += 1;
             keep
         });
-        self.restart_ids(ids)
+        match self.backoff {
+            None => self.restart_ids(ids),
+            Some(backoff) => {
+                // Temporary siblings may have been forgotten above: find the child again.
+                let Some(i) = self.index(&id) else {
+                    return Ok(());
+                };
+                let child = &mut self.children[i];
+                let ran = child
+                    .started_at
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                child.attempts = if ran >= backoff.healthy_run() {
+                    1
+                } else {
+                    child.attempts.saturating_add(1)
+                };
+                let attempt = child.attempts;
+                self.delay_ids(&ids, now, attempt, backoff.delay(attempt));
+                Ok(())
+            }
+        }
+    }
+
+    /// With a backoff: schedules the (stopped) children `ids` to restart `delay` after `now`,
+    /// the restart being their `attempt`-th in a row.
+    fn delay_ids(&mut self, ids: &[String], now: Instant, attempt: u32, delay: Duration) {
+        let due = now.checked_add(delay).unwrap_or(now);
+        let delayed: Vec<String> = ids
+            .iter()
+            .filter(|id| self.index(id).is_some())
+            .cloned()
+            .collect();
+        for id in &delayed {
+            if let Some(j) = self.index(id) {
+                self.children[j].due = Some(due);
+            }
+        }
+        // Published before the events, so an observer of an event sees the wait.
+        self.publish_waits();
+        for id in delayed {
+            self.emit(SupervisorEvent::RestartDelayed { id, attempt, delay });
+        }
+    }
+
+    /// The earliest delayed restart, if any.
+    fn next_due(&self) -> Option<Instant> {
+        self.children.iter().filter_map(|c| c.due).min()
+    }
+
+    /// Starts, in order, the children whose delayed restart is due. A start that fails counts
+    /// as another restart and is delayed again, with the children after it in this batch (so a
+    /// group restarts in order).
+    fn run_due(&mut self) -> Result<(), Escalate> {
+        let now = self.clock.now();
+        let batch: Vec<String> = self
+            .children
+            .iter()
+            .filter(|c| c.due.is_some_and(|d| d <= now))
+            .map(|c| c.id.clone())
+            .collect();
+        for (k, id) in batch.iter().enumerate() {
+            let Some(i) = self.index(id) else { continue };
+            if self.start_child(i).is_ok() {
+                continue;
+            }
+            self.record_restart()?;
+            let Some(backoff) = self.backoff else {
+                return Ok(());
+            };
+            let child = &mut self.children[i];
+            child.attempts = child.attempts.saturating_add(1);
+            let attempt = child.attempts;
+            self.delay_ids(&batch[k..], now, attempt, backoff.delay(attempt));
+            break;
+        }
+        Ok(())
     }
 
     fn handle_request(&mut self, msg: SupMsg) -> Option<Result<(), Escalate>> {
@@ -689,13 +896,7 @@ impl State {
                 let r = if self.index(&spec.id).is_some() {
                     Err(OtpError::DuplicateChild(spec.id))
                 } else {
-                    self.children.push(Child {
-                        id: spec.id,
-                        restart: spec.restart,
-                        shutdown: spec.shutdown,
-                        start: spec.start,
-                        running: None,
-                    });
+                    self.children.push(Child::new(spec));
                     let i = self.children.len() - 1;
                     let r = self.start_child(i);
                     if r.is_err() {
@@ -710,6 +911,8 @@ impl State {
                     None => Err(OtpError::NoSuchChild(id)),
                     Some(i) => {
                         self.stop_child(i);
+                        // A delayed restart is cancelled: the child stays stopped.
+                        self.children[i].due = None;
                         if self.children[i].restart == Restart::Temporary {
                             self.children.remove(i);
                         }
@@ -742,6 +945,7 @@ impl State {
                 let _ = reply.send(r);
             }
             SupMsg::WhichChildren(reply) => {
+                let now = self.clock.now();
                 let list = self
                     .children
                     .iter()
@@ -749,11 +953,14 @@ impl State {
                         id: c.id.clone(),
                         running: c.running.is_some(),
                         restart: c.restart,
+                        restart_in: c.due.map(|d| d.saturating_duration_since(now)),
+                        restart_attempt: if c.due.is_some() { c.attempts } else { 0 },
                     })
                     .collect();
                 let _ = reply.send(Ok(list));
             }
             SupMsg::Subscribe(s) => self.events.push(s),
+            SupMsg::Tick => {}
         }
         None
     }
@@ -772,20 +979,24 @@ fn supervisor_thread(
         intensity: spec.intensity,
         period: spec.period,
         clock: spec.clock,
+        backoff: spec.backoff,
         children: Vec::with_capacity(spec.children.len()),
         restarts: VecDeque::new(),
         tx,
         events: spec.events,
+        waits: Some(Arc::clone(&shared)),
     };
+    if state.backoff.is_some() {
+        // A manual clock wakes the supervisor when it moves (a real one needs no waking: the
+        // supervisor waits on its mailbox until the next restart is due).
+        let tick = state.tx.clone();
+        state
+            .clock
+            .on_advance(Box::new(move || tick.send(SupMsg::Tick).is_ok()));
+    }
     for c in spec.children {
         let id = c.id.clone();
-        state.children.push(Child {
-            id: c.id,
-            restart: c.restart,
-            shutdown: c.shutdown,
-            start: c.start,
-            running: None,
-        });
+        state.children.push(Child::new(c));
         let i = state.children.len() - 1;
         if let Err(e) = state.start_child(i) {
             state.stop_all();
@@ -803,14 +1014,34 @@ fn supervisor_thread(
     drop(started);
 
     let reason = loop {
-        let Ok(msg) = rx.recv() else {
-            break ExitReason::Shutdown; // cannot happen: the state holds a sender
+        if let Err(Escalate(reason)) = state.run_due() {
+            break reason;
+        }
+        // Wait for a message, or (with a restart delayed) until it is due: never a sleep, so
+        // the supervisor answers requests and other children's exits while it waits.
+        let wait = state.next_due().map(|due| state.clock.wait_hint(due));
+        let msg = match wait {
+            None | Some(None) => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(Some(d)) => rx.recv_timeout(d),
         };
-        if let Some(Err(Escalate(reason))) = state.handle_request(msg) {
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(RecvTimeoutError::Timeout) => continue,
+            // Cannot happen: the state holds a sender.
+            Err(RecvTimeoutError::Disconnected) => break ExitReason::Shutdown,
+        };
+        let escalate = state.handle_request(msg);
+        // A request may have cancelled a delayed restart (terminate, delete, restart_child).
+        state.publish_waits();
+        if let Some(Err(Escalate(reason))) = escalate {
             break reason;
         }
     };
     state.stop_all();
+    for c in &mut state.children {
+        c.due = None;
+    }
+    state.publish_waits();
     state.emit(SupervisorEvent::Stopped {
         reason: reason.clone(),
     });
@@ -833,10 +1064,12 @@ mod tests {
             intensity,
             period,
             clock,
+            backoff: None,
             children: Vec::new(),
             restarts: VecDeque::new(),
             tx,
             events: Vec::new(),
+            waits: None,
         }
     }
 
