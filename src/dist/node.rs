@@ -12,12 +12,12 @@
 //! every term is decoded by [`super::term`], every unexpected shape is dropped or closes only that
 //! connection.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -110,9 +110,30 @@ pub fn split_name(full: &str) -> Result<(&str, &str), DistError> {
     }
 }
 
-enum Out {
-    Frame(Vec<u8>),
-    Close,
+/// Frames waiting to be written to one peer, in the order they were queued.
+struct Outbox {
+    /// The encoded frames, back to back.
+    buf: Vec<u8>,
+    /// Frames in `buf` (the bound of [`NodeConfig::out_queue`]).
+    frames: usize,
+    /// Stop once `buf` is written (an orderly close), or at once after [`Conn::close`].
+    close: bool,
+    /// The writer thread is parked on [`Conn::ready`]: a frame queued from another thread
+    /// wakes it; one queued by the connection's own reader does not (the reader writes it).
+    writer_waiting: bool,
+    /// A written buffer kept for the next batch (no allocation per batch).
+    spare: Vec<u8>,
+}
+
+thread_local! {
+    /// The id of the connection whose reader loop runs on this thread (0: none). Frames that
+    /// reader queues for its own connection (replies answered inline) are written by the reader
+    /// itself once its input is drained, one `send` per batch, without waking the writer.
+    static READING: Cell<u64> = const { Cell::new(0) };
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One live connection.
@@ -121,7 +142,15 @@ struct Conn {
     peer: String,
     /// We dialled it (else we accepted it): for the simultaneous-connect rule.
     outgoing: bool,
-    tx: SyncSender<Out>,
+    /// What is queued for the peer; lock order: [`Conn::wr`] before `out`.
+    out: Mutex<Outbox>,
+    /// Wakes the writer thread.
+    ready: Condvar,
+    /// The socket's write half; holding it is the right to write, and batches are taken from
+    /// the outbox under it, so they leave in the order they were queued.
+    wr: Mutex<TcpStream>,
+    /// The outbox's bound in frames.
+    out_queue: usize,
     stream: TcpStream,
     closed: AtomicBool,
     /// Monitors the peer holds on our processes and names: reference → (monitoring pid, target).
@@ -136,17 +165,142 @@ impl Conn {
             return;
         }
         let _ = self.stream.set_write_timeout(Some(Duration::from_secs(2)));
-        if self.tx.try_send(Out::Close).is_err() {
-            self.close();
-        }
+        self.stop_writer();
     }
 
     fn close(&self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
             let _ = self.stream.shutdown(Shutdown::Both);
-            let _ = self.tx.try_send(Out::Close);
+            self.stop_writer();
         }
     }
+
+    fn stop_writer(&self) {
+        let mut o = lock(&self.out);
+        o.close = true;
+        o.writer_waiting = false;
+        self.ready.notify_one();
+    }
+
+    /// Queues one encoded frame. `Err` when the peer has let [`NodeConfig::out_queue`] frames
+    /// pile up (it is not reading); the caller disconnects it.
+    fn push(&self, f: &[u8]) -> Result<(), ()> {
+        let on_reader = READING.with(|r| r.get()) == self.id;
+        let mut o = lock(&self.out);
+        if o.close {
+            return Ok(()); // closing: nothing more goes out (as Erlang drops sends to a dead link)
+        }
+        if o.frames >= self.out_queue {
+            return Err(());
+        }
+        o.buf.extend_from_slice(f);
+        o.frames += 1;
+        if !on_reader && o.writer_waiting {
+            o.writer_waiting = false;
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Takes what is queued (the caller holds [`Conn::wr`]); `None` when nothing is.
+    fn take(&self) -> Option<Vec<u8>> {
+        let mut o = lock(&self.out);
+        if o.buf.is_empty() {
+            return None;
+        }
+        o.frames = 0;
+        let spare = std::mem::take(&mut o.spare);
+        Some(std::mem::replace(&mut o.buf, spare))
+    }
+
+    /// Gives a written batch's buffer back for reuse.
+    fn recycle(&self, mut batch: Vec<u8>) {
+        batch.clear();
+        let mut o = lock(&self.out);
+        if o.spare.capacity() < batch.capacity() && batch.capacity() <= 1 << 20 {
+            o.spare = batch;
+        }
+    }
+
+    /// The reader's flush: what is queued goes out in one non-blocking `send`. When the
+    /// socket is full (or the writer thread is busy writing), the rest is left to the writer
+    /// thread, which blocks on it; the reader never blocks on a peer that does not read, so the
+    /// outbox's bound, not a stuck reader, decides when such a peer is dropped.
+    fn flush_from_reader(&self) {
+        let w = match self.wr.try_lock() {
+            Ok(w) => w,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // The writer holds it: it takes the outbox again before it parks.
+                return self.wake_writer();
+            }
+        };
+        let Some(batch) = self.take() else { return };
+        match send_nowait(&w, &batch) {
+            Ok(n) if n == batch.len() => self.recycle(batch),
+            Ok(n) => {
+                // The rest goes first (still under `wr`: nothing can overtake it).
+                let mut o = lock(&self.out);
+                let queued_after = std::mem::take(&mut o.buf);
+                o.buf.reserve(batch.len() - n + queued_after.len());
+                o.buf.extend_from_slice(&batch[n..]);
+                o.buf.extend_from_slice(&queued_after);
+                o.frames += 1;
+                o.writer_waiting = false;
+                self.ready.notify_one();
+            }
+            Err(_) => {
+                drop(w);
+                self.close();
+            }
+        }
+    }
+
+    fn wake_writer(&self) {
+        let mut o = lock(&self.out);
+        if o.writer_waiting {
+            o.writer_waiting = false;
+            self.ready.notify_one();
+        }
+    }
+}
+
+/// Writes as much of `buf` as the socket takes now, without blocking.
+#[cfg(target_os = "linux")]
+fn send_nowait(s: &TcpStream, buf: &[u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut sent = 0;
+    while sent < buf.len() {
+        let rest = &buf[sent..];
+        // SAFETY: the pointer and length describe the live slice `rest`; the descriptor is the
+        // open socket `s` borrows for the duration of the call. `MSG_DONTWAIT` makes this one
+        // call non-blocking without changing the socket's mode (shared with the reader);
+        // `MSG_NOSIGNAL` turns a closed peer into `EPIPE` instead of a signal.
+        let n = unsafe {
+            libc::send(
+                s.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::WouldBlock => return Ok(sent),
+                std::io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+        }
+        sent += n as usize;
+    }
+    Ok(sent)
+}
+
+/// Elsewhere the reader leaves every write to the writer thread.
+#[cfg(not(target_os = "linux"))]
+fn send_nowait(_: &TcpStream, _: &[u8]) -> std::io::Result<usize> {
+    Ok(0)
 }
 
 enum PeerState {
@@ -635,16 +789,12 @@ impl Inner {
 
     /// Queues a frame; a peer whose queue is full has stopped reading and is disconnected.
     fn enqueue(&self, c: &Arc<Conn>, f: Vec<u8>) {
-        match c.tx.try_send(Out::Frame(f)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                log(&format!(
-                    "{}: outbound queue full (peer not reading): disconnecting",
-                    c.peer
-                ));
-                c.close();
-            }
-            Err(TrySendError::Disconnected(_)) => c.close(),
+        if c.push(&f).is_err() {
+            log(&format!(
+                "{}: outbound queue full (peer not reading): disconnecting",
+                c.peer
+            ));
+            c.close();
         }
     }
 
@@ -822,7 +972,6 @@ impl Inner {
         // A peer silent for the tick time is dead; writes bounded the same way.
         let _ = stream.set_read_timeout(Some(self.config.tick_time));
         let _ = stream.set_write_timeout(Some(self.config.tick_time));
-        let (tx, rx) = mpsc::sync_channel(self.config.out_queue);
         let w = stream
             .try_clone()
             .map_err(|e| DistError::io("cloning a socket", e))?;
@@ -833,15 +982,23 @@ impl Inner {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             peer: peer.to_string(),
             outgoing,
-            tx,
+            out: Mutex::new(Outbox {
+                buf: Vec::with_capacity(16 * 1024),
+                frames: 0,
+                close: false,
+                writer_waiting: false,
+                spare: Vec::with_capacity(16 * 1024),
+            }),
+            ready: Condvar::new(),
+            wr: Mutex::new(w),
+            out_queue: self.config.out_queue.max(1),
             stream,
             closed: AtomicBool::new(false),
             monitors_on_us: Mutex::new(HashMap::new()),
         });
         let tick = self.config.tick_time / 4;
-        spawn(self, format!("dist-write-{peer}"), move || {
-            writer_loop(w, rx, tick)
-        })?;
+        let c = conn.clone();
+        spawn(self, format!("dist-write-{peer}"), move || writer_loop(c, tick))?;
         let (i, c) = (self.clone(), conn.clone());
         spawn(self, format!("dist-read-{peer}"), move || {
             reader_loop(i, c, r)
@@ -1085,16 +1242,34 @@ fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
+/// Whether `b` (the reader's buffered input) holds a whole frame: else reading the next one
+/// may block, so the replies queued meanwhile are flushed first.
+fn holds_frame(b: &[u8]) -> bool {
+    b.len() >= 4 && b.len() - 4 >= u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
+}
+
+/// Frames handled between two flushes at most, when the input never drains.
+const FLUSH_EVERY: u32 = 64;
+
 fn reader_loop(inner: Arc<Inner>, c: Arc<Conn>, stream: TcpStream) {
+    READING.with(|r| r.set(c.id));
     let mut r = BufReader::with_capacity(64 * 1024, stream);
     let mut buf = Vec::new();
+    let mut since_flush = 0u32;
     loop {
+        if since_flush >= FLUSH_EVERY || !holds_frame(r.buffer()) {
+            c.flush_from_reader();
+            since_flush = 0;
+        }
         match frame::read_frame(&mut r, &mut buf, inner.config.max_frame) {
             Ok(false) => {} // a tick: the peer is alive
-            Ok(true) => match frame::parse(&buf) {
-                Ok(ctl) => inner.handle(&c, ctl),
-                Err(e) => log(&format!("{}: dropped a frame: {e}", c.peer)),
-            },
+            Ok(true) => {
+                since_flush += 1;
+                match frame::parse(&buf) {
+                    Ok(ctl) => inner.handle(&c, ctl),
+                    Err(e) => log(&format!("{}: dropped a frame: {e}", c.peer)),
+                }
+            }
             Err(e) => {
                 if !c.closed.load(Ordering::SeqCst) && !inner.stopping.load(Ordering::SeqCst) {
                     log(&format!("{}: connection closed: {e}", c.peer));
@@ -1103,39 +1278,41 @@ fn reader_loop(inner: Arc<Inner>, c: Arc<Conn>, stream: TcpStream) {
             }
         }
     }
+    c.flush_from_reader(); // what the last frames produced, if the socket still takes it
+    READING.with(|r| r.set(0));
     inner.teardown(&c);
 }
 
-fn writer_loop(mut stream: TcpStream, rx: Receiver<Out>, tick: Duration) {
-    let mut batch = Vec::with_capacity(64 * 1024);
+/// Writes what other threads queue (and what the reader could not send at once), blocking
+/// (bounded by the socket's write timeout); a tick when nothing was queued for `tick`.
+fn writer_loop(c: Arc<Conn>, tick: Duration) {
     loop {
-        match rx.recv_timeout(tick) {
-            Ok(Out::Frame(f)) => {
-                batch.clear();
-                batch.extend_from_slice(&f);
-                let mut close = false;
-                // Everything already queued goes out in the same write.
-                while batch.len() < 256 * 1024 {
-                    match rx.try_recv() {
-                        Ok(Out::Frame(g)) => batch.extend_from_slice(&g),
-                        Ok(Out::Close) => {
-                            close = true;
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if stream.write_all(&batch).is_err() || close {
-                    break;
+        {
+            let mut o = lock(&c.out);
+            while o.buf.is_empty() && !o.close {
+                o.writer_waiting = true;
+                let (g, t) = c
+                    .ready
+                    .wait_timeout(o, tick)
+                    .unwrap_or_else(|e| e.into_inner());
+                o = g;
+                o.writer_waiting = false;
+                if t.timed_out() && o.buf.is_empty() && !o.close {
+                    o.buf.extend_from_slice(&frame::TICK);
                 }
             }
-            Ok(Out::Close) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {
-                if stream.write_all(&frame::TICK).is_err() {
-                    break;
-                }
+            if o.buf.is_empty() {
+                break; // closing, everything written
             }
         }
+        let mut w = lock(&c.wr);
+        let Some(batch) = c.take() else { continue };
+        let ok = w.write_all(&batch).is_ok();
+        drop(w);
+        c.recycle(batch);
+        if !ok {
+            break;
+        }
     }
-    let _ = stream.shutdown(Shutdown::Both);
+    c.close();
 }
