@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -116,19 +116,36 @@ struct Outbox {
     buf: Vec<u8>,
     /// Frames in `buf` (the bound of [`NodeConfig::out_queue`]).
     frames: usize,
+    /// One thread is writing (the only one that may touch the socket's write side): batches
+    /// are taken from `buf` by it alone, so they leave in the order they were queued.
+    writing: bool,
+    /// The socket was full: the writer thread owns `writing` now and blocks on the rest.
+    handoff: bool,
     /// Stop once `buf` is written (an orderly close), or at once after [`Conn::close`].
     close: bool,
-    /// The writer thread is parked on [`Conn::ready`]: a frame queued from another thread
-    /// wakes it; one queued by the connection's own reader does not (the reader writes it).
-    writer_waiting: bool,
     /// A written buffer kept for the next batch (no allocation per batch).
     spare: Vec<u8>,
 }
 
+impl Outbox {
+    fn take(&mut self) -> Vec<u8> {
+        self.frames = 0;
+        let spare = std::mem::take(&mut self.spare);
+        std::mem::replace(&mut self.buf, spare)
+    }
+
+    fn recycle(&mut self, mut batch: Vec<u8>) {
+        batch.clear();
+        if self.spare.capacity() < batch.capacity() && batch.capacity() <= 1 << 20 {
+            self.spare = batch;
+        }
+    }
+}
+
 thread_local! {
     /// The id of the connection whose reader loop runs on this thread (0: none). Frames that
-    /// reader queues for its own connection (replies answered inline) are written by the reader
-    /// itself once its input is drained, one `send` per batch, without waking the writer.
+    /// reader queues for its own connection (replies answered inline) are sent by the reader
+    /// itself once its input is drained: one `send` per batch.
     static READING: Cell<u64> = const { Cell::new(0) };
 }
 
@@ -136,19 +153,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Rounds of "send what was queued meanwhile" a queuing thread does before it leaves the rest
+/// to the writer thread (a caller is not kept sending other threads' frames for long).
+const SEND_ROUNDS: usize = 4;
+
 /// One live connection.
+///
+/// Writing: the thread that queues a frame when nobody is writing sends it at once with one
+/// non-blocking `send` (and whatever others queued meanwhile); the connection's reader
+/// instead sends at the end of each drained input (its replies in one batch). Only when the
+/// socket is full does the writer thread take over and block, bounded by the write timeout,
+/// while frames pile up in the outbox up to its bound. So no thread ever blocks on a peer that
+/// does not read except the writer, and a reply costs no thread hop.
 struct Conn {
     id: u64,
     peer: String,
     /// We dialled it (else we accepted it): for the simultaneous-connect rule.
     outgoing: bool,
-    /// What is queued for the peer; lock order: [`Conn::wr`] before `out`.
+    /// What is queued for the peer.
     out: Mutex<Outbox>,
-    /// Wakes the writer thread.
+    /// Wakes the writer thread (hand-off, close).
     ready: Condvar,
-    /// The socket's write half; holding it is the right to write, and batches are taken from
-    /// the outbox under it, so they leave in the order they were queued.
-    wr: Mutex<TcpStream>,
     /// The outbox's bound in frames.
     out_queue: usize,
     stream: TcpStream,
@@ -176,14 +201,14 @@ impl Conn {
     }
 
     fn stop_writer(&self) {
-        let mut o = lock(&self.out);
-        o.close = true;
-        o.writer_waiting = false;
+        lock(&self.out).close = true;
         self.ready.notify_one();
     }
 
-    /// Queues one encoded frame. `Err` when the peer has let [`NodeConfig::out_queue`] frames
-    /// pile up (it is not reading); the caller disconnects it.
+    /// Queues one encoded frame, and sends it at once when nobody is writing (unless this is
+    /// the connection's own reader: it sends when its input is drained). `Err` when the peer
+    /// has let [`NodeConfig::out_queue`] frames pile up (it is not reading): the caller
+    /// disconnects it.
     fn push(&self, f: &[u8]) -> Result<(), ()> {
         let on_reader = READING.with(|r| r.get()) == self.id;
         let mut o = lock(&self.out);
@@ -195,73 +220,73 @@ impl Conn {
         }
         o.buf.extend_from_slice(f);
         o.frames += 1;
-        if !on_reader && o.writer_waiting {
-            o.writer_waiting = false;
-            self.ready.notify_one();
+        if on_reader || o.writing {
+            return Ok(()); // the reader's flush, or the thread writing now, sends it
         }
+        o.writing = true;
+        let batch = o.take();
+        drop(o);
+        self.send_batches(batch);
         Ok(())
     }
 
-    /// Takes what is queued (the caller holds [`Conn::wr`]); `None` when nothing is.
-    fn take(&self) -> Option<Vec<u8>> {
-        let mut o = lock(&self.out);
-        if o.buf.is_empty() {
-            return None;
-        }
-        o.frames = 0;
-        let spare = std::mem::take(&mut o.spare);
-        Some(std::mem::replace(&mut o.buf, spare))
-    }
-
-    /// Gives a written batch's buffer back for reuse.
-    fn recycle(&self, mut batch: Vec<u8>) {
-        batch.clear();
-        let mut o = lock(&self.out);
-        if o.spare.capacity() < batch.capacity() && batch.capacity() <= 1 << 20 {
-            o.spare = batch;
-        }
-    }
-
-    /// The reader's flush: what is queued goes out in one non-blocking `send`. When the
-    /// socket is full (or the writer thread is busy writing), the rest is left to the writer
-    /// thread, which blocks on it; the reader never blocks on a peer that does not read, so the
-    /// outbox's bound, not a stuck reader, decides when such a peer is dropped.
+    /// The reader's flush: what is queued goes out now, unless another thread is writing (it
+    /// takes what is queued before it stops).
     fn flush_from_reader(&self) {
-        let w = match self.wr.try_lock() {
-            Ok(w) => w,
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                // The writer holds it: it takes the outbox again before it parks.
-                return self.wake_writer();
-            }
-        };
-        let Some(batch) = self.take() else { return };
-        match send_nowait(&w, &batch) {
-            Ok(n) if n == batch.len() => self.recycle(batch),
-            Ok(n) => {
-                // The rest goes first (still under `wr`: nothing can overtake it).
-                let mut o = lock(&self.out);
-                let queued_after = std::mem::take(&mut o.buf);
-                o.buf.reserve(batch.len() - n + queued_after.len());
-                o.buf.extend_from_slice(&batch[n..]);
-                o.buf.extend_from_slice(&queued_after);
-                o.frames += 1;
-                o.writer_waiting = false;
-                self.ready.notify_one();
-            }
-            Err(_) => {
-                drop(w);
-                self.close();
-            }
+        let mut o = lock(&self.out);
+        if o.writing || o.buf.is_empty() {
+            return;
         }
+        o.writing = true;
+        let batch = o.take();
+        drop(o);
+        self.send_batches(batch);
     }
 
-    fn wake_writer(&self) {
-        let mut o = lock(&self.out);
-        if o.writer_waiting {
-            o.writer_waiting = false;
-            self.ready.notify_one();
+    /// Holding `writing`: sends `batch`, then what was queued meanwhile, without blocking. When
+    /// the socket is full the rest goes back first in the outbox and the writer thread takes
+    /// over (and `writing` with it).
+    fn send_batches(&self, mut batch: Vec<u8>) {
+        for _ in 0..SEND_ROUNDS {
+            match send_nowait(&self.stream, &batch) {
+                Ok(n) if n == batch.len() => {
+                    let mut o = lock(&self.out);
+                    o.recycle(batch);
+                    if o.buf.is_empty() {
+                        o.writing = false;
+                        if o.close {
+                            drop(o);
+                            self.ready.notify_one(); // the writer finishes the close
+                        }
+                        return;
+                    }
+                    batch = o.take();
+                }
+                Ok(n) => {
+                    batch.drain(..n);
+                    return self.hand_off(batch);
+                }
+                Err(_) => {
+                    lock(&self.out).writing = false;
+                    return self.close();
+                }
+            }
         }
+        self.hand_off(batch);
+    }
+
+    /// Puts `rest` back in front of the outbox and wakes the writer thread, which now owns
+    /// `writing` (nothing can overtake `rest`: only the holder of `writing` takes batches).
+    fn hand_off(&self, rest: Vec<u8>) {
+        let mut o = lock(&self.out);
+        if !rest.is_empty() {
+            let after = std::mem::replace(&mut o.buf, rest);
+            o.buf.extend_from_slice(&after);
+            o.frames += 1;
+        }
+        o.handoff = true;
+        drop(o);
+        self.ready.notify_one();
     }
 }
 
@@ -972,9 +997,6 @@ impl Inner {
         // A peer silent for the tick time is dead; writes bounded the same way.
         let _ = stream.set_read_timeout(Some(self.config.tick_time));
         let _ = stream.set_write_timeout(Some(self.config.tick_time));
-        let w = stream
-            .try_clone()
-            .map_err(|e| DistError::io("cloning a socket", e))?;
         let r = stream
             .try_clone()
             .map_err(|e| DistError::io("cloning a socket", e))?;
@@ -985,12 +1007,12 @@ impl Inner {
             out: Mutex::new(Outbox {
                 buf: Vec::with_capacity(16 * 1024),
                 frames: 0,
+                writing: false,
+                handoff: false,
                 close: false,
-                writer_waiting: false,
                 spare: Vec::with_capacity(16 * 1024),
             }),
             ready: Condvar::new(),
-            wr: Mutex::new(w),
             out_queue: self.config.out_queue.max(1),
             stream,
             closed: AtomicBool::new(false),
@@ -1283,36 +1305,42 @@ fn reader_loop(inner: Arc<Inner>, c: Arc<Conn>, stream: TcpStream) {
     inner.teardown(&c);
 }
 
-/// Writes what other threads queue (and what the reader could not send at once), blocking
-/// (bounded by the socket's write timeout); a tick when nothing was queued for `tick`.
+/// The writer thread: writes, blocking (bounded by the socket's write timeout), what the
+/// non-blocking senders could not (a full socket); a tick when idle for `tick`; the orderly
+/// close once what is queued is written.
 fn writer_loop(c: Arc<Conn>, tick: Duration) {
+    let mut o = lock(&c.out);
     loop {
-        {
-            let mut o = lock(&c.out);
-            while o.buf.is_empty() && !o.close {
-                o.writer_waiting = true;
-                let (g, t) = c
-                    .ready
-                    .wait_timeout(o, tick)
-                    .unwrap_or_else(|e| e.into_inner());
-                o = g;
-                o.writer_waiting = false;
-                if t.timed_out() && o.buf.is_empty() && !o.close {
-                    o.buf.extend_from_slice(&frame::TICK);
+        if o.handoff || (o.close && !o.writing) {
+            o.writing = true;
+            o.handoff = false;
+            while !o.buf.is_empty() {
+                let batch = o.take();
+                drop(o);
+                let ok = (&c.stream).write_all(&batch).is_ok();
+                o = lock(&c.out);
+                o.recycle(batch);
+                if !ok {
+                    o.close = true;
+                    break;
                 }
             }
-            if o.buf.is_empty() {
-                break; // closing, everything written
+            o.writing = false;
+            if o.close {
+                break;
             }
+            continue;
         }
-        let mut w = lock(&c.wr);
-        let Some(batch) = c.take() else { continue };
-        let ok = w.write_all(&batch).is_ok();
-        drop(w);
-        c.recycle(batch);
-        if !ok {
-            break;
+        let (g, t) = c
+            .ready
+            .wait_timeout(o, tick)
+            .unwrap_or_else(|e| e.into_inner());
+        o = g;
+        if t.timed_out() && !o.writing && !o.close && o.buf.is_empty() {
+            o.buf.extend_from_slice(&frame::TICK);
+            o.handoff = true;
         }
     }
+    drop(o);
     c.close();
 }
