@@ -257,6 +257,21 @@ pub fn send(to: &Pid, msg: &Term) -> Result<Vec<u8>, DistError> {
     )
 }
 
+/// Appends a `SEND` frame to `to` of the message `{First, Second}` (a reply `{Tag, Reply}`)
+/// to `out`, encoded in place: the same bytes as [`send`] of that tuple, without building the
+/// tuple or the control term. On error `out` may hold a partial frame: the caller truncates.
+pub fn send_pair_into(
+    out: &mut Vec<u8>,
+    to: &Pid,
+    first: &Term,
+    second: &Term,
+) -> Result<(), DistError> {
+    let start = begin(out);
+    term::encode_send_control_into(SEND as u8, to, out)?;
+    term::encode_pair_into(first, second, out)?;
+    finish(out, start)
+}
+
 /// `REG_SEND` to a name on the peer.
 pub fn reg_send(from: &Pid, to: &str, msg: &Term) -> Result<Vec<u8>, DistError> {
     encode(
@@ -403,6 +418,27 @@ mod tests {
                 to: p(1),
                 reference: r,
                 reason: atom("noproc")
+            }
+        );
+    }
+
+    #[test]
+    fn a_pair_encoded_in_place_is_the_same_frame() {
+        let tag = Term::from(eetf::ImproperList::from((
+            vec![atom("alias")],
+            Term::from(Reference::from(("peer@host", vec![7, 8, 9]))),
+        )));
+        let reply = tuple(vec![atom("ok"), term::uint(42)]);
+        let mut out = vec![1, 2, 3]; // appended after what is there
+        send_pair_into(&mut out, &p(9), &tag, &reply).unwrap();
+        let whole = send(&p(9), &tuple(vec![tag.clone(), reply.clone()])).unwrap();
+        assert_eq!(&out[3..], &whole[..]);
+        assert_eq!(
+            parse(&out[7..]).unwrap(),
+            Control::Send {
+                from: None,
+                to: p(9),
+                msg: tuple(vec![tag, reply])
             }
         );
     }

@@ -12,7 +12,7 @@
 //! every term is decoded by [`super::term`], every unexpected shape is dropped or closes only that
 //! connection.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
@@ -147,10 +147,20 @@ thread_local! {
     /// reader queues for its own connection (replies answered inline) are sent by the reader
     /// itself once its input is drained: one `send` per batch.
     static READING: Cell<u64> = const { Cell::new(0) };
+    /// The connection whose reader runs on this thread, for [`Inner::up`]'s shortcut.
+    static READER_CONN: RefCell<Option<Arc<Conn>>> = const { RefCell::new(None) };
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why a frame was not queued.
+enum Push {
+    /// The outbox is at its bound.
+    Full,
+    /// The frame could not be encoded (nothing was queued).
+    Encode(DistError),
 }
 
 /// Rounds of "send what was queued meanwhile" a queuing thread does before it leaves the rest
@@ -205,20 +215,29 @@ impl Conn {
         self.ready.notify_one();
     }
 
-    /// Queues one encoded frame, and sends it at once when nobody is writing (unless this is
-    /// the connection's own reader: it sends when its input is drained). `Err` when the peer
-    /// has let [`NodeConfig::out_queue`] frames pile up (it is not reading): the caller
-    /// disconnects it.
-    fn push(&self, f: &[u8]) -> Result<(), ()> {
-        let on_reader = READING.with(|r| r.get()) == self.id;
+    /// Queues one frame, written into the outbox by `encode` (no buffer of its own), and sends
+    /// it at once when nobody is writing (unless this is the connection's own reader, which
+    /// sends when its input is drained, or `defer`: the caller flushes, see
+    /// [`NodeHandle::reg_send_frame_deferred`]). [`Push::Full`] when the peer has let
+    /// [`NodeConfig::out_queue`] frames pile up (it is not reading): the caller disconnects it.
+    fn push_with(
+        &self,
+        defer: bool,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), DistError>,
+    ) -> Result<(), Push> {
+        let on_reader = defer || READING.with(|r| r.get()) == self.id;
         let mut o = lock(&self.out);
         if o.close {
             return Ok(()); // closing: nothing more goes out (as Erlang drops sends to a dead link)
         }
         if o.frames >= self.out_queue {
-            return Err(());
+            return Err(Push::Full);
         }
-        o.buf.extend_from_slice(f);
+        let len = o.buf.len();
+        if let Err(e) = encode(&mut o.buf) {
+            o.buf.truncate(len);
+            return Err(Push::Encode(e));
+        }
         o.frames += 1;
         if on_reader || o.writing {
             return Ok(()); // the reader's flush, or the thread writing now, sends it
@@ -230,9 +249,9 @@ impl Conn {
         Ok(())
     }
 
-    /// The reader's flush: what is queued goes out now, unless another thread is writing (it
-    /// takes what is queued before it stops).
-    fn flush_from_reader(&self) {
+    /// The flush of a reader (or of a deferring caller): what is queued goes out now, unless
+    /// another thread is writing (it takes what is queued before it stops).
+    fn flush(&self) {
         let mut o = lock(&self.out);
         if o.writing || o.buf.is_empty() {
             return;
@@ -588,6 +607,26 @@ impl NodeHandle {
         }
     }
 
+    /// [`NodeHandle::send_noconnect`] of the message `{first, second}` (a gen_server reply
+    /// `{Tag, Reply}`, or the course's `{reply, Reply}`), encoded in place in the connection's
+    /// outbox: no tuple, no frame buffer of its own.
+    pub(crate) fn send_pair_noconnect(
+        &self,
+        to: &Pid,
+        first: &Term,
+        second: &Term,
+    ) -> Result<(), DistError> {
+        if to.node.name == self.inner.name {
+            return self.send(to, &tuple(vec![first.clone(), second.clone()]));
+        }
+        match self.inner.up(&to.node.name) {
+            Some(c) => self
+                .inner
+                .enqueue_with(&c, |out| frame::send_pair_into(out, to, first, second)),
+            None => Err(DistError::NodeDown(to.node.name.clone())),
+        }
+    }
+
     /// Sends `msg` from `from` to the name `name` on `node` (REG_SEND), connecting as needed.
     pub fn reg_send(
         &self,
@@ -601,14 +640,30 @@ impl NodeHandle {
         Ok(())
     }
 
-    /// Sends a pre-encoded REG_SEND frame built by [`frame::reg_send`] (callers that batch).
-    pub(crate) fn reg_send_frame(&self, node: &str, f: Vec<u8>) -> Result<(), DistError> {
+    /// Queues a pre-encoded frame (a REG_SEND built by [`frame::reg_send`]) for `node` without sending it: it goes out with the next
+    /// write to that peer, at the latest at [`NodeHandle::flush`], which the caller must call
+    /// before it waits for an answer (a pipeline of calls then shares one `send`).
+    pub(crate) fn reg_send_frame_deferred(&self, node: &str, f: Vec<u8>) -> Result<(), DistError> {
+        self.queue_frame(node, f, true)
+    }
+
+    fn queue_frame(&self, node: &str, f: Vec<u8>, defer: bool) -> Result<(), DistError> {
         let c = self.inner.connection(node)?;
         if c.closed.load(Ordering::SeqCst) {
             return Err(DistError::NodeDown(node.to_string()));
         }
-        self.inner.enqueue(&c, f);
-        Ok(())
+        self.inner.enqueue_deferred(&c, defer, |out| {
+            out.extend_from_slice(&f);
+            Ok(())
+        })
+    }
+
+    /// Sends what is queued for `node` now (frames queued with
+    /// [`NodeHandle::reg_send_frame_deferred`]), without blocking.
+    pub(crate) fn flush(&self, node: &str) {
+        if let Some(c) = self.inner.up(node) {
+            c.flush();
+        }
     }
 
     /// `from` (local) monitors the remote pid `target`. When the target's node cannot be reached,
@@ -776,6 +831,17 @@ impl Inner {
     }
 
     fn up(&self, node: &str) -> Option<Arc<Conn>> {
+        // On a reader thread, its own peer (a reply to a caller of that node) needs no table
+        // lookup: a connection not closed is the one in the table (a replaced one is closed).
+        let own = READER_CONN.with(|c| {
+            c.borrow()
+                .as_ref()
+                .filter(|c| c.peer == node && !c.closed.load(Ordering::SeqCst))
+                .cloned()
+        });
+        if own.is_some() {
+            return own;
+        }
         match self
             .peers
             .lock()
@@ -814,12 +880,39 @@ impl Inner {
 
     /// Queues a frame; a peer whose queue is full has stopped reading and is disconnected.
     fn enqueue(&self, c: &Arc<Conn>, f: Vec<u8>) {
-        if c.push(&f).is_err() {
-            log(&format!(
-                "{}: outbound queue full (peer not reading): disconnecting",
-                c.peer
-            ));
-            c.close();
+        let _ = self.enqueue_with(c, |out| {
+            out.extend_from_slice(&f);
+            Ok(())
+        });
+    }
+
+    /// [`Inner::enqueue`] of a frame `encode` writes in place; its encoding error is returned.
+    fn enqueue_with(
+        &self,
+        c: &Arc<Conn>,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), DistError>,
+    ) -> Result<(), DistError> {
+        self.enqueue_deferred(c, false, encode)
+    }
+
+    /// [`Inner::enqueue_with`], optionally deferred (see [`Conn::push_with`]).
+    fn enqueue_deferred(
+        &self,
+        c: &Arc<Conn>,
+        defer: bool,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), DistError>,
+    ) -> Result<(), DistError> {
+        match c.push_with(defer, encode) {
+            Ok(()) => Ok(()),
+            Err(Push::Full) => {
+                log(&format!(
+                    "{}: outbound queue full (peer not reading): disconnecting",
+                    c.peer
+                ));
+                c.close();
+                Ok(())
+            }
+            Err(Push::Encode(e)) => Err(e),
         }
     }
 
@@ -1275,12 +1368,13 @@ const FLUSH_EVERY: u32 = 64;
 
 fn reader_loop(inner: Arc<Inner>, c: Arc<Conn>, stream: TcpStream) {
     READING.with(|r| r.set(c.id));
+    READER_CONN.with(|r| *r.borrow_mut() = Some(c.clone()));
     let mut r = BufReader::with_capacity(64 * 1024, stream);
     let mut buf = Vec::new();
     let mut since_flush = 0u32;
     loop {
         if since_flush >= FLUSH_EVERY || !holds_frame(r.buffer()) {
-            c.flush_from_reader();
+            c.flush();
             since_flush = 0;
         }
         match frame::read_frame(&mut r, &mut buf, inner.config.max_frame) {
@@ -1300,8 +1394,9 @@ fn reader_loop(inner: Arc<Inner>, c: Arc<Conn>, stream: TcpStream) {
             }
         }
     }
-    c.flush_from_reader(); // what the last frames produced, if the socket still takes it
+    c.flush(); // what the last frames produced, if the socket still takes it
     READING.with(|r| r.set(0));
+    READER_CONN.with(|r| *r.borrow_mut() = None);
     inner.teardown(&c);
 }
 

@@ -318,6 +318,31 @@ pub fn encode_into(term: &Term, out: &mut Vec<u8>) -> Result<(), DistError> {
     encode_inner(term, out)
 }
 
+/// Appends `{First, Second}` as one versioned term, without building the tuple (a reply
+/// `{Tag, Reply}` is encoded from its parts).
+pub(crate) fn encode_pair_into(first: &Term, second: &Term, out: &mut Vec<u8>) -> Result<(), DistError> {
+    out.extend_from_slice(&[VERSION, SMALL_TUPLE_EXT, 2]);
+    encode_inner(first, out)?;
+    encode_inner(second, out)
+}
+
+/// Appends the control message of a `SEND` to `to`, `{2, '', To}`, as one versioned term
+/// (the same bytes as encoding that tuple, without building it).
+pub(crate) fn encode_send_control_into(op: u8, to: &Pid, out: &mut Vec<u8>) -> Result<(), DistError> {
+    out.extend_from_slice(&[VERSION, SMALL_TUPLE_EXT, 3, SMALL_INTEGER_EXT, op]);
+    out.extend_from_slice(&[SMALL_ATOM_UTF8_EXT, 0]);
+    encode_pid(to, out)
+}
+
+fn encode_pid(p: &Pid, out: &mut Vec<u8>) -> Result<(), DistError> {
+    out.push(NEW_PID_EXT);
+    encode_atom(&p.node, out)?;
+    out.extend_from_slice(&p.id.to_be_bytes());
+    out.extend_from_slice(&p.serial.to_be_bytes());
+    out.extend_from_slice(&p.creation.to_be_bytes());
+    Ok(())
+}
+
 /// Encodes one versioned term into a new buffer.
 pub fn encode(term: &Term) -> Result<Vec<u8>, DistError> {
     let mut out = Vec::with_capacity(64);
@@ -358,13 +383,7 @@ fn encode_inner(term: &Term, out: &mut Vec<u8>) -> Result<(), DistError> {
                 out.extend_from_slice(&i.value.to_be_bytes());
             }
         }
-        Term::Pid(p) => {
-            out.push(NEW_PID_EXT);
-            encode_atom(&p.node, out)?;
-            out.extend_from_slice(&p.id.to_be_bytes());
-            out.extend_from_slice(&p.serial.to_be_bytes());
-            out.extend_from_slice(&p.creation.to_be_bytes());
-        }
+        Term::Pid(p) => encode_pid(p, out)?,
         Term::Reference(r) => {
             out.push(NEWER_REFERENCE_EXT);
             let n = u16::try_from(r.id.len()).map_err(|_| bad("reference too long"))?;
