@@ -83,10 +83,18 @@ pub struct NodeConfig {
     pub connect_timeout: Duration,
     /// epmd's port (default: `ERL_EPMD_PORT`, else 4369).
     pub epmd_port: u16,
+    /// How long a connection's reader, its input drained and its replies sent, polls for the
+    /// next frame before it parks in a blocking read (as BEAM's schedulers busy-wait). A caller
+    /// doing one call after another then does not wait for this thread's wake-up from idle
+    /// (measured on our 2-core VMs: one BEAM caller did 4.8 K pairs/s without the spin, 9.7 K
+    /// with it); a quiet connection costs nothing, a busy one up to a core. Default: 100 µs for a listening node (a server), 0 for a client-only
+    /// node (its callers' threads need the cores).
+    pub reader_spin: Duration,
 }
 
 impl NodeConfig {
-    /// Defaults: loopback, 60 s tick time, 8 MiB frames, 64 K queued frames, 5 s connects.
+    /// Defaults: loopback, 60 s tick time, 8 MiB frames, 64 K queued frames, 5 s connects,
+    /// [`NodeConfig::reader_spin`] 100 µs when listening.
     pub fn new(name: &str, cookie: &str, listen: bool) -> Self {
         NodeConfig {
             name: name.to_string(),
@@ -98,6 +106,11 @@ impl NodeConfig {
             out_queue: 65_536,
             connect_timeout: Duration::from_secs(5),
             epmd_port: epmd::epmd_port(),
+            reader_spin: if listen {
+                Duration::from_micros(100)
+            } else {
+                Duration::ZERO
+            },
         }
     }
 }
@@ -340,6 +353,36 @@ fn send_nowait(s: &TcpStream, buf: &[u8]) -> std::io::Result<usize> {
     }
     Ok(sent)
 }
+
+/// Polls (without blocking) for up to `spin` whether `s` has input, so a reader whose peer
+/// answers quickly avoids parking (and the wake-up from idle that costs ~50 µs here).
+#[cfg(target_os = "linux")]
+fn spin_until_readable(s: &TcpStream, spin: Duration) {
+    use std::os::fd::AsRawFd;
+    let until = Instant::now() + spin;
+    let mut b = [0u8; 1];
+    loop {
+        // SAFETY: a one-byte buffer we own; the descriptor is the open socket `s` borrows.
+        let n = unsafe {
+            libc::recv(
+                s.as_raw_fd(),
+                b.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 || Instant::now() >= until {
+            return; // input (or EOF) is there, or the spin is over: the blocking read decides
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+            return;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn spin_until_readable(_: &TcpStream, _: Duration) {}
 
 /// Elsewhere the reader leaves every write to the writer thread.
 #[cfg(not(target_os = "linux"))]
@@ -1372,10 +1415,14 @@ fn reader_loop(inner: Arc<Inner>, c: Arc<Conn>, stream: TcpStream) {
     let mut r = BufReader::with_capacity(64 * 1024, stream);
     let mut buf = Vec::new();
     let mut since_flush = 0u32;
+    let spin = inner.config.reader_spin;
     loop {
         if since_flush >= FLUSH_EVERY || !holds_frame(r.buffer()) {
             c.flush();
             since_flush = 0;
+            if !holds_frame(r.buffer()) && !spin.is_zero() {
+                spin_until_readable(r.get_ref(), spin);
+            }
         }
         match frame::read_frame(&mut r, &mut buf, inner.config.max_frame) {
             Ok(false) => {} // a tick: the peer is alive
