@@ -356,8 +356,9 @@ fn send_nowait(s: &TcpStream, buf: &[u8]) -> std::io::Result<usize> {
 
 /// Polls (without blocking) for up to `spin` whether `s` has input, so a reader whose peer
 /// answers quickly avoids parking (and the wake-up from idle that costs ~50 µs here).
+/// `true` when input (or EOF) came within the spin.
 #[cfg(target_os = "linux")]
-fn spin_until_readable(s: &TcpStream, spin: Duration) {
+fn spin_until_readable(s: &TcpStream, spin: Duration) -> bool {
     use std::os::fd::AsRawFd;
     let until = Instant::now() + spin;
     let mut b = [0u8; 1];
@@ -371,18 +372,23 @@ fn spin_until_readable(s: &TcpStream, spin: Duration) {
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
             )
         };
-        if n >= 0 || Instant::now() >= until {
-            return; // input (or EOF) is there, or the spin is over: the blocking read decides
+        if n >= 0 {
+            return true; // input (or EOF): the read will not block
         }
         if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
-            return;
+            return true; // an error: the read reports it
+        }
+        if Instant::now() >= until {
+            return false;
         }
         std::hint::spin_loop();
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn spin_until_readable(_: &TcpStream, _: Duration) {}
+fn spin_until_readable(_: &TcpStream, _: Duration) -> bool {
+    false
+}
 
 /// Elsewhere the reader leaves every write to the writer thread.
 #[cfg(not(target_os = "linux"))]
@@ -1406,6 +1412,9 @@ fn holds_frame(b: &[u8]) -> bool {
     b.len() >= 4 && b.len() - 4 >= u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
 }
 
+/// Idle periods a reader parks without spinning after a spin that found no input.
+const SPIN_BACKOFF: u32 = 8;
+
 /// Frames handled between two flushes at most, when the input never drains.
 const FLUSH_EVERY: u32 = 64;
 
@@ -1416,12 +1425,19 @@ fn reader_loop(inner: Arc<Inner>, c: Arc<Conn>, stream: TcpStream) {
     let mut buf = Vec::new();
     let mut since_flush = 0u32;
     let spin = inner.config.reader_spin;
+    let mut skip_spins = 0u32;
     loop {
         if since_flush >= FLUSH_EVERY || !holds_frame(r.buffer()) {
             c.flush();
             since_flush = 0;
             if !holds_frame(r.buffer()) && !spin.is_zero() {
-                spin_until_readable(r.get_ref(), spin);
+                // A spin that found nothing is not tried again for a while: when the gaps are
+                // longer than the spin (or the cores are busy) it would only burn CPU.
+                if skip_spins > 0 {
+                    skip_spins -= 1;
+                } else if !spin_until_readable(r.get_ref(), spin) {
+                    skip_spins = SPIN_BACKOFF;
+                }
             }
         }
         match frame::read_frame(&mut r, &mut buf, inner.config.max_frame) {
