@@ -1162,7 +1162,9 @@ impl Inner {
         });
         let tick = self.config.tick_time / 4;
         let c = conn.clone();
-        spawn(self, format!("dist-write-{peer}"), move || writer_loop(c, tick))?;
+        spawn(self, format!("dist-write-{peer}"), move || {
+            writer_loop(c, tick)
+        })?;
         let (i, c) = (self.clone(), conn.clone());
         spawn(self, format!("dist-read-{peer}"), move || {
             reader_loop(i, c, r)

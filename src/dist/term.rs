@@ -320,7 +320,11 @@ pub fn encode_into(term: &Term, out: &mut Vec<u8>) -> Result<(), DistError> {
 
 /// Appends `{First, Second}` as one versioned term, without building the tuple (a reply
 /// `{Tag, Reply}` is encoded from its parts).
-pub(crate) fn encode_pair_into(first: &Term, second: &Term, out: &mut Vec<u8>) -> Result<(), DistError> {
+pub(crate) fn encode_pair_into(
+    first: &Term,
+    second: &Term,
+    out: &mut Vec<u8>,
+) -> Result<(), DistError> {
     out.extend_from_slice(&[VERSION, SMALL_TUPLE_EXT, 2]);
     encode_inner(first, out)?;
     encode_inner(second, out)
@@ -328,7 +332,11 @@ pub(crate) fn encode_pair_into(first: &Term, second: &Term, out: &mut Vec<u8>) -
 
 /// Appends the control message of a `SEND` to `to`, `{2, '', To}`, as one versioned term
 /// (the same bytes as encoding that tuple, without building it).
-pub(crate) fn encode_send_control_into(op: u8, to: &Pid, out: &mut Vec<u8>) -> Result<(), DistError> {
+pub(crate) fn encode_send_control_into(
+    op: u8,
+    to: &Pid,
+    out: &mut Vec<u8>,
+) -> Result<(), DistError> {
     out.extend_from_slice(&[VERSION, SMALL_TUPLE_EXT, 3, SMALL_INTEGER_EXT, op]);
     out.extend_from_slice(&[SMALL_ATOM_UTF8_EXT, 0]);
     encode_pid(to, out)
