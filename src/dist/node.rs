@@ -1496,8 +1496,12 @@ fn writer_loop(c: Arc<Conn>, tick: Duration) {
             .wait_timeout(o, tick)
             .unwrap_or_else(|e| e.into_inner());
         o = g;
-        if t.timed_out() && !o.writing && !o.close && o.buf.is_empty() {
-            o.buf.extend_from_slice(&frame::TICK);
+        if t.timed_out() && !o.writing && !o.close {
+            // Idle for a tick: a tick goes out, or frames queued but not yet sent (deferred
+            // by a caller that has not waited yet) do.
+            if o.buf.is_empty() {
+                o.buf.extend_from_slice(&frame::TICK);
+            }
             o.handoff = true;
         }
     }
