@@ -206,6 +206,27 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(id: u64, peer: &str, outgoing: bool, stream: TcpStream, out_queue: usize) -> Conn {
+        Conn {
+            id,
+            peer: peer.to_string(),
+            outgoing,
+            out: Mutex::new(Outbox {
+                buf: Vec::with_capacity(16 * 1024),
+                frames: 0,
+                writing: false,
+                handoff: false,
+                close: false,
+                spare: Vec::with_capacity(16 * 1024),
+            }),
+            ready: Condvar::new(),
+            out_queue: out_queue.max(1),
+            stream,
+            closed: AtomicBool::new(false),
+            monitors_on_us: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Closes after what is queued has been written (an orderly stop: a reply sent just before
     /// still reaches the peer), bounded by a short write timeout.
     fn close_after_queue(&self) {
@@ -1142,24 +1163,13 @@ impl Inner {
         let r = stream
             .try_clone()
             .map_err(|e| DistError::io("cloning a socket", e))?;
-        let conn = Arc::new(Conn {
-            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
-            peer: peer.to_string(),
+        let conn = Arc::new(Conn::new(
+            self.next_conn.fetch_add(1, Ordering::Relaxed),
+            peer,
             outgoing,
-            out: Mutex::new(Outbox {
-                buf: Vec::with_capacity(16 * 1024),
-                frames: 0,
-                writing: false,
-                handoff: false,
-                close: false,
-                spare: Vec::with_capacity(16 * 1024),
-            }),
-            ready: Condvar::new(),
-            out_queue: self.config.out_queue.max(1),
             stream,
-            closed: AtomicBool::new(false),
-            monitors_on_us: Mutex::new(HashMap::new()),
-        });
+            self.config.out_queue,
+        ));
         let tick = self.config.tick_time / 4;
         let c = conn.clone();
         spawn(self, format!("dist-write-{peer}"), move || {
@@ -1507,4 +1517,113 @@ fn writer_loop(c: Arc<Conn>, tick: Duration) {
     }
     drop(o);
     c.close();
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// A connection over a loopback socket pair, with no reader or writer thread: whatever the
+    /// peer receives was sent by the thread that queued it. Returns it and the peer's end.
+    fn pair(out_queue: usize) -> (Conn, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (theirs, _) = l.accept().unwrap();
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        (Conn::new(7, "peer@host", false, ours, out_queue), theirs)
+    }
+
+    fn bytes(c: &Conn, b: &[u8]) -> Result<(), Push> {
+        c.push_with(false, |out| {
+            out.extend_from_slice(b);
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn a_frame_queued_while_nobody_writes_is_sent_by_the_queuing_thread() {
+        let (c, mut peer) = pair(16);
+        assert!(bytes(&c, b"abc").is_ok());
+        let mut got = [0u8; 3];
+        peer.read_exact(&mut got).unwrap(); // no writer thread exists: this thread sent it
+        assert_eq!(&got, b"abc");
+        let o = lock(&c.out);
+        assert!(o.buf.is_empty() && !o.writing && !o.handoff);
+    }
+
+    #[test]
+    fn deferred_frames_wait_for_the_flush_and_leave_in_order() {
+        let (c, mut peer) = pair(16);
+        for f in [&b"one,"[..], b"two,", b"three"] {
+            assert!(c
+                .push_with(true, |out| {
+                    out.extend_from_slice(f);
+                    Ok(())
+                })
+                .is_ok());
+        }
+        assert_eq!(lock(&c.out).buf, b"one,two,three", "queued, not sent");
+        assert_eq!(lock(&c.out).frames, 3);
+        c.flush();
+        let mut got = [0u8; 13];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"one,two,three");
+        assert!(lock(&c.out).buf.is_empty());
+    }
+
+    #[test]
+    fn an_encoding_error_queues_nothing() {
+        let (c, _peer) = pair(16);
+        let r = c.push_with(true, |out| {
+            out.extend_from_slice(b"partial");
+            Err(DistError::BadFrame("no".into()))
+        });
+        assert!(matches!(r, Err(Push::Encode(_))));
+        let o = lock(&c.out);
+        assert!(o.buf.is_empty());
+        assert_eq!(o.frames, 0);
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_hands_off_to_the_writer_then_fills_the_bound() {
+        let (c, _peer) = pair(8);
+        let chunk = vec![0x5a; 64 * 1024];
+        let mut pushed = 0;
+        // Never read: the socket fills (a few MiB at most), the rest is left to the writer
+        // thread (absent here), then the outbox reaches its bound of 8 frames.
+        let full = loop {
+            match bytes(&c, &chunk) {
+                Ok(()) => pushed += 1,
+                Err(Push::Full) => break true,
+                Err(Push::Encode(_)) => break false,
+            }
+            assert!(pushed < 100_000, "the bound was never reached");
+        };
+        assert!(full);
+        let o = lock(&c.out);
+        assert!(o.writing && o.handoff, "the writer thread owns the rest");
+        assert_eq!(
+            o.frames, 8,
+            "the bound (the unsent rest put back first counts as one)"
+        );
+        drop(o);
+        assert!(
+            !c.closed.load(Ordering::SeqCst),
+            "closing is the caller's decision"
+        );
+    }
+
+    #[test]
+    fn holds_frame_needs_the_whole_body() {
+        assert!(!holds_frame(&[]));
+        assert!(!holds_frame(&[0, 0, 0]));
+        assert!(holds_frame(&[0, 0, 0, 0])); // a tick
+        assert!(!holds_frame(&[0, 0, 0, 2, 112]));
+        assert!(holds_frame(&[0, 0, 0, 2, 112, 131]));
+        assert!(!holds_frame(&[0xff, 0xff, 0xff, 0xff, 1]));
+    }
 }
