@@ -13,10 +13,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eetf::{Pid, Term};
+use eetf::{Pid, Reference, Term};
 
 use super::error::DistError;
-use super::frame;
 use super::node::{split_name, Delivery, Node, NodeConfig, NodeHandle};
 use super::service::SERVICE_NAME;
 use super::term::{as_atom, as_list, as_tuple, as_u64, atom, binary, tuple, uint};
@@ -115,11 +114,13 @@ impl State {
 
 fn ref_key(t: &Term) -> Option<u64> {
     match t {
-        Term::Reference(r) if r.id.len() >= 2 => {
-            Some(u64::from(r.id[0]) | (u64::from(r.id[1]) << 18))
-        }
+        Term::Reference(r) => key_of(r),
         _ => None,
     }
+}
+
+fn key_of(r: &Reference) -> Option<u64> {
+    (r.id.len() >= 2).then(|| u64::from(r.id[0]) | (u64::from(r.id[1]) << 18))
 }
 
 /// A client of a `freqalloc node`'s `frequency` service.
@@ -317,20 +318,21 @@ impl RemoteAllocator {
             }
         }
         let r = self.node.make_ref();
-        let key = ref_key(&Term::from(r.clone())).unwrap_or(0);
+        let key = key_of(&r).unwrap_or(0);
         let (tx, rx) = mpsc::sync_channel(1);
         self.state
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, tx);
-        let msg = tuple(vec![
-            atom("$gen_call"),
-            tuple(vec![Term::from(self.me.clone()), Term::from(r)]),
-            request.clone(),
-        ]);
-        let sent = frame::reg_send(&self.me, SERVICE_NAME, &msg)
-            .and_then(|f| self.node.reg_send_frame_deferred(&self.state.server, f));
+        // Encoded in place in the outbox, sent at the next wait that must block.
+        let sent = self.node.reg_send_call_deferred(
+            &self.me,
+            SERVICE_NAME,
+            &self.state.server,
+            &r,
+            request,
+        );
         if let Err(e) = sent {
             self.state
                 .pending

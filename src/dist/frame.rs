@@ -285,6 +285,22 @@ pub fn reg_send(from: &Pid, to: &str, msg: &Term) -> Result<Vec<u8>, DistError> 
     )
 }
 
+/// Appends a `REG_SEND` frame from `from` to the name `to` of the gen_server call
+/// `{'$gen_call', {From, Ref}, Request}` to `out`, encoded in place: the same bytes as
+/// [`reg_send`] of that tuple, without building it. On error `out` may hold a partial frame:
+/// the caller truncates.
+pub fn reg_send_call_into(
+    out: &mut Vec<u8>,
+    from: &Pid,
+    to: &str,
+    reference: &Reference,
+    request: &Term,
+) -> Result<(), DistError> {
+    let start = begin(out);
+    term::encode_reg_send_call_into(REG_SEND as u8, from, to, reference, request, out)?;
+    finish(out, start)
+}
+
 /// `MONITOR_P`: `from` (ours) monitors `target` (a pid or a name atom on the peer).
 pub fn monitor(from: &Pid, target: &Term, r: &Reference) -> Result<Vec<u8>, DistError> {
     encode(
@@ -441,6 +457,20 @@ mod tests {
                 msg: tuple(vec![tag, reply])
             }
         );
+    }
+
+    #[test]
+    fn a_call_encoded_in_place_is_the_same_frame() {
+        let r = Reference::from(("me@host", vec![1, 2, 3]));
+        let req = tuple(vec![atom("allocate_as"), term::binary(b"radio-7")]);
+        let mut out = vec![9]; // appended after what is there
+        reg_send_call_into(&mut out, &p(4), "frequency", &r, &req).unwrap();
+        let call = tuple(vec![
+            atom("$gen_call"),
+            tuple(vec![Term::from(p(4)), Term::from(r)]),
+            req,
+        ]);
+        assert_eq!(&out[1..], &reg_send(&p(4), "frequency", &call).unwrap()[..]);
     }
 
     #[test]

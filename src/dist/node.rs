@@ -252,7 +252,7 @@ impl Conn {
     /// Queues one frame, written into the outbox by `encode` (no buffer of its own), and sends
     /// it at once when nobody is writing (unless this is the connection's own reader, which
     /// sends when its input is drained, or `defer`: the caller flushes, see
-    /// [`NodeHandle::reg_send_frame_deferred`]). [`Push::Full`] when the peer has let
+    /// [`NodeHandle::reg_send_call_deferred`]). [`Push::Full`] when the peer has let
     /// [`NodeConfig::out_queue`] frames pile up (it is not reading): the caller disconnects it.
     fn push_with(
         &self,
@@ -710,26 +710,30 @@ impl NodeHandle {
         Ok(())
     }
 
-    /// Queues a pre-encoded frame (a REG_SEND built by [`frame::reg_send`]) for `node` without sending it: it goes out with the next
-    /// write to that peer, at the latest at [`NodeHandle::flush`], which the caller must call
-    /// before it waits for an answer (a pipeline of calls then shares one `send`).
-    pub(crate) fn reg_send_frame_deferred(&self, node: &str, f: Vec<u8>) -> Result<(), DistError> {
-        self.queue_frame(node, f, true)
-    }
-
-    fn queue_frame(&self, node: &str, f: Vec<u8>, defer: bool) -> Result<(), DistError> {
+    /// Queues the gen_server call `{'$gen_call', {From, Ref}, Request}` from `from` to the name
+    /// `name` on `node`, encoded in place in the connection's outbox, without sending it: it
+    /// goes out with the next write to that peer, at the latest at [`NodeHandle::flush`], which
+    /// the caller must call before it waits for the answer (a pipeline of calls then shares one
+    /// `send`).
+    pub(crate) fn reg_send_call_deferred(
+        &self,
+        from: &Pid,
+        name: &str,
+        node: &str,
+        reference: &Reference,
+        request: &Term,
+    ) -> Result<(), DistError> {
         let c = self.inner.connection(node)?;
         if c.closed.load(Ordering::SeqCst) {
             return Err(DistError::NodeDown(node.to_string()));
         }
-        self.inner.enqueue_deferred(&c, defer, |out| {
-            out.extend_from_slice(&f);
-            Ok(())
+        self.inner.enqueue_deferred(&c, true, |out| {
+            frame::reg_send_call_into(out, from, name, reference, request)
         })
     }
 
-    /// Sends what is queued for `node` now (frames queued with
-    /// [`NodeHandle::reg_send_frame_deferred`]), without blocking.
+    /// Sends what is queued for `node` now (calls queued with
+    /// [`NodeHandle::reg_send_call_deferred`]), without blocking.
     pub(crate) fn flush(&self, node: &str) {
         if let Some(c) = self.inner.up(node) {
             c.flush();
