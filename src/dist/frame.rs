@@ -1,6 +1,7 @@
 //! Framing of the connected phase: `[len:u32][112][control term][message term]`, a zero-length
-//! frame is a tick. Our own framing (not erl_dist's channel): one buffer per message, read through
-//! a buffered reader, written once per batch by the connection's writer thread.
+//! frame is a tick. Our own framing (not erl_dist's channel): read through a buffered reader;
+//! encoded into the connection's outbox (the `*_into` encoders write a reply or a call in place,
+//! without building its terms) and written once per batch.
 //!
 //! See "Protocol between connected nodes" in the ERTS distribution protocol chapter.
 
