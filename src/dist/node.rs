@@ -48,7 +48,7 @@ pub enum Delivery {
     /// A monitor fired: the monitored `object` is gone with `reason` (`noconnection` when its
     /// node's connection was lost, `noproc` when it did not exist).
     Down {
-        /// The monitor's reference (as returned by [`Node::monitor`]).
+        /// The monitor's reference (as returned by [`NodeHandle::monitor`]).
         reference: Reference,
         /// The pid, or the `{Name, Node}` tuple for a name monitor.
         object: Term,
@@ -803,7 +803,7 @@ impl NodeHandle {
         r
     }
 
-    /// Removes a monitor made by [`Node::monitor`] or [`Node::monitor_name`].
+    /// Removes a monitor made by [`NodeHandle::monitor`] or [`NodeHandle::monitor_name`].
     pub fn demonitor(&self, from: &Pid, r: &Reference) {
         let entry = self
             .inner
