@@ -13,11 +13,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eetf::{Pid, Term};
+use eetf::{Pid, Reference, Term};
 
 use super::error::DistError;
-use super::frame;
-use super::node::{split_name, Delivery, Node, NodeConfig};
+use super::node::{split_name, Delivery, Node, NodeConfig, NodeHandle};
 use super::service::SERVICE_NAME;
 use super::term::{as_atom, as_list, as_tuple, as_u64, atom, binary, tuple, uint};
 use crate::freq::FreqError;
@@ -115,11 +114,13 @@ impl State {
 
 fn ref_key(t: &Term) -> Option<u64> {
     match t {
-        Term::Reference(r) if r.id.len() >= 2 => {
-            Some(u64::from(r.id[0]) | (u64::from(r.id[1]) << 18))
-        }
+        Term::Reference(r) => key_of(r),
         _ => None,
     }
+}
+
+fn key_of(r: &Reference) -> Option<u64> {
+    (r.id.len() >= 2).then(|| u64::from(r.id[0]) | (u64::from(r.id[1]) << 18))
 }
 
 /// A client of a `freqalloc node`'s `frequency` service.
@@ -142,7 +143,14 @@ impl std::fmt::Debug for RemoteAllocator {
 }
 
 /// A call in flight; [`PendingCall::wait`] gives its reply.
+///
+/// Its request is queued by [`RemoteAllocator::call_async`] and sent, with every other request
+/// queued since, at the latest when this thread (or another) must wait for a reply not yet
+/// here, or drops a call whose reply has not come: a pipeline of calls shares one write.
 pub struct PendingCall {
+    node: NodeHandle,
+    /// The reply came (so the request was sent: nothing to flush on drop).
+    answered: bool,
     rx: Receiver<Reply>,
     key: u64,
     state: Arc<State>,
@@ -157,11 +165,33 @@ impl std::fmt::Debug for PendingCall {
     }
 }
 
+impl Drop for PendingCall {
+    /// A call dropped before its reply came still has its request sent.
+    fn drop(&mut self) {
+        if !self.answered {
+            self.node.flush(&self.state.server);
+        }
+    }
+}
+
 impl PendingCall {
     /// Waits for the reply, at most the call timeout.
-    pub fn wait(self) -> Result<Term, DistError> {
-        match self.rx.recv_timeout(self.timeout) {
-            Ok(r) => r,
+    pub fn wait(mut self) -> Result<Term, DistError> {
+        // A reply already here: no write now, so the requests queued meanwhile (a pipeline's
+        // next calls) go out together when this thread must wait.
+        let r = match self.rx.try_recv() {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                // Our request may still be queued (deferred by `call_async`): out it goes.
+                self.node.flush(&self.state.server);
+                self.rx.recv_timeout(self.timeout)
+            }
+        };
+        match r {
+            Ok(r) => {
+                self.answered = true;
+                r
+            }
             Err(RecvTimeoutError::Timeout) => {
                 self.state
                     .pending
@@ -288,20 +318,21 @@ impl RemoteAllocator {
             }
         }
         let r = self.node.make_ref();
-        let key = ref_key(&Term::from(r.clone())).unwrap_or(0);
+        let key = key_of(&r).unwrap_or(0);
         let (tx, rx) = mpsc::sync_channel(1);
         self.state
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, tx);
-        let msg = tuple(vec![
-            atom("$gen_call"),
-            tuple(vec![Term::from(self.me.clone()), Term::from(r)]),
-            request.clone(),
-        ]);
-        let sent = frame::reg_send(&self.me, SERVICE_NAME, &msg)
-            .and_then(|f| self.node.reg_send_frame(&self.state.server, f));
+        // Encoded in place in the outbox, sent at the next wait that must block.
+        let sent = self.node.reg_send_call_deferred(
+            &self.me,
+            SERVICE_NAME,
+            &self.state.server,
+            &r,
+            request,
+        );
         if let Err(e) = sent {
             self.state
                 .pending
@@ -312,6 +343,8 @@ impl RemoteAllocator {
             return Err(e);
         }
         Ok(PendingCall {
+            node: NodeHandle::clone(&self.node),
+            answered: false,
             rx,
             key,
             state: self.state.clone(),

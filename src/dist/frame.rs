@@ -1,6 +1,7 @@
 //! Framing of the connected phase: `[len:u32][112][control term][message term]`, a zero-length
-//! frame is a tick. Our own framing (not erl_dist's channel): one buffer per message, read through
-//! a buffered reader, written once per batch by the connection's writer thread.
+//! frame is a tick. Our own framing (not erl_dist's channel): read through a buffered reader;
+//! encoded into the connection's outbox (the `*_into` encoders write a reply or a call in place,
+//! without building its terms) and written once per batch.
 //!
 //! See "Protocol between connected nodes" in the ERTS distribution protocol chapter.
 
@@ -257,6 +258,21 @@ pub fn send(to: &Pid, msg: &Term) -> Result<Vec<u8>, DistError> {
     )
 }
 
+/// Appends a `SEND` frame to `to` of the message `{First, Second}` (a reply `{Tag, Reply}`)
+/// to `out`, encoded in place: the same bytes as [`send`] of that tuple, without building the
+/// tuple or the control term. On error `out` may hold a partial frame: the caller truncates.
+pub fn send_pair_into(
+    out: &mut Vec<u8>,
+    to: &Pid,
+    first: &Term,
+    second: &Term,
+) -> Result<(), DistError> {
+    let start = begin(out);
+    term::encode_send_control_into(SEND as u8, to, out)?;
+    term::encode_pair_into(first, second, out)?;
+    finish(out, start)
+}
+
 /// `REG_SEND` to a name on the peer.
 pub fn reg_send(from: &Pid, to: &str, msg: &Term) -> Result<Vec<u8>, DistError> {
     encode(
@@ -268,6 +284,22 @@ pub fn reg_send(from: &Pid, to: &str, msg: &Term) -> Result<Vec<u8>, DistError> 
         ]),
         Some(msg),
     )
+}
+
+/// Appends a `REG_SEND` frame from `from` to the name `to` of the gen_server call
+/// `{'$gen_call', {From, Ref}, Request}` to `out`, encoded in place: the same bytes as
+/// [`reg_send`] of that tuple, without building it. On error `out` may hold a partial frame:
+/// the caller truncates.
+pub fn reg_send_call_into(
+    out: &mut Vec<u8>,
+    from: &Pid,
+    to: &str,
+    reference: &Reference,
+    request: &Term,
+) -> Result<(), DistError> {
+    let start = begin(out);
+    term::encode_reg_send_call_into(REG_SEND as u8, from, to, reference, request, out)?;
+    finish(out, start)
 }
 
 /// `MONITOR_P`: `from` (ours) monitors `target` (a pid or a name atom on the peer).
@@ -405,6 +437,41 @@ mod tests {
                 reason: atom("noproc")
             }
         );
+    }
+
+    #[test]
+    fn a_pair_encoded_in_place_is_the_same_frame() {
+        let tag = Term::from(eetf::ImproperList::from((
+            vec![atom("alias")],
+            Term::from(Reference::from(("peer@host", vec![7, 8, 9]))),
+        )));
+        let reply = tuple(vec![atom("ok"), term::uint(42)]);
+        let mut out = vec![1, 2, 3]; // appended after what is there
+        send_pair_into(&mut out, &p(9), &tag, &reply).unwrap();
+        let whole = send(&p(9), &tuple(vec![tag.clone(), reply.clone()])).unwrap();
+        assert_eq!(&out[3..], &whole[..]);
+        assert_eq!(
+            parse(&out[7..]).unwrap(),
+            Control::Send {
+                from: None,
+                to: p(9),
+                msg: tuple(vec![tag, reply])
+            }
+        );
+    }
+
+    #[test]
+    fn a_call_encoded_in_place_is_the_same_frame() {
+        let r = Reference::from(("me@host", vec![1, 2, 3]));
+        let req = tuple(vec![atom("allocate_as"), term::binary(b"radio-7")]);
+        let mut out = vec![9]; // appended after what is there
+        reg_send_call_into(&mut out, &p(4), "frequency", &r, &req).unwrap();
+        let call = tuple(vec![
+            atom("$gen_call"),
+            tuple(vec![Term::from(p(4)), Term::from(r)]),
+            req,
+        ]);
+        assert_eq!(&out[1..], &reg_send(&p(4), "frequency", &call).unwrap()[..]);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Erlang distribution: freqalloc as a (hidden) node of a real Erlang cluster.
 //!
-//! - [`Node`]: epmd registration, handshakes (via erl_dist), our own framing (one buffer per
-//!   message, buffered reads, one write per batch, `TCP_NODELAY`), one connection per peer,
-//!   ticks, registered names, monitors, `net_kernel`'s `is_auth`.
+//! - [`Node`]: epmd registration, handshakes (via erl_dist), our own framing (buffered reads,
+//!   one outbox per connection sent in one non-blocking `send` per batch by the thread that
+//!   queued it or by the reader once its input is drained, `TCP_NODELAY`), one connection per
+//!   peer, ticks, registered names, monitors, `net_kernel`'s `is_auth`.
 //! - [`FrequencyService`]: the `frequency` name, answering the course's raw messages and
 //!   `gen_server:call`s over a [`crate::freq::Allocator`], pids as owners, released on exit.
 //! - [`RemoteAllocator`]: the allocator's operations from Rust over distribution.

@@ -178,6 +178,18 @@ impl FrequencyService {
         let (s2, c2, inline) = (senders.clone(), cell.clone(), n == 0);
         let handle = NodeHandle::clone(node);
         let handler = Arc::new(move |d: Delivery| {
+            if inline {
+                // Answered here, on the connection's reader: no routing, no hop.
+                let job = match d {
+                    Delivery::Message { msg, .. } => Job::Msg { msg },
+                    Delivery::Down { object, .. } => Job::Down { object },
+                    Delivery::NodeDown(_) => return,
+                };
+                if let Some(sh) = c2.get() {
+                    sh.handle(&handle, job);
+                }
+                return;
+            }
             let (key, job) = match d {
                 Delivery::Message { from, msg } => {
                     let key = route_key(from.as_ref(), &msg);
@@ -189,12 +201,6 @@ impl FrequencyService {
                 },
                 Delivery::NodeDown(_) => return,
             };
-            if inline {
-                if let Some(sh) = c2.get() {
-                    sh.handle(&handle, job);
-                }
-                return;
-            }
             let senders = s2.lock().unwrap_or_else(|e| e.into_inner());
             if senders.is_empty() {
                 return;
@@ -306,13 +312,12 @@ impl Shared {
         }
         // Marked before the monitor is made: a DOWN delivered at once (unreachable node) is
         // queued to this pid's worker and handled after this mark.
-        if !self
-            .monitored
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(p.clone())
         {
-            return;
+            let mut m = self.monitored.lock().unwrap_or_else(|e| e.into_inner());
+            if m.contains(p) {
+                return; // the common case: no clone of the pid
+            }
+            m.insert(p.clone());
         }
         node.monitor(&self.node_pid, p);
     }
@@ -345,7 +350,7 @@ impl Shared {
                 };
                 let reply = self.call(node, pid, &el[2]);
                 // OTP 25 tags are `[alias|Ref]`: echoed as they came, sent to the pid.
-                let _ = node.send_noconnect(pid, &tuple(vec![tag.clone(), reply]));
+                let _ = node.send_pair_noconnect(pid, tag, &reply);
             }
             (3, Some("request")) => {
                 let Term::Pid(pid) = &el[1] else { return };
@@ -370,7 +375,7 @@ impl Shared {
                         _ => error("badarg"),
                     },
                 };
-                let _ = node.send_noconnect(pid, &tuple(vec![atom("reply"), reply]));
+                let _ = node.send_pair_noconnect(pid, &atom("reply"), &reply);
             }
             _ => {}
         }

@@ -318,6 +318,74 @@ pub fn encode_into(term: &Term, out: &mut Vec<u8>) -> Result<(), DistError> {
     encode_inner(term, out)
 }
 
+/// Appends `{First, Second}` as one versioned term, without building the tuple (a reply
+/// `{Tag, Reply}` is encoded from its parts).
+pub(crate) fn encode_pair_into(
+    first: &Term,
+    second: &Term,
+    out: &mut Vec<u8>,
+) -> Result<(), DistError> {
+    out.extend_from_slice(&[VERSION, SMALL_TUPLE_EXT, 2]);
+    encode_inner(first, out)?;
+    encode_inner(second, out)
+}
+
+/// Appends the control message of a `SEND` to `to`, `{2, '', To}`, as one versioned term
+/// (the same bytes as encoding that tuple, without building it).
+pub(crate) fn encode_send_control_into(
+    op: u8,
+    to: &Pid,
+    out: &mut Vec<u8>,
+) -> Result<(), DistError> {
+    out.extend_from_slice(&[VERSION, SMALL_TUPLE_EXT, 3, SMALL_INTEGER_EXT, op]);
+    out.extend_from_slice(&[SMALL_ATOM_UTF8_EXT, 0]);
+    encode_pid(to, out)
+}
+
+/// Appends the control message of a `REG_SEND` from `from` to `name`, `{6, From, '', Name}`,
+/// and the message `{'$gen_call', {From, Ref}, Request}`, as two versioned terms (the same bytes
+/// as encoding those tuples, without building them).
+pub(crate) fn encode_reg_send_call_into(
+    op: u8,
+    from: &Pid,
+    name: &str,
+    reference: &Reference,
+    request: &Term,
+    out: &mut Vec<u8>,
+) -> Result<(), DistError> {
+    out.extend_from_slice(&[VERSION, SMALL_TUPLE_EXT, 4, SMALL_INTEGER_EXT, op]);
+    encode_pid(from, out)?;
+    out.extend_from_slice(&[SMALL_ATOM_UTF8_EXT, 0]);
+    encode_atom_str(name, out)?;
+    out.extend_from_slice(&[VERSION, SMALL_TUPLE_EXT, 3]);
+    encode_atom_str("$gen_call", out)?;
+    out.extend_from_slice(&[SMALL_TUPLE_EXT, 2]);
+    encode_pid(from, out)?;
+    encode_ref(reference, out)?;
+    encode_inner(request, out)
+}
+
+fn encode_ref(r: &Reference, out: &mut Vec<u8>) -> Result<(), DistError> {
+    out.push(NEWER_REFERENCE_EXT);
+    let n = u16::try_from(r.id.len()).map_err(|_| bad("reference too long"))?;
+    out.extend_from_slice(&n.to_be_bytes());
+    encode_atom(&r.node, out)?;
+    out.extend_from_slice(&r.creation.to_be_bytes());
+    for w in &r.id {
+        out.extend_from_slice(&w.to_be_bytes());
+    }
+    Ok(())
+}
+
+fn encode_pid(p: &Pid, out: &mut Vec<u8>) -> Result<(), DistError> {
+    out.push(NEW_PID_EXT);
+    encode_atom(&p.node, out)?;
+    out.extend_from_slice(&p.id.to_be_bytes());
+    out.extend_from_slice(&p.serial.to_be_bytes());
+    out.extend_from_slice(&p.creation.to_be_bytes());
+    Ok(())
+}
+
 /// Encodes one versioned term into a new buffer.
 pub fn encode(term: &Term) -> Result<Vec<u8>, DistError> {
     let mut out = Vec::with_capacity(64);
@@ -326,7 +394,11 @@ pub fn encode(term: &Term) -> Result<Vec<u8>, DistError> {
 }
 
 fn encode_atom(a: &Atom, out: &mut Vec<u8>) -> Result<(), DistError> {
-    let b = a.name.as_bytes();
+    encode_atom_str(&a.name, out)
+}
+
+fn encode_atom_str(name: &str, out: &mut Vec<u8>) -> Result<(), DistError> {
+    let b = name.as_bytes();
     if let Ok(n) = u8::try_from(b.len()) {
         out.push(SMALL_ATOM_UTF8_EXT);
         out.push(n);
@@ -358,23 +430,8 @@ fn encode_inner(term: &Term, out: &mut Vec<u8>) -> Result<(), DistError> {
                 out.extend_from_slice(&i.value.to_be_bytes());
             }
         }
-        Term::Pid(p) => {
-            out.push(NEW_PID_EXT);
-            encode_atom(&p.node, out)?;
-            out.extend_from_slice(&p.id.to_be_bytes());
-            out.extend_from_slice(&p.serial.to_be_bytes());
-            out.extend_from_slice(&p.creation.to_be_bytes());
-        }
-        Term::Reference(r) => {
-            out.push(NEWER_REFERENCE_EXT);
-            let n = u16::try_from(r.id.len()).map_err(|_| bad("reference too long"))?;
-            out.extend_from_slice(&n.to_be_bytes());
-            encode_atom(&r.node, out)?;
-            out.extend_from_slice(&r.creation.to_be_bytes());
-            for w in &r.id {
-                out.extend_from_slice(&w.to_be_bytes());
-            }
-        }
+        Term::Pid(p) => encode_pid(p, out)?,
+        Term::Reference(r) => encode_ref(r, out)?,
         Term::Binary(b) => {
             out.push(BINARY_EXT);
             out.extend_from_slice(&len32(b.bytes.len())?);

@@ -30,8 +30,9 @@ pub struct NodeArgs {
     /// Address to listen on (the port is chosen by the system and published via epmd).
     #[arg(long, default_value = "127.0.0.1")]
     listen: String,
-    /// Worker threads answering requests.
-    #[arg(long, default_value_t = 8)]
+    /// Worker threads answering requests; 0: none in `none`/`interval` durability (answered on
+    /// the connection's reader thread, the shortest path), 8 in `sync`.
+    #[arg(long, default_value_t = 0)]
     workers: usize,
     /// Erlang's net_ticktime in seconds: a silent peer is dropped after this long.
     #[arg(long, default_value_t = 60)]
