@@ -74,8 +74,8 @@ pub struct StoreConfig {
     pub durability: Durability,
     /// At most this many frequencies per client, if set.
     pub client_limit: Option<usize>,
-    /// Copies of each shard: 1, or 2 for a primary/backup pair (see
-    /// [`ReplicaLink`](super::ReplicaLink)). Stores written before replication read as 1.
+    /// Copies of each shard: 1, or 2 for a primary/backup pair (the README's "Replication").
+    /// Stores written before replication read as 1.
     #[serde(default = "one")]
     pub replicas: usize,
 }
