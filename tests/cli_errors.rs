@@ -175,6 +175,14 @@ fn usage_errors_name_the_argument_and_exit_2() {
         let err = fails_with(&store, &["init", "--pool", bad], 2);
         assert!(err.contains("--pool"), "{bad:?}: {err}");
     }
+    for bad in ["10001", "1.5", "x"] {
+        let err = fails_with(
+            &store,
+            &["node", "--name", "f@localhost", "--reader-spin-us", bad],
+            2,
+        );
+        assert!(err.contains("--reader-spin-us"), "{bad:?}: {err}");
+    }
     assert!(!store.exists(), "a refused init creates nothing");
 }
 

@@ -87,8 +87,9 @@ pub struct NodeConfig {
     /// next frame before it parks in a blocking read (as BEAM's schedulers busy-wait). A caller
     /// doing one call after another then does not wait for this thread's wake-up from idle
     /// (measured on our 2-core VMs: one BEAM caller did 4.8 K pairs/s without the spin, 9.7 K
-    /// with it); a quiet connection costs nothing, a busy one up to a core. Default: 100 µs for a listening node (a server), 0 for a client-only
-    /// node (its callers' threads need the cores).
+    /// with it); a quiet connection costs nothing, a busy one up to a core. Default: 100 µs
+    /// for a listening node (a server; `freqalloc node --reader-spin-us N` sets it), 0 for a
+    /// client-only node (its callers' threads need the cores).
     pub reader_spin: Duration,
 }
 
