@@ -563,6 +563,44 @@ fn main() -> anyhow::Result<()> {
         );
         std::fs::write(dir.join("beam-shards.svg"), svg)?;
         charts.push("beam-shards.svg".to_string());
+
+        // Distribution (issue 13): BEAM client processes calling `{frequency, Node}` on the
+        // course's server on a BEAM node and on a freqalloc node; `compare.sh` runs them only
+        // without `--no-dist`, so the chart is drawn when its rows are there.
+        let dist_clients = u64s(&meta["dist_clients"], &[1, 16, 64]);
+        let per_dist = |side: &str| -> Vec<Option<f64>> {
+            dist_clients
+                .iter()
+                .map(|&c| {
+                    results.find(side, "dist/beam_clients", |v| v["clients"] == c)?["pairs_per_sec"]
+                        .as_f64()
+                })
+                .collect()
+        };
+        let (beam, rust) = (per_dist("beam"), per_dist("rust"));
+        if beam.iter().chain(&rust).any(Option::is_some) {
+            let xs: Vec<String> = dist_clients.iter().map(u64::to_string).collect();
+            let svg = chart(
+                "Distribution: pairs/s against BEAM client processes (loopback)",
+                "BEAM client processes",
+                "pairs/s",
+                &xs,
+                &[
+                    Series {
+                        name: "freqalloc node (none)".into(),
+                        color: "#d62728",
+                        points: rust,
+                    },
+                    Series {
+                        name: "BEAM node (course server)".into(),
+                        color: "#1f77b4",
+                        points: beam,
+                    },
+                ],
+            );
+            std::fs::write(dir.join("beam-dist.svg"), svg)?;
+            charts.push("beam-dist.svg".to_string());
+        }
     }
     if let Some(path) = markdown_out {
         std::fs::write(&path, markdown(&rows, &meta, &charts))?;

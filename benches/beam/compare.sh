@@ -5,7 +5,8 @@
 #   benches/beam/compare.sh [--markdown FILE] [--svg-dir DIR] [--json FILE] [--dist-only|--no-dist]
 #
 #   --markdown FILE  also write the table as markdown (for benches/RESULTS.md)
-#   --svg-dir DIR    also write beam-clients.svg and beam-shards.svg there
+#   --svg-dir DIR    also write beam-clients.svg, beam-shards.svg and (with the distribution
+#                    rows) beam-dist.svg there
 #   --json FILE      keep every raw result (one JSON object a line)
 #   --dist-only      only the distribution rows (issue 13); --no-dist: all but them
 #
@@ -239,12 +240,15 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //' || true)
 otp=$(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().')
 erts=$(erl -noshell -eval 'io:format("~s", [erlang:system_info(version)]), halt().')
 rustc_version=$(rustc --version 2>/dev/null || echo rustc)
-printf '{"side":"meta","date":"%s","cpu":"%s","cores":%s,"otp":"%s","erts":"%s","rustc":"%s","load_start":"%s","load_end":"%s","seconds":%s,"pool":%s,"clients":[%s],"shards":[%s],"shard_clients":%s}\n' \
+printf '{"side":"meta","date":"%s","cpu":"%s","cores":%s,"otp":"%s","erts":"%s","rustc":"%s","load_start":"%s","load_end":"%s","seconds":%s,"pool":%s,"clients":[%s],"shards":[%s],"shard_clients":%s,"dist_clients":[%s]}\n' \
     "$(date -u '+%Y-%m-%d %H:%M UTC')" "${cpu:-unknown}" "$(nproc)" "$otp" "$erts" \
     "$rustc_version" "$load_start" "$load_end" "$seconds" "$pool" \
-    "$(json_list "$clients")" "$(json_list "$shards")" "$shard_clients" >>"$out"
+    "$(json_list "$clients")" "$(json_list "$shards")" "$shard_clients" \
+    "$(json_list "$dist_clients")" >>"$out"
 echo "== load average at end: $load_end" >&2
 
+# The distribution rows go into the results before the report reads them (its chart of them).
+if [ "$dist" = 1 ]; then cat "$dist_out" >>"$out"; fi
 if [ "$local" = 1 ]; then
     report_args=("$out")
     [ -n "$markdown" ] && report_args+=(--markdown "$markdown")
@@ -261,6 +265,5 @@ if [ "$dist" = 1 ]; then
           echo "(\`tests/erl/frequency_beam.erl\`), the freqalloc node a store in durability none."
           echo; dist_table; } >>"$markdown"
     fi
-    cat "$dist_out" >>"$out"
 fi
 if [ -n "$json_out" ]; then cp "$out" "$json_out"; fi
