@@ -767,11 +767,15 @@ impl Allocator {
     /// error), not a bare "not running" or "timed out", and, while the restart backoff holds
     /// its restart back, when the next try is ("it is restarting (next try in 640 ms); its
     /// last failure: ..."). `error` as it is otherwise.
-    fn explain(&self, shard: usize, error: FreqError) -> FreqError {
+    ///
+    /// `not_running`: the call found no instance (`NoProc`). Its explanation is then the last
+    /// failure even if a new instance is up by now (it may have been restarted between the
+    /// call and this check); any other error is explained only while the shard is down.
+    fn explain(&self, shard: usize, error: FreqError, not_running: bool) -> FreqError {
         let Some(endpoint) = self.inner.shards.get(shard) else {
             return error;
         };
-        if endpoint.health().alive {
+        if !not_running && endpoint.health().alive {
             return error;
         }
         let last = self.inner.shared.get(shard).and_then(|s| s.last_failure());
@@ -908,8 +912,8 @@ impl Allocator {
                 Ok(Err(e)) => return Err(e),
                 Err(e) => match classify(shard, e) {
                     // Never delivered: skip the shard, another may serve.
-                    Failed::NotDelivered { error, .. } => {
-                        failure = Some(self.explain(shard, error))
+                    Failed::NotDelivered { error, restarting } => {
+                        failure = Some(self.explain(shard, error, restarting))
                     }
                     // The shard may still make the allocation, so trying another shard could
                     // allocate twice. Not retried.
@@ -964,20 +968,31 @@ impl Allocator {
                     if restarting {
                         // Nothing will restart it: say why now, not after a timeout.
                         if self.supervisor_gone() {
-                            return Err(self.explain(shard, shard_error(shard, OtpError::NoProc)));
+                            return Err(self.explain(
+                                shard,
+                                shard_error(shard, OtpError::NoProc),
+                                true,
+                            ));
                         }
                         // A restart the backoff holds back for longer than a call may wait:
                         // say why now (the shard's last failure), not after waiting.
                         if self.restart_in(shard).is_some_and(|d| d > timeout) {
-                            return Err(self.explain(shard, shard_error(shard, OtpError::NoProc)));
+                            return Err(self.explain(
+                                shard,
+                                shard_error(shard, OtpError::NoProc),
+                                true,
+                            ));
                         }
                         endpoint
                             .wait_for_generation(generation + 1, timeout)
-                            .map_err(|e| self.explain(shard, shard_error(shard, e)))?;
+                            .map_err(|e| self.explain(shard, shard_error(shard, e), true))?;
                     }
                     match endpoint.call(request(), timeout) {
                         Ok(result) => result,
-                        Err(e) => Err(self.explain(shard, shard_error(shard, e))),
+                        Err(e) => {
+                            let not_running = matches!(e, OtpError::NoProc);
+                            Err(self.explain(shard, shard_error(shard, e), not_running))
+                        }
                     }
                 }
                 Failed::MaybeDelivered(error) => Err(error),
