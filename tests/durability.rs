@@ -181,19 +181,12 @@ fn a_log_damaged_after_sigkill_never_loses_acknowledged_writes_silently() {
 /// the disk gets room again).
 #[test]
 fn a_full_disk_in_sync_fails_callers_with_the_disk_error_and_loses_nothing_acknowledged() {
-    use freqalloc::freq::{Durability, Options, StoreConfig};
+    use freqalloc::freq::{Durability, Options};
     let Some(disk) = SmallDisk::mount("2m") else {
         return;
     };
     let store = disk.path().join("s");
-    let config = StoreConfig {
-        layout: Layout::one_shard_per_range(&parse_pool("0-999999").unwrap()).unwrap(),
-        strategy: Routing::MostFree,
-        durability: Durability::Sync,
-        client_limit: None,
-        replicas: 1,
-    };
-    Allocator::init(&store, config, false).unwrap();
+    common::init_store(&store, "0-999999", Durability::Sync, 1);
     let options = Options {
         call_timeout: Duration::from_secs(1),
         ..Options::default()
@@ -387,17 +380,10 @@ fn interval_ms_loses_at_most_ms_plus_one_flush() {
 /// rebuilds it from its partner, and `status` counts the rebuild as a restart of that replica.
 #[test]
 fn a_damaged_replica_is_rebuilt_from_its_intact_partner() {
-    use freqalloc::freq::{Durability, Options, StoreConfig};
+    use freqalloc::freq::{Durability, Options};
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
-    let config = StoreConfig {
-        layout: Layout::one_shard_per_range(&parse_pool("0-99").unwrap()).unwrap(),
-        strategy: Routing::MostFree,
-        durability: Durability::Sync,
-        client_limit: None,
-        replicas: 2,
-    };
-    Allocator::init(&store, config, false).unwrap();
+    common::init_store(&store, "0-99", Durability::Sync, 2);
     let alloc = Allocator::open(&store, Options::default()).unwrap();
     let held: Vec<u64> = (0..40).map(|_| alloc.allocate("keeper").unwrap()).collect();
     alloc.stop();

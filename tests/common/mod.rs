@@ -6,7 +6,23 @@ pub mod disk;
 pub mod history;
 pub mod model;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use freqalloc::freq::{parse_pool, Allocator, Durability, Layout, Routing, StoreConfig};
+
+/// Creates a store at `store` over `pool` (one shard per listed range, most-free, no client
+/// limit) with `durability` and `replicas`.
+pub fn init_store(store: &Path, pool: &str, durability: Durability, replicas: usize) {
+    let config = StoreConfig {
+        layout: Layout::one_shard_per_range(&parse_pool(pool).unwrap()).unwrap(),
+        strategy: Routing::MostFree,
+        durability,
+        client_limit: None,
+        replicas,
+    };
+    Allocator::init(store, config, false).unwrap();
+}
 
 /// Polls `cond` until it holds or `timeout` passes; returns whether it held. Yields between
 /// polls (never sleeps to synchronise: the deadline only bounds a failure).
