@@ -1094,6 +1094,18 @@ impl ClientStats {
         Ok(())
     }
 
+    /// Ends one operation: its latency if it was timed (`started`), and the shared count for
+    /// the progress bar every [`OPS_PUBLISH`] operations.
+    fn finish_op(&mut self, started: Option<Instant>, ops: &AtomicU64) {
+        if let Some(t) = started {
+            self.latencies_ns
+                .push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
+        if self.operations.is_multiple_of(OPS_PUBLISH) {
+            ops.fetch_add(OPS_PUBLISH, Ordering::Relaxed);
+        }
+    }
+
     /// Counts an error; true once the errors in a row make it persistent.
     fn failed(&mut self, msg: String) -> bool {
         self.errors += 1;
@@ -1104,6 +1116,26 @@ impl ClientStats {
         self.first_error.get_or_insert(msg);
         self.persistent.is_some()
     }
+}
+
+/// The main thread of a `load` (local or through a node), its clients waiting at `barrier`:
+/// releases them, runs the clock ([`run_clock`]) and joins them; their totals (latencies
+/// sorted) and the seconds they ran.
+fn run_clients(
+    barrier: &Barrier,
+    duration: Duration,
+    stop: &AtomicBool,
+    ops: &AtomicU64,
+    handles: Vec<std::thread::JoinHandle<Result<ClientStats>>>,
+    shards: usize,
+) -> Result<(ClientStats, f64)> {
+    barrier.wait();
+    let started = Instant::now();
+    run_clock(started, duration, stop, ops);
+    let mut total = ClientStats::join(handles, shards)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    total.latencies_ns.sort_unstable();
+    Ok((total, elapsed))
 }
 
 /// The main thread of a `load` (local or through a node) from `started`: paints the progress bar
@@ -1210,13 +1242,7 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
                         if st.persistent.is_some() {
                             stop.store(true, Ordering::Relaxed);
                         }
-                        if let Some(t) = t {
-                            let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                            st.latencies_ns.push(ns);
-                        }
-                        if st.operations.is_multiple_of(OPS_PUBLISH) {
-                            ops.fetch_add(OPS_PUBLISH, Ordering::Relaxed);
-                        }
+                        st.finish_op(t, &ops);
                     }
                     Ok(st)
                 })
@@ -1224,15 +1250,9 @@ fn load(dir: &Path, args: LoadArgs) -> Result<ExitCode> {
         })
         .collect::<Result<_>>()?;
 
-    barrier.wait();
-    let started = Instant::now();
-    run_clock(started, duration, &stop, &ops);
-
-    let mut total = ClientStats::join(handles, shards)?;
-    let elapsed = started.elapsed().as_secs_f64();
+    let (total, elapsed) = run_clients(&barrier, duration, &stop, &ops, handles, shards)?;
     alloc.stop();
 
-    total.latencies_ns.sort_unstable();
     let config = alloc.config();
     let summary = total.summary_json(
         &args,

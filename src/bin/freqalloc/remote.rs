@@ -15,7 +15,7 @@ use freqalloc::dist::{
 };
 use freqalloc::freq::FreqError;
 
-use super::{history_line, run_clock, ClientStats, LoadArgs, LATENCY_SAMPLE, OPS_PUBLISH};
+use super::{history_line, run_clients, ClientStats, LoadArgs, LATENCY_SAMPLE};
 
 pub fn connect(node: &str, cookie: Option<&str>) -> Result<RemoteAllocator> {
     let cookie = resolve_cookie(cookie)?;
@@ -326,13 +326,7 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                         if st.persistent.is_some() {
                             stop.store(true, Ordering::Relaxed);
                         }
-                        if let Some(t) = started {
-                            st.latencies_ns
-                                .push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
-                        }
-                        if st.operations.is_multiple_of(OPS_PUBLISH) {
-                            ops.fetch_add(OPS_PUBLISH, Ordering::Relaxed);
-                        }
+                        st.finish_op(started, &ops);
                         if stop.load(Ordering::Relaxed) {
                             continue; // drain what is in flight, issue nothing new
                         }
@@ -349,12 +343,7 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
         })
         .collect::<Result<_>>()?;
 
-    barrier.wait();
-    let started = Instant::now();
-    run_clock(started, duration, &stop, &ops);
-    let mut total = ClientStats::join(handles, shards)?;
-    let elapsed = started.elapsed().as_secs_f64();
-    total.latencies_ns.sort_unstable();
+    let (total, elapsed) = run_clients(&barrier, duration, &stop, &ops, handles, shards)?;
     let summary = total.summary_json(
         &args,
         elapsed,
