@@ -62,19 +62,10 @@ cargo build --release --quiet --bin freqalloc --example beam_report
 bin="$root/target/release/freqalloc"
 report="$root/target/release/examples/beam_report"
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/freqalloc-beam.XXXXXX")
-# Children started in the background (epmd, the two server nodes of the distribution rows),
-# stopped by their pids on exit.
-children=()
-cleanup() {
-    local pid
-    for pid in "${children[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${children[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-mkdir "$tmp/ebin"
-erlc -o "$tmp/ebin" benches/beam/freqbench.erl tests/erl/frequency_beam.erl
+# The temp dir, the children (epmd, the two server nodes of the distribution rows) stopped by
+# their pids on exit, the compiled Erlang modules.
+. benches/beam/lib.sh
+bench_setup freqalloc-beam
 out="$tmp/results.jsonl"
 : >"$out"
 
@@ -139,32 +130,10 @@ pairs() {
         | grep -F "\"clients\":$3," | field pairs_per_sec || true)
     [ -z "$v" ] || printf '%.0f' "$v"
 }
-# Waits up to $3 seconds for a line starting with $2 in file $1 (a child's stdout).
-wait_ready() {
-    local i
-    for ((i = 0; i < $3 * 20; i++)); do
-        grep -q "^$2" "$1" 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "compare.sh: no line '$2' in $1 after $3 s:" >&2
-    cat "$1" "$1.err" >&2 2>/dev/null || true
-    return 1
-}
 dist_rows() {
-    local cookie epmd_port="" p node_pid beam_pid store c
+    local cookie node_pid beam_pid store c
     cookie="bench$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
-    # A private epmd on a free loopback port: try a few, keep the first that stays up.
-    for p in $(shuf -i 20000-60000 -n 10); do
-        epmd -port "$p" -address 127.0.0.1 &
-        local epmd_pid=$!
-        sleep 0.2
-        if kill -0 "$epmd_pid" 2>/dev/null && epmd -port "$p" -names >/dev/null 2>&1; then
-            children+=("$epmd_pid"); epmd_port=$p; break
-        fi
-        wait "$epmd_pid" 2>/dev/null || true
-    done
-    [ -n "$epmd_port" ] || { echo "compare.sh: could not start a private epmd" >&2; return 1; }
-    export ERL_EPMD_PORT=$epmd_port
+    start_private_epmd compare.sh
     dist_beam() {
         erl -sname "bench$1@localhost" -setcookie "$cookie" -noshell -pa "$tmp/ebin" \
             -run freqbench main dist_clients "$2" "$3" "$seconds" "$4"

@@ -24,49 +24,24 @@ cd "$root"
 cargo build --release --quiet --bin freqalloc
 new_bin="$root/target/release/freqalloc"
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/freqalloc-ab.XXXXXX")
-children=()
-cleanup() {
-    local pid
-    for pid in "${children[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${children[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-mkdir "$tmp/ebin"
-erlc -o "$tmp/ebin" benches/beam/freqbench.erl tests/erl/frequency_beam.erl
+. benches/beam/lib.sh
+bench_setup freqalloc-ab
 cookie="ab$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 
-epmd_port=""
-for p in $(shuf -i 20000-60000 -n 10); do
-    epmd -port "$p" -address 127.0.0.1 &
-    epmd_pid=$!
-    sleep 0.2
-    if kill -0 "$epmd_pid" 2>/dev/null && epmd -port "$p" -names >/dev/null 2>&1; then
-        children+=("$epmd_pid"); epmd_port=$p; break
-    fi
-    wait "$epmd_pid" 2>/dev/null || true
-done
-[ -n "$epmd_port" ] || { echo "dist_ab.sh: could not start a private epmd" >&2; exit 1; }
-export ERL_EPMD_PORT=$epmd_port
+start_private_epmd dist_ab.sh
 
-wait_line() { # file prefix
-    local i
-    for ((i = 0; i < 600; i++)); do grep -q "^$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-    echo "dist_ab.sh: no '$2' in $1" >&2; cat "$1" "$1.err" >&2 2>/dev/null || true; return 1
-}
 declare -A pid node bin
 start_freqalloc() { # side binary name
     "$2" --data "$tmp/store-$1" init --pool "0-$((pool - 1))" --shards 8 --durability none >/dev/null
     "$2" --data "$tmp/store-$1" node --name "$3@localhost" --cookie "$cookie" \
         >"$tmp/$1.out" 2>"$tmp/$1.out.err" &
     pid[$1]=$!; children+=("$!"); node[$1]="$3@localhost"; bin[$1]=$2
-    wait_line "$tmp/$1.out" "freqalloc node $3@localhost serving"
+    wait_ready "$tmp/$1.out" "freqalloc node $3@localhost serving" 60
 }
 erl -sname abbeam@localhost -setcookie "$cookie" -noshell -hidden -pa "$tmp/ebin" \
     -eval "frequency_beam:start_node(0, $((pool - 1)))" >"$tmp/beam.out" 2>"$tmp/beam.out.err" &
 pid[beam]=$!; children+=("$!"); node[beam]=abbeam@localhost
-wait_line "$tmp/beam.out" "frequency_beam abbeam@localhost serving"
+wait_ready "$tmp/beam.out" "frequency_beam abbeam@localhost serving" 60
 start_freqalloc new "$new_bin" abnew
 sides="beam new"
 if [ -n "$old_bin" ]; then start_freqalloc old "$old_bin" abold; sides="beam old new"; fi
