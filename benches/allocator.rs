@@ -101,6 +101,7 @@ fn durabilities(c: &mut Criterion) {
             durability,
             client_limit: None,
             replicas: 1,
+            cluster: None,
         };
         Allocator::init(dir.path(), config, false).expect("init");
         let alloc = Allocator::open(dir.path(), Options::default()).expect("open");
@@ -131,6 +132,7 @@ fn replication(c: &mut Criterion) {
                 durability,
                 client_limit: None,
                 replicas,
+                cluster: None,
             };
             Allocator::init(dir.path(), config, false).expect("init");
             let alloc = Allocator::open(dir.path(), Options::default()).expect("open");

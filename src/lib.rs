@@ -44,6 +44,7 @@
 //!     durability: Durability::Sync, // acknowledged only once on disk (group commit)
 //!     client_limit: None,
 //!     replicas: 1,          // 2: a primary/backup pair per shard
+//!     cluster: None,
 //! };
 //! Allocator::init(dir.path(), config, false)?;
 //! let alloc = Allocator::open(dir.path(), Options::default())?;

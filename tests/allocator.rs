@@ -33,6 +33,7 @@ fn config(layout: Layout, strategy: Routing, durability: Durability) -> StoreCon
         durability,
         client_limit: None,
         replicas: 1,
+        cluster: None,
     }
 }
 

@@ -114,6 +114,7 @@ fn store_config(mode: Mode) -> Result<StoreConfig, String> {
         durability: mode.durability(),
         client_limit: None,
         replicas: mode.replicas(),
+        cluster: None,
     })
 }
 

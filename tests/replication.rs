@@ -30,6 +30,7 @@ fn config(durability: Durability, replicas: usize) -> StoreConfig {
         durability,
         client_limit: None,
         replicas,
+        cluster: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn config(layout: Layout, durability: Durability, replicas: usize) -> StoreConfi
         durability,
         client_limit: None,
         replicas,
+        cluster: None,
     }
 }
 

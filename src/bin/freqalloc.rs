@@ -166,6 +166,11 @@ struct InitArgs {
     /// conversion between counts; a different one is refused).
     #[arg(long)]
     replicas: Option<usize>,
+    /// A cluster: the nodes (`name@host,...`) that serve the shards, placed round them in turn
+    /// (shard i on node i mod N). Run the same `init` in every node's data directory, then
+    /// `freqalloc node --name NODE --data DIR` on each.
+    #[arg(long, value_name = "NODES")]
+    nodes: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -480,6 +485,7 @@ fn demo(dir: &Path, seconds: f64, clients: usize) -> Result<ExitCode> {
                 durability: Durability::Sync,
                 client_limit: None,
                 replicas: 1,
+                cluster: None,
             };
             Allocator::init(dir, config, false)?;
             out!(
@@ -590,14 +596,46 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
             (None, Some(s)) => s.replicas,
             (None, None) => 1,
         },
+        cluster: None,
     };
+    // `--nodes` places the shards round the nodes; without it an existing store keeps its
+    // placement (compared like every other setting by `Allocator::init`).
+    let mut config = config;
+    config.cluster = match (&args.nodes, &stored) {
+        (Some(list), _) => {
+            let nodes: Vec<String> = list
+                .split(',')
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect();
+            if config.replicas > 1 {
+                anyhow::bail!(
+                    "--nodes with --replicas 2 is not supported yet: replicas on other nodes \
+                     (a shard's backup on another node) are still to be built; a cluster's \
+                     shards run with one copy each"
+                );
+            }
+            Some(freqalloc::freq::ClusterLayout::spread(
+                &nodes,
+                config.layout.shard_count(),
+            )?)
+        }
+        (None, Some(s)) => s.cluster.clone(),
+        (None, None) => None,
+    };
+    let clustered = config.cluster.clone();
     let replicas = config.replicas;
     let outcome = Allocator::init(dir, config, args.grow)?;
     // A created store was opened by `init` itself (twice, to prove it opens); an existing one,
     // or a new replicated one (which `init` leaves to its first open), is opened once here so
     // that a locked or damaged store, or a disk too small, shows now.
+    // A cluster store is not opened here at all: only its node serves it.
+    let proven = match outcome {
+        InitOutcome::Created => replicas == 1,
+        _ => clustered.is_some(),
+    };
     let (alloc, c) = match outcome {
-        InitOutcome::Created if replicas == 1 => (
+        _ if proven => (
             None,
             freqalloc::freq::read_config(dir)?
                 .ok_or_else(|| freqalloc::freq::StoreError::NoStore(dir.to_path_buf()))?,
@@ -633,6 +671,12 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
             String::new()
         }
     );
+    if let Some(cl) = &c.cluster {
+        for n in cl.nodes() {
+            let shards: Vec<String> = cl.shards_of(n).iter().map(|s| s.to_string()).collect();
+            out!("  node {n} serves shard(s) {}", shards.join(","));
+        }
+    }
     if let Some(alloc) = alloc {
         alloc.stop();
     }

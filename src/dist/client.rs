@@ -77,6 +77,11 @@ pub struct RemoteShard {
     pub allocated: u64,
     /// The ranges it owns, `(first, last)` inclusive.
     pub ranges: Vec<(u64, u64)>,
+    /// In a cluster: the node serving the shard (`None` otherwise).
+    pub node: Option<String>,
+    /// Whether the shard serves (in a cluster: whether its node was reachable at its last call;
+    /// its counts are then the last it reported).
+    pub alive: bool,
 }
 
 impl RemoteStatus {
@@ -473,6 +478,9 @@ impl RemoteAllocator {
                 free: get(sm, "free").ok_or_else(bad)?,
                 allocated: get(sm, "allocated").ok_or_else(bad)?,
                 ranges,
+                node: sm.map.get(&atom("node")).and_then(super::term::as_text),
+                // Nodes before clusters did not say: their shards served.
+                alive: sm.map.get(&atom("alive")).and_then(as_atom) != Some("false"),
             });
         }
         shards.sort_unstable();
@@ -516,6 +524,18 @@ impl RemoteAllocator {
     /// from what the call knows (the client, the frequency, the pool size from `status`); an
     /// owner or a limit not sent is left empty / 0.
     fn refusal(&self, reply: &Term, client: &str, freq: Option<u64>) -> DistError {
+        // A failure with its reason: `{error, shard_failed | shard_unreachable, Shard, Text}`,
+        // `{error, failed, Text}`.
+        if let Some(el) = as_tuple(reply).filter(|el| el.len() > 2) {
+            if as_atom(&el[1]) == Some("failed") {
+                if let Some(text) = super::term::as_text(&el[2]) {
+                    return DistError::Remote(text);
+                }
+            }
+            if let Some(e) = super::shard_wire::parse_error(reply, 0) {
+                return DistError::Freq(e);
+            }
+        }
         let reason = match as_tuple(reply) {
             Some([e, r]) if as_atom(e) == Some("error") => as_atom(r).map(str::to_string),
             _ => None,

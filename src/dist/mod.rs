@@ -21,15 +21,18 @@
 
 mod blocking;
 mod client;
+mod cluster;
 mod cookie;
 pub mod epmd;
 mod error;
 pub mod frame;
 mod node;
 mod service;
+mod shard_wire;
 pub mod term;
 
 pub use client::{ClientOptions, PendingCall, RemoteAllocator, RemoteShard, RemoteStatus};
+pub use cluster::{ClusterMember, LOADS_INTERVAL, RETRY_AFTER};
 pub use cookie::resolve_cookie;
 pub use eetf::{Pid, Reference, Term};
 pub use error::DistError;
@@ -38,3 +41,4 @@ pub use service::{
     error_atom, parse_pid_owner, pid_owner, FrequencyService, ServiceOptions, PID_OWNER_PREFIX,
     SERVICE_NAME,
 };
+pub use shard_wire::SHARD_SERVICE;

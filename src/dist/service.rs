@@ -87,8 +87,19 @@ pub fn error_atom(e: &FreqError) -> &'static str {
         FreqError::LimitReached { .. } => "limit_reached",
         FreqError::BadClientName(_) | FreqError::ClientInUse(_) => "bad_client",
         FreqError::ShardFailed { .. } => "shard_failed",
+        FreqError::ShardUnreachable { .. } => "shard_unreachable",
         FreqError::Stopped => "stopped",
         _ => "internal",
+    }
+}
+
+/// The error reply for `e`: the course's `{error, Atom}`, and for a failure the user must read
+/// the reason of (a shard failed or unreachable, anything else), `{error, Atom, Shard, Text}` /
+/// `{error, failed, Text}` (see `shard_wire`).
+pub(crate) fn error_reply(e: &FreqError) -> Term {
+    match error_atom(e) {
+        "shard_failed" | "shard_unreachable" | "internal" => super::shard_wire::error_term(e),
+        a => error(a),
     }
 }
 
@@ -392,7 +403,7 @@ impl Shared {
     fn result<T>(r: Result<T, FreqError>, f: impl FnOnce(T) -> Term) -> Term {
         match r {
             Ok(v) => f(v),
-            Err(e) => error(error_atom(&e)),
+            Err(e) => error_reply(&e),
         }
     }
 
@@ -448,7 +459,7 @@ impl Shared {
                             list(v.iter().map(|s| binary(s.as_bytes())).collect()),
                         ]),
                     ]),
-                    Err(e) => error(error_atom(&e)),
+                    Err(e) => error_reply(&e),
                 },
                 _ => error("badarg"),
             };
@@ -494,7 +505,7 @@ impl Shared {
             .shards
             .iter()
             .map(|x| {
-                map(vec![
+                let mut entries = vec![
                     ("shard", uint(x.shard as u64)),
                     ("free", uint(x.free)),
                     ("allocated", uint(x.allocated)),
@@ -507,7 +518,12 @@ impl Shared {
                                 .collect(),
                         ),
                     ),
-                ])
+                    ("alive", atom(if x.alive { "true" } else { "false" })),
+                ];
+                if let Some(n) = &x.node {
+                    entries.push(("node", binary(n.as_bytes())));
+                }
+                map(entries)
             })
             .collect();
         ok(map(vec![

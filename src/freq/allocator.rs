@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use super::clock::{LeaseClock, SystemLeaseClock};
 use super::endpoint::{shard_error, ReplicatedShard, ShardEndpoint, SingleShard};
+use super::error::LayoutError;
 use super::error::{FreqError, StoreError};
 use super::layout::{coalesce, Layout};
 use super::link::InProcessLink;
@@ -165,6 +166,12 @@ pub enum InitOutcome {
     Grown(u64),
 }
 
+/// Which shards of a cluster store run here, and how to reach the others.
+type RemotePart<'a> = (
+    Vec<bool>,
+    &'a dyn Fn(usize, Arc<ShardShared>) -> Box<dyn ShardEndpoint>,
+);
+
 struct Inner {
     dir: Option<PathBuf>,
     config: StoreConfig,
@@ -172,6 +179,8 @@ struct Inner {
     /// One endpoint per shard, whatever its kind.
     shards: Vec<Box<dyn ShardEndpoint>>,
     shared: Vec<Arc<ShardShared>>,
+    /// Per shard: whether it runs in this process (in a cluster, only the node's own shards).
+    local: Vec<bool>,
     supervisor: Mutex<Option<Supervisor>>,
     ticket: AtomicU64,
     clients: Mutex<HashSet<String>>,
@@ -281,6 +290,18 @@ impl Allocator {
                 path: dir.to_path_buf(),
                 existing: format!("{} replica(s)", existing.replicas),
                 requested: format!("{} replica(s)", config.replicas),
+            }
+            .into());
+        }
+        if existing.cluster != config.cluster {
+            let show = |c: &Option<super::cluster::ClusterLayout>| match c {
+                Some(c) => format!("cluster of {}", c.nodes().join(",")),
+                None => "no cluster".to_string(),
+            };
+            return Err(StoreError::ConfigMismatch {
+                path: dir.to_path_buf(),
+                existing: show(&existing.cluster),
+                requested: show(&config.cluster),
             }
             .into());
         }
@@ -415,9 +436,11 @@ impl Allocator {
         // Open, close and open again (what the next commands do), so that the disk tables
         // exist and a disk too small shows now, not at the first allocation. A failure undoes
         // the creation.
-        let opened = Allocator::open(dir, quiet_options())
+        // (A cluster store's proof opens all its shards here: every node's store has every
+        // shard's table, and serves its own.)
+        let opened = Allocator::open_part(dir, quiet_options(), None)
             .map(|a| a.stop())
-            .and_then(|()| Allocator::open(dir, quiet_options()))
+            .and_then(|()| Allocator::open_part(dir, quiet_options(), None))
             .map(|a| a.stop());
         if let Err(e) = opened {
             let _ = remove_meta(dir);
@@ -439,8 +462,57 @@ impl Allocator {
     /// replica's missing directory is recreated and rebuilt from its partner. A store written
     /// before identity records gets them at its first open (refused if a shard's directory
     /// holds no disk table); replicas kept in [`Options::replica_dirs`] are not checked.
+    ///
+    /// A store that is one node's part of a cluster ([`StoreConfig::cluster`]) is refused with
+    /// [`FreqError::ClusterStore`]: its node serves it (`freqalloc node`), and opening it here
+    /// would serve the other nodes' shards from empty tables.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Self, FreqError> {
         let dir = dir.as_ref();
+        if let Some(c) = read_config(dir)?.and_then(|c| c.cluster) {
+            return Err(FreqError::ClusterStore {
+                path: dir.to_path_buf(),
+                nodes: c.nodes().to_vec(),
+            });
+        }
+        Allocator::open_part(dir, options, None)
+    }
+
+    /// Opens the part of the cluster store at `dir` that node `me` serves: its shards run here,
+    /// every other shard is reached through the endpoint `remote` makes for it (given the
+    /// shard's index and the load record to publish its free count in). `crate::dist` calls
+    /// this for `freqalloc node` on a cluster store.
+    pub(crate) fn open_member(
+        dir: &Path,
+        options: Options,
+        me: &str,
+        remote: &dyn Fn(usize, Arc<ShardShared>) -> Box<dyn ShardEndpoint>,
+    ) -> Result<Self, FreqError> {
+        let config = read_config(dir)?.ok_or_else(|| StoreError::NoStore(dir.to_path_buf()))?;
+        let Some(cluster) = &config.cluster else {
+            return Err(FreqError::Layout(LayoutError::BadNodes(format!(
+                "the store at {} has no cluster layout (create it with init --nodes)",
+                dir.display()
+            ))));
+        };
+        if !cluster.has_node(me) {
+            return Err(FreqError::Layout(LayoutError::BadNodes(format!(
+                "node {me} is not in the store's cluster (nodes: {})",
+                cluster.nodes().join(", ")
+            ))));
+        }
+        let local: Vec<bool> = (0..config.layout.shard_count())
+            .map(|s| cluster.node_of(s) == Some(me))
+            .collect();
+        Allocator::open_part(dir, options, Some((local, remote)))
+    }
+
+    /// Opens the store at `dir`: every shard here (`part` `None`), or only those marked local,
+    /// the others through remote endpoints.
+    fn open_part(
+        dir: &Path,
+        options: Options,
+        part: Option<RemotePart<'_>>,
+    ) -> Result<Self, FreqError> {
         let (config, id) = read_meta(dir)?.ok_or_else(|| StoreError::NoStore(dir.to_path_buf()))?;
         config.check_replicas()?;
         if options.replica_dirs.is_none() {
@@ -454,7 +526,7 @@ impl Allocator {
             };
             check_shards(dir, &config, &store_id)?;
         }
-        Allocator::start(Some(dir.to_path_buf()), config, options)
+        Allocator::start(Some(dir.to_path_buf()), config, options, part)
     }
 
     /// Changes one stored setting of the store at `dir` (the CLI's `config set`), after
@@ -529,17 +601,20 @@ impl Allocator {
             durability: Durability::None,
             client_limit,
             replicas: 1,
+            cluster: None,
         };
-        Allocator::start(None, config, options)
+        Allocator::start(None, config, options, None)
     }
 
     fn start(
         dir: Option<PathBuf>,
         config: StoreConfig,
         options: Options,
+        part: Option<RemotePart<'_>>,
     ) -> Result<Self, FreqError> {
         config.check_replicas()?;
         let n = config.layout.shard_count();
+        let is_local = |i: usize| part.as_ref().is_none_or(|(local, _)| local[i]);
         let replicated = config.replicas == 2;
         let durability = if dir.is_some() {
             config.durability
@@ -576,7 +651,9 @@ impl Allocator {
                 },
                 preloaded: Arc::new(Mutex::new(None)),
             };
-            all_args.push(if replicated {
+            all_args.push(if !is_local(i) {
+                Vec::new()
+            } else if replicated {
                 vec![one(0), one(1)]
             } else {
                 vec![one(0)]
@@ -650,6 +727,12 @@ impl Allocator {
         let mut shards: Vec<Box<dyn ShardEndpoint>> = Vec::with_capacity(n);
         let mut shared = Vec::with_capacity(n);
         for (i, mut args) in all_args.into_iter().enumerate() {
+            if let (false, Some((_, remote))) = (is_local(i), &part) {
+                let s = ShardShared::new(i, None);
+                shards.push(remote(i, Arc::clone(&s)));
+                shared.push(s);
+                continue;
+            }
             if !replicated {
                 let core = args.remove(0);
                 shared.push(Arc::clone(&core.shared));
@@ -715,6 +798,7 @@ impl Allocator {
                 options,
                 shards,
                 shared,
+                local: (0..n).map(is_local).collect(),
                 supervisor: Mutex::new(Some(supervisor)),
                 ticket: AtomicU64::new(held),
                 clients: Mutex::new(HashSet::new()),
@@ -909,6 +993,8 @@ impl Allocator {
                 Ok(Ok(ClientReply::Allocated(f))) => return Ok(f),
                 Ok(Ok(other)) => return Err(unexpected(shard, &other)),
                 Ok(Err(FreqError::NoFrequency { .. })) => continue,
+                // On another node that could not be reached: nothing happened, try another.
+                Ok(Err(e @ FreqError::ShardUnreachable { .. })) => failure = Some(e),
                 Ok(Err(e)) => return Err(e),
                 Err(e) => match classify(shard, e) {
                     // Never delivered: skip the shard, another may serve.
@@ -1001,17 +1087,30 @@ impl Allocator {
     }
 
     /// Frees everything `client` holds; returns what it freed, lowest first.
+    ///
+    /// Every shard is asked even when one fails (in a cluster: a shard whose node is down), so
+    /// the others release what the client held on them; the call then returns the first
+    /// shard's error, and what that shard holds stays held.
     pub fn release_all(&self, client: &str) -> Result<Vec<u64>, FreqError> {
         check_client_name(client)?;
         let mut freed = Vec::new();
+        let mut first_error = None;
         for shard in 0..self.shard_count() {
             let request = || ClientCall::ReleaseAll {
                 owner: client.to_string(),
             };
-            match self.call_retrying(shard, request)? {
-                ClientReply::Released(fs) => freed.extend(fs),
-                other => return Err(unexpected(shard, &other)),
+            match self.call_retrying(shard, request) {
+                Ok(ClientReply::Released(fs)) => freed.extend(fs),
+                Ok(other) => {
+                    first_error.get_or_insert(unexpected(shard, &other));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         freed.sort_unstable();
         Ok(freed)
@@ -1022,23 +1121,76 @@ impl Allocator {
         check_client_name(client)?;
         let owner = client.to_string();
         let mut held = Vec::new();
-        for s in &self.inner.shared {
+        for (i, s) in self.inner.shared.iter().enumerate() {
             if let Some(r) = s.readers() {
                 held.extend(r.owners.lookup(&owner));
+            } else if let Some(remote) =
+                self.inner.shards[i].held(client, self.inner.options.call_timeout)
+            {
+                // A shard on another node: asked there.
+                held.extend(remote?);
             }
         }
         held.sort_unstable();
         Ok(held)
     }
 
+    /// How many frequencies `client` holds (for the limit). A shard on another node is asked;
+    /// one that cannot be reached counts as holding none of them.
     fn held_count(&self, client: &str) -> usize {
         let owner = client.to_string();
+        let timeout = self.inner.options.call_timeout;
         self.inner
             .shared
             .iter()
-            .filter_map(|s| s.readers())
-            .map(|r| r.owners.lookup(&owner).len())
+            .zip(&self.inner.shards)
+            .map(|(s, e)| match s.readers() {
+                Some(r) => r.owners.lookup(&owner).len(),
+                None => e
+                    .held(client, timeout)
+                    .and_then(Result::ok)
+                    .map_or(0, |v| v.len()),
+            })
             .sum()
+    }
+
+    /// A client request to shard `shard` of this process (for a cluster node serving its part
+    /// to its peers), with the same retry as the allocator's own calls.
+    pub(crate) fn call_shard(
+        &self,
+        shard: usize,
+        request: ClientCall,
+    ) -> Result<ClientReply, FreqError> {
+        if shard >= self.shard_count() {
+            return Err(FreqError::ShardFailed {
+                shard,
+                reason: format!("no such shard (the pool has {})", self.shard_count()),
+            });
+        }
+        self.call_retrying(shard, || request.clone())
+    }
+
+    /// Shard `shard`'s published free and allocated counts.
+    pub(crate) fn load_of(&self, shard: usize) -> Option<(u64, u64)> {
+        self.inner
+            .shared
+            .get(shard)
+            .map(|s| (s.load().free(), s.load().allocated()))
+    }
+
+    /// Whether shard `shard` runs in this process (its tables are here).
+    pub(crate) fn is_local(&self, shard: usize) -> bool {
+        self.inner.local.get(shard).copied().unwrap_or(false)
+    }
+
+    /// What `owner` holds on shard `shard` of this process, read from its owner index.
+    pub(crate) fn held_on(&self, shard: usize, owner: &str) -> Vec<u64> {
+        self.inner
+            .shared
+            .get(shard)
+            .and_then(|s| s.readers())
+            .map(|r| r.owners.lookup(&owner.to_string()))
+            .unwrap_or_default()
     }
 
     /// Reclaims every expired lease now (the shards also do it on their own timers).
@@ -1075,6 +1227,13 @@ impl Allocator {
                 restart_attempt: waits.get(i).copied().flatten().map_or(0, |(_, n)| n),
                 replicas: health.replicas,
                 in_sync: health.in_sync,
+                node: self
+                    .inner
+                    .config
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.node_of(i))
+                    .map(str::to_string),
             });
             if let Some(r) = s.readers() {
                 free.extend(

@@ -60,6 +60,12 @@ pub(crate) trait ShardEndpoint: Send + Sync {
 
     /// Injects `fault` (the call itself returns the shard's failure).
     fn inject(&self, fault: Fault, timeout: Duration) -> Result<(), FreqError>;
+
+    /// For a shard whose tables are not in this process (on another node): what `owner` holds
+    /// on it, asked of the shard. `None` for a local shard (its tables are read directly).
+    fn held(&self, _owner: &str, _timeout: Duration) -> Option<Result<Vec<u64>, FreqError>> {
+        None
+    }
 }
 
 /// The error of a call to shard `shard` that failed in transport.

@@ -48,6 +48,9 @@ pub enum LayoutError {
     /// The new pool leaves out frequencies the store has (only growth is allowed).
     #[error("the new pool drops frequencies {}: only growth is allowed", list(.0))]
     Shrink(Vec<FreqRange>),
+    /// A cluster's node list or placement is unusable (the reason says how).
+    #[error("bad cluster layout: {0}")]
+    BadNodes(String),
 }
 
 /// An I/O error of a store file in words, once: "disk full while writing s/meta.json".
@@ -157,9 +160,30 @@ pub enum FreqError {
         /// Why (the exit reason, or a timeout).
         reason: String,
     },
+    /// The shard lives on another node of the cluster and the call could not be sent there (its
+    /// node is down or unreachable): nothing happened, and an allocation tries another shard.
+    #[error("shard {shard} is unreachable: {reason}")]
+    ShardUnreachable {
+        /// The shard.
+        shard: usize,
+        /// Why (the node, and what failed: connecting, or its service missing).
+        reason: String,
+    },
     /// The allocator has been stopped.
     #[error("the allocator is stopped")]
     Stopped,
+    /// The store is one node's part of a cluster: its node serves it.
+    #[error(
+        "the store at {} is part of a cluster (nodes {}): each node serves its shards \
+         (freqalloc node --name NODE --data DIR); reach it with --node NODE",
+        path.display(), nodes.join(", ")
+    )]
+    ClusterStore {
+        /// The store's directory.
+        path: std::path::PathBuf,
+        /// The cluster's nodes.
+        nodes: Vec<String>,
+    },
     /// A replica count other than 1 or 2, or a replicated pool holding the frequency `u64::MAX`
     /// (reserved for a replica's sequence record).
     #[error("bad replication setting: {0}")]

@@ -42,6 +42,7 @@
 
 mod allocator;
 mod clock;
+mod cluster;
 mod endpoint;
 mod error;
 mod layout;
@@ -59,10 +60,13 @@ mod store;
 
 pub use allocator::{check_client_name, Allocator, Client, ConfigChange, InitOutcome, Options};
 pub use clock::{LeaseClock, ManualLeaseClock, SystemLeaseClock};
+pub use cluster::{ClusterLayout, MAX_NODES};
+pub(crate) use endpoint::{Health, ShardEndpoint};
 pub use error::{FreqError, LayoutError, StoreError};
 pub use layout::{coalesce, parse_pool, Layout, DEFAULT_MAX_SHARDS, MAX_SHARDS};
 pub use pair::Role;
 pub use pool::{Allocation, Change, Load, Pool, PoolReaders, Violation};
+pub(crate) use protocol::{ClientCall, ClientReply};
 pub use protocol::{Fault, LogEntry, ReplicaDump, Snapshot};
 pub use range::FreqRange;
 pub use replica::DEFAULT_LOG_ENTRIES;

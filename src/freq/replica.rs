@@ -46,6 +46,7 @@
 //!     durability: Durability::Sync,
 //!     client_limit: None,
 //!     replicas: 2,
+//!     cluster: None,
 //! };
 //! Allocator::init(dir.path(), config, false)?;
 //! let alloc = Allocator::open(dir.path(), Options::default())?;

@@ -35,6 +35,8 @@ pub struct ShardStatus {
     pub replicas: Vec<ReplicaStatus>,
     /// With replication, whether the backup has everything the primary has.
     pub in_sync: bool,
+    /// In a cluster: the node that serves the shard (`None` for a store served by one process).
+    pub node: Option<String>,
 }
 
 /// One replica's line in a [`ShardStatus`].

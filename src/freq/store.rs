@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::cluster::ClusterLayout;
 use super::error::{FreqError, StoreError};
 use super::layout::{coalesce, subtract, Layout};
 use super::range::FreqRange;
@@ -78,6 +79,11 @@ pub struct StoreConfig {
     /// Stores written before replication read as 1.
     #[serde(default = "one")]
     pub replicas: usize,
+    /// With `freqalloc init --nodes`: which node of a cluster serves which shards (see
+    /// [`ClusterLayout`]); `None` for a store served by one process. Every node's store holds
+    /// the same configuration; each node serves its part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterLayout>,
 }
 
 fn one() -> usize {
@@ -199,6 +205,13 @@ pub(crate) fn read_meta(dir: &Path) -> Result<Option<(StoreConfig, MetaId)>, Sto
         path: path.clone(),
         reason: e.to_string(),
     })?;
+    if let Some(c) = &config.cluster {
+        c.check(config.layout.shard_count())
+            .map_err(|e| StoreError::BadMeta {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+    }
     Ok(Some((
         config,
         MetaId {
@@ -733,6 +746,7 @@ mod tests {
             durability: Durability::Sync,
             client_limit: Some(3),
             replicas: 2,
+            cluster: None,
         };
         write_config(dir.path(), &config).unwrap();
         let back = read_config(dir.path()).unwrap().unwrap();

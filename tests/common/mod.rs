@@ -20,6 +20,7 @@ pub fn init_store(store: &Path, pool: &str, durability: Durability, replicas: us
         durability,
         client_limit: None,
         replicas,
+        cluster: None,
     };
     Allocator::init(store, config, false).unwrap();
 }

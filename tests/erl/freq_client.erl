@@ -17,7 +17,7 @@
 -export([run/2]).
 -export([course_gen/2, course_raw/2, refusals/3, named/2, exit_releases/2,
          hold/3, wait_released/3, wait_allocated/3, ping/1, noproc/1, storm/4, raw_stop/1,
-         acked_storm/2, held_as/2]).
+         acked_storm/2, held_as/2, cluster_storm/3]).
 
 -define(TIMEOUT, 10000).
 
@@ -383,4 +383,55 @@ wait_free(Node, Pool, T0, Deadline) ->
             Now < Deadline orelse error({not_released, Other}),
             receive after 2 -> ok end,
             wait_free(Node, Pool, T0, Deadline)
+    end.
+
+%% The cluster test's storm (tests/dist_cluster.rs): Workers processes, names w1..wN, each
+%% doing Ops calls through one front-end Node while other nodes of the cluster die and come
+%% back, holding up to three frequencies, printing as acked_storm does and also:
+%%   ACK e a Name | ACK e d Name F    (shard_unreachable: nothing was sent, nothing changed)
+%%   ACK u Name                       (shard_failed: lost in flight, may have happened; the
+%%                                     worker stops, its last REQ stays uncertain)
+%% `STORM over` once every worker is done.
+cluster_storm(Node, Workers, Ops) ->
+    pong = net_adm:ping(Node),
+    Names = [list_to_atom("w" ++ integer_to_list(I)) || I <- lists:seq(1, Workers)],
+    Refs = [element(2, spawn_monitor(fun() -> cluster_worker(Node, N, held_now(Node, N), Ops) end)) || N <- Names],
+    io:format("STORM started~n"),
+    [receive {'DOWN', R, process, _, _} -> ok end || R <- Refs],
+    io:format("STORM over~n"),
+    halt(0).
+
+cluster_worker(_Node, _Name, _Holding, 0) ->
+    ok;
+cluster_worker(Node, Name, Holding, I) ->
+    case length(Holding) < 3 andalso (Holding =:= [] orelse I rem 2 =:= 0) of
+        true ->
+            io:format("REQ a ~s~n", [Name]),
+            case call(Node, {allocate_as, Name}) of
+                {ok, F} ->
+                    io:format("ACK a ~s ~b~n", [Name, F]),
+                    cluster_worker(Node, Name, Holding ++ [F], I - 1);
+                {error, no_frequency} ->
+                    io:format("ACK n ~s~n", [Name]),
+                    cluster_worker(Node, Name, Holding, I - 1);
+                {error, shard_unreachable, _, _} ->
+                    io:format("ACK e a ~s~n", [Name]),
+                    cluster_worker(Node, Name, Holding, I - 1);
+                {error, shard_failed, _, _} ->
+                    io:format("ACK u ~s~n", [Name])
+            end;
+        false ->
+            [F | Rest] = Holding,
+            io:format("REQ d ~s ~b~n", [Name, F]),
+            case call(Node, {deallocate_as, Name, F}) of
+                ok ->
+                    io:format("ACK d ~s ~b~n", [Name, F]),
+                    cluster_worker(Node, Name, Rest, I - 1);
+                {error, shard_unreachable, _, _} ->
+                    %% Still held (its shard's node is down): try the others first.
+                    io:format("ACK e d ~s ~b~n", [Name, F]),
+                    cluster_worker(Node, Name, Rest ++ [F], I - 1);
+                {error, shard_failed, _, _} ->
+                    io:format("ACK u ~s~n", [Name])
+            end
     end.

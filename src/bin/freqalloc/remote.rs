@@ -33,6 +33,7 @@ pub fn status_json(s: &RemoteStatus) -> serde_json::Value {
         "shards": s.shards.iter().map(|x| json!({
             "shard": x.shard, "free": x.free, "allocated": x.allocated,
             "ranges": x.ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect::<Vec<_>>(),
+            "node": x.node, "alive": x.alive,
         })).collect::<Vec<_>>(),
     })
 }
@@ -49,13 +50,35 @@ pub fn print_status(node: &str, s: &RemoteStatus) -> Result<()> {
     );
     for x in &s.shards {
         let ranges: Vec<String> = x.ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
-        out!(
-            "  shard {} ({}): {} free, {} allocated",
-            x.shard,
-            ranges.join(","),
-            x.free,
-            x.allocated
-        );
+        let on = x
+            .node
+            .as_ref()
+            .map(|n| format!(" on {n}"))
+            .unwrap_or_default();
+        if x.alive {
+            out!(
+                "  shard {} ({}){on}: {} free, {} allocated",
+                x.shard,
+                ranges.join(","),
+                x.free,
+                x.allocated
+            );
+        } else if x.node.is_some() {
+            out!(
+                "  shard {} ({}){on}: unreachable ({} allocated when last heard from)",
+                x.shard,
+                ranges.join(","),
+                x.allocated
+            );
+        } else {
+            out!(
+                "  shard {} ({}): not running ({} free, {} allocated at its last start)",
+                x.shard,
+                ranges.join(","),
+                x.free,
+                x.allocated
+            );
+        }
     }
     Ok(())
 }
@@ -164,8 +187,11 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                         } else {
                             format!("c{i}.{k}")
                         };
-                        // Adopt what this client already holds from an earlier run.
-                        let held: VecDeque<u64> = remote.held_by(&base)?.into();
+                        // Adopt what this client already holds from an earlier run. In a
+                        // cluster with a node down the question fails (that node's shards
+                        // cannot answer): start holding nothing then; what the name holds
+                        // there stays held, and the run goes on over the shards that serve.
+                        let held: VecDeque<u64> = remote.held_by(&base).unwrap_or_default().into();
                         slots.push(Slot {
                             name: base.clone(),
                             held,
@@ -175,6 +201,8 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                         });
                     }
                     let mut flight: VecDeque<InFlight> = VecDeque::with_capacity(pipeline);
+                    // Nothing above can fail now: every client reaches the barrier (one that
+                    // returned before it would leave the others and the clock waiting forever).
                     barrier.wait();
                     // Issues the next call of `slot`. A call that could not be sent retires the
                     // name and is tried again under the next one, until the errors in a row are
@@ -266,6 +294,21 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                                     }
                                     s.held.push_back(f);
                                 }
+                                Err(e) if may_have_happened(&e) => {
+                                    // Lost in flight (a shard's node died during the call):
+                                    // the name is retired with the call left unknown.
+                                    let msg = e.to_string();
+                                    history_line(
+                                        &history,
+                                        &s.name,
+                                        "allocate",
+                                        None,
+                                        "unknown",
+                                        Some(&msg),
+                                    )?;
+                                    s.retire();
+                                    st.failed(msg);
+                                }
                                 Err(e) => {
                                     let msg = e.to_string();
                                     history_line(
@@ -300,6 +343,19 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                                         st.deallocations += 1;
                                         st.errors_in_a_row = 0;
                                     }
+                                    Err(e) if may_have_happened(&e) => {
+                                        let msg = e.to_string();
+                                        history_line(
+                                            &history,
+                                            &s.name,
+                                            "deallocate",
+                                            Some(f),
+                                            "unknown",
+                                            Some(&msg),
+                                        )?;
+                                        s.retire();
+                                        st.failed(msg);
+                                    }
                                     Err(e) => {
                                         let msg = e.to_string();
                                         history_line(
@@ -310,7 +366,20 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                                             "fail",
                                             Some(&msg),
                                         )?;
-                                        st.failed(msg);
+                                        // Its shard's node is down: still held, given back
+                                        // later. Not a persistent failure of the cluster (the
+                                        // other shards serve): it does not count towards the
+                                        // errors in a row that stop the run.
+                                        if matches!(
+                                            e,
+                                            DistError::Freq(FreqError::ShardUnreachable { .. })
+                                        ) {
+                                            s.held.push_back(f);
+                                            st.errors += 1;
+                                            st.first_error.get_or_insert(msg);
+                                        } else {
+                                            st.failed(msg);
+                                        }
                                     }
                                 }
                             }
@@ -372,4 +441,10 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Whether a refusal says the call may have happened: a shard failed during it (in a cluster,
+/// its node died with the request sent). History writes such a call as `unknown`, not `fail`.
+fn may_have_happened(e: &DistError) -> bool {
+    matches!(e, DistError::Freq(FreqError::ShardFailed { .. }))
 }

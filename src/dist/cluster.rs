@@ -1,0 +1,915 @@
+//! A freqalloc node serving its part of a cluster store (see [`ClusterLayout`]): its own shards
+//! run here; every other shard is a [`PeerShard`] endpoint that calls the shard's node over the
+//! distribution connection. The allocator on every node is therefore a front end over the whole
+//! pool: its strategy picks among all shards of the cluster, from free counts that travel on
+//! every reply and in a periodic `loads` message from each node, never from a call to every
+//! shard per request. An allocation whose shard's node cannot be reached falls through to the
+//! next shard ([`FreqError::ShardUnreachable`]: nothing was sent), so `no_frequency` still means
+//! that every reachable shard is empty; a call lost in flight (the node died after the request
+//! left) is not retried elsewhere, since it may have happened.
+//!
+//! The pieces, each on its own thread or handler:
+//! - [`PeerCalls`]: calls from this node to its peers' `freq_shard` services (a process whose
+//!   handler matches replies to waiting callers; a name monitor per peer fails pending calls at
+//!   once when the peer's connection drops);
+//! - the shard service (`freq_shard`): answers peers' shard calls on worker threads (a call
+//!   never blocks a connection's reader);
+//! - the loads thread (`freq-cluster-loads`): sends this node's shard loads to every connected
+//!   peer every [`LOADS_INTERVAL`], and tries, at most once a second, to reach the peers it has
+//!   no connection to (so a restarted node is seen again without a client's call).
+//!
+//! At start the node says hello to every peer it can reach with its configuration's
+//! fingerprint ([`ClusterLayout::fingerprint`]); a peer that answers with another one makes the
+//! start fail, naming both, and the node does not serve.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use eetf::{Pid, Reference, Term};
+
+use super::error::DistError;
+use super::node::{Delivery, Node, NodeHandle};
+use super::shard_wire::{
+    call_term, ok_freqs, parse_call, parse_ok_freqs, parse_result, result_term, SHARD_SERVICE,
+};
+use super::term::{as_atom, as_list, as_text, as_tuple, as_u64, atom, binary, list, tuple, uint};
+use crate::freq::{
+    Allocator, ClientCall, ClientReply, ClusterLayout, Fault, FreqError, Health, Options,
+    ShardEndpoint, ShardShared,
+};
+use crate::otp::OtpError;
+
+/// How often a node sends its shards' loads to its peers.
+pub const LOADS_INTERVAL: Duration = Duration::from_millis(200);
+/// After a failed attempt to reach a peer, calls to it fail at once for this long (instead of
+/// each trying to connect again).
+pub const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// Worker threads of the shard service.
+const SHARD_WORKERS: usize = 4;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn key_of(r: &Reference) -> Option<u64> {
+    (r.id.len() >= 2).then(|| u64::from(r.id[0]) | (u64::from(r.id[1]) << 18))
+}
+
+/// Why a call to a peer failed.
+#[derive(Debug)]
+pub(crate) enum PeerCallError {
+    /// Nothing was sent (the peer could not be reached): safe to try elsewhere.
+    NotSent(String),
+    /// The request was sent, then the peer's connection or service went away: it may have
+    /// been handled.
+    Lost(String),
+    /// No reply within the timeout: it may have been handled.
+    Timeout(String),
+}
+
+#[derive(Default)]
+struct PeerState {
+    /// A name monitor on the peer's shard service is in place (cleared when it fires).
+    monitored: bool,
+    /// Until then, calls fail at once (the last attempt to reach the peer failed).
+    retry_after: Option<(Instant, String)>,
+}
+
+type Waiter = SyncSender<Result<Term, PeerCallError>>;
+
+/// Calls from this node to its peers' shard services.
+pub(crate) struct PeerCalls {
+    node: NodeHandle,
+    me: Pid,
+    pending: Mutex<HashMap<u64, (String, Waiter)>>,
+    peers: Mutex<HashMap<String, PeerState>>,
+}
+
+impl PeerCalls {
+    /// A caller process on `node`.
+    pub(crate) fn start(node: &NodeHandle) -> Arc<PeerCalls> {
+        let cell: Arc<OnceLock<std::sync::Weak<PeerCalls>>> = Arc::new(OnceLock::new());
+        let c2 = cell.clone();
+        let me = node.spawn_process(Arc::new(move |d: Delivery| {
+            if let Some(calls) = c2.get().and_then(std::sync::Weak::upgrade) {
+                calls.deliver(d);
+            }
+        }));
+        let calls = Arc::new(PeerCalls {
+            node: NodeHandle::clone(node),
+            me,
+            pending: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+        });
+        let _ = cell.set(Arc::downgrade(&calls));
+        calls
+    }
+
+    fn deliver(&self, d: Delivery) {
+        match d {
+            Delivery::Message { msg, .. } => {
+                let Some([r, reply]) = as_tuple(&msg) else {
+                    return;
+                };
+                let Some(key) = (match r {
+                    Term::Reference(r) => key_of(r),
+                    _ => None,
+                }) else {
+                    return;
+                };
+                if let Some((_, tx)) = lock(&self.pending).remove(&key) {
+                    let _ = tx.try_send(Ok(reply.clone()));
+                }
+            }
+            Delivery::Down { object, reason, .. } => {
+                let peer = as_tuple(&object)
+                    .and_then(|el| el.get(1))
+                    .and_then(as_atom)
+                    .map(str::to_string);
+                if let Some(peer) = peer {
+                    let why = match as_atom(&reason) {
+                        Some("noproc") => format!("node {peer} has no shard service"),
+                        _ => format!("the connection to node {peer} was lost"),
+                    };
+                    self.peer_gone(&peer, &why);
+                }
+            }
+            Delivery::NodeDown(peer) => {
+                let why = format!("the connection to node {peer} was lost");
+                self.peer_gone(&peer, &why);
+            }
+        }
+    }
+
+    /// Fails every call pending on `peer` (they may have been handled).
+    fn peer_gone(&self, peer: &str, why: &str) {
+        lock(&self.peers)
+            .entry(peer.to_string())
+            .or_default()
+            .monitored = false;
+        let lost: Vec<Waiter> = {
+            let mut p = lock(&self.pending);
+            let keys: Vec<u64> = p
+                .iter()
+                .filter(|(_, (n, _))| n == peer)
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| p.remove(&k).map(|(_, tx)| tx))
+                .collect()
+        };
+        for tx in lost {
+            let _ = tx.try_send(Err(PeerCallError::Lost(why.to_string())));
+        }
+    }
+
+    /// Connects to `peer` (unless the last attempt failed less than [`RETRY_AFTER`] ago) and
+    /// monitors its shard service.
+    fn reach(&self, peer: &str) -> Result<(), PeerCallError> {
+        if let Some((until, why)) = lock(&self.peers)
+            .get(peer)
+            .and_then(|s| s.retry_after.clone())
+        {
+            if Instant::now() < until {
+                return Err(PeerCallError::NotSent(why));
+            }
+        }
+        if let Err(e) = self.node.connect(peer) {
+            let why = e.to_string();
+            lock(&self.peers)
+                .entry(peer.to_string())
+                .or_default()
+                .retry_after = Some((Instant::now() + RETRY_AFTER, why.clone()));
+            return Err(PeerCallError::NotSent(why));
+        }
+        let monitor = {
+            let mut peers = lock(&self.peers);
+            let st = peers.entry(peer.to_string()).or_default();
+            st.retry_after = None;
+            !std::mem::replace(&mut st.monitored, true)
+        };
+        if monitor {
+            self.node.monitor_name(&self.me, SHARD_SERVICE, peer);
+        }
+        Ok(())
+    }
+
+    /// Calls `request` on `peer`'s shard service and waits up to `timeout` for the answer.
+    pub(crate) fn call(
+        &self,
+        peer: &str,
+        request: &Term,
+        timeout: Duration,
+    ) -> Result<Term, PeerCallError> {
+        self.reach(peer)?;
+        let r = self.node.make_ref();
+        let key = key_of(&r).unwrap_or(0);
+        let (tx, rx) = mpsc::sync_channel(1);
+        lock(&self.pending).insert(key, (peer.to_string(), tx));
+        let sent = self
+            .node
+            .reg_send_call_deferred(&self.me, SHARD_SERVICE, peer, &r, request);
+        if let Err(e) = sent {
+            lock(&self.pending).remove(&key);
+            return Err(PeerCallError::NotSent(e.to_string()));
+        }
+        self.node.flush(peer);
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => {
+                lock(&self.pending).remove(&key);
+                Err(PeerCallError::Timeout(format!(
+                    "node {peer} did not answer within {} ms",
+                    timeout.as_millis()
+                )))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(PeerCallError::Lost(format!(
+                "the connection to node {peer} was lost"
+            ))),
+        }
+    }
+
+    /// `peer` was heard from (its hello or its loads): it runs, so calls to it may try again at
+    /// once (a node that restarts says hello before it serves, so the first call after its
+    /// ready line is not refused for the failures before).
+    fn heard_from(&self, peer: &str) {
+        if let Some(st) = lock(&self.peers).get_mut(peer) {
+            st.retry_after = None;
+        }
+    }
+
+    /// Sends `msg` to `peer`'s shard service (no reply), if connected.
+    fn cast(&self, peer: &str, msg: &Term) {
+        if self.node.connected().iter().any(|n| n == peer) {
+            let _ = self.node.reg_send(&self.me, SHARD_SERVICE, peer, msg);
+        }
+    }
+}
+
+/// What a node knows of a shard served elsewhere.
+struct PeerShardState {
+    /// The last call to its node could not be sent, or was lost.
+    unreachable: AtomicBool,
+    /// The stamp of the load last published.
+    stamp: Mutex<Option<Stamp>>,
+}
+
+/// When a node read a shard's load: its incarnation (the node's start) and a sequence number
+/// it raises at every read, under one lock with the read, so a higher stamp is a later load.
+type Stamp = (u64, u64);
+
+fn parse_stamp(t: &Term) -> Option<Stamp> {
+    match as_tuple(t)? {
+        [i, n] => Some((as_u64(i)?, as_u64(n)?)),
+        _ => None,
+    }
+}
+
+fn stamp_term(s: Stamp) -> Term {
+    tuple(vec![uint(s.0), uint(s.1)])
+}
+
+/// A shard served by another node of the cluster, as the allocator sees it.
+pub(crate) struct PeerShard {
+    index: usize,
+    node: String,
+    calls: Arc<PeerCalls>,
+    shared: Arc<ShardShared>,
+    state: PeerShardState,
+}
+
+impl PeerShard {
+    /// Publishes a load its node reported with `stamp`, unless a later one is already in (a
+    /// `loads` message and a reply may arrive in either order).
+    fn publish(&self, free: u64, allocated: u64, stamp: Stamp) {
+        let mut last = lock(&self.state.stamp);
+        if last.is_some_and(|l| l.0 == stamp.0 && l.1 >= stamp.1) {
+            return;
+        }
+        *last = Some(stamp);
+        self.shared.load().set(free, allocated);
+        self.state.unreachable.store(false, Ordering::Relaxed);
+    }
+
+    /// The node cannot be reached: routing by free counts stops proposing the shard until its
+    /// node is heard from again.
+    fn mark_unreachable(&self) {
+        self.state.unreachable.store(true, Ordering::Relaxed);
+        let allocated = self.shared.load().allocated();
+        self.shared.load().set(0, allocated);
+    }
+
+    fn unreachable(&self, why: String) -> FreqError {
+        FreqError::ShardUnreachable {
+            shard: self.index,
+            reason: format!("its node {} cannot be reached: {why}", self.node),
+        }
+    }
+
+    fn lost(&self, why: String) -> FreqError {
+        FreqError::ShardFailed {
+            shard: self.index,
+            reason: format!(
+                "its node {}: {why} (the call may have been handled)",
+                self.node
+            ),
+        }
+    }
+
+    /// Calls `request` on the shard's node; the answer's outer error says what travel did.
+    fn call_term(&self, request: &Term, timeout: Duration) -> Result<Term, FreqError> {
+        match self.calls.call(&self.node, request, timeout) {
+            Ok(t) => Ok(t),
+            Err(PeerCallError::NotSent(why)) => {
+                self.mark_unreachable();
+                Err(self.unreachable(why))
+            }
+            Err(PeerCallError::Lost(why)) => {
+                self.mark_unreachable();
+                Err(self.lost(why))
+            }
+            Err(PeerCallError::Timeout(why)) => Err(self.lost(why)),
+        }
+    }
+
+    fn bad_answer(&self, t: &Term) -> FreqError {
+        FreqError::ShardFailed {
+            shard: self.index,
+            reason: format!("its node {} answered {t}", self.node),
+        }
+    }
+}
+
+impl ShardEndpoint for PeerShard {
+    fn call(
+        &self,
+        request: ClientCall,
+        timeout: Duration,
+    ) -> Result<Result<ClientReply, FreqError>, OtpError> {
+        let t = tuple(vec![
+            atom("shard_call"),
+            uint(self.index as u64),
+            call_term(&request),
+        ]);
+        let answer = match self.call_term(&t, timeout) {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        let parsed = match as_tuple(&answer) {
+            Some([result, free, allocated, stamp]) => {
+                match (as_u64(free), as_u64(allocated), parse_stamp(stamp)) {
+                    (Some(f), Some(a), Some(st)) => {
+                        self.publish(f, a, st);
+                        parse_result(result, &request, self.index)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        Ok(parsed.unwrap_or_else(|| Err(self.bad_answer(&answer))))
+    }
+
+    fn generation(&self) -> u64 {
+        1
+    }
+
+    fn wait_for_generation(&self, generation: u64, _timeout: Duration) -> Result<u64, OtpError> {
+        // Restarts of a shard on another node are its node's business: nothing to wait for.
+        Ok(generation)
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<(), OtpError> {
+        match self.call_term(&atom("status"), timeout) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(OtpError::Timeout),
+        }
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            restarts: 0,
+            alive: !self.state.unreachable.load(Ordering::Relaxed),
+            replicas: Vec::new(),
+            in_sync: false,
+        }
+    }
+
+    fn inject(&self, fault: Fault, timeout: Duration) -> Result<(), FreqError> {
+        match self.call(ClientCall::Inject(fault), timeout) {
+            Ok(r) => r.map(|_| ()),
+            Err(e) => Err(self.lost(e.to_string())),
+        }
+    }
+
+    fn held(&self, owner: &str, timeout: Duration) -> Option<Result<Vec<u64>, FreqError>> {
+        let t = tuple(vec![
+            atom("held"),
+            uint(self.index as u64),
+            binary(owner.as_bytes()),
+        ]);
+        Some(match self.call_term(&t, timeout) {
+            Ok(a) => parse_ok_freqs(&a, self.index).unwrap_or_else(|| Err(self.bad_answer(&a))),
+            Err(e) => Err(e),
+        })
+    }
+}
+
+/// A job for the shard service's workers: a call to answer.
+struct Job {
+    from: Pid,
+    reference: Term,
+    request: Term,
+}
+
+/// The shared part of a cluster node.
+struct Shared {
+    node: NodeHandle,
+    me: String,
+    layout: ClusterLayout,
+    fingerprint: String,
+    alloc: OnceLock<Arc<Allocator>>,
+    /// The endpoints of the shards served elsewhere, by shard index (to publish loads).
+    peers: Mutex<HashMap<usize, Arc<PeerShard>>>,
+    calls: Arc<PeerCalls>,
+    /// This node's start (for [`Stamp`]s), and the last stamp's sequence number.
+    incarnation: u64,
+    stamps: Mutex<u64>,
+}
+
+impl Shared {
+    /// Answers one request of the shard service.
+    fn answer(&self, request: &Term) -> Term {
+        let Some(alloc) = self.alloc.get() else {
+            return tuple(vec![atom("error"), atom("starting")]);
+        };
+        if as_atom(request) == Some("status") {
+            return self.status(alloc);
+        }
+        let el = as_tuple(request).unwrap_or(&[]);
+        match (el.first().and_then(as_atom), el.len()) {
+            (Some("shard_call"), 3) => {
+                let shard = as_u64(&el[1]).and_then(|s| usize::try_from(s).ok());
+                let call = parse_call(&el[2]);
+                match (shard, call) {
+                    (Some(s), Some(call)) if alloc.is_local(s) => {
+                        let r = alloc.call_shard(s, call);
+                        let (free, allocated, stamp) = self.stamped_load(alloc, s);
+                        tuple(vec![
+                            result_term(&r),
+                            uint(free),
+                            uint(allocated),
+                            stamp_term(stamp),
+                        ])
+                    }
+                    (Some(s), Some(_)) => {
+                        tuple(vec![atom("error"), atom("not_here"), uint(s as u64)])
+                    }
+                    _ => tuple(vec![atom("error"), atom("badarg")]),
+                }
+            }
+            (Some("held"), 3) => {
+                let shard = as_u64(&el[1]).and_then(|s| usize::try_from(s).ok());
+                match (shard, as_text(&el[2])) {
+                    (Some(s), Some(owner)) if alloc.is_local(s) => {
+                        ok_freqs(&alloc.held_on(s, &owner))
+                    }
+                    _ => tuple(vec![atom("error"), atom("badarg")]),
+                }
+            }
+            (Some("hello"), 4) => {
+                let theirs = as_text(&el[1]).unwrap_or_default();
+                if theirs == self.fingerprint {
+                    if let Some(from) = as_atom(&el[2]) {
+                        self.calls.heard_from(from);
+                    }
+                    // Each side learns the other's loads in the hello itself, so a node routes
+                    // by them from its first request on (not after the first loads message).
+                    self.apply_loads(&el[3]);
+                    tuple(vec![atom("ok"), self.my_entries(alloc)])
+                } else {
+                    let from = as_atom(&el[2]).unwrap_or("?");
+                    eprintln!(
+                        "freqalloc node {}: refused node {from}: its cluster configuration \
+                         (fingerprint {theirs}) differs from ours ({})",
+                        self.me, self.fingerprint
+                    );
+                    tuple(vec![
+                        atom("error"),
+                        atom("layout_mismatch"),
+                        binary(self.fingerprint.as_bytes()),
+                    ])
+                }
+            }
+            _ => tuple(vec![atom("error"), atom("badarg")]),
+        }
+    }
+
+    /// `{ok, Node, [{Shard, Free, Allocated, Alive}]}` for this node's own shards.
+    fn status(&self, alloc: &Allocator) -> Term {
+        let st = alloc.status();
+        let shards = st
+            .shards
+            .iter()
+            .filter(|s| alloc.is_local(s.shard))
+            .map(|s| {
+                tuple(vec![
+                    uint(s.shard as u64),
+                    uint(s.free),
+                    uint(s.allocated),
+                    atom(if s.alive { "true" } else { "false" }),
+                ])
+            })
+            .collect();
+        tuple(vec![atom("ok"), atom(&self.me), list(shards)])
+    }
+
+    /// A peer's `{loads, Node, [{Shard, Free, Allocated, Stamp}]}`.
+    fn loads(&self, msg: &Term) {
+        let Some([_, from, entries]) = as_tuple(msg) else {
+            return;
+        };
+        if let Some(from) = as_atom(from) {
+            self.calls.heard_from(from);
+        }
+        self.apply_loads(entries);
+    }
+
+    /// Publishes a peer's `[{Shard, Free, Allocated, Stamp}]`.
+    fn apply_loads(&self, entries: &Term) {
+        let peers = lock(&self.peers);
+        for e in as_list(entries).unwrap_or_default() {
+            if let Some([s, f, a, st]) = as_tuple(&e) {
+                let shard = as_u64(s).and_then(|s| usize::try_from(s).ok());
+                let p = shard.and_then(|s| peers.get(&s));
+                if let (Some(p), Some(f), Some(a), Some(st)) =
+                    (p, as_u64(f), as_u64(a), parse_stamp(st))
+                {
+                    p.publish(f, a, st);
+                }
+            }
+        }
+    }
+
+    /// Shard `shard`'s load with its stamp.
+    fn stamped_load(&self, alloc: &Allocator, shard: usize) -> (u64, u64, Stamp) {
+        let mut seq = lock(&self.stamps);
+        *seq += 1;
+        let (f, a) = alloc.load_of(shard).unwrap_or((0, 0));
+        (f, a, (self.incarnation, *seq))
+    }
+
+    /// This node's shards' `[{Shard, Free, Allocated, Stamp}]`.
+    fn my_entries(&self, alloc: &Allocator) -> Term {
+        list(
+            self.layout
+                .shards_of(&self.me)
+                .into_iter()
+                .map(|s| {
+                    let (f, a, st) = self.stamped_load(alloc, s);
+                    tuple(vec![uint(s as u64), uint(f), uint(a), stamp_term(st)])
+                })
+                .collect(),
+        )
+    }
+
+    /// This node's loads message.
+    fn my_loads(&self) -> Option<Term> {
+        let alloc = self.alloc.get()?;
+        Some(tuple(vec![
+            atom("loads"),
+            atom(&self.me),
+            self.my_entries(alloc),
+        ]))
+    }
+}
+
+/// A node's part of a cluster: its allocator (a front end over the whole cluster), its shard
+/// service, and its loads thread. Dropping it stops the threads; stop the allocator after.
+pub struct ClusterMember {
+    shared: Arc<Shared>,
+    alloc: Arc<Allocator>,
+    service: ServiceGuard,
+    stop_loads: Option<Sender<()>>,
+    loads: Option<JoinHandle<()>>,
+}
+
+/// The shard service's process and workers; dropping it ends them.
+struct ServiceGuard {
+    node: NodeHandle,
+    pid: Pid,
+    workers: Vec<JoinHandle<()>>,
+    senders: Arc<Mutex<Vec<Sender<Job>>>>,
+}
+
+impl Drop for ServiceGuard {
+    fn drop(&mut self) {
+        self.node.exit_process(&self.pid, "shutdown");
+        lock(&self.senders).clear();
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterMember")
+            .field("node", &self.shared.me)
+            .field("fingerprint", &self.shared.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a cluster member could not start.
+fn member_error(e: FreqError) -> DistError {
+    DistError::Cluster(e.to_string())
+}
+
+impl ClusterMember {
+    /// Opens the part of the cluster store at `dir` that `node` serves, starts its shard
+    /// service, and says hello to every peer it can reach within `hello_timeout` each: a peer
+    /// whose configuration differs makes this fail ([`DistError::Cluster`], naming both
+    /// fingerprints), as does a node not in the store's cluster.
+    pub fn start(
+        node: &Node,
+        dir: &Path,
+        options: Options,
+        hello_timeout: Duration,
+    ) -> Result<ClusterMember, DistError> {
+        let config = crate::freq::read_config(dir)
+            .map_err(|e| member_error(e.into()))?
+            .ok_or_else(|| DistError::Cluster(format!("no store at {}", dir.display())))?;
+        let layout = config.cluster.clone().ok_or_else(|| {
+            DistError::Cluster(format!(
+                "the store at {} has no cluster layout (create it with init --nodes)",
+                dir.display()
+            ))
+        })?;
+        let fingerprint = ClusterLayout::fingerprint(&config);
+        let calls = PeerCalls::start(node);
+        let shared = Arc::new(Shared {
+            node: NodeHandle::clone(node),
+            me: node.name().to_string(),
+            layout: layout.clone(),
+            fingerprint,
+            alloc: OnceLock::new(),
+            peers: Mutex::new(HashMap::new()),
+            calls: calls.clone(),
+            incarnation: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            stamps: Mutex::new(0),
+        });
+        // The shard service first (answering "starting" until the allocator is open), so that a
+        // peer's hello to this node is answered while this node says hello to it.
+        let (pid, senders, workers) = start_service(node, &shared)?;
+        // From here, dropping `service` stops it again on any error.
+        let service = ServiceGuard {
+            node: NodeHandle::clone(node),
+            pid,
+            workers,
+            senders,
+        };
+        let s2 = shared.clone();
+        let remote = move |i: usize, load: Arc<ShardShared>| -> Box<dyn ShardEndpoint> {
+            let peer = Arc::new(PeerShard {
+                index: i,
+                node: s2.layout.node_of(i).unwrap_or("?").to_string(),
+                calls: s2.calls.clone(),
+                shared: load,
+                state: PeerShardState {
+                    unreachable: AtomicBool::new(false),
+                    stamp: Mutex::new(None),
+                },
+            });
+            lock(&s2.peers).insert(i, peer.clone());
+            Box::new(SharedEndpoint(peer))
+        };
+        let alloc =
+            Allocator::open_member(dir, options, node.name(), &remote).map_err(member_error)?;
+        let alloc = Arc::new(alloc);
+        let _ = shared.alloc.set(alloc.clone());
+        // Hello to every peer that answers; one that disagrees stops this node from serving.
+        for peer in layout.nodes().iter().filter(|n| **n != shared.me) {
+            let hello = tuple(vec![
+                atom("hello"),
+                binary(shared.fingerprint.as_bytes()),
+                atom(&shared.me),
+                shared.my_entries(&alloc),
+            ]);
+            // A peer still starting answers `{error, starting}`: ask again, bounded.
+            let deadline = Instant::now() + hello_timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match calls.call(peer, &hello, left.max(Duration::from_millis(1))) {
+                    Ok(t) => match as_tuple(&t) {
+                        Some([ok, entries]) if as_atom(ok) == Some("ok") => {
+                            shared.apply_loads(entries);
+                            break;
+                        }
+                        Some([_, r]) if as_atom(r) == Some("starting") && left > Duration::ZERO => {
+                            continue
+                        }
+                        Some([_, r, theirs]) if as_atom(r) == Some("layout_mismatch") => {
+                            let theirs = as_text(theirs).unwrap_or_default();
+                            alloc.stop();
+                            return Err(DistError::Cluster(format!(
+                                "node {peer} serves another cluster configuration (its \
+                                 fingerprint {theirs}, ours {}): run the same `freqalloc init` \
+                                 in every node's directory",
+                                shared.fingerprint
+                            )));
+                        }
+                        _ => break,
+                    },
+                    // Not running yet, or not answering: it says hello when it starts.
+                    Err(_) => break,
+                }
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let s3 = shared.clone();
+        let loads = std::thread::Builder::new()
+            .name("freq-cluster-loads".into())
+            .spawn(move || loads_loop(&s3, &rx))
+            .map_err(|e| DistError::io("spawning the cluster loads thread", e))?;
+        Ok(ClusterMember {
+            shared,
+            alloc,
+            service,
+            stop_loads: Some(tx),
+            loads: Some(loads),
+        })
+    }
+
+    /// The allocator: a front end over every shard of the cluster.
+    pub fn allocator(&self) -> Arc<Allocator> {
+        self.alloc.clone()
+    }
+
+    /// The configuration's fingerprint.
+    pub fn fingerprint(&self) -> &str {
+        &self.shared.fingerprint
+    }
+
+    /// The cluster layout.
+    pub fn layout(&self) -> &ClusterLayout {
+        &self.shared.layout
+    }
+
+    /// Stops the loads thread and the shard service (the allocator is the caller's to stop).
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop_loads.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.loads.take() {
+            let _ = h.join();
+        }
+        self.service
+            .node
+            .exit_process(&self.service.pid, "shutdown");
+        lock(&self.service.senders).clear();
+        for h in self.service.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for ClusterMember {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An endpoint shared with the loads handler (which publishes into it).
+struct SharedEndpoint(Arc<PeerShard>);
+
+impl ShardEndpoint for SharedEndpoint {
+    fn call(
+        &self,
+        request: ClientCall,
+        timeout: Duration,
+    ) -> Result<Result<ClientReply, FreqError>, OtpError> {
+        self.0.call(request, timeout)
+    }
+    fn generation(&self) -> u64 {
+        self.0.generation()
+    }
+    fn wait_for_generation(&self, generation: u64, timeout: Duration) -> Result<u64, OtpError> {
+        self.0.wait_for_generation(generation, timeout)
+    }
+    fn wait_ready(&self, timeout: Duration) -> Result<(), OtpError> {
+        self.0.wait_ready(timeout)
+    }
+    fn health(&self) -> Health {
+        self.0.health()
+    }
+    fn inject(&self, fault: Fault, timeout: Duration) -> Result<(), FreqError> {
+        self.0.inject(fault, timeout)
+    }
+    fn held(&self, owner: &str, timeout: Duration) -> Option<Result<Vec<u64>, FreqError>> {
+        self.0.held(owner, timeout)
+    }
+}
+
+type Service = (Pid, Arc<Mutex<Vec<Sender<Job>>>>, Vec<JoinHandle<()>>);
+
+/// The `freq_shard` process and its workers. A caller's calls always go to the same worker, so
+/// one front end's calls to one shard are answered in the order sent.
+fn start_service(node: &Node, shared: &Arc<Shared>) -> Result<Service, DistError> {
+    let senders: Arc<Mutex<Vec<Sender<Job>>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut receivers: Vec<Receiver<Job>> = Vec::new();
+    for _ in 0..SHARD_WORKERS {
+        let (tx, rx) = mpsc::channel();
+        lock(&senders).push(tx);
+        receivers.push(rx);
+    }
+    let (s2, sh) = (senders.clone(), shared.clone());
+    let handler = Arc::new(move |d: Delivery| {
+        let Delivery::Message { msg, .. } = d else {
+            return;
+        };
+        let Some(el) = as_tuple(&msg) else { return };
+        if el.first().and_then(as_atom) == Some("loads") {
+            sh.loads(&msg);
+            return;
+        }
+        // {'$gen_call', {From, Ref}, Request}
+        let (Some("$gen_call"), Some([Term::Pid(from), reference])) =
+            (el.first().and_then(as_atom), el.get(1).and_then(as_tuple))
+        else {
+            return;
+        };
+        let Some(request) = el.get(2) else { return };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        from.id.hash(&mut h);
+        from.node.name.hash(&mut h);
+        let senders = lock(&s2);
+        if senders.is_empty() {
+            return;
+        }
+        let w = (h.finish() % senders.len() as u64) as usize;
+        let _ = senders[w].send(Job {
+            from: from.clone(),
+            reference: reference.clone(),
+            request: request.clone(),
+        });
+    });
+    let pid = node.spawn_process(handler);
+    let mut workers = Vec::new();
+    for (i, rx) in receivers.into_iter().enumerate() {
+        let sh = shared.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("freq-shard-service-{i}"))
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let answer = sh.answer(&job.request);
+                    let reply = tuple(vec![job.reference, answer]);
+                    let _ = sh.node.send(&job.from, &reply);
+                }
+            })
+            .map_err(|e| DistError::io("spawning a shard service worker", e))?;
+        workers.push(h);
+    }
+    node.register_name(SHARD_SERVICE, &pid);
+    Ok((pid, senders, workers))
+}
+
+/// Every [`LOADS_INTERVAL`]: this node's loads to every connected peer; once a second, an
+/// attempt to reach each peer without a connection. Ends when `stop` is sent or dropped.
+fn loads_loop(shared: &Shared, stop: &Receiver<()>) {
+    let peers: Vec<String> = shared
+        .layout
+        .nodes()
+        .iter()
+        .filter(|n| **n != shared.me)
+        .cloned()
+        .collect();
+    let mut last_reach = Instant::now();
+    loop {
+        match stop.recv_timeout(LOADS_INTERVAL) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        if let Some(msg) = shared.my_loads() {
+            for p in &peers {
+                shared.calls.cast(p, &msg);
+            }
+        }
+        if last_reach.elapsed() >= Duration::from_secs(1) {
+            last_reach = Instant::now();
+            let connected = shared.node.connected();
+            for p in peers.iter().filter(|p| !connected.contains(p)) {
+                // Bounded by the node's connect timeout; its failure is remembered for calls.
+                let _ = shared.calls.reach(p);
+            }
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! A pool over three freqalloc nodes (`init --nodes`): every node's `frequency` service is a
+//! front end over the whole cluster, a node's shards are reached over distribution, a node down
+//! leaves the others serving, and a node with another configuration refuses to serve. Each test
+//! runs its own epmd (`epmd -port P`) and nodes as child processes on loopback with a random
+//! cookie (the harness: `tests/erlang/mod.rs`); nodes are stopped by pid.
+
+mod erlang;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use erlang::{unique_name, Cluster, ServerNode, CLIENT_TIMEOUT, READY_TIMEOUT};
+
+/// A pool of 60 frequencies in 6 shards of 10, shard i on node i mod 3.
+const POOL: &str = "0-59";
+const SHARDS: &str = "6";
+
+/// Three nodes of one cluster store, and the world they run in.
+struct Trio {
+    cluster: Cluster,
+    _dir: tempfile::TempDir,
+    names: Vec<String>,
+    dirs: Vec<PathBuf>,
+    nodes: Vec<Option<ServerNode>>,
+}
+
+impl Trio {
+    /// Creates the three stores (the same `init` in each node's directory) and starts the nodes.
+    fn start(durability: &str) -> Trio {
+        let cluster = Cluster::new();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let names: Vec<String> = ["ca", "cb", "cc"].iter().map(|p| unique_name(p)).collect();
+        let list = names.join(",");
+        let dirs: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("n{i}"))).collect();
+        for d in &dirs {
+            let out = cluster.freqalloc(
+                d,
+                &[
+                    "init",
+                    "--pool",
+                    POOL,
+                    "--shards",
+                    SHARDS,
+                    "--nodes",
+                    &list,
+                    "--durability",
+                    durability,
+                ],
+            );
+            assert!(out.contains("serves shard(s) 0,3"), "{out}");
+        }
+        let mut trio = Trio {
+            cluster,
+            _dir: dir,
+            names,
+            dirs,
+            nodes: vec![None, None, None],
+        };
+        for i in 0..3 {
+            trio.up(i);
+        }
+        trio
+    }
+
+    /// Starts node `i` (again) and waits for its ready line.
+    fn up(&mut self, i: usize) {
+        let node = self
+            .cluster
+            .start_freqalloc_node(&self.names[i], &self.dirs[i], &[]);
+        assert!(
+            node.ready.contains(&format!("shards {},{} of 6", i, i + 3)),
+            "{}",
+            node.ready
+        );
+        self.nodes[i] = Some(node);
+    }
+
+    /// SIGKILLs node `i`.
+    fn kill(&mut self, i: usize) {
+        let mut node = self.nodes[i].take().expect("the node runs");
+        node.proc.kill().expect("the node dies");
+    }
+
+    /// `freqalloc --node N ARGS` (through node `i`): (success, stdout, stderr).
+    fn cli(&self, i: usize, args: &[&str]) -> (bool, String, String) {
+        let o = self
+            .cluster
+            .command(env!("CARGO_BIN_EXE_freqalloc"))
+            .args(["--node", &self.names[i], "--cookie", &self.cluster.cookie])
+            .args(args)
+            .output()
+            .expect("run freqalloc");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// As [`Trio::cli`], and it must succeed; its stdout.
+    fn cli_ok(&self, i: usize, args: &[&str]) -> String {
+        let (ok, out, err) = self.cli(i, args);
+        assert!(ok, "freqalloc --node {} {args:?}: {err}", self.names[i]);
+        out
+    }
+}
+
+impl Drop for Trio {
+    fn drop(&mut self) {
+        for n in self.nodes.iter_mut().filter_map(Option::take) {
+            drop(n); // SIGTERM, then SIGKILL (the harness's Proc)
+        }
+    }
+}
+
+/// The course's scenario through one node exhausts the whole pool of the three (no_frequency
+/// only when every shard of every node is empty), and the status it reads agrees at each step;
+/// a frequency allocated through one node is freed through another (routed to its owner); every
+/// node's status names each shard's node; `check` through any node covers the whole cluster.
+#[test]
+fn every_node_is_a_front_end_over_the_whole_pool() {
+    if !erlang::erlang_or_skip("every_node_is_a_front_end_over_the_whole_pool") {
+        return;
+    }
+    let trio = Trio::start("sync");
+    let r = trio
+        .cluster
+        .client_ok("course_gen", &trio.names[1], &["60"]);
+    let all: BTreeSet<i64> = r.nums("frequencies").into_iter().collect();
+    assert_eq!(all, (0..60).collect(), "{}", r.line);
+
+    let f: u64 = trio
+        .cli_ok(0, &["allocate", "--client", "radio"])
+        .trim()
+        .parse()
+        .expect("a frequency");
+    let held = trio.cli_ok(2, &["held", "--client", "radio"]);
+    assert_eq!(held.trim(), f.to_string(), "held through another node");
+    trio.cli_ok(2, &["deallocate", &f.to_string(), "--client", "radio"]);
+    let (ok, _, err) = trio.cli(1, &["deallocate", &f.to_string(), "--client", "radio"]);
+    assert!(!ok && err.contains("is not allocated"), "{err}");
+
+    for i in 0..3 {
+        let status = trio.cli_ok(i, &["status"]);
+        for s in 0..6 {
+            let want = format!(
+                "shard {s} ({}-{}) on {}:",
+                s * 10,
+                s * 10 + 9,
+                trio.names[s % 3]
+            );
+            assert!(status.contains(&want), "{want:?} not in\n{status}");
+        }
+        let check = trio.cli_ok(i, &["check"]);
+        assert!(check.contains("consistent: 60 frequencies"), "{check}");
+    }
+}
+
+/// A node whose store was created with another configuration (here: another pool) refuses to
+/// serve, naming the peer and both fingerprints, and exits; the cluster it met keeps serving.
+#[test]
+fn a_node_with_another_configuration_refuses_to_serve() {
+    if !erlang::erlang_or_skip("a_node_with_another_configuration_refuses_to_serve") {
+        return;
+    }
+    let mut trio = Trio::start("none");
+    trio.kill(2);
+    let other = trio._dir.path().join("other");
+    let list = trio.names.join(",");
+    trio.cluster.freqalloc(
+        &other,
+        &[
+            "init", "--pool", "0-119", "--shards", SHARDS, "--nodes", &list,
+        ],
+    );
+    let mut cmd = trio.cluster.command(env!("CARGO_BIN_EXE_freqalloc"));
+    cmd.arg("node")
+        .args(["--name", &trio.names[2]])
+        .arg("--data")
+        .arg(&other)
+        .args(["--cookie", &trio.cluster.cookie]);
+    let mut proc = erlang::Proc::spawn("a node of another configuration", cmd);
+    let status = proc
+        .wait_exit(READY_TIMEOUT)
+        .expect("the node refuses and exits");
+    assert_eq!(status.code(), Some(1), "{}", proc.diagnostics());
+    let said = proc.diagnostics();
+    assert!(
+        said.contains("serves another cluster configuration") && said.contains("fingerprint"),
+        "{said}"
+    );
+    // The others still serve their shards.
+    let f = trio.cli_ok(0, &["allocate", "--client", "x"]);
+    assert!(!f.trim().is_empty());
+}
+
+/// With one node down its shards answer a clear error (nothing was sent, nothing changed) and
+/// the rest serve: allocations through the others land only on live shards, and when those are
+/// empty the answer is that a shard is unreachable, not `no_frequency` (the pool is not
+/// exhausted). With two of three down only the last node's shards serve. A node that comes back
+/// rejoins: what it held is there (sync), and `check` passes through every node.
+#[test]
+fn nodes_down_leave_their_shards_unreachable_and_the_rest_serving() {
+    if !erlang::erlang_or_skip("nodes_down_leave_their_shards_unreachable_and_the_rest_serving") {
+        return;
+    }
+    let mut trio = Trio::start("sync");
+    // One frequency held on each node's first shard (0-9 on a, 10-19 on b, 20-29 on c).
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let f: u64 = trio
+            .cli_ok(0, &["allocate", "--client", "keep"])
+            .trim()
+            .parse()
+            .unwrap();
+        held.push(f);
+    }
+    held.sort_unstable();
+    let on_b: Vec<u64> = held.iter().copied().filter(|f| (f / 10) % 3 == 1).collect();
+    assert!(
+        !on_b.is_empty(),
+        "most-free spreads over every shard: {held:?}"
+    );
+
+    trio.kill(1);
+    let (ok, _, err) = trio.cli(0, &["deallocate", &on_b[0].to_string(), "--client", "keep"]);
+    assert!(!ok, "a frequency of a dead node's shard cannot be freed");
+    assert!(
+        err.contains("is unreachable") && err.contains(&trio.names[1]),
+        "{err}"
+    );
+    // Through c: allocate until refused. Every allocation lands on a live shard.
+    let mut got = Vec::new();
+    let refusal = loop {
+        let (ok, out, err) = trio.cli(2, &["allocate", "--client", "fill"]);
+        if !ok {
+            break err;
+        }
+        got.push(out.trim().parse::<u64>().unwrap());
+        assert!(got.len() <= 60, "more allocations than the pool holds");
+    };
+    assert!(got.iter().all(|f| (f / 10) % 3 != 1), "{got:?}");
+    assert_eq!(got.len(), 40 - (held.len() - on_b.len()), "{got:?}");
+    assert!(refusal.contains("is unreachable"), "{refusal}");
+    // A release with b down frees what the live shards hold and names the shard it could not.
+    let (ok, _, err) = trio.cli(0, &["release", "--client", "fill"]);
+    assert!(!ok && err.contains("is unreachable"), "{err}");
+    let left = trio.cli_ok(0, &["allocate", "--client", "fill2"]);
+    assert!(
+        !left.trim().is_empty(),
+        "the live shards' frequencies were released"
+    );
+    trio.cli_ok(0, &["deallocate", left.trim(), "--client", "fill2"]);
+
+    trio.kill(2);
+    let f: u64 = trio
+        .cli_ok(0, &["allocate", "--client", "last"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!((f / 10) % 3, 0, "only node a's shards serve: {f}");
+
+    trio.up(1);
+    trio.up(2);
+    let keep = trio.cli_ok(1, &["held", "--client", "keep"]);
+    let keep: Vec<u64> = keep.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(keep, held, "what the killed nodes held survived (sync)");
+    for i in 0..3 {
+        let check = trio.cli_ok(i, &["check"]);
+        assert!(check.contains("consistent: 60 frequencies"), "{check}");
+    }
+}
+
+/// What one client name did, from a storm's lines.
+#[derive(Default, Debug)]
+struct NameLog {
+    held: BTreeSet<i64>,
+    /// A call whose outcome is unknown: an allocate (`None`) or a deallocate of `Some(F)`.
+    pending: Option<Option<i64>>,
+    /// A call was lost in flight: this name's next requests are another name's (CLI) or none.
+    uncertain: bool,
+}
+
+/// Records that `name` was given `f`. Lines of concurrent clients interleave in the output
+/// after the fact, so another holder is allowed only while its deallocation of `f` is in flight
+/// (sent, not yet printed as acknowledged): anything else is a frequency held twice.
+fn given(
+    logs: &BTreeMap<String, NameLog>,
+    holders: &mut BTreeMap<i64, String>,
+    name: &str,
+    f: i64,
+    line: &str,
+) {
+    if let Some(other) = holders.insert(f, name.to_string()) {
+        let freeing = logs
+            .get(&other)
+            .is_some_and(|l| l.pending == Some(Some(f)) || l.uncertain);
+        assert!(
+            other == name || freeing,
+            "{f} given to {name} while {other} held it: {line}"
+        );
+    }
+}
+
+/// Records that `name` gave `f` back.
+fn taken_back(holders: &mut BTreeMap<i64, String>, name: &str, f: i64) {
+    if holders.get(&f).is_some_and(|h| h == name) {
+        holders.remove(&f);
+    }
+}
+
+/// Applies one line of `freqalloc load --history`: `fail` changed nothing, `unknown` (a shard's
+/// node died during the call) may have.
+fn apply_history_line(
+    logs: &mut BTreeMap<String, NameLog>,
+    holders: &mut BTreeMap<i64, String>,
+    line: &str,
+) {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return;
+    };
+    let name = v["client"].as_str().expect("client").to_string();
+    let freq = v["freq"].as_i64();
+    let log = logs.entry(name.clone()).or_default();
+    match (
+        v["op"].as_str().expect("op"),
+        v["phase"].as_str().expect("phase"),
+    ) {
+        ("allocate", "invoke") => log.pending = Some(None),
+        ("deallocate", "invoke") => log.pending = Some(freq),
+        ("allocate", "ok") => {
+            let f = freq.expect("an allocated frequency");
+            log.held.insert(f);
+            log.pending = None;
+            given(logs, holders, &name, f, line);
+        }
+        ("deallocate", "ok") => {
+            let f = freq.expect("a deallocated frequency");
+            assert!(log.held.remove(&f), "{name} gave back {f} it did not hold");
+            log.pending = None;
+            taken_back(holders, &name, f);
+        }
+        (_, "fail") => log.pending = None,
+        (_, "unknown") => log.uncertain = true,
+        other => panic!("unexpected history line {other:?}: {line}"),
+    }
+}
+
+/// Applies one line of `freq_client:cluster_storm`.
+fn apply_storm_line(
+    logs: &mut BTreeMap<String, NameLog>,
+    holders: &mut BTreeMap<i64, String>,
+    line: &str,
+) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let num = |i: usize| words.get(i).map(|f| f.parse::<i64>().expect("a frequency"));
+    match words.as_slice() {
+        ["REQ", "a", name] => logs.entry(name.to_string()).or_default().pending = Some(None),
+        ["REQ", "d", name, _] => logs.entry(name.to_string()).or_default().pending = Some(num(3)),
+        ["ACK", "a", name, _] => {
+            let f = num(3).unwrap();
+            let log = logs.entry(name.to_string()).or_default();
+            log.held.insert(f);
+            log.pending = None;
+            given(logs, holders, name, f, line);
+        }
+        ["ACK", "d", name, _] => {
+            let f = num(3).unwrap();
+            let log = logs.entry(name.to_string()).or_default();
+            assert!(log.held.remove(&f), "{name} gave back {f} it did not hold");
+            log.pending = None;
+            taken_back(holders, name, f);
+        }
+        ["ACK", "n", name] | ["ACK", "e", "a", name] | ["ACK", "e", "d", name, _] => {
+            logs.entry(name.to_string()).or_default().pending = None
+        }
+        ["ACK", "u", name] => logs.entry(name.to_string()).or_default().uncertain = true,
+        _ => {}
+    }
+}
+
+/// Whether `actual` is what `log` acknowledged, give or take the call in flight.
+fn agrees(log: &NameLog, actual: &BTreeSet<i64>) -> bool {
+    match log.pending {
+        None => *actual == log.held,
+        Some(None) => {
+            *actual == log.held
+                || (actual.is_superset(&log.held) && actual.len() == log.held.len() + 1)
+        }
+        Some(Some(f)) => {
+            let mut without = log.held.clone();
+            without.remove(&f);
+            *actual == log.held || *actual == without
+        }
+    }
+}
+
+/// SIGKILL of one node (b) at random moments, many rounds (`FREQALLOC_CLUSTER_KILLS`, default
+/// 2; `FREQALLOC_CRASH_SEED` replays), while BEAM processes storm through node a and a CLI client
+/// (`load --node --history`) through node c, in `sync`. While b is down the storms go on over the
+/// other shards (the test waits for acknowledgements made then); no frequency is ever given to a
+/// name while another holds it (checked on the histories as they come); after b is back, every
+/// acknowledged operation is there, the ones in flight at the kill either happened or not, and
+/// `check` (free + allocated = pool, every shard consistent) passes through every node.
+#[test]
+fn sigkill_of_a_node_under_storms_loses_no_acknowledged_operation() {
+    if !erlang::erlang_or_skip("sigkill_of_a_node_under_storms_loses_no_acknowledged_operation") {
+        return;
+    }
+    let rounds: u64 = std::env::var("FREQALLOC_CLUSTER_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let seed: u64 = std::env::var("FREQALLOC_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(erlang::token);
+    println!("FREQALLOC_CRASH_SEED={seed}");
+    let mut rng = seed;
+    let mut below = |n: u64| {
+        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    };
+    let mut trio = Trio::start("sync");
+    for round in 0..rounds {
+        let mut logs: BTreeMap<String, NameLog> = BTreeMap::new();
+        let mut holders: BTreeMap<i64, String> = BTreeMap::new();
+        let mut storm = trio.cluster.spawn_erl(&format!(
+            "freq_client:cluster_storm('{}', 8, 300)",
+            trio.names[0]
+        ));
+        storm.wait_prefix(READY_TIMEOUT, "STORM started");
+        let mut load = trio.cluster.command(env!("CARGO_BIN_EXE_freqalloc"));
+        load.args([
+            "load",
+            "--node",
+            &trio.names[2],
+            "--cookie",
+            &trio.cluster.cookie,
+        ])
+        .args([
+            "--clients",
+            "2",
+            "--hold",
+            "3",
+            "--seconds",
+            "600",
+            "--history",
+            "-",
+        ]);
+        let mut load = erlang::Proc::spawn("freqalloc load --node", load);
+        load.wait_line(CLIENT_TIMEOUT, |l| l.contains(r#""phase":"ok""#));
+        let kill_after = 5 + below(200);
+        for _ in 0..kill_after {
+            storm.wait_prefix(CLIENT_TIMEOUT, "ACK ");
+        }
+        trio.kill(1);
+        // With b down, both storms keep being served by a's and c's shards.
+        let mut served = 0;
+        while served < 20 {
+            let l = storm.wait_prefix(CLIENT_TIMEOUT, "ACK ");
+            served += usize::from(l.starts_with("ACK a ") || l.starts_with("ACK d "));
+        }
+        load.wait_line(CLIENT_TIMEOUT, |l| l.contains(r#""phase":"ok""#));
+        trio.up(1);
+        storm.wait_prefix(CLIENT_TIMEOUT * 6, "STORM over");
+        storm.wait_exit(CLIENT_TIMEOUT).expect("the storm ends");
+        let _ = load.kill();
+        // Every line each client printed, in its own order (the two storms use other names).
+        let load_lines = load.all_stdout();
+        let storm_lines = storm.all_stdout();
+        for l in &storm_lines {
+            apply_storm_line(&mut logs, &mut holders, l);
+        }
+        let mut load_holders = BTreeMap::new();
+        for l in load_lines.iter().filter(|l| l.starts_with('{')) {
+            apply_history_line(&mut logs, &mut load_holders, l);
+        }
+        let names: Vec<&String> = logs.keys().collect();
+        let mut everyone = BTreeSet::new();
+        let mut in_flight = 0;
+        for name in names {
+            let log = &logs[name];
+            let out = trio.cli_ok(0, &["held", "--client", name]);
+            let actual: BTreeSet<i64> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+            in_flight += usize::from(log.pending.is_some());
+            assert!(
+                agrees(log, &actual),
+                "seed {seed}, round {round}, kill after {kill_after} acks: {name} holds \
+                 {actual:?}, acknowledged {:?} with {:?} in flight",
+                log.held,
+                log.pending
+            );
+            for f in &actual {
+                assert!(everyone.insert(*f), "{f} is held by two names");
+            }
+        }
+        println!("round {round}: kill after {kill_after} acks, {in_flight} calls in flight");
+        for i in 0..3 {
+            let check = trio.cli_ok(i, &["check"]);
+            assert!(check.contains("consistent: 60 frequencies"), "{check}");
+        }
+        // The next round starts from an empty pool.
+        for name in logs.keys() {
+            trio.cli_ok(0, &["release", "--client", name]);
+        }
+    }
+}
