@@ -116,6 +116,8 @@ pub struct ControlView {
     pub role: Role,
     /// This node's term.
     pub term: u64,
+    /// The index of this node's last snapshot: its log holds only the entries after it.
+    pub snapshot: u64,
     /// The lease: as leader, a quorum answered within the last `election_tick` ticks; as
     /// follower, the leader was heard within them. A node without it must not act on the view
     /// (a partitioned node stops allocating). [`ControlNode::confirm`] is the strict check.
@@ -260,6 +262,7 @@ impl ControlNode {
                 leader: None,
                 role: Role::Follower,
                 term,
+                snapshot: applied,
                 confirmed: false,
                 version: 0,
                 running: true,
@@ -291,6 +294,7 @@ impl ControlNode {
             election_tick: config.election_tick as u64,
             compact_after: config.compact_after.max(1),
             last_lead: (StateRole::Follower, 0),
+            answers: Vec::new(),
         };
         let tick = config.ticks;
         let thread = std::thread::Builder::new()
@@ -447,6 +451,8 @@ struct Driver {
     election_tick: u64,
     compact_after: u64,
     last_lead: (StateRole, u64),
+    /// Replies to send once the view is published.
+    answers: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl Driver {
@@ -456,6 +462,9 @@ impl Driver {
             Ticks::Manual => None,
         };
         let mut syncs = Vec::new();
+        // Entries committed before a restart apply now, not at the first input.
+        self.on_ready()?;
+        self.publish();
         loop {
             let first = match next_tick {
                 None => rx.recv().ok(),
@@ -481,10 +490,18 @@ impl Driver {
             }
             self.on_ready()?;
             self.publish();
+            // Answers go out after the view shows what they answer.
+            for answer in self.answers.drain(..) {
+                answer();
+            }
             for reply in syncs.drain(..) {
                 let _ = reply.send(self.handled);
             }
         }
+    }
+
+    fn later(&mut self, answer: impl FnOnce() + Send + 'static) {
+        self.answers.push(Box::new(answer));
     }
 
     fn leader(&self) -> Option<NodeId> {
@@ -619,7 +636,7 @@ impl Driver {
                     Some(r) if e.context[..] == p.context[..] => r,
                     _ => Err(ControlError::ProposalDropped),
                 };
-                let _ = p.reply.send(outcome);
+                self.later(move || drop(p.reply.send(outcome)));
             }
         }
         Ok(())
@@ -632,7 +649,8 @@ impl Driver {
             .partition(|(index, _)| *index <= applied);
         self.reads_waiting = waiting;
         for (_, reply) in ready {
-            let _ = reply.send(Ok(self.state.clone()));
+            let state = self.state.clone();
+            self.later(move || drop(reply.send(Ok(state))));
         }
     }
 
@@ -644,15 +662,14 @@ impl Driver {
         }
         let leader = self.leader();
         if self.last_lead.0 == StateRole::Leader && now.0 != StateRole::Leader {
-            for (_, p) in self.pending.drain() {
-                let _ = p.reply.send(Err(ControlError::SteppedDown { leader }));
+            for (_, p) in std::mem::take(&mut self.pending) {
+                self.later(move || drop(p.reply.send(Err(ControlError::SteppedDown { leader }))));
             }
         }
-        for (_, reply) in self.reads.drain() {
-            let _ = reply.send(Err(ControlError::NotLeader { leader }));
-        }
-        for (_, reply) in self.reads_waiting.drain(..) {
-            let _ = reply.send(Err(ControlError::NotLeader { leader }));
+        let reads = std::mem::take(&mut self.reads).into_values();
+        let waiting = std::mem::take(&mut self.reads_waiting).into_iter().map(|(_, r)| r);
+        for reply in reads.chain(waiting).collect::<Vec<_>>() {
+            self.later(move || drop(reply.send(Err(ControlError::NotLeader { leader }))));
         }
         self.last_lead = now;
     }
@@ -684,7 +701,9 @@ impl Driver {
             self.leader(),
             self.raw.raft.term,
         );
+        let snapshot = self.raw.store().snapshot_state().0;
         if view.applied == self.applied
+            && view.snapshot == snapshot
             && view.role == role
             && view.leader == leader
             && view.term == term
@@ -699,6 +718,7 @@ impl Driver {
         view.role = role;
         view.leader = leader;
         view.term = term;
+        view.snapshot = snapshot;
         view.confirmed = confirmed;
         view.version += 1;
         self.shared.changed.notify_all();

@@ -56,7 +56,13 @@ fn store_err(e: impl std::fmt::Display) -> raft::Error {
 impl RaftStorage {
     /// Opens (or creates) the storage in `dir` and loads what it holds.
     pub(crate) fn open(dir: &Path) -> Result<Self, ControlError> {
-        let db = sled::Config::new().path(dir).open()?;
+        // No background flusher: the node flushes at every ready (before it sends), and without
+        // the flusher's clone of the db, dropping the storage releases the directory's lock.
+        let config = sled::Config::new().path(dir).flush_every_ms(None);
+        // sled 0.34 can panic on some damaged files instead of returning an error.
+        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).map_err(|_| ControlError::Storage {
+            detail: format!("sled failed to recover {}", dir.display()),
+        })??;
         let meta = db.open_tree("raft_meta")?;
         let log = db.open_tree("raft_log")?;
         let load = |key: &[u8]| meta.get(key).map(|v| v.map(|v| v.to_vec()));
