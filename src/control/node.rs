@@ -376,7 +376,11 @@ impl ControlNode {
     }
 
     /// Waits until the view's version is above `version`, or `deadline` (`TimedOut`).
-    pub fn wait_change(&self, version: u64, deadline: Instant) -> Result<ControlView, ControlError> {
+    pub fn wait_change(
+        &self,
+        version: u64,
+        deadline: Instant,
+    ) -> Result<ControlView, ControlError> {
         self.wait_for(deadline, |v| v.version > version)
     }
 
@@ -399,7 +403,12 @@ impl ControlNode {
             if !view.running {
                 return Err(ControlError::Stopped);
             }
-            if self.shared.changed.wait_until(&mut view, deadline).timed_out() {
+            if self
+                .shared
+                .changed
+                .wait_until(&mut view, deadline)
+                .timed_out()
+            {
                 return Err(ControlError::TimedOut);
             }
         }
@@ -468,14 +477,16 @@ impl Driver {
         loop {
             let first = match next_tick {
                 None => rx.recv().ok(),
-                Some((every, at)) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                    Ok(input) => Some(input),
-                    Err(RecvTimeoutError::Timeout) => {
-                        next_tick = Some((every, at + every));
-                        Some(Input::Tick)
+                Some((every, at)) => {
+                    match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                        Ok(input) => Some(input),
+                        Err(RecvTimeoutError::Timeout) => {
+                            next_tick = Some((every, at + every));
+                            Some(Input::Tick)
+                        }
+                        Err(RecvTimeoutError::Disconnected) => None,
                     }
-                    Err(RecvTimeoutError::Disconnected) => None,
-                },
+                }
             };
             let Some(first) = first else { return Ok(()) };
             // One round: everything queued, then one pass over the Ready.
@@ -538,7 +549,8 @@ impl Driver {
                 match self.raw.propose(context.clone(), data) {
                     Ok(()) => {
                         let index = self.raw.raft.raft_log.last_index();
-                        self.pending.insert(index, PendingProposal { context, reply });
+                        self.pending
+                            .insert(index, PendingProposal { context, reply });
                     }
                     Err(_) => {
                         let _ = reply.send(Err(ControlError::NotLeader {
@@ -667,7 +679,9 @@ impl Driver {
             }
         }
         let reads = std::mem::take(&mut self.reads).into_values();
-        let waiting = std::mem::take(&mut self.reads_waiting).into_iter().map(|(_, r)| r);
+        let waiting = std::mem::take(&mut self.reads_waiting)
+            .into_iter()
+            .map(|(_, r)| r);
         for reply in reads.chain(waiting).collect::<Vec<_>>() {
             self.later(move || drop(reply.send(Err(ControlError::NotLeader { leader }))));
         }

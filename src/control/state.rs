@@ -285,7 +285,10 @@ mod tests {
             expected_epoch: 1,
         };
         assert_eq!(s.apply(&p), Ok(Applied::Promoted { shard: 0, epoch: 2 }));
-        assert!(matches!(s.apply(&p), Err(Rejection::StaleEpoch { current: 2, .. })));
+        assert!(matches!(
+            s.apply(&p),
+            Err(Rejection::StaleEpoch { current: 2, .. })
+        ));
         let shard = s.shard(0).unwrap();
         assert_eq!((shard.primary, shard.backup, shard.epoch), (2, Some(1), 2));
         assert!(!shard.backup_in_sync);
@@ -303,7 +306,10 @@ mod tests {
         let stranger = Command::Bootstrap {
             shards: vec![(1, Some(9))],
         };
-        assert!(matches!(fresh.apply(&stranger), Err(Rejection::BadLayout(_))));
+        assert!(matches!(
+            fresh.apply(&stranger),
+            Err(Rejection::BadLayout(_))
+        ));
         assert!(!fresh.is_bootstrapped());
 
         let mut s = booted();
@@ -312,13 +318,19 @@ mod tests {
             node: 3,
             expected_epoch: 1,
         };
-        assert!(matches!(s.apply(&not_backup), Err(Rejection::NotTheBackup { .. })));
+        assert!(matches!(
+            s.apply(&not_backup),
+            Err(Rejection::NotTheBackup { .. })
+        ));
         let no_backup = Command::Promote {
             shard: 2,
             node: 1,
             expected_epoch: 1,
         };
-        assert!(matches!(s.apply(&no_backup), Err(Rejection::NotTheBackup { backup: None, .. })));
+        assert!(matches!(
+            s.apply(&no_backup),
+            Err(Rejection::NotTheBackup { backup: None, .. })
+        ));
         let missing = Command::MarkOutOfSync { shard: 7, epoch: 1 };
         assert_eq!(s.apply(&missing), Err(Rejection::NoSuchShard { shard: 7 }));
         let in_sync = Command::MarkInSync {

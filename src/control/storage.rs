@@ -60,9 +60,10 @@ impl RaftStorage {
         // the flusher's clone of the db, dropping the storage releases the directory's lock.
         let config = sled::Config::new().path(dir).flush_every_ms(None);
         // sled 0.34 can panic on some damaged files instead of returning an error.
-        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).map_err(|_| ControlError::Storage {
-            detail: format!("sled failed to recover {}", dir.display()),
-        })??;
+        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+            .map_err(|_| ControlError::Storage {
+                detail: format!("sled failed to recover {}", dir.display()),
+            })??;
         let meta = db.open_tree("raft_meta")?;
         let log = db.open_tree("raft_log")?;
         let load = |key: &[u8]| meta.get(key).map(|v| v.map(|v| v.to_vec()));
@@ -202,7 +203,11 @@ impl RaftStorage {
         Ok(())
     }
 
-    fn store_snapshot(&mut self, meta: SnapshotMetadata, data: Vec<u8>) -> Result<(), ControlError> {
+    fn store_snapshot(
+        &mut self,
+        meta: SnapshotMetadata,
+        data: Vec<u8>,
+    ) -> Result<(), ControlError> {
         self.meta.insert(SNAPSHOT_DATA, data.as_slice())?;
         self.meta
             .insert(SNAPSHOT_META, pb_encode("snapshot metadata", &meta)?)?;
@@ -347,11 +352,23 @@ mod tests {
             Err(raft::Error::Store(StorageError::Compacted))
         ));
         let ents = s.entries(3, 5, None, ctx()).unwrap();
-        assert_eq!(ents.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), [(3, 3), (4, 3)]);
+        assert_eq!(
+            ents.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            [(3, 3), (4, 3)]
+        );
         let snap = s.snapshot(0, 2).unwrap();
-        assert_eq!((snap.get_metadata().index, &snap.data[..]), (2, &b"state at 2"[..]));
-        assert!(s.entries(3, 9, None, ctx()).is_err(), "beyond the log: an error, no panic");
-        assert!(matches!(s.initialize(&[1, 2]), Err(ControlError::Config(_))));
+        assert_eq!(
+            (snap.get_metadata().index, &snap.data[..]),
+            (2, &b"state at 2"[..])
+        );
+        assert!(
+            s.entries(3, 9, None, ctx()).is_err(),
+            "beyond the log: an error, no panic"
+        );
+        assert!(matches!(
+            s.initialize(&[1, 2]),
+            Err(ControlError::Config(_))
+        ));
     }
 
     #[test]
@@ -370,7 +387,10 @@ mod tests {
         s.flush().unwrap();
         drop(s);
         let s = RaftStorage::open(dir.path()).unwrap();
-        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (11, 10));
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (11, 10)
+        );
         assert_eq!(s.term(10).unwrap(), 4);
         assert_eq!(s.hard_state().commit, 10);
         assert_eq!(s.snapshot_state(), (10, &b"ten"[..]));
