@@ -584,16 +584,22 @@ impl Driver {
             let mut rd = self.raw.ready();
             // Persist, then send: a vote or an acknowledged append must survive a crash.
             let store = self.raw.mut_store();
+            let dirty = !rd.snapshot().is_empty() || !rd.entries().is_empty() || rd.hs().is_some();
             if !rd.snapshot().is_empty() {
+                // Decoded before it is stored: a snapshot that does not decode stops the node
+                // but does not poison its directory.
+                let state = codec::decode(&rd.snapshot().data)?;
                 store.apply_snapshot(rd.snapshot())?;
-                self.state = codec::decode(&rd.snapshot().data)?;
+                self.state = state;
                 self.applied = rd.snapshot().get_metadata().index;
             }
             store.append(rd.entries())?;
             if let Some(hs) = rd.hs() {
                 store.set_hard_state(hs)?;
             }
-            store.flush()?;
+            if dirty {
+                store.flush()?;
+            }
             self.send_all(rd.take_messages());
             self.send_all(rd.take_persisted_messages());
             for rs in rd.take_read_states() {

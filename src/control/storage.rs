@@ -131,12 +131,14 @@ impl RaftStorage {
             return Ok(());
         };
         if first.index <= self.snapshot.index || first.index > self.last_index + 1 {
-            return Err(ControlError::Config(format!(
-                "append at {} does not fit the log ({}..={})",
-                first.index,
-                self.snapshot.index + 1,
-                self.last_index
-            )));
+            return Err(ControlError::Storage {
+                detail: format!(
+                    "append at {} does not fit the log ({}..={})",
+                    first.index,
+                    self.snapshot.index + 1,
+                    self.last_index
+                ),
+            });
         }
         let mut batch = sled::Batch::default();
         for key in self.log.range(first.index.to_be_bytes()..).keys() {
@@ -190,9 +192,11 @@ impl RaftStorage {
         if index <= self.snapshot.index {
             return Ok(());
         }
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = self.term(index)?;
+        let mut meta = SnapshotMetadata {
+            index,
+            term: self.term(index)?,
+            ..Default::default()
+        };
         meta.set_conf_state(self.conf_state.clone());
         self.store_snapshot(meta, data)?;
         let mut batch = sled::Batch::default();
@@ -310,11 +314,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Default::default()
+        }
     }
 
     fn ctx() -> GetEntriesContext {
@@ -330,10 +335,12 @@ mod tests {
             s.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]).unwrap();
             // A new leader overwrites the tail.
             s.append(&[entry(3, 3), entry(4, 3)]).unwrap();
-            let mut hs = HardState::default();
-            hs.term = 3;
-            hs.vote = 2;
-            hs.commit = 3;
+            let hs = HardState {
+                term: 3,
+                vote: 2,
+                commit: 3,
+                ..Default::default()
+            };
             s.set_hard_state(&hs).unwrap();
             s.compact(2, b"state at 2".to_vec()).unwrap();
             s.flush().unwrap();
