@@ -10,7 +10,10 @@
 //!
 //! [`ControlState`]: crate::control::ControlState
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -25,6 +28,8 @@ const SNAPSHOT_DATA: &[u8] = b"snapshot_data";
 /// The raft log, hard state, conf state and snapshot of one node, in its own sled directory.
 pub(crate) struct RaftStorage {
     db: sled::Db,
+    /// The canonical directory, recorded in [`CLOSED`] on drop.
+    path: PathBuf,
     meta: sled::Tree,
     log: sled::Tree,
     hard_state: HardState,
@@ -48,6 +53,63 @@ fn pb_decode<M: protobuf::Message>(what: &'static str, bytes: &[u8]) -> Result<M
     })
 }
 
+/// Directories this process has closed. sled releases a directory's lock only when its last
+/// background task lets go, and gives no signal to wait on; reopening one of these (a node
+/// restarted in the same process) retries a locked directory briefly instead of failing.
+static CLOSED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// How long a reopen waits for sled to release a directory this process closed.
+const RELEASE_DEADLINE: Duration = Duration::from_secs(5);
+
+fn closed() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
+    CLOSED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn open_db(dir: &Path) -> Result<(sled::Db, PathBuf), ControlError> {
+    let io = |e: std::io::Error| ControlError::Storage {
+        detail: format!("{}: {e}", dir.display()),
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let path = std::fs::canonicalize(dir).map_err(io)?;
+    let closed_here = closed().contains(&path);
+    // No background flusher: the node flushes at every ready that wrote something, before it
+    // sends.
+    let config = sled::Config::new().path(&path).flush_every_ms(None);
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(100);
+    loop {
+        // sled 0.34 can panic on some damaged files instead of returning an error.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+            Ok(Ok(db)) => {
+                closed().remove(&path);
+                return Ok((db, path));
+            }
+            Ok(Err(sled::Error::Io(e)))
+                if closed_here
+                    && e.to_string().contains("could not acquire lock")
+                    && start.elapsed() < RELEASE_DEADLINE =>
+            {
+                // Not synchronisation with anything we could wait on (see CLOSED): bounded
+                // polling with backoff.
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(ControlError::Storage {
+                    detail: format!("sled failed to recover {}", dir.display()),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for RaftStorage {
+    fn drop(&mut self) {
+        closed().insert(self.path.clone());
+    }
+}
+
 /// A failure of ours, in the shape raft-rs's `Storage` methods return.
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(StorageError::Other(e.to_string().into()))
@@ -56,14 +118,7 @@ fn store_err(e: impl std::fmt::Display) -> raft::Error {
 impl RaftStorage {
     /// Opens (or creates) the storage in `dir` and loads what it holds.
     pub(crate) fn open(dir: &Path) -> Result<Self, ControlError> {
-        // No background flusher: the node flushes at every ready (before it sends), and without
-        // the flusher's clone of the db, dropping the storage releases the directory's lock.
-        let config = sled::Config::new().path(dir).flush_every_ms(None);
-        // sled 0.34 can panic on some damaged files instead of returning an error.
-        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
-            .map_err(|_| ControlError::Storage {
-                detail: format!("sled failed to recover {}", dir.display()),
-            })??;
+        let (db, path) = open_db(dir)?;
         let meta = db.open_tree("raft_meta")?;
         let log = db.open_tree("raft_log")?;
         let load = |key: &[u8]| meta.get(key).map(|v| v.map(|v| v.to_vec()));
@@ -86,6 +141,7 @@ impl RaftStorage {
         };
         Ok(RaftStorage {
             db,
+            path,
             meta,
             log,
             hard_state,
@@ -376,6 +432,14 @@ mod tests {
             s.initialize(&[1, 2]),
             Err(ControlError::Config(_))
         ));
+    }
+
+    #[test]
+    fn a_directory_open_elsewhere_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = RaftStorage::open(dir.path()).unwrap();
+        let second = RaftStorage::open(dir.path());
+        assert!(matches!(second, Err(ControlError::Storage { .. })));
     }
 
     #[test]
