@@ -130,6 +130,9 @@ pub struct ControlView {
     pub failure: Option<String>,
 }
 
+/// The most inputs one round of the thread handles before it drains the Ready.
+const ROUND_INPUTS: usize = 256;
+
 type ProposalReply = Sender<Result<Applied, ControlError>>;
 type ReadReply = Sender<Result<ControlState, ControlError>>;
 
@@ -476,28 +479,41 @@ impl Driver {
         self.publish();
         loop {
             let first = match next_tick {
-                None => rx.recv().ok(),
-                Some((every, at)) => {
+                None => match rx.recv() {
+                    Ok(input) => Some(input),
+                    Err(_) => return Ok(()),
+                },
+                Some((_, at)) => {
                     match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                         Ok(input) => Some(input),
-                        Err(RecvTimeoutError::Timeout) => {
-                            next_tick = Some((every, at + every));
-                            Some(Input::Tick)
-                        }
-                        Err(RecvTimeoutError::Disconnected) => None,
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => return Ok(()),
                     }
                 }
             };
-            let Some(first) = first else { return Ok(()) };
-            // One round: everything queued, then one pass over the Ready.
-            let mut input = Some(first);
+            // One round: what is queued (bounded, so a flood cannot starve the Ready or the
+            // clock), then one pass over the Ready.
+            let mut input = first;
+            let mut budget = ROUND_INPUTS;
             while let Some(i) = input.take() {
                 match i {
                     Input::Stop => return Ok(()),
                     Input::Sync(reply) => syncs.push(reply),
                     other => self.handle(other),
                 }
-                input = rx.try_recv().ok();
+                budget -= 1;
+                if budget > 0 {
+                    input = rx.try_recv().ok();
+                }
+            }
+            // The clock ticks even while inputs keep the channel busy.
+            if let Some((every, at)) = next_tick.as_mut() {
+                let now = Instant::now();
+                if now >= *at {
+                    self.handle(Input::Tick);
+                    // One tick per round at most: a stalled thread does not burst-tick.
+                    *at = (*at + *every).max(now);
+                }
             }
             self.on_ready()?;
             self.publish();
