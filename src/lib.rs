@@ -64,6 +64,7 @@
 //! | module | what it is | Erlang |
 //! |---|---|---|
 //! | [`table`] | the table contract shared by ETS and DETS: [`TableType`], [`ReadTable`], [`WriteTable`] | - |
+//! | [`control`] | the cluster's control plane: shard primaries and epochs in a Raft log ([`ControlNode`]) | - |
 //! | [`codec`] | value encoding (serde + bincode 2.0.1): the one file that knows bincode | `term_to_binary` |
 //! | [`ets`] | in-memory concurrent tables (the hash types on `dashmap`, `ordered_set` on a `BTreeMap`) | `ets` |
 //! | [`dets`] | `sled`-backed disk tables with the same API, durable on demand | `dets` |
@@ -76,6 +77,7 @@
 //! `otp` knows no tables.
 
 pub mod codec;
+pub mod control;
 pub mod dets;
 pub mod dist;
 pub mod ets;
@@ -84,6 +86,7 @@ pub mod io_words;
 pub mod otp;
 pub mod table;
 
+pub use control::ControlNode;
 pub use table::{Counter, ReadTable, TableInfo, TableType, WriteTable};
 
 /// The README's Rust examples, compiled and run as doc tests.
