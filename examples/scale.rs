@@ -46,6 +46,7 @@ fn main() -> Result<(), FreqError> {
         durability: Durability::Interval(Duration::from_millis(200)),
         client_limit: None,
         replicas: 1,
+        cluster: None,
     };
     Allocator::init(dir.path(), config, false)?;
     let alloc = Allocator::open(dir.path(), Options::default())?;

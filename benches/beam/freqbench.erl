@@ -26,6 +26,15 @@
 %%       freqalloc node, or tests/erl/frequency_beam.erl on a BEAM node). SIDE labels the
 %%       line ("rust" when NODE is the freqalloc node, "beam" for the BEAM one); workload
 %%       "dist/beam_clients". One warm-up call first (it connects), not timed.
+%%   erl -sname r@localhost -setcookie C -noshell -pa DIR \
+%%       -run freqbench main cluster_router NODES SHARDS POOL
+%%       The BEAM side of the cluster rows (issue 14): this node registers `frequency`, the
+%%       course's router over SHARDS back ends spread round NODES (comma-separated, this node
+%%       among them; shard i on node i mod N, as `freqalloc init --nodes` places them), each
+%%       spawned on its node. The router forwards each gen_server call ('$gen_call') to a back
+%%       end (allocations to the one with the most free, deallocations to the owner), and the
+%%       back end answers the caller directly (gen:reply). Prints a ready line, then serves
+%%       until killed.
 %%
 %% Timing is wall clock (erlang:monotonic_time/1) from releasing the workers to the last one
 %% done, as on the Rust side. Run it through benches/beam/compare.sh, which compiles this file
@@ -50,6 +59,8 @@ run(["dets", N, SyncWrites, Dir]) ->
 run(["alloc", Kind, Shards, Clients, Seconds, Pool]) ->
     alloc(list_to_atom(Kind), list_to_integer(Shards), list_to_integer(Clients),
           to_float(Seconds), list_to_integer(Pool));
+run(["cluster_router", Nodes, Shards, Pool]) ->
+    cluster_router(string:tokens(Nodes, ","), list_to_integer(Shards), list_to_integer(Pool));
 run(["dist_clients", Node, Clients, Seconds, Side]) ->
     dist_clients(list_to_atom(Node), list_to_integer(Clients), to_float(Seconds), Side);
 run(Other) ->
@@ -304,6 +315,63 @@ most_free(Counts, I, N, Best) ->
     case element(I, Counts) > element(Best, Counts) of
         true -> most_free(Counts, I + 1, N, I);
         false -> most_free(Counts, I + 1, N, Best)
+    end.
+
+%% ---------------------------------------------------------------- cluster router
+
+cluster_router(Nodes0, Shards, Pool) ->
+    Nodes = [list_to_atom(N) || N <- Nodes0],
+    [pong = net_adm:ping(N) || N <- Nodes, N =/= node()],
+    Size = (Pool + Shards - 1) div Shards,
+    Self = self(),
+    Backs = [begin
+                 First = (I - 1) * Size,
+                 Last = min(I * Size, Pool) - 1,
+                 Node = lists:nth((I - 1) rem length(Nodes) + 1, Nodes),
+                 {spawn_link(Node, fun() -> gserver({lists:seq(First, Last), []}, Self, I) end),
+                  Last - First + 1}
+             end
+             || I <- lists:seq(1, Shards)],
+    register(frequency, self()),
+    io:format("cluster_router ~s serving ~b shards on ~p~n", [node(), Shards, Nodes]),
+    grouter_loop(list_to_tuple([P || {P, _} <- Backs]),
+                 list_to_tuple([C || {_, C} <- Backs]), Size).
+
+grouter_loop(Backs, Counts, Size) ->
+    receive
+        {'$gen_call', _From, allocate} = Msg ->
+            I = most_free(Counts, 2, tuple_size(Counts), 1),
+            element(I, Backs) ! Msg,
+            grouter_loop(Backs, setelement(I, Counts, element(I, Counts) - 1), Size);
+        {'$gen_call', From, {deallocate, Freq}} = Msg ->
+            I = Freq div Size + 1,
+            case is_integer(Freq) andalso I >= 1 andalso I =< tuple_size(Backs) of
+                true ->
+                    element(I, Backs) ! Msg,
+                    grouter_loop(Backs, setelement(I, Counts, element(I, Counts) + 1), Size);
+                false ->
+                    gen:reply(From, {error, not_allocated}),
+                    grouter_loop(Backs, Counts, Size)
+            end;
+        {adjust, I, Delta} ->
+            grouter_loop(Backs, setelement(I, Counts, element(I, Counts) + Delta), Size);
+        _ ->
+            grouter_loop(Backs, Counts, Size)
+    end.
+
+%% The course's back end answering gen_server calls forwarded by the router.
+gserver(State, Router, Index) ->
+    receive
+        {'$gen_call', {Pid, _} = From, allocate} ->
+            {New, Reply} = allocate(State, Pid),
+            gen:reply(From, Reply),
+            element(1, Reply) =:= ok orelse adjust(Router, Index, 1),
+            gserver(New, Router, Index);
+        {'$gen_call', {Pid, _} = From, {deallocate, Freq}} ->
+            {New, Reply} = deallocate(State, Freq, Pid),
+            gen:reply(From, Reply),
+            Reply =:= ok orelse adjust(Router, Index, -1),
+            gserver(New, Router, Index)
     end.
 
 %% ---------------------------------------------------------------- distribution

@@ -176,7 +176,9 @@ impl PeerCalls {
             .get(peer)
             .and_then(|s| s.retry_after.clone())
         {
-            if Instant::now() < until {
+            // Refused at once while the last dial's failure is recent, unless the peer has
+            // connected to us since (it runs again).
+            if Instant::now() < until && !self.node.connected().iter().any(|n| n == peer) {
                 return Err(PeerCallError::NotSent(why));
             }
         }
