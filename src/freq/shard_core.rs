@@ -384,13 +384,16 @@ impl ShardCore {
                     Err(e) => (Err(e.into()), false),
                 }
             }
-            ClientCall::Deallocate { freq, owner } => match self.pool.deallocate_owned(freq, owner) {
-                Ok(change) => {
-                    self.record(change);
-                    (Ok(ClientReply::Deallocated), false)
+            ClientCall::Deallocate { freq, owner } => {
+                let freed = self.pool.deallocate_owned(freq, owner);
+                match freed {
+                    Ok(change) => {
+                        self.record(change);
+                        (Ok(ClientReply::Deallocated), false)
+                    }
+                    Err(e) => (Err(e.into()), false),
                 }
-                Err(e) => (Err(e.into()), false),
-            },
+            }
             ClientCall::ReleaseAll { owner } => match self.pool.release_all(&owner) {
                 Ok(changes) => {
                     let mut freed = Vec::with_capacity(changes.len());
