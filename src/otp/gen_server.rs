@@ -328,11 +328,12 @@ impl<S: GenServer> Core<S> {
 ///
 /// A caller reads it from the slot without taking any lock ([`Slot::live`], an `arc-swap` load:
 /// it keeps this instance's `Live` alive without ever blocking whoever replaces or removes it),
-/// so no lock guard of the slot is held across user code, and a callback may ask its supervisor
-/// to kill, restart or replace the very instance it runs in.
+/// or, for a call, uses its own thread's copy while the slot still names this instance
+/// ([`CallEntry`]); so no lock guard of the slot is held across user code, and a callback may
+/// ask its supervisor to kill, restart or replace the very instance it runs in.
 pub(crate) struct Live<S: GenServer> {
-    /// Unique over the process ([`next_id`]): what [`Slot::live_id`] and the callers' cached
-    /// copies ([`CallSite`]) are compared by.
+    /// Unique over the process ([`next_id`]): what [`Slot::live_id`] and the callers' copies
+    /// ([`CallEntry`]) are compared by.
     id: u64,
     tx: Mailbox<S>,
     core: Arc<Core<S>>,
@@ -362,11 +363,11 @@ impl<S: GenServer> Instance<S> {
 /// Where a server handle points: the current instance, replaced on every restart.
 pub(crate) struct Slot<S: GenServer> {
     thread_name: String,
-    /// The current instance's caller side, read lock-free by every call; kept equal to
+    /// The current instance's caller side, read lock-free by callers (a call reads its thread's copy while `live_id` still names it); kept equal to
     /// `current`'s, and changed only under `current`'s lock.
     live: ArcSwapOption<Live<S>>,
     /// `live`'s [`Live::id`] (0: none), changed with it: a caller holding a copy of the `Live`
-    /// with this id may use it without loading `live` ([`CallSite`]).
+    /// with this id may use it without loading `live` ([`CallEntry`]).
     live_id: AtomicU64,
     /// The current instance with its thread: changed by starts, stops and kills only.
     current: Mutex<Option<Instance<S>>>,
