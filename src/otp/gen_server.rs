@@ -363,8 +363,9 @@ impl<S: GenServer> Instance<S> {
 /// Where a server handle points: the current instance, replaced on every restart.
 pub(crate) struct Slot<S: GenServer> {
     thread_name: String,
-    /// The current instance's caller side, read lock-free by callers (a call reads its thread's copy while `live_id` still names it); kept equal to
-    /// `current`'s, and changed only under `current`'s lock.
+    /// The current instance's caller side, read lock-free by callers (a call uses its thread's
+    /// copy while `live_id` still names it); kept equal to `current`'s, and changed only under
+    /// `current`'s lock.
     live: ArcSwapOption<Live<S>>,
     /// `live`'s [`Live::id`] (0: none), changed with it: a caller holding a copy of the `Live`
     /// with this id may use it without loading `live` ([`CallEntry`]).
