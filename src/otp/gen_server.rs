@@ -929,7 +929,10 @@ impl<S: GenServer> Server<S> {
     /// the call pending), [`OtpError::ReplyDropped`], [`OtpError::CallingSelf`].
     pub fn call_timeout(&self, request: S::Call, timeout: Duration) -> Result<S::Reply, OtpError> {
         // This thread's copy of the current instance's caller side, with a spare reply cell.
-        let mut entry = CallEntry::take(&self.slot).ok_or(OtpError::NoProc)?;
+        // (`let else`, not `ok_or`: that builds and drops an `OtpError` on every call.)
+        let Some(mut entry) = CallEntry::take(&self.slot) else {
+            return Err(OtpError::NoProc);
+        };
         let reply = Self::call_instance(&mut entry, request, timeout);
         entry.put_back();
         reply
