@@ -1011,6 +1011,40 @@ fn brutal_kill_refuses_calls_at_once() {
     assert_eq!(k.call(Call::Add(1)).unwrap(), 1);
 }
 
+/// Regression test for issue 11's per-thread copies of an instance's caller side: a thread
+/// that has called an instance keeps a copy of it (and a reply cell for it) for its next calls.
+/// Once the instance is killed the same thread's calls get `NoProc`, and once it is restarted
+/// (by hand, or after a crash) they reach the new instance, never the copy of the old one.
+#[test]
+fn a_callers_copy_of_an_instance_is_never_used_after_it_is_replaced() {
+    for direct in [false, true] {
+        let (log_tx, log) = mpsc::channel();
+        let mut args = WArgs::new("c", &log_tx);
+        args.direct = direct;
+        let (spec, c) = ChildSpec::server::<Worker>("c", "test-copy", move || args.clone());
+        let sup = Supervisor::start(
+            SupervisorSpec::new(Strategy::OneForOne)
+                .name("test-sup-copy")
+                .child(spec.shutdown(Shutdown::BrutalKill)),
+        )
+        .unwrap();
+        expect_log(&log, &strs(&["start:c"]));
+        assert_eq!(c.call(Call::Add(5)).unwrap(), 5);
+        // Through this thread's copy.
+        assert_eq!(c.call(Call::Add(1)).unwrap(), 6);
+        sup.terminate_child("c").unwrap();
+        assert!(matches!(c.call(Call::Get), Err(OtpError::NoProc)));
+        sup.restart_child("c").unwrap();
+        // A new instance: its counter starts from zero.
+        assert_eq!(c.call(Call::Add(1)).unwrap(), 1, "direct: {direct}");
+        assert_eq!(c.call(Call::Add(1)).unwrap(), 2, "direct: {direct}");
+        let generation = c.generation();
+        c.cast(Cast::Fail(Fail::Panic)).unwrap();
+        c.wait_for_generation(generation + 1, WAIT).unwrap();
+        assert_eq!(c.call(Call::Add(3)).unwrap(), 3, "direct: {direct}");
+    }
+}
+
 #[test]
 fn state_is_dropped_before_the_supervisor_restarts() {
     // The lock is taken in init and released in Drop: restarting before the drop would fail.

@@ -1454,7 +1454,10 @@ fn set_aside(args: &CoreArgs) -> Result<(), FreqError> {
 /// The one rule for a client name, for every operation (and the CLI's `--client`): 1 to 255
 /// bytes, no control characters (a name is printed in status tables and error messages).
 pub fn check_client_name(name: &str) -> Result<(), FreqError> {
-    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+    // Printable ASCII (the usual name) is checked bytewise, without decoding UTF-8.
+    let printable_ascii = name.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if name.is_empty() || name.len() > 255 || !printable_ascii && name.chars().any(char::is_control)
+    {
         return Err(FreqError::BadClientName(name.to_string()));
     }
     Ok(())

@@ -233,77 +233,136 @@ impl Pool {
         now_ms: u64,
         lease_ms: Option<u64>,
     ) -> Result<(u64, Change), FreqError> {
+        let alloc = self.new_allocation(owner.to_string(), now_ms, lease_ms)?;
+        let f = self.take_lowest_free()?;
+        self.grant(f, alloc.clone());
+        Ok((f, Change::Allocated(f, alloc)))
+    }
+
+    /// [`Pool::allocate`] for a caller that keeps no [`Change`] (a shard with nothing to write
+    /// or ship): the owner's name is moved into the tables instead of copied three times, and
+    /// no change is built to be dropped. The hot path of an in-memory shard.
+    pub(crate) fn allocate_unlogged(
+        &mut self,
+        owner: String,
+        now_ms: u64,
+        lease_ms: Option<u64>,
+    ) -> Result<u64, FreqError> {
+        let alloc = self.new_allocation(owner, now_ms, lease_ms)?;
+        let f = self.take_lowest_free()?;
+        self.grant(f, alloc);
+        Ok(f)
+    }
+
+    /// The allocation `owner` would get now, after the checks that come before any change:
+    /// the lease and the per-shard limit.
+    fn new_allocation(
+        &self,
+        owner: String,
+        now_ms: u64,
+        lease_ms: Option<u64>,
+    ) -> Result<Allocation, FreqError> {
         // A lease expires at `now + lease`: zero would expire as it is granted.
         if lease_ms == Some(0) {
             return Err(FreqError::BadLease);
         }
         if let Some(limit) = self.limit {
-            if self.owners.lookup(&owner.to_string()).len() >= limit {
+            if self.owners.lookup_with(&owner, <[u64]>::len) >= limit {
                 return Err(FreqError::LimitReached {
-                    client: owner.to_string(),
+                    client: owner,
                     limit,
                 });
             }
         }
+        Ok(Allocation {
+            owner,
+            since_ms: now_ms,
+            lease_until_ms: lease_ms.map(|l| now_ms.saturating_add(l)),
+        })
+    }
+
+    /// Removes the lowest free frequency from `free`; `NoFrequency` if there is none.
+    fn take_lowest_free(&mut self) -> Result<u64, FreqError> {
         let Some(first) = self.free.first() else {
             return Err(FreqError::NoFrequency {
                 pool_size: saturate(self.size),
             });
         };
+        // Read in place and deleted, rather than `take`n: a `take` builds a `Vec` (one
+        // allocation) for its one object.
         let last = self
             .free
-            .take(&first)
-            .first()
-            .copied()
+            .lookup_with(&first, |v| v.first().copied())
             .ok_or_else(|| FreqError::Corrupt(format!("free range at {first} vanished")))?;
+        self.free.delete(&first);
         if first < last {
             self.free.insert(first + 1, last);
         }
-        let alloc = Allocation {
-            owner: owner.to_string(),
-            since_ms: now_ms,
-            lease_until_ms: lease_ms.map(|l| now_ms.saturating_add(l)),
-        };
-        self.allocations.insert(first, alloc.clone());
-        self.owners.insert(alloc.owner.clone(), first);
-        if let Some(t) = alloc.lease_until_ms {
-            self.leases.insert((t, first));
+        Ok(first)
+    }
+
+    /// Records `alloc` of `f` (just taken from `free`) in the tables and the counts.
+    fn grant(&mut self, f: u64, alloc: Allocation) {
+        let owner = alloc.owner.clone();
+        let lease = alloc.lease_until_ms;
+        // The allocation first, then the owner index (the order readers have always seen).
+        self.allocations.insert(f, alloc);
+        self.owners.insert(owner, f);
+        if let Some(t) = lease {
+            self.leases.insert((t, f));
         }
         self.free_count -= 1;
         self.publish();
-        Ok((first, Change::Allocated(first, alloc)))
     }
 
     /// Frees `f`, held by `owner`. Typed errors, and nothing changed, when `f` is free
     /// (`NotAllocated`), outside this pool (`UnknownFrequency`) or held by another (`NotOwner`).
     pub fn deallocate(&mut self, f: u64, owner: &str) -> Result<Change, FreqError> {
-        match self.allocations.lookup(&f).into_iter().next() {
+        self.deallocate_owned(f, owner.to_string())
+    }
+
+    /// [`Pool::deallocate`] with the owner's name by value (as a request carries it): the
+    /// owner index is keyed by `String`, so a `&str` would be copied to look it up.
+    pub(crate) fn deallocate_owned(&mut self, f: u64, owner: String) -> Result<Change, FreqError> {
+        // Compared in place: the allocation is not copied out (its owner's name is a `String`).
+        let held = self.allocations.lookup_with(&f, |v| {
+            v.first().map(|a| {
+                if a.owner == owner {
+                    Ok(a.lease_until_ms)
+                } else {
+                    Err(a.owner.clone())
+                }
+            })
+        });
+        match held {
             None if self.owns(f) => Err(FreqError::NotAllocated(f)),
             None => Err(FreqError::UnknownFrequency(f)),
-            Some(a) if a.owner != owner => Err(FreqError::NotOwner {
+            Some(Err(holder)) => Err(FreqError::NotOwner {
                 freq: f,
-                owner: a.owner,
-                client: owner.to_string(),
+                owner: holder,
+                client: owner,
             }),
-            Some(a) => {
-                if let Some(t) = a.lease_until_ms {
+            Some(Ok(lease_until_ms)) => {
+                if let Some(t) = lease_until_ms {
                     self.leases.remove(&(t, f));
                 }
-                self.release(f, &a.owner)?;
+                self.release(f, &owner)?;
                 Ok(Change::Released(f))
             }
         }
     }
 
     /// Frees `f` (known allocated to `owner`) and merges it with its free neighbours.
-    fn release(&mut self, f: u64, owner: &str) -> Result<(), FreqError> {
+    // `&String`, not `&str`: the owner index's key type, so no copy is made to look it up.
+    #[allow(clippy::ptr_arg)]
+    fn release(&mut self, f: u64, owner: &String) -> Result<(), FreqError> {
         self.allocations.delete(&f);
-        self.owners.delete_object(&owner.to_string(), &f);
+        self.owners.delete_object(owner, &f);
         let mut first = f;
         let mut last = f;
-        // The free range ending just below f, if any.
+        // The free range ending just below f, if any (read in place: no `Vec` is built).
         if let Some(p) = self.free.prev(&f) {
-            if let Some(&pl) = self.free.lookup(&p).first() {
+            if let Some(pl) = self.free.lookup_with(&p, |v| v.first().copied()) {
                 if pl.checked_add(1) == Some(f) {
                     first = p;
                 }
@@ -311,7 +370,8 @@ impl Pool {
         }
         // The free range starting just above f, if any.
         if let Some(n) = f.checked_add(1) {
-            if let Some(&nl) = self.free.take(&n).first() {
+            if let Some(nl) = self.free.lookup_with(&n, |v| v.first().copied()) {
+                self.free.delete(&n);
                 last = nl;
             }
         }
@@ -323,7 +383,8 @@ impl Pool {
 
     /// Frees every frequency `owner` holds; returns them.
     pub fn release_all(&mut self, owner: &str) -> Result<Vec<Change>, FreqError> {
-        let held = self.owners.lookup(&owner.to_string());
+        let owner = owner.to_string();
+        let held = self.owners.lookup(&owner);
         let mut changes = Vec::with_capacity(held.len());
         for f in held {
             if let Some(a) = self.allocations.lookup(&f).first() {
@@ -331,7 +392,7 @@ impl Pool {
                     self.leases.remove(&(t, f));
                 }
             }
-            self.release(f, owner)?;
+            self.release(f, &owner)?;
             changes.push(Change::Released(f));
         }
         Ok(changes)

@@ -365,21 +365,35 @@ impl ShardCore {
             // Only an allocation reads the clock (a system call's worth on the hot path otherwise).
             ClientCall::Allocate { owner, lease_ms } => {
                 let now = self.args.clock.now_ms();
-                match self.pool.allocate(&owner, now, lease_ms) {
-                    Ok((f, change)) => {
+                // A change that goes nowhere is not built: the request's name moves into the
+                // tables (see `Pool::allocate_unlogged`).
+                let allocated = if self.batched {
+                    self.pool
+                        .allocate(&owner, now, lease_ms)
+                        .map(|(f, change)| {
+                            self.record(change);
+                            f
+                        })
+                } else {
+                    self.pool
+                        .allocate_unlogged(owner, now, lease_ms)
+                        .inspect(|_| self.seq += 1)
+                };
+                match allocated {
+                    Ok(f) => (Ok(ClientReply::Allocated(f)), lease_ms.is_some()),
+                    Err(e) => (Err(e.into()), false),
+                }
+            }
+            ClientCall::Deallocate { freq, owner } => {
+                let freed = self.pool.deallocate_owned(freq, owner);
+                match freed {
+                    Ok(change) => {
                         self.record(change);
-                        (Ok(ClientReply::Allocated(f)), lease_ms.is_some())
+                        (Ok(ClientReply::Deallocated), false)
                     }
                     Err(e) => (Err(e.into()), false),
                 }
             }
-            ClientCall::Deallocate { freq, owner } => match self.pool.deallocate(freq, &owner) {
-                Ok(change) => {
-                    self.record(change);
-                    (Ok(ClientReply::Deallocated), false)
-                }
-                Err(e) => (Err(e.into()), false),
-            },
             ClientCall::ReleaseAll { owner } => match self.pool.release_all(&owner) {
                 Ok(changes) => {
                     let mut freed = Vec::with_capacity(changes.len());

@@ -3,6 +3,7 @@
 //! Erlang: <https://www.erlang.org/doc/apps/stdlib/gen_server.html>
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -15,7 +16,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::error::{ExitError, ExitReason, OtpError};
 use super::registry::{self, Named};
-use super::reply::{Backoff, InstanceShared, ReplyCell, ReplyTo, RunningFrame};
+use super::reply::{Backoff, InstanceShared, ReplyTo, RunningFrame, SpareCell};
 use super::timer::{TimerEntry, TimerQueue, TimerRef};
 
 /// The default call timeout, as in OTP: 5 seconds.
@@ -327,9 +328,13 @@ impl<S: GenServer> Core<S> {
 ///
 /// A caller reads it from the slot without taking any lock ([`Slot::live`], an `arc-swap` load:
 /// it keeps this instance's `Live` alive without ever blocking whoever replaces or removes it),
-/// so no lock guard of the slot is held across user code, and a callback may ask its supervisor
-/// to kill, restart or replace the very instance it runs in.
+/// or, for a call, uses its own thread's copy while the slot still names this instance
+/// ([`CallEntry`]); so no lock guard of the slot is held across user code, and a callback may
+/// ask its supervisor to kill, restart or replace the very instance it runs in.
 pub(crate) struct Live<S: GenServer> {
+    /// Unique over the process ([`next_id`]): what [`Slot::live_id`] and the callers' copies
+    /// ([`CallEntry`]) are compared by.
+    id: u64,
     tx: Mailbox<S>,
     core: Arc<Core<S>>,
     shared: Arc<InstanceShared>,
@@ -358,9 +363,13 @@ impl<S: GenServer> Instance<S> {
 /// Where a server handle points: the current instance, replaced on every restart.
 pub(crate) struct Slot<S: GenServer> {
     thread_name: String,
-    /// The current instance's caller side, read lock-free by every call; kept equal to
-    /// `current`'s, and changed only under `current`'s lock.
+    /// The current instance's caller side, read lock-free by callers (a call uses its thread's
+    /// copy while `live_id` still names it); kept equal to `current`'s, and changed only under
+    /// `current`'s lock.
     live: ArcSwapOption<Live<S>>,
+    /// `live`'s [`Live::id`] (0: none), changed with it: a caller holding a copy of the `Live`
+    /// with this id may use it without loading `live` ([`CallEntry`]).
+    live_id: AtomicU64,
     /// The current instance with its thread: changed by starts, stops and kills only.
     current: Mutex<Option<Instance<S>>>,
     /// How many instances have been started; read without a lock (every deallocation reads it),
@@ -375,6 +384,7 @@ impl<S: GenServer> Slot<S> {
         Arc::new(Slot {
             thread_name,
             live: ArcSwapOption::const_empty(),
+            live_id: AtomicU64::new(0),
             current: Mutex::new(None),
             generation: AtomicU64::new(0),
             generation_lock: Mutex::new(()),
@@ -394,6 +404,7 @@ impl<S: GenServer> Slot<S> {
         let old = {
             let mut cur = self.current.lock();
             self.live.store(Some(Arc::clone(&inst.live)));
+            self.live_id.store(inst.live.id, Ordering::Release);
             cur.replace(inst)
         };
         {
@@ -413,6 +424,7 @@ impl<S: GenServer> Slot<S> {
             .as_ref()
             .is_some_and(|i| Arc::ptr_eq(&i.live.shared, shared))
         {
+            self.live_id.store(0, Ordering::Release);
             self.live.store(None);
             cur.take()
         } else {
@@ -431,6 +443,7 @@ impl<S: GenServer> Slot<S> {
 
 impl<S: GenServer> Drop for Slot<S> {
     fn drop(&mut self) {
+        self.live_id.store(0, Ordering::Release);
         self.live.store(None);
         if let Some(inst) = self.current.get_mut().take() {
             let _ = inst.live.tx.send(Msg::Stop(ExitReason::Shutdown));
@@ -486,6 +499,7 @@ pub(crate) fn spawn_into<S: GenServer>(
         Ok(()) => {
             slot.install(Instance {
                 live: Arc::new(Live {
+                    id: next_id(),
                     tx: mailbox,
                     core,
                     shared: shared.clone(),
@@ -777,6 +791,78 @@ pub(crate) fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
+/// What a thread keeps between its calls to one server instance: a copy of the instance's caller
+/// side and a spare reply cell for it.
+struct CallEntry<S: GenServer> {
+    live: Arc<Live<S>>,
+    spare: SpareCell<S::Reply>,
+}
+
+/// How many instances' [`CallEntry`]s a thread keeps (the oldest goes first): enough for every
+/// shard of an allocator, and a bound on what copies of exited instances can hold (their
+/// channels and exit records: an exited instance's state is already dropped).
+const CALL_SITES: usize = 32;
+
+thread_local! {
+    /// This thread's [`CallEntry`]s, by [`Live::id`], of any server type.
+    static SITES: RefCell<Vec<(u64, Box<dyn Any>)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl<S: GenServer> CallEntry<S> {
+    /// This thread's entry for `slot`'s current instance, taken out of the thread's list for
+    /// the call (so that a callback the call runs may itself make calls), or made now if the
+    /// thread has none; `None` if no instance is running. [`CallEntry::put_back`] returns it.
+    ///
+    /// Why: loading the slot's `ArcSwapOption` costs two atomic read-modify-writes per call
+    /// (an `arc-swap` debt slot taken and paid back), and a reply handle holding its own `Arc`
+    /// of the instance two more, on a cache line that every caller of the server writes. A call
+    /// that finds its copy still current ([`Slot::live_id`] unchanged: one plain load of a line
+    /// written only by starts and stops) touches neither. A copy is used only while its id is
+    /// the slot's, so a call reaches exactly the instance a load of the slot would have
+    /// returned at that moment. The copy is no guard of the slot: a direct call runs user code,
+    /// which may ask the supervisor to kill or restart this very instance (it then simply is
+    /// not the current one any more).
+    fn take(slot: &Slot<S>) -> Option<Box<Self>> {
+        let id = slot.live_id.load(Ordering::Acquire);
+        if id == 0 {
+            return None;
+        }
+        let cached = SITES
+            .try_with(|sites| {
+                let mut sites = sites.try_borrow_mut().ok()?;
+                let i = sites.iter().position(|(k, _)| *k == id)?;
+                Some(sites.swap_remove(i).1)
+            })
+            .ok()
+            .flatten()
+            .and_then(|entry| entry.downcast::<Self>().ok());
+        match cached {
+            Some(entry) => Some(entry),
+            // The instance may have changed since `id` was read: this one is current now.
+            None => Some(Box::new(CallEntry {
+                live: slot.live.load_full()?,
+                spare: SpareCell::default(),
+            })),
+        }
+    }
+
+    /// Returns the entry to this thread's list, dropping the oldest one if it is full.
+    fn put_back(self: Box<Self>) {
+        let id = self.live.id;
+        // Dropped only once the list is released: an entry's drop may free an exited instance.
+        let _evicted = SITES.try_with(|sites| {
+            let mut sites = sites.try_borrow_mut().ok()?;
+            if let Some(i) = sites.iter().position(|(k, _)| *k == id) {
+                // A nested call to the same instance (refused as `CallingSelf`) put one back.
+                return Some(std::mem::replace(&mut sites[i].1, self));
+            }
+            let evicted = (sites.len() >= CALL_SITES).then(|| sites.remove(0).1);
+            sites.push((id, self));
+            evicted
+        });
+    }
+}
+
 /// A handle to a server: cloneable, `Send + Sync`.
 ///
 /// Dropping the **last** handle of a server that is still running stops it (reason
@@ -842,28 +928,38 @@ impl<S: GenServer> Server<S> {
     /// [`OtpError::NoProc`] (never delivered either), [`OtpError::Exited`] (the server died with
     /// the call pending), [`OtpError::ReplyDropped`], [`OtpError::CallingSelf`].
     pub fn call_timeout(&self, request: S::Call, timeout: Duration) -> Result<S::Reply, OtpError> {
-        let cell = ReplyCell::for_call();
-        {
-            // No guard of the slot is held from here on: a direct call runs user code, which
-            // may ask the supervisor to kill or restart this very instance (write lock).
-            let live = self.slot.live();
-            let inst = live.as_deref().ok_or(OtpError::NoProc)?;
-            if inst.shared.on_own_thread() {
-                return Err(OtpError::CallingSelf);
-            }
-            let from = ReplyTo::new(cell.clone(), inst.shared.clone());
-            let queued = if inst.core.direct.load(Ordering::Acquire) {
-                inst.core
-                    .direct_call(request, from, &inst.shared, &inst.tx, timeout)?
-            } else {
-                Some(Msg::Call(request, from))
-            };
-            if let Some(msg) = queued {
-                inst.tx.send(msg).map_err(|_| OtpError::NoProc)?;
-            }
+        // This thread's copy of the current instance's caller side, with a spare reply cell.
+        // (`let else`, not `ok_or`: that builds and drops an `OtpError` on every call.)
+        let Some(mut entry) = CallEntry::take(&self.slot) else {
+            return Err(OtpError::NoProc);
+        };
+        let reply = Self::call_instance(&mut entry, request, timeout);
+        entry.put_back();
+        reply
+    }
+
+    fn call_instance(
+        entry: &mut CallEntry<S>,
+        request: S::Call,
+        timeout: Duration,
+    ) -> Result<S::Reply, OtpError> {
+        let inst = &*entry.live;
+        if inst.shared.on_own_thread() {
+            return Err(OtpError::CallingSelf);
+        }
+        let cell = entry.spare.take(&inst.shared);
+        let from = ReplyTo::new(cell.clone());
+        let queued = if inst.core.direct.load(Ordering::Acquire) {
+            inst.core
+                .direct_call(request, from, &inst.shared, &inst.tx, timeout)?
+        } else {
+            Some(Msg::Call(request, from))
+        };
+        if let Some(msg) = queued {
+            inst.tx.send(msg).map_err(|_| OtpError::NoProc)?;
         }
         let reply = cell.wait(timeout);
-        ReplyCell::recycle(cell);
+        entry.spare.recycle(cell);
         reply
     }
 
