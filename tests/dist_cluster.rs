@@ -292,7 +292,7 @@ fn a_stopped_node_is_routed_around_and_rejoins_after_sigcont() {
     if !erlang::erlang_or_skip("a_stopped_node_is_routed_around_and_rejoins_after_sigcont") {
         return;
     }
-    let mut trio = Trio::start_with("sync", &["--net-ticktime", "2"]);
+    let trio = Trio::start_with("sync", &["--net-ticktime", "2"]);
     let mut keep = Vec::new();
     for _ in 0..6 {
         let f: u64 = trio
@@ -309,7 +309,10 @@ fn a_stopped_node_is_routed_around_and_rejoins_after_sigcont() {
     let mut attempts = 0;
     while on_live < 20 {
         attempts += 1;
-        assert!(attempts < 200, "the cluster stopped allocating with b stopped");
+        assert!(
+            attempts < 200,
+            "the cluster stopped allocating with b stopped"
+        );
         let (ok, out, err) = trio.cli(0, &["allocate", "--client", "fill"]);
         if ok {
             let f: u64 = out.trim().parse().unwrap();
@@ -328,7 +331,10 @@ fn a_stopped_node_is_routed_around_and_rejoins_after_sigcont() {
     let held_b: Vec<u64> = held_b.lines().map(|l| l.trim().parse().unwrap()).collect();
     assert_eq!(held_b, keep, "b kept what it held (sync)");
     // ...and a, having heard from b, reaches b's shards again.
-    let on_b = keep.iter().find(|f| (*f / 10) % 3 == 1).expect("keep has one on b");
+    let on_b = keep
+        .iter()
+        .find(|f| (*f / 10) % 3 == 1)
+        .expect("keep has one on b");
     trio.cli_ok(0, &["deallocate", &on_b.to_string(), "--client", "keep"]);
     for i in 0..3 {
         let check = trio.cli_ok(i, &["check"]);

@@ -15,8 +15,8 @@
 //! - the shard service (`freq_shard`): answers peers' shard calls on worker threads (a call
 //!   never blocks a connection's reader);
 //! - the loads thread (`freq-cluster-loads`): sends this node's shard loads to every connected
-//!   peer every [`LOADS_INTERVAL`], and tries, at most once a second, to reach the peers it has
-//!   no connection to (so a restarted node is seen again without a client's call).
+//!   peer every [`LOADS_INTERVAL`], and dials, once a second, the peers it has no connection to
+//!   (calls never dial: see `PeerCalls::reach`).
 //!
 //! At start the node says hello to every peer it can reach with its configuration's
 //! fingerprint ([`ClusterLayout::fingerprint`]); a peer that answers with another one makes the
@@ -47,9 +47,6 @@ use crate::otp::OtpError;
 
 /// How often a node sends its shards' loads to its peers.
 pub const LOADS_INTERVAL: Duration = Duration::from_millis(200);
-/// After a failed attempt to reach a peer, calls to it fail at once for this long (instead of
-/// each trying to connect again).
-pub const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// Worker threads of the shard service.
 const SHARD_WORKERS: usize = 4;
 
@@ -77,8 +74,6 @@ pub(crate) enum PeerCallError {
 struct PeerState {
     /// A name monitor on the peer's shard service is in place (cleared when it fires).
     monitored: bool,
-    /// Until then, calls fail at once (the last attempt to reach the peer failed).
-    retry_after: Option<(Instant, String)>,
 }
 
 type Waiter = SyncSender<Result<Term, PeerCallError>>;
@@ -169,31 +164,29 @@ impl PeerCalls {
         }
     }
 
-    /// Connects to `peer` (unless the last attempt failed less than [`RETRY_AFTER`] ago) and
-    /// monitors its shard service.
+    /// Dials `peer` (bounded by the node's connect timeout): at start (the hellos) and from the
+    /// loads thread, never on a call's path.
+    fn dial(&self, peer: &str) -> Result<(), PeerCallError> {
+        self.node
+            .connect(peer)
+            .map_err(|e| PeerCallError::NotSent(e.to_string()))
+    }
+
+    /// Checks that `peer` is connected, and monitors its shard service once per connection. A
+    /// call never dials: a dial to a stopped peer waits out the connect timeout (the TCP
+    /// connect succeeds, the handshake never comes), and every call queued behind it would
+    /// wait too. Peers are dialled at start and by the loads thread once a second, and a peer
+    /// that starts dials us (its hello), so a connection is there whenever the peer runs.
     fn reach(&self, peer: &str) -> Result<(), PeerCallError> {
-        if let Some((until, why)) = lock(&self.peers)
-            .get(peer)
-            .and_then(|s| s.retry_after.clone())
-        {
-            // Refused at once while the last dial's failure is recent, unless the peer has
-            // connected to us since (it runs again).
-            if Instant::now() < until && !self.node.connected().iter().any(|n| n == peer) {
-                return Err(PeerCallError::NotSent(why));
-            }
-        }
-        if let Err(e) = self.node.connect(peer) {
-            let why = e.to_string();
-            lock(&self.peers)
-                .entry(peer.to_string())
-                .or_default()
-                .retry_after = Some((Instant::now() + RETRY_AFTER, why.clone()));
-            return Err(PeerCallError::NotSent(why));
+        if !self.node.is_connected(peer) {
+            return Err(PeerCallError::NotSent(format!(
+                "no connection to node {peer} (it is down or cut off; it is dialled again every \
+                 second)"
+            )));
         }
         let monitor = {
             let mut peers = lock(&self.peers);
             let st = peers.entry(peer.to_string()).or_default();
-            st.retry_after = None;
             !std::mem::replace(&mut st.monitored, true)
         };
         if monitor {
@@ -237,18 +230,9 @@ impl PeerCalls {
         }
     }
 
-    /// `peer` was heard from (its hello or its loads): it runs, so calls to it may try again at
-    /// once (a node that restarts says hello before it serves, so the first call after its
-    /// ready line is not refused for the failures before).
-    fn heard_from(&self, peer: &str) {
-        if let Some(st) = lock(&self.peers).get_mut(peer) {
-            st.retry_after = None;
-        }
-    }
-
     /// Sends `msg` to `peer`'s shard service (no reply), if connected.
     fn cast(&self, peer: &str, msg: &Term) {
-        if self.node.connected().iter().any(|n| n == peer) {
+        if self.node.is_connected(peer) {
             let _ = self.node.reg_send(&self.me, SHARD_SERVICE, peer, msg);
         }
     }
@@ -488,9 +472,6 @@ impl Shared {
             (Some("hello"), 4) => {
                 let theirs = as_text(&el[1]).unwrap_or_default();
                 if theirs == self.fingerprint {
-                    if let Some(from) = as_atom(&el[2]) {
-                        self.calls.heard_from(from);
-                    }
                     // Each side learns the other's loads in the hello itself, so a node routes
                     // by them from its first request on (not after the first loads message).
                     self.apply_loads(&el[3]);
@@ -534,12 +515,9 @@ impl Shared {
 
     /// A peer's `{loads, Node, [{Shard, Free, Allocated, Stamp}]}`.
     fn loads(&self, msg: &Term) {
-        let Some([_, from, entries]) = as_tuple(msg) else {
+        let Some([_, _from, entries]) = as_tuple(msg) else {
             return;
         };
-        if let Some(from) = as_atom(from) {
-            self.calls.heard_from(from);
-        }
         self.apply_loads(entries);
     }
 
@@ -706,6 +684,10 @@ impl ClusterMember {
                 atom(&shared.me),
                 shared.my_entries(&alloc),
             ]);
+            // Not running (yet): it says hello when it starts.
+            if calls.dial(peer).is_err() {
+                continue;
+            }
             // A peer still starting answers `{error, starting}`: ask again, bounded.
             let deadline = Instant::now() + hello_timeout;
             loop {
@@ -910,7 +892,7 @@ fn loads_loop(shared: &Shared, stop: &Receiver<()>) {
             let connected = shared.node.connected();
             for p in peers.iter().filter(|p| !connected.contains(p)) {
                 // Bounded by the node's connect timeout; its failure is remembered for calls.
-                let _ = shared.calls.reach(p);
+                let _ = shared.calls.dial(p);
             }
         }
     }

@@ -32,7 +32,7 @@ mod shard_wire;
 pub mod term;
 
 pub use client::{ClientOptions, PendingCall, RemoteAllocator, RemoteShard, RemoteStatus};
-pub use cluster::{ClusterMember, LOADS_INTERVAL, RETRY_AFTER};
+pub use cluster::{ClusterMember, LOADS_INTERVAL};
 pub use cookie::resolve_cookie;
 pub use eetf::{Pid, Reference, Term};
 pub use error::DistError;

@@ -73,7 +73,9 @@ pub struct NodeConfig {
     pub listen: bool,
     /// The address to listen on (port 0: any). Default: loopback.
     pub listen_addr: String,
-    /// Erlang's `net_ticktime`: a peer silent this long is disconnected; we tick every quarter.
+    /// Erlang's `net_ticktime`: a peer silent this long is disconnected; we tick every quarter
+    /// (a client-only node at least every 250 ms, so that a server with a shorter tick time
+    /// keeps it while it waits for a slow reply).
     pub tick_time: Duration,
     /// Longest frame accepted.
     pub max_frame: usize,
@@ -575,6 +577,11 @@ impl NodeHandle {
             .filter(|(_, v)| matches!(v, PeerState::Up(_)))
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// Whether `node` has a live connection (no dial, no allocation).
+    pub fn is_connected(&self, node: &str) -> bool {
+        self.inner.up(node).is_some()
     }
 
     /// Creates a local process with `handler`; returns its pid.
@@ -1175,7 +1182,14 @@ impl Inner {
             stream,
             self.config.out_queue,
         ));
-        let tick = self.config.tick_time / 4;
+        // A client-only node ticks at least every 250 ms: a server may run with a shorter
+        // `net_ticktime` than the client's (its `--net-ticktime 2`), and would drop a client
+        // that waits silently for a slow reply. Ticks are 4-byte frames.
+        let tick = if self.config.listen {
+            self.config.tick_time / 4
+        } else {
+            (self.config.tick_time / 4).min(Duration::from_millis(250))
+        };
         let c = conn.clone();
         spawn(self, format!("dist-write-{peer}"), move || {
             writer_loop(c, tick)
