@@ -12,8 +12,9 @@
 //! - [`PeerCalls`]: calls from this node to its peers' `freq_shard` services (a process whose
 //!   handler matches replies to waiting callers; a name monitor per peer fails pending calls at
 //!   once when the peer's connection drops);
-//! - the shard service (`freq_shard`): answers peers' shard calls on worker threads (a call
-//!   never blocks a connection's reader);
+//! - the shard service (`freq_shard`): answers peers' shard calls on the connection's reader
+//!   in `none`/`interval` (a direct call to the local shard), on 4 worker threads keyed by shard
+//!   in `sync` (a call waiting for its flush never blocks a reader);
 //! - the loads thread (`freq-cluster-loads`): sends this node's shard loads to every connected
 //!   peer every [`LOADS_INTERVAL`], and dials, once a second, the peers it has no connection to
 //!   (calls never dial: see `PeerCalls::reach`).
@@ -40,9 +41,19 @@ use super::shard_wire::{
 };
 use super::term::{as_atom, as_list, as_text, as_tuple, as_u64, atom, binary, list, tuple, uint};
 use crate::freq::{
-    Allocator, ClientCall, ClientReply, ClusterLayout, Fault, FreqError, Health, Options,
-    ShardEndpoint, ShardShared,
+    check_client_name, Allocator, ClientCall, ClientReply, ClusterLayout, Fault, FreqError, Health,
+    Options, ShardEndpoint, ShardShared,
 };
+
+/// The owner name a client call carries, if any.
+fn call_owner(call: &ClientCall) -> Option<&str> {
+    match call {
+        ClientCall::Allocate { owner, .. }
+        | ClientCall::Deallocate { owner, .. }
+        | ClientCall::ReleaseAll { owner } => Some(owner),
+        _ => None,
+    }
+}
 use crate::otp::OtpError;
 
 /// How often a node sends its shards' loads to its peers.
@@ -84,7 +95,11 @@ pub(crate) struct PeerCalls {
     me: Pid,
     pending: Mutex<HashMap<u64, (String, Waiter)>>,
     peers: Mutex<HashMap<String, PeerState>>,
+    /// Called with a peer whose connection or service went away.
+    on_peer_gone: OnceLock<PeerGone>,
 }
+
+type PeerGone = Box<dyn Fn(&str) + Send + Sync>;
 
 impl PeerCalls {
     /// A caller process on `node`.
@@ -101,6 +116,7 @@ impl PeerCalls {
             me,
             pending: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
+            on_peer_gone: OnceLock::new(),
         });
         let _ = cell.set(Arc::downgrade(&calls));
         calls
@@ -112,8 +128,14 @@ impl PeerCalls {
                 let Some([r, reply]) = as_tuple(&msg) else {
                     return;
                 };
+                // Only a reference this incarnation made (our node, our creation): a late reply
+                // meant for a previous run of this node never matches a call of this one.
                 let Some(key) = (match r {
-                    Term::Reference(r) => key_of(r),
+                    Term::Reference(r)
+                        if r.node.name == self.me.node.name && r.creation == self.me.creation =>
+                    {
+                        key_of(r)
+                    }
                     _ => None,
                 }) else {
                     return;
@@ -128,27 +150,37 @@ impl PeerCalls {
                     .and_then(as_atom)
                     .map(str::to_string);
                 if let Some(peer) = peer {
-                    let why = match as_atom(&reason) {
-                        Some("noproc") => format!("node {peer} has no shard service"),
-                        _ => format!("the connection to node {peer} was lost"),
-                    };
-                    self.peer_gone(&peer, &why);
+                    match as_atom(&reason) {
+                        // No such name there: what was sent to it was dropped, not handled.
+                        Some("noproc") => {
+                            let why = format!("node {peer} has no shard service");
+                            self.fail_pending(&peer, || PeerCallError::NotSent(why.clone()));
+                        }
+                        _ => self.peer_gone(&peer),
+                    }
                 }
             }
-            Delivery::NodeDown(peer) => {
-                let why = format!("the connection to node {peer} was lost");
-                self.peer_gone(&peer, &why);
-            }
+            Delivery::NodeDown(peer) => self.peer_gone(&peer),
         }
     }
 
-    /// Fails every call pending on `peer` (they may have been handled).
-    fn peer_gone(&self, peer: &str, why: &str) {
+    /// `peer`'s connection or service is gone: its pending calls fail (they may have been
+    /// handled), and its shards are marked unreachable for routing and `status`.
+    fn peer_gone(&self, peer: &str) {
         lock(&self.peers)
             .entry(peer.to_string())
             .or_default()
             .monitored = false;
-        let lost: Vec<Waiter> = {
+        let why = format!("the connection to node {peer} was lost");
+        self.fail_pending(peer, || PeerCallError::Lost(why.clone()));
+        if let Some(f) = self.on_peer_gone.get() {
+            f(peer);
+        }
+    }
+
+    /// Fails every call pending on `peer` with `error()`.
+    fn fail_pending(&self, peer: &str, error: impl Fn() -> PeerCallError) {
+        let gone: Vec<Waiter> = {
             let mut p = lock(&self.pending);
             let keys: Vec<u64> = p
                 .iter()
@@ -159,8 +191,8 @@ impl PeerCalls {
                 .filter_map(|k| p.remove(&k).map(|(_, tx)| tx))
                 .collect()
         };
-        for tx in lost {
-            let _ = tx.try_send(Err(PeerCallError::Lost(why.to_string())));
+        for tx in gone {
+            let _ = tx.try_send(Err(error()));
         }
     }
 
@@ -207,9 +239,9 @@ impl PeerCalls {
         let key = key_of(&r).unwrap_or(0);
         let (tx, rx) = mpsc::sync_channel(1);
         lock(&self.pending).insert(key, (peer.to_string(), tx));
-        let sent = self
-            .node
-            .reg_send_call_deferred(&self.me, SHARD_SERVICE, peer, &r, request);
+        let sent =
+            self.node
+                .reg_send_call_deferred_noconnect(&self.me, SHARD_SERVICE, peer, &r, request);
         if let Err(e) = sent {
             lock(&self.pending).remove(&key);
             return Err(PeerCallError::NotSent(e.to_string()));
@@ -264,6 +296,10 @@ fn stamp_term(s: Stamp) -> Term {
 /// A shard served by another node of the cluster, as the allocator sees it.
 pub(crate) struct PeerShard {
     index: usize,
+    /// The frequencies the shard owns (an allocation outside them is no answer).
+    ranges: Vec<crate::freq::FreqRange>,
+    /// The cluster configuration's fingerprint, sent with every call.
+    fingerprint: String,
     node: String,
     calls: Arc<PeerCalls>,
     shared: Arc<ShardShared>,
@@ -320,15 +356,49 @@ impl PeerShard {
                 self.mark_unreachable();
                 Err(self.lost(why))
             }
-            Err(PeerCallError::Timeout(why)) => Err(self.lost(why)),
+            Err(PeerCallError::Timeout(why)) => {
+                // A hint for routing only (its next reply or loads restore it).
+                self.mark_unreachable();
+                Err(self.lost(why))
+            }
         }
     }
 
     fn bad_answer(&self, t: &Term) -> FreqError {
+        let mut text = t.to_string();
+        if text.len() > 200 {
+            let cut = (0..=200)
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            text.truncate(cut);
+            text.push_str("...");
+        }
         FreqError::ShardFailed {
             shard: self.index,
-            reason: format!("its node {} answered {t}", self.node),
+            reason: format!("its node {} answered {text}", self.node),
         }
+    }
+
+    /// The service's refusals that say the call was not handled at all: it is still starting,
+    /// does not serve the shard, could not read the call, or serves another configuration.
+    fn refused(&self, t: &Term) -> Option<FreqError> {
+        let el = as_tuple(t)?;
+        if el.len() < 2 || as_atom(&el[0]) != Some("error") {
+            return None;
+        }
+        let why = match as_atom(&el[1])? {
+            "starting" => "it is still starting".to_string(),
+            "not_here" => "it does not serve this shard (another layout?)".to_string(),
+            "badarg" => "it could not read the call".to_string(),
+            "layout_mismatch" => format!(
+                "it serves another cluster configuration (its fingerprint {}, ours {})",
+                el.get(2).and_then(as_text).unwrap_or_default(),
+                self.fingerprint
+            ),
+            _ => return None,
+        };
+        Some(self.unreachable(why))
     }
 }
 
@@ -342,11 +412,15 @@ impl ShardEndpoint for PeerShard {
             atom("shard_call"),
             uint(self.index as u64),
             call_term(&request),
+            binary(self.fingerprint.as_bytes()),
         ]);
         let answer = match self.call_term(&t, timeout) {
             Ok(a) => a,
             Err(e) => return Ok(Err(e)),
         };
+        if let Some(e) = self.refused(&answer) {
+            return Ok(Err(e));
+        }
         let parsed = match as_tuple(&answer) {
             Some([result, free, allocated, stamp]) => {
                 match (as_u64(free), as_u64(allocated), parse_stamp(stamp)) {
@@ -359,6 +433,12 @@ impl ShardEndpoint for PeerShard {
             }
             _ => None,
         };
+        // A frequency outside this shard's ranges is no answer to this call.
+        if let Some(Ok(ClientReply::Allocated(f))) = &parsed {
+            if !self.ranges.iter().any(|r| r.first <= *f && *f <= r.last) {
+                return Ok(Err(self.bad_answer(&answer)));
+            }
+        }
         Ok(parsed.unwrap_or_else(|| Err(self.bad_answer(&answer))))
     }
 
@@ -399,9 +479,13 @@ impl ShardEndpoint for PeerShard {
             atom("held"),
             uint(self.index as u64),
             binary(owner.as_bytes()),
+            binary(self.fingerprint.as_bytes()),
         ]);
         Some(match self.call_term(&t, timeout) {
-            Ok(a) => parse_ok_freqs(&a, self.index).unwrap_or_else(|| Err(self.bad_answer(&a))),
+            Ok(a) => match self.refused(&a) {
+                Some(e) => Err(e),
+                None => parse_ok_freqs(&a, self.index).unwrap_or_else(|| Err(self.bad_answer(&a))),
+            },
             Err(e) => Err(e),
         })
     }
@@ -440,9 +524,27 @@ impl Shared {
         }
         let el = as_tuple(request).unwrap_or(&[]);
         match (el.first().and_then(as_atom), el.len()) {
-            (Some("shard_call"), 3) => {
+            (Some("shard_call" | "held"), 4)
+                if as_text(&el[3]).as_deref() != Some(&self.fingerprint) =>
+            {
+                tuple(vec![
+                    atom("error"),
+                    atom("layout_mismatch"),
+                    binary(self.fingerprint.as_bytes()),
+                ])
+            }
+            (Some("shard_call"), 4) => {
                 let shard = as_u64(&el[1]).and_then(|s| usize::try_from(s).ok());
                 let call = parse_call(&el[2]);
+                // Owners come from peers (or a shell): the same names a local caller may use.
+                if let Some(Err(e)) = call.as_ref().and_then(call_owner).map(check_client_name) {
+                    return tuple(vec![
+                        result_term(&Err(e)),
+                        uint(0),
+                        uint(0),
+                        stamp_term((0, 0)),
+                    ]);
+                }
                 match (shard, call) {
                     (Some(s), Some(call)) if alloc.is_local(s) => {
                         let r = alloc.call_shard(s, call);
@@ -460,7 +562,7 @@ impl Shared {
                     _ => tuple(vec![atom("error"), atom("badarg")]),
                 }
             }
-            (Some("held"), 3) => {
+            (Some("held"), 4) => {
                 let shard = as_u64(&el[1]).and_then(|s| usize::try_from(s).ok());
                 match (shard, as_text(&el[2])) {
                     (Some(s), Some(owner)) if alloc.is_local(s) => {
@@ -515,9 +617,12 @@ impl Shared {
 
     /// A peer's `{loads, Node, [{Shard, Free, Allocated, Stamp}]}`.
     fn loads(&self, msg: &Term) {
-        let Some([_, _from, entries]) = as_tuple(msg) else {
+        let Some([_, _from, entries, fingerprint]) = as_tuple(msg) else {
             return;
         };
+        if as_text(fingerprint).as_deref() != Some(&self.fingerprint) {
+            return;
+        }
         self.apply_loads(entries);
     }
 
@@ -566,6 +671,7 @@ impl Shared {
             atom("loads"),
             atom(&self.me),
             self.my_entries(alloc),
+            binary(self.fingerprint.as_bytes()),
         ]))
     }
 }
@@ -588,13 +694,22 @@ struct ServiceGuard {
     senders: Arc<Mutex<Vec<Sender<Job>>>>,
 }
 
-impl Drop for ServiceGuard {
-    fn drop(&mut self) {
-        self.node.exit_process(&self.pid, "shutdown");
+impl ServiceGuard {
+    /// The workers answer what is queued (their channels closed, they drain and end), then the
+    /// process exits (its name goes, peers' monitors fire): no call is failed by a `DOWN` while
+    /// it is still being answered.
+    fn stop(&mut self) {
         lock(&self.senders).clear();
         for h in self.workers.drain(..) {
             let _ = h.join();
         }
+        self.node.exit_process(&self.pid, "shutdown");
+    }
+}
+
+impl Drop for ServiceGuard {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -649,7 +764,9 @@ impl ClusterMember {
         });
         // The shard service first (answering "starting" until the allocator is open), so that a
         // peer's hello to this node is answered while this node says hello to it.
-        let (pid, senders, workers) = start_service(node, &shared)?;
+        // In `sync` a shard call waits for its flush: on workers, never on a reader.
+        let inline = config.durability != crate::freq::Durability::Sync;
+        let (pid, senders, workers) = start_service(node, &shared, inline)?;
         // From here, dropping `service` stops it again on any error.
         let service = ServiceGuard {
             node: NodeHandle::clone(node),
@@ -658,9 +775,14 @@ impl ClusterMember {
             senders,
         };
         let s2 = shared.clone();
+        let ranges: Vec<Vec<crate::freq::FreqRange>> = (0..config.layout.shard_count())
+            .map(|i| config.layout.ranges(i).to_vec())
+            .collect();
         let remote = move |i: usize, load: Arc<ShardShared>| -> Box<dyn ShardEndpoint> {
             let peer = Arc::new(PeerShard {
                 index: i,
+                ranges: ranges.get(i).cloned().unwrap_or_default(),
+                fingerprint: s2.fingerprint.clone(),
                 node: s2.layout.node_of(i).unwrap_or("?").to_string(),
                 calls: s2.calls.clone(),
                 shared: load,
@@ -674,6 +796,15 @@ impl ClusterMember {
         };
         let alloc =
             Allocator::open_member(dir, options, node.name(), &remote).map_err(member_error)?;
+        // A peer's connection gone: its shards are unreachable until it is heard from again.
+        let weak = Arc::downgrade(&shared);
+        let _ = calls.on_peer_gone.set(Box::new(move |peer: &str| {
+            if let Some(sh) = weak.upgrade() {
+                for p in lock(&sh.peers).values().filter(|p| p.node == peer) {
+                    p.mark_unreachable();
+                }
+            }
+        }));
         let alloc = Arc::new(alloc);
         let _ = shared.alloc.set(alloc.clone());
         // Hello to every peer that answers; one that disagrees stops this node from serving.
@@ -756,13 +887,7 @@ impl ClusterMember {
         if let Some(h) = self.loads.take() {
             let _ = h.join();
         }
-        self.service
-            .node
-            .exit_process(&self.service.pid, "shutdown");
-        lock(&self.service.senders).clear();
-        for h in self.service.workers.drain(..) {
-            let _ = h.join();
-        }
+        self.service.stop();
     }
 }
 
@@ -807,7 +932,7 @@ type Service = (Pid, Arc<Mutex<Vec<Sender<Job>>>>, Vec<JoinHandle<()>>);
 
 /// The `freq_shard` process and its workers. A caller's calls always go to the same worker, so
 /// one front end's calls to one shard are answered in the order sent.
-fn start_service(node: &Node, shared: &Arc<Shared>) -> Result<Service, DistError> {
+fn start_service(node: &Node, shared: &Arc<Shared>, inline: bool) -> Result<Service, DistError> {
     let senders: Arc<Mutex<Vec<Sender<Job>>>> = Arc::new(Mutex::new(Vec::new()));
     let mut receivers: Vec<Receiver<Job>> = Vec::new();
     for _ in 0..SHARD_WORKERS {
@@ -832,9 +957,23 @@ fn start_service(node: &Node, shared: &Arc<Shared>) -> Result<Service, DistError
             return;
         };
         let Some(request) = el.get(2) else { return };
+        if inline {
+            // Answered here, on the connection's reader (a direct call to the local shard: no
+            // hop); the reply leaves with the reader's next flush.
+            let reply = tuple(vec![reference.clone(), sh.answer(request)]);
+            let _ = sh.node.send_noconnect(from, &reply);
+            return;
+        }
+        // By shard: one shard's calls are answered in the order they came (a front end's calls
+        // to it all come from its one caller process), and different shards' calls in parallel.
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        from.id.hash(&mut h);
-        from.node.name.hash(&mut h);
+        match as_tuple(request) {
+            Some([tag, shard, _]) if as_atom(tag) == Some("shard_call") => shard.hash(&mut h),
+            _ => {
+                from.id.hash(&mut h);
+                from.node.name.hash(&mut h);
+            }
+        }
         let senders = lock(&s2);
         if senders.is_empty() {
             return;
@@ -856,7 +995,8 @@ fn start_service(node: &Node, shared: &Arc<Shared>) -> Result<Service, DistError
                 while let Ok(job) = rx.recv() {
                     let answer = sh.answer(&job.request);
                     let reply = tuple(vec![job.reference, answer]);
-                    let _ = sh.node.send(&job.from, &reply);
+                    // Never dial a caller that is gone: its call has failed already.
+                    let _ = sh.node.send_noconnect(&job.from, &reply);
                 }
             })
             .map_err(|e| DistError::io("spawning a shard service worker", e))?;

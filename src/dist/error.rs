@@ -6,7 +6,6 @@ use crate::freq::FreqError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DistError {
-    /// A node name that is not `name@host`.
     /// A cluster node could not serve its part: the store has no cluster layout, the node is
     /// not in it, a peer serves another configuration, or its shards could not open.
     #[error("cluster: {0}")]
@@ -14,6 +13,7 @@ pub enum DistError {
     /// The node reported a failure of its own (its words).
     #[error("the node reported: {0}")]
     Remote(String),
+    /// A node name that is not `name@host`.
     #[error("bad node name {0:?}: expected name@host")]
     BadNodeName(String),
     /// No cookie was given and none could be read from `~/.erlang.cookie`.

@@ -524,7 +524,14 @@ impl Node {
             port,
             stopping: AtomicBool::new(false),
             next_id: AtomicU32::new(1),
-            next_ref: AtomicU64::new(1),
+            // Seeded from the clock: a restarted node (same name, maybe the same creation)
+            // does not make the references its previous run made.
+            next_ref: AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| (d.as_nanos() as u64) & 0x0000_00ff_ffff_ffff)
+                    | 1,
+            ),
             next_conn: AtomicU64::new(1),
             processes: RwLock::new(HashMap::new()),
             names: RwLock::new(HashMap::new()),
@@ -732,6 +739,28 @@ impl NodeHandle {
         request: &Term,
     ) -> Result<(), DistError> {
         let c = self.inner.connection(node)?;
+        if c.closed.load(Ordering::SeqCst) {
+            return Err(DistError::NodeDown(node.to_string()));
+        }
+        self.inner.enqueue_deferred(&c, true, |out| {
+            frame::reg_send_call_into(out, from, name, reference, request)
+        })
+    }
+
+    /// [`NodeHandle::reg_send_call_deferred`] only over an existing connection: never dials
+    /// ([`DistError::NodeDown`] when `node` is not connected).
+    pub(crate) fn reg_send_call_deferred_noconnect(
+        &self,
+        from: &Pid,
+        name: &str,
+        node: &str,
+        reference: &Reference,
+        request: &Term,
+    ) -> Result<(), DistError> {
+        let c = self
+            .inner
+            .up(node)
+            .ok_or_else(|| DistError::NodeDown(node.to_string()))?;
         if c.closed.load(Ordering::SeqCst) {
             return Err(DistError::NodeDown(node.to_string()));
         }

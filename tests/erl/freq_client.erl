@@ -391,13 +391,17 @@ wait_free(Node, Pool, T0, Deadline) ->
 %%   ACK e a Name | ACK e d Name F    (shard_unreachable: nothing was sent, nothing changed)
 %%   ACK u Name                       (shard_failed: lost in flight, may have happened; the
 %%                                     worker stops, its last REQ stays uncertain)
-%% `STORM over` once every worker is done.
+%% `STORM over` once every worker is done; `CRASH Reason` for a worker that died on an
+%% unexpected reply.
 cluster_storm(Node, Workers, Ops) ->
     pong = net_adm:ping(Node),
     Names = [list_to_atom("w" ++ integer_to_list(I)) || I <- lists:seq(1, Workers)],
     Refs = [element(2, spawn_monitor(fun() -> cluster_worker(Node, N, held_now(Node, N), Ops) end)) || N <- Names],
     io:format("STORM started~n"),
-    [receive {'DOWN', R, process, _, _} -> ok end || R <- Refs],
+    %% A worker that ends other than normally met a reply it did not expect: say so.
+    [receive {'DOWN', R, process, _, Why} ->
+         Why =:= normal orelse io:format("CRASH ~p~n", [Why])
+     end || R <- Refs],
     io:format("STORM over~n"),
     halt(0).
 
