@@ -366,6 +366,74 @@ fn a_stopped_node_is_routed_around_and_rejoins_after_sigcont() {
     }
 }
 
+/// The control plane (Raft, `src/control/`) runs over the nodes' own distribution connections:
+/// the three nodes elect one leader, it bootstraps the placement (every shard at epoch 1 on its
+/// serving node), and every node's `status` shows the same; SIGKILL of the leader: the two left
+/// elect a new one in a later term and keep the log; the killed node restarts and follows it.
+/// The waits are bounded by attempts, each a whole CLI call (no sleep).
+#[test]
+fn the_control_plane_elects_over_the_nodes_connections_and_survives_its_leader() {
+    if !erlang::erlang_or_skip(
+        "the_control_plane_elects_over_the_nodes_connections_and_survives_its_leader",
+    ) {
+        return;
+    }
+    let mut trio = Trio::start("none");
+    let control = |trio: &Trio, i: usize| -> Option<(String, u64, String)> {
+        let (ok, out, _) = trio.cli(i, &["status"]);
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("control:"))?;
+        let leader = line.split("leader ").nth(1)?.split(',').next()?.to_string();
+        let term = line
+            .split("term ")
+            .nth(1)?
+            .split(',')
+            .next()?
+            .parse()
+            .ok()?;
+        let shards = line.split("shards ").nth(1)?.to_string();
+        (ok && leader != "none").then_some((leader, term, shards))
+    };
+    // Until `nodes` all show one view that is bootstrapped and led by someone `leading` accepts.
+    let agreed = |trio: &Trio, nodes: &[usize], leading: &dyn Fn(&str) -> bool| {
+        for _ in 0..500 {
+            let views: Vec<_> = nodes.iter().map(|&i| control(trio, i)).collect();
+            if let Some(Some(first)) = views.first() {
+                let boot = !first.2.contains("not bootstrapped") && leading(&first.0);
+                if boot && views.iter().all(|v| v.as_ref() == Some(first)) {
+                    return first.clone();
+                }
+            }
+        }
+        panic!("nodes {nodes:?} never agreed on one leader and a bootstrapped log");
+    };
+    let (leader, term, shards) = agreed(&trio, &[0, 1, 2], &|_| true);
+    for s in 0..6 {
+        assert!(
+            shards.contains(&format!("{s}:{}@e1", trio.names[s % 3])),
+            "shard {s} not at epoch 1 on its node: {shards}"
+        );
+    }
+    let l = trio
+        .names
+        .iter()
+        .position(|n| *n == leader)
+        .expect("a cluster node leads");
+    trio.kill(l);
+    let rest: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let (leader2, term2, shards2) = agreed(&trio, &rest, &|l| l != leader);
+    assert!(term2 > term, "in a later term ({term2} after {term})");
+    assert_eq!(shards2, shards, "the log survives its leader");
+    trio.up(l);
+    let (leader3, _, shards3) = agreed(&trio, &[0, 1, 2], &|_| true);
+    assert_eq!(
+        (leader3, shards3),
+        (leader2, shards),
+        "the restarted node follows"
+    );
+}
+
 /// What one client name did, from a storm's lines.
 #[derive(Default, Debug)]
 struct NameLog {

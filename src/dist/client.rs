@@ -64,6 +64,8 @@ pub struct RemoteStatus {
     pub strategy: String,
     /// The durability, as `freqalloc init` spells it.
     pub durability: String,
+    /// In a cluster: the node's view of the control plane, one line.
+    pub cluster: Option<String>,
 }
 
 /// One shard's line in a [`RemoteStatus`].
@@ -497,6 +499,7 @@ impl RemoteAllocator {
             shards,
             strategy: text("strategy"),
             durability: text("durability"),
+            cluster: m.map.get(&atom("cluster")).and_then(super::term::as_text),
         })
     }
 

@@ -54,6 +54,10 @@ fn call_owner(call: &ClientCall) -> Option<&str> {
         _ => None,
     }
 }
+use crate::control::{
+    Command, ControlConfig, ControlInbox, ControlNode, ControlTransport, ControlView, NodeId,
+    Role as ControlRole,
+};
 use crate::otp::OtpError;
 
 /// How often a node sends its shards' loads to its peers.
@@ -511,6 +515,10 @@ struct Shared {
     /// This node's start (for [`Stamp`]s), and the last stamp's sequence number.
     incarnation: u64,
     stamps: Mutex<u64>,
+    /// The control plane's node (Raft over these connections), once started; taken at stop.
+    control: Mutex<Option<Arc<ControlNode>>>,
+    /// Where peers' Raft messages go.
+    control_inbox: OnceLock<ControlInbox>,
 }
 
 impl Shared {
@@ -624,6 +632,28 @@ impl Shared {
             return;
         }
         self.apply_loads(entries);
+    }
+
+    /// A peer's `{raft, FromId, Bytes, Fingerprint}`: handed to the control node (a channel
+    /// send; a frame that does not decode is dropped, the control node says why).
+    fn raft(&self, msg: &Term) {
+        let Some([_, from, bytes, fingerprint]) = as_tuple(msg) else {
+            return;
+        };
+        if as_text(fingerprint).as_deref() != Some(&self.fingerprint) {
+            return;
+        }
+        let (Some(from), Term::Binary(b)) = (as_u64(from), bytes) else {
+            return;
+        };
+        if let Some(inbox) = self.control_inbox.get() {
+            let _ = inbox.step(from, &b.bytes);
+        }
+    }
+
+    /// The control plane as this node sees it, for `status`.
+    pub(crate) fn control_view(&self) -> Option<ControlView> {
+        lock(&self.control).as_ref().map(|c| c.view())
     }
 
     /// Publishes a peer's `[{Shard, Free, Allocated, Stamp}]`.
@@ -761,6 +791,8 @@ impl ClusterMember {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
             stamps: Mutex::new(0),
+            control: Mutex::new(None),
+            control_inbox: OnceLock::new(),
         });
         // The shard service first (answering "starting" until the allocator is open), so that a
         // peer's hello to this node is answered while this node says hello to it.
@@ -849,6 +881,7 @@ impl ClusterMember {
                 }
             }
         }
+        start_control(dir, &shared).inspect_err(|_| alloc.stop())?;
         let (tx, rx) = mpsc::channel();
         let s3 = shared.clone();
         let loads = std::thread::Builder::new()
@@ -879,6 +912,19 @@ impl ClusterMember {
         &self.shared.layout
     }
 
+    /// A one-line summary of the control plane as this node sees it (for `status`): the leader,
+    /// the term, and each shard's primary and epoch once bootstrapped.
+    pub fn control_summary(&self) -> Option<String> {
+        self.shared.control_summary()
+    }
+
+    /// A closure giving [`ClusterMember::control_summary`], for the `frequency` service's
+    /// `status` (it holds the member's shared part, not the member).
+    pub fn control_summary_fn(&self) -> Arc<dyn Fn() -> Option<String> + Send + Sync> {
+        let weak = Arc::downgrade(&self.shared);
+        Arc::new(move || weak.upgrade().and_then(|s| s.control_summary()))
+    }
+
     /// Stops the loads thread and the shard service (the allocator is the caller's to stop).
     pub fn stop(&mut self) {
         if let Some(tx) = self.stop_loads.take() {
@@ -887,6 +933,8 @@ impl ClusterMember {
         if let Some(h) = self.loads.take() {
             let _ = h.join();
         }
+        // The control node's thread stops when its last handle goes.
+        lock(&self.shared.control).take();
         self.service.stop();
     }
 }
@@ -948,6 +996,10 @@ fn start_service(node: &Node, shared: &Arc<Shared>, inline: bool) -> Result<Serv
         let Some(el) = as_tuple(&msg) else { return };
         if el.first().and_then(as_atom) == Some("loads") {
             sh.loads(&msg);
+            return;
+        }
+        if el.first().and_then(as_atom) == Some("raft") {
+            sh.raft(&msg);
             return;
         }
         // {'$gen_call', {From, Ref}, Request}
@@ -1027,6 +1079,7 @@ fn loads_loop(shared: &Shared, stop: &Receiver<()>) {
                 shared.calls.cast(p, &msg);
             }
         }
+        shared.bootstrap_control();
         if last_reach.elapsed() >= Duration::from_secs(1) {
             last_reach = Instant::now();
             let connected = shared.node.connected();
@@ -1035,5 +1088,119 @@ fn loads_loop(shared: &Shared, stop: &Receiver<()>) {
                 let _ = shared.calls.dial(p);
             }
         }
+    }
+}
+
+/// Carries the control node's messages to peers over the distribution connections, as
+/// `{raft, FromId, Bytes, Fingerprint}` to their `freq_shard` (fire and forget; never dials:
+/// Raft resends).
+struct DistTransport {
+    shared: std::sync::Weak<Shared>,
+    me: NodeId,
+}
+
+impl ControlTransport for DistTransport {
+    fn send(&self, to: NodeId, msg: Vec<u8>) {
+        let Some(sh) = self.shared.upgrade() else {
+            return;
+        };
+        let Some(peer) = usize::try_from(to)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| sh.layout.nodes().get(i))
+        else {
+            return;
+        };
+        let t = tuple(vec![
+            atom("raft"),
+            uint(self.me),
+            binary(&msg),
+            binary(sh.fingerprint.as_bytes()),
+        ]);
+        sh.calls.cast(peer, &t);
+    }
+}
+
+/// A node's control id: its place in the cluster's node list, from 1.
+fn control_id(layout: &ClusterLayout, node: &str) -> Option<NodeId> {
+    layout
+        .nodes()
+        .iter()
+        .position(|n| n == node)
+        .map(|i| i as NodeId + 1)
+}
+
+/// Opens this node's control node (Raft state in `DIR/control`, ticking every 100 ms) over the
+/// distribution connections.
+fn start_control(dir: &Path, shared: &Arc<Shared>) -> Result<(), DistError> {
+    let me = control_id(&shared.layout, &shared.me)
+        .ok_or_else(|| DistError::Cluster(format!("{} is not in the cluster", shared.me)))?;
+    let ids: Vec<NodeId> = (1..=shared.layout.nodes().len() as NodeId).collect();
+    let transport = Arc::new(DistTransport {
+        shared: Arc::downgrade(shared),
+        me,
+    });
+    let control = ControlNode::open(
+        &dir.join(CONTROL_DIR),
+        ControlConfig::new(me, &ids),
+        transport,
+    )
+    .map_err(|e| DistError::Cluster(format!("the control plane could not start: {e}")))?;
+    let _ = shared.control_inbox.set(control.inbox());
+    *lock(&shared.control) = Some(Arc::new(control));
+    Ok(())
+}
+
+/// Where a node keeps its control plane's Raft state, inside its store directory.
+pub const CONTROL_DIR: &str = "control";
+
+impl Shared {
+    /// As leader of a control log not yet bootstrapped: proposes the cluster's placement (each
+    /// shard's primary is its serving node, no backup yet, epoch 1). Not waited for: the next
+    /// round sees whether it applied.
+    fn bootstrap_control(&self) {
+        let Some(control) = lock(&self.control).clone() else {
+            return;
+        };
+        let view = control.view();
+        if view.role != ControlRole::Leader || view.state.is_bootstrapped() {
+            return;
+        }
+        let shards = (0..self.layout.shard_count())
+            .filter_map(|s| self.layout.node_of(s))
+            .filter_map(|n| control_id(&self.layout, n))
+            .map(|id| (id, None))
+            .collect();
+        let _ = control.submit(&Command::Bootstrap { shards });
+    }
+
+    fn control_summary(&self) -> Option<String> {
+        let v = self.control_view()?;
+        let name = |id: NodeId| {
+            usize::try_from(id)
+                .ok()
+                .and_then(|i| i.checked_sub(1))
+                .and_then(|i| self.layout.nodes().get(i))
+                .cloned()
+                .unwrap_or_else(|| format!("node {id}"))
+        };
+        let leader = v.leader.map_or_else(|| "none".to_string(), name);
+        let shards = if v.state.is_bootstrapped() {
+            v.state
+                .shards()
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("{i}:{}@e{}", name(s.primary), s.epoch))
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            "not bootstrapped".to_string()
+        };
+        Some(format!(
+            "control: leader {leader}, term {}, applied {}{}; shards {shards}",
+            v.term,
+            v.applied,
+            if v.confirmed { "" } else { ", unconfirmed" }
+        ))
     }
 }

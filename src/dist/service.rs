@@ -43,6 +43,9 @@ pub struct ServiceOptions {
     pub workers: usize,
     /// Called once when a client asked the node to stop (and it was allowed).
     pub on_stop: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// A line `status` adds under the key `cluster` (a cluster node's control plane as it
+    /// sees it: [`ClusterMember::control_summary_fn`](super::ClusterMember::control_summary_fn)).
+    pub status_note: Option<Arc<dyn Fn() -> Option<String> + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ServiceOptions {
@@ -526,7 +529,7 @@ impl Shared {
                 map(entries)
             })
             .collect();
-        ok(map(vec![
+        let mut entries = vec![
             ("pool", uint(s.pool_size)),
             ("free", uint(free)),
             ("allocated", uint(allocated)),
@@ -544,7 +547,11 @@ impl Shared {
             ),
             ("strategy", binary(s.strategy.name().as_bytes())),
             ("durability", binary(s.durability.to_string().as_bytes())),
-        ]))
+        ];
+        if let Some(note) = self.options.status_note.as_ref().and_then(|f| f()) {
+            entries.push(("cluster", binary(note.as_bytes())));
+        }
+        ok(map(entries))
     }
 }
 

@@ -147,6 +147,7 @@ fn service_options(
         on_stop: Some(Arc::new(move || {
             let _ = remote_stop.send("a client's stop request");
         })),
+        status_note: None,
     }
 }
 
@@ -196,11 +197,9 @@ fn run_member(dir: &Path, cookie: &str, args: NodeArgs) -> Result<ExitCode> {
     let (stop_tx, stop_rx) = mpsc::channel::<&'static str>();
     // Calls to other nodes' shards wait for the network: never on a connection's reader.
     let workers = if args.workers == 0 { 8 } else { args.workers };
-    let mut service = FrequencyService::start(
-        &node,
-        alloc.clone(),
-        service_options(&args, workers, &stop_tx),
-    )?;
+    let mut options = service_options(&args, workers, &stop_tx);
+    options.status_note = Some(member.control_summary_fn());
+    let mut service = FrequencyService::start(&node, alloc.clone(), options)?;
     let (signal_handle, signal_thread) = watch_signals(stop_tx)?;
     let layout = member.layout().clone();
     let mine: Vec<String> = layout

@@ -30,6 +30,7 @@ pub fn status_json(s: &RemoteStatus) -> serde_json::Value {
         "allocated_count": s.allocated,
         "strategy": s.strategy,
         "durability": s.durability,
+        "cluster": s.cluster,
         "shards": s.shards.iter().map(|x| json!({
             "shard": x.shard, "free": x.free, "allocated": x.allocated,
             "ranges": x.ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect::<Vec<_>>(),
@@ -48,6 +49,9 @@ pub fn print_status(node: &str, s: &RemoteStatus) -> Result<()> {
         s.strategy,
         s.durability
     );
+    if let Some(c) = &s.cluster {
+        out!("  {c}");
+    }
     for x in &s.shards {
         let ranges: Vec<String> = x.ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
         let on = x
