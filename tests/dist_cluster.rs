@@ -157,6 +157,33 @@ fn front_end_over_the_whole_pool(durability: &str) {
     let (ok, _, err) = trio.cli(1, &["deallocate", &f.to_string(), "--client", "radio"]);
     assert!(!ok && err.contains("is not allocated"), "{err}");
 
+    // A BEAM shell calls a shard directly, as the README shows; what it gets wrong is refused
+    // (a wrong fingerprint, bad calls, a garbage Raft frame) and the shard goes on serving.
+    let node = trio.nodes[1].as_ref().unwrap();
+    let fp = node
+        .ready
+        .split("fingerprint ")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .expect("the ready line shows the fingerprint");
+    let b = &trio.names[1];
+    let eval = format!(
+        "N = '{b}', Fp = <<\"{fp}\">>, S = {{freq_shard, N}}, \
+         {{{{allocated, F}}, _, _, _}} = gen_server:call(S, {{shard_call, 1, {{allocate, <<\"sh\">>, undefined}}, Fp}}), \
+         {{error, layout_mismatch, Fp}} = gen_server:call(S, {{shard_call, 1, check, <<\"other\">>}}), \
+         {{error, badarg}} = gen_server:call(S, bogus), \
+         {{error, badarg}} = gen_server:call(S, {{shard_call, 1, {{allocate, 7, x}}, Fp}}), \
+         {{error, not_here, 0}} = gen_server:call(S, {{shard_call, 0, check, Fp}}), \
+         {{{{error, bad_client_name, _}}, _, _, _}} = gen_server:call(S, {{shard_call, 1, {{allocate, <<>>, undefined}}, Fp}}), \
+         S ! {{raft, 1, <<\"garbage\">>, Fp}}, S ! {{loads, x, y, z}}, S ! junk, \
+         {{deallocated, _, _, _}} = gen_server:call(S, {{shard_call, 1, {{deallocate, F, <<\"sh\">>}}, Fp}}), \
+         io:format(\"RESULT ok f=~b~n\", [F]), halt(0)."
+    );
+    let out = trio.cluster.erl(&eval, CLIENT_TIMEOUT);
+    let r = erlang::parse_result(&out.stdout)
+        .unwrap_or_else(|| panic!("{}\n{}", out.stdout, out.stderr));
+    assert!((10..20).contains(&r.num("f")), "{}", r.line);
+
     for i in 0..3 {
         let status = trio.cli_ok(i, &["status"]);
         for s in 0..6 {
