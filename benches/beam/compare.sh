@@ -3,12 +3,16 @@
 # workload, BEAM figure, Rust figure, Rust/BEAM and the targets of issue 7.
 #
 #   benches/beam/compare.sh [--markdown FILE] [--svg-dir DIR] [--json FILE] [--dist-only|--no-dist]
+#                           [--cluster]
 #
 #   --markdown FILE  also write the table as markdown (for benches/RESULTS.md)
 #   --svg-dir DIR    also write beam-clients.svg, beam-shards.svg and (with the distribution
 #                    rows) beam-dist.svg there
 #   --json FILE      keep every raw result (one JSON object a line)
 #   --dist-only      only the distribution rows (issue 13); --no-dist: all but them
+#   --cluster        also the cluster rows (issue 14: pairs/s against 1, 2, 3 nodes, freqalloc
+#                    vs the course's router on BEAM nodes; benches/beam/cluster.sh, about two
+#                    more minutes; its chart beam-cluster.svg into --svg-dir)
 #
 # Environment (defaults in brackets): BEAM_COMPARE_SECONDS [3] per allocator run,
 # BEAM_COMPARE_KEYS [1000000] per ETS run, BEAM_COMPARE_DETS_KEYS [100000] per DETS run,
@@ -26,7 +30,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-markdown="" svg_dir="" json_out="" dist=1 local=1
+markdown="" svg_dir="" json_out="" dist=1 local=1 cluster=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --markdown) markdown=$2; shift 2 ;;
@@ -34,7 +38,8 @@ while [ $# -gt 0 ]; do
         --json) json_out=$2; shift 2 ;;
         --dist-only) local=0; shift ;;
         --no-dist) dist=0; shift ;;
-        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --cluster) cluster=1; shift ;;
+        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -236,3 +241,13 @@ if [ "$dist" = 1 ]; then
     fi
 fi
 if [ -n "$json_out" ]; then cp "$out" "$json_out"; fi
+if [ "$cluster" = 1 ]; then
+    cluster_args=(--json "$tmp/cluster.jsonl" --markdown "$tmp/cluster.md")
+    [ -n "$svg_dir" ] && cluster_args+=(--svg "$svg_dir/beam-cluster.svg")
+    "$root/benches/beam/cluster.sh" "${cluster_args[@]}"
+    echo; cat "$tmp/cluster.md"
+    if [ -n "$markdown" ]; then
+        { echo; echo "## Cluster (issue 14)"; echo; cat "$tmp/cluster.md"; } >>"$markdown"
+    fi
+    if [ -n "$json_out" ]; then cat "$tmp/cluster.jsonl" >>"$json_out"; fi
+fi

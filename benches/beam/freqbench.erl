@@ -321,7 +321,7 @@ most_free(Counts, I, N, Best) ->
 
 cluster_router(Nodes0, Shards, Pool) ->
     Nodes = [list_to_atom(N) || N <- Nodes0],
-    [pong = net_adm:ping(N) || N <- Nodes, N =/= node()],
+    [pong = wait_pong(N, 50) || N <- Nodes, N =/= node()],
     Size = (Pool + Shards - 1) div Shards,
     Self = self(),
     Backs = [begin
@@ -336,6 +336,14 @@ cluster_router(Nodes0, Shards, Pool) ->
     io:format("cluster_router ~s serving ~b shards on ~p~n", [node(), Shards, Nodes]),
     grouter_loop(list_to_tuple([P || {P, _} <- Backs]),
                  list_to_tuple([C || {_, C} <- Backs]), Size).
+
+%% A back-end node registered with epmd may not accept connections yet: ask again, bounded.
+wait_pong(Node, 0) -> net_adm:ping(Node);
+wait_pong(Node, Tries) ->
+    case net_adm:ping(Node) of
+        pong -> pong;
+        pang -> timer:sleep(100), wait_pong(Node, Tries - 1)
+    end.
 
 grouter_loop(Backs, Counts, Size) ->
     receive
