@@ -601,19 +601,8 @@ fn sigkill_of_a_node_under_storms_loses_no_acknowledged_operation() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
-    let seed: u64 = std::env::var("FREQALLOC_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(erlang::token);
-    println!("FREQALLOC_CRASH_SEED={seed}");
-    let mut rng = seed;
-    let mut below = |n: u64| {
-        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    };
+    let seed = erlang::crash_seed();
+    let mut below = erlang::below_from(seed);
     let mut trio = Trio::start("sync");
     for round in 0..rounds {
         let mut logs: BTreeMap<String, NameLog> = BTreeMap::new();

@@ -13,10 +13,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eetf::{Pid, Reference, Term};
+use eetf::{Pid, Term};
 
 use super::error::DistError;
-use super::node::{split_name, Delivery, Node, NodeConfig, NodeHandle};
+use super::node::{ref_number, split_name, Delivery, Node, NodeConfig, NodeHandle};
 use super::service::SERVICE_NAME;
 use super::term::{as_atom, as_list, as_tuple, as_u64, atom, binary, tuple, uint};
 use crate::freq::FreqError;
@@ -121,13 +121,9 @@ impl State {
 
 fn ref_key(t: &Term) -> Option<u64> {
     match t {
-        Term::Reference(r) => key_of(r),
+        Term::Reference(r) => ref_number(r),
         _ => None,
     }
-}
-
-fn key_of(r: &Reference) -> Option<u64> {
-    (r.id.len() >= 2).then(|| u64::from(r.id[0]) | (u64::from(r.id[1]) << 18))
 }
 
 /// A client of a `freqalloc node`'s `frequency` service.
@@ -325,7 +321,7 @@ impl RemoteAllocator {
             }
         }
         let r = self.node.make_ref();
-        let key = key_of(&r).unwrap_or(0);
+        let key = ref_number(&r).unwrap_or(0);
         let (tx, rx) = mpsc::sync_channel(1);
         self.state
             .pending

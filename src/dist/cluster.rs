@@ -32,10 +32,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use eetf::{Pid, Reference, Term};
+use eetf::{Pid, Term};
 
 use super::error::DistError;
-use super::node::{Delivery, Node, NodeHandle};
+use super::node::{lock, ref_number, Delivery, Node, NodeHandle};
 use super::shard_wire::{
     call_term, ok_freqs, parse_call, parse_ok_freqs, parse_result, result_term, SHARD_SERVICE,
 };
@@ -64,14 +64,6 @@ use crate::otp::OtpError;
 pub const LOADS_INTERVAL: Duration = Duration::from_millis(200);
 /// Worker threads of the shard service.
 const SHARD_WORKERS: usize = 4;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn key_of(r: &Reference) -> Option<u64> {
-    (r.id.len() >= 2).then(|| u64::from(r.id[0]) | (u64::from(r.id[1]) << 18))
-}
 
 /// Why a call to a peer failed.
 #[derive(Debug)]
@@ -138,7 +130,7 @@ impl PeerCalls {
                     Term::Reference(r)
                         if r.node.name == self.me.node.name && r.creation == self.me.creation =>
                     {
-                        key_of(r)
+                        ref_number(r)
                     }
                     _ => None,
                 }) else {
@@ -240,7 +232,7 @@ impl PeerCalls {
     ) -> Result<Term, PeerCallError> {
         self.reach(peer)?;
         let r = self.node.make_ref();
-        let key = key_of(&r).unwrap_or(0);
+        let key = ref_number(&r).unwrap_or(0);
         let (tx, rx) = mpsc::sync_channel(1);
         lock(&self.pending).insert(key, (peer.to_string(), tx));
         let sent =
@@ -275,11 +267,38 @@ impl PeerCalls {
 }
 
 /// What a node knows of a shard served elsewhere.
-struct PeerShardState {
+/// What this node knows of a shard served elsewhere: its node, its published load (what routing
+/// reads), whether it is reachable. Shared by the shard's endpoint (replies) and the `loads`
+/// handler (the node's periodic message).
+struct PeerLoad {
+    node: String,
+    shared: Arc<ShardShared>,
     /// The last call to its node could not be sent, or was lost.
     unreachable: AtomicBool,
     /// The stamp of the load last published.
     stamp: Mutex<Option<Stamp>>,
+}
+
+impl PeerLoad {
+    /// Publishes a load its node reported with `stamp`, unless a later one is already in (a
+    /// `loads` message and a reply may arrive in either order).
+    fn publish(&self, free: u64, allocated: u64, stamp: Stamp) {
+        let mut last = lock(&self.stamp);
+        if last.is_some_and(|l| l.0 == stamp.0 && l.1 >= stamp.1) {
+            return;
+        }
+        *last = Some(stamp);
+        self.shared.load().set(free, allocated);
+        self.unreachable.store(false, Ordering::Relaxed);
+    }
+
+    /// The node cannot be reached: routing by free counts stops proposing the shard until its
+    /// node is heard from again.
+    fn mark_unreachable(&self) {
+        self.unreachable.store(true, Ordering::Relaxed);
+        let allocated = self.shared.load().allocated();
+        self.shared.load().set(0, allocated);
+    }
 }
 
 /// When a node read a shard's load: its incarnation (the node's start) and a sequence number
@@ -306,31 +325,10 @@ pub(crate) struct PeerShard {
     fingerprint: String,
     node: String,
     calls: Arc<PeerCalls>,
-    shared: Arc<ShardShared>,
-    state: PeerShardState,
+    load: Arc<PeerLoad>,
 }
 
 impl PeerShard {
-    /// Publishes a load its node reported with `stamp`, unless a later one is already in (a
-    /// `loads` message and a reply may arrive in either order).
-    fn publish(&self, free: u64, allocated: u64, stamp: Stamp) {
-        let mut last = lock(&self.state.stamp);
-        if last.is_some_and(|l| l.0 == stamp.0 && l.1 >= stamp.1) {
-            return;
-        }
-        *last = Some(stamp);
-        self.shared.load().set(free, allocated);
-        self.state.unreachable.store(false, Ordering::Relaxed);
-    }
-
-    /// The node cannot be reached: routing by free counts stops proposing the shard until its
-    /// node is heard from again.
-    fn mark_unreachable(&self) {
-        self.state.unreachable.store(true, Ordering::Relaxed);
-        let allocated = self.shared.load().allocated();
-        self.shared.load().set(0, allocated);
-    }
-
     fn unreachable(&self, why: String) -> FreqError {
         FreqError::ShardUnreachable {
             shard: self.index,
@@ -353,16 +351,16 @@ impl PeerShard {
         match self.calls.call(&self.node, request, timeout) {
             Ok(t) => Ok(t),
             Err(PeerCallError::NotSent(why)) => {
-                self.mark_unreachable();
+                self.load.mark_unreachable();
                 Err(self.unreachable(why))
             }
             Err(PeerCallError::Lost(why)) => {
-                self.mark_unreachable();
+                self.load.mark_unreachable();
                 Err(self.lost(why))
             }
             Err(PeerCallError::Timeout(why)) => {
                 // A hint for routing only (its next reply or loads restore it).
-                self.mark_unreachable();
+                self.load.mark_unreachable();
                 Err(self.lost(why))
             }
         }
@@ -429,7 +427,7 @@ impl ShardEndpoint for PeerShard {
             Some([result, free, allocated, stamp]) => {
                 match (as_u64(free), as_u64(allocated), parse_stamp(stamp)) {
                     (Some(f), Some(a), Some(st)) => {
-                        self.publish(f, a, st);
+                        self.load.publish(f, a, st);
                         parse_result(result, &request, self.index)
                     }
                     _ => None,
@@ -465,7 +463,7 @@ impl ShardEndpoint for PeerShard {
     fn health(&self) -> Health {
         Health {
             restarts: 0,
-            alive: !self.state.unreachable.load(Ordering::Relaxed),
+            alive: !self.load.unreachable.load(Ordering::Relaxed),
             replicas: Vec::new(),
             in_sync: false,
         }
@@ -510,7 +508,7 @@ struct Shared {
     fingerprint: String,
     alloc: OnceLock<Arc<Allocator>>,
     /// The endpoints of the shards served elsewhere, by shard index (to publish loads).
-    peers: Mutex<HashMap<usize, Arc<PeerShard>>>,
+    peers: Mutex<HashMap<usize, Arc<PeerLoad>>>,
     calls: Arc<PeerCalls>,
     /// This node's start (for [`Stamp`]s), and the last stamp's sequence number.
     incarnation: u64,
@@ -810,21 +808,23 @@ impl ClusterMember {
         let ranges: Vec<Vec<crate::freq::FreqRange>> = (0..config.layout.shard_count())
             .map(|i| config.layout.ranges(i).to_vec())
             .collect();
-        let remote = move |i: usize, load: Arc<ShardShared>| -> Box<dyn ShardEndpoint> {
-            let peer = Arc::new(PeerShard {
+        let remote = move |i: usize, shared: Arc<ShardShared>| -> Box<dyn ShardEndpoint> {
+            let node = s2.layout.node_of(i).unwrap_or("?").to_string();
+            let load = Arc::new(PeerLoad {
+                node: node.clone(),
+                shared,
+                unreachable: AtomicBool::new(false),
+                stamp: Mutex::new(None),
+            });
+            lock(&s2.peers).insert(i, load.clone());
+            Box::new(PeerShard {
                 index: i,
                 ranges: ranges.get(i).cloned().unwrap_or_default(),
                 fingerprint: s2.fingerprint.clone(),
-                node: s2.layout.node_of(i).unwrap_or("?").to_string(),
+                node,
                 calls: s2.calls.clone(),
-                shared: load,
-                state: PeerShardState {
-                    unreachable: AtomicBool::new(false),
-                    stamp: Mutex::new(None),
-                },
-            });
-            lock(&s2.peers).insert(i, peer.clone());
-            Box::new(SharedEndpoint(peer))
+                load,
+            })
         };
         let alloc =
             Allocator::open_member(dir, options, node.name(), &remote).map_err(member_error)?;
@@ -942,37 +942,6 @@ impl ClusterMember {
 impl Drop for ClusterMember {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// An endpoint shared with the loads handler (which publishes into it).
-struct SharedEndpoint(Arc<PeerShard>);
-
-impl ShardEndpoint for SharedEndpoint {
-    fn call(
-        &self,
-        request: ClientCall,
-        timeout: Duration,
-    ) -> Result<Result<ClientReply, FreqError>, OtpError> {
-        self.0.call(request, timeout)
-    }
-    fn generation(&self) -> u64 {
-        self.0.generation()
-    }
-    fn wait_for_generation(&self, generation: u64, timeout: Duration) -> Result<u64, OtpError> {
-        self.0.wait_for_generation(generation, timeout)
-    }
-    fn wait_ready(&self, timeout: Duration) -> Result<(), OtpError> {
-        self.0.wait_ready(timeout)
-    }
-    fn health(&self) -> Health {
-        self.0.health()
-    }
-    fn inject(&self, fault: Fault, timeout: Duration) -> Result<(), FreqError> {
-        self.0.inject(fault, timeout)
-    }
-    fn held(&self, owner: &str, timeout: Duration) -> Option<Result<Vec<u64>, FreqError>> {
-        self.0.held(owner, timeout)
     }
 }
 

@@ -167,8 +167,15 @@ thread_local! {
     static READER_CONN: RefCell<Option<Arc<Conn>>> = const { RefCell::new(None) };
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// A mutex's guard, poisoned or not (a panicking holder leaves plain data behind).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The number a reference made by [`NodeHandle::make_ref`] carries (its first two id words),
+/// for tables of pending calls keyed by reference.
+pub(crate) fn ref_number(r: &Reference) -> Option<u64> {
+    (r.id.len() >= 2).then(|| u64::from(r.id[0]) | (u64::from(r.id[1]) << 18))
 }
 
 /// Why a frame was not queued.
@@ -739,12 +746,7 @@ impl NodeHandle {
         request: &Term,
     ) -> Result<(), DistError> {
         let c = self.inner.connection(node)?;
-        if c.closed.load(Ordering::SeqCst) {
-            return Err(DistError::NodeDown(node.to_string()));
-        }
-        self.inner.enqueue_deferred(&c, true, |out| {
-            frame::reg_send_call_into(out, from, name, reference, request)
-        })
+        self.queue_call(&c, from, name, reference, request)
     }
 
     /// [`NodeHandle::reg_send_call_deferred`] only over an existing connection: never dials
@@ -761,10 +763,22 @@ impl NodeHandle {
             .inner
             .up(node)
             .ok_or_else(|| DistError::NodeDown(node.to_string()))?;
+        self.queue_call(&c, from, name, reference, request)
+    }
+
+    /// Queues the call on `c`, deferred, unless `c` is closing.
+    fn queue_call(
+        &self,
+        c: &Arc<Conn>,
+        from: &Pid,
+        name: &str,
+        reference: &Reference,
+        request: &Term,
+    ) -> Result<(), DistError> {
         if c.closed.load(Ordering::SeqCst) {
-            return Err(DistError::NodeDown(node.to_string()));
+            return Err(DistError::NodeDown(c.peer.clone()));
         }
-        self.inner.enqueue_deferred(&c, true, |out| {
+        self.inner.enqueue_deferred(c, true, |out| {
             frame::reg_send_call_into(out, from, name, reference, request)
         })
     }

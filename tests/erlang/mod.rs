@@ -99,6 +99,29 @@ pub fn token() -> u64 {
     z ^ (z >> 31)
 }
 
+/// The seed of a test's random kill points: `FREQALLOC_CRASH_SEED` (to replay a failure), else
+/// a fresh one; printed, so that a failure's output names it.
+pub fn crash_seed() -> u64 {
+    let seed = std::env::var("FREQALLOC_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(token);
+    println!("FREQALLOC_CRASH_SEED={seed}");
+    seed
+}
+
+/// A deterministic generator of numbers below `n` from `seed` (splitmix64).
+pub fn below_from(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut rng = seed;
+    move |n| {
+        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
 /// A random cookie (letters and digits, as `erl -setcookie` takes it unquoted).
 pub fn random_cookie() -> String {
     format!("c{:016x}{:016x}", token(), token())

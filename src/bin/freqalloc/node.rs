@@ -81,7 +81,7 @@ pub fn run(dir: &Path, cookie: Option<&str>, args: NodeArgs) -> Result<ExitCode>
         format!("{}\n{}\n", args.name, std::process::id()),
     )
     .with_context(|| format!("writing {}", node_file(dir).display()))?;
-    let mut node = match Node::start(node_config(&args, &cookie, false)) {
+    let node = match Node::start(node_config(&args, &cookie, false)) {
         Ok(n) => n,
         Err(e) => {
             let _ = std::fs::remove_file(node_file(dir));
@@ -90,12 +90,12 @@ pub fn run(dir: &Path, cookie: Option<&str>, args: NodeArgs) -> Result<ExitCode>
         }
     };
     let (stop_tx, stop_rx) = mpsc::channel::<&'static str>();
-    let mut service = FrequencyService::start(
+    let service = FrequencyService::start(
         &node,
         alloc.clone(),
         service_options(&args, args.workers, &stop_tx),
     )?;
-    let (signal_handle, signal_thread) = watch_signals(stop_tx)?;
+    let signals = watch_signals(stop_tx)?;
 
     let status = alloc.status();
     out!(
@@ -107,19 +107,55 @@ pub fn run(dir: &Path, cookie: Option<&str>, args: NodeArgs) -> Result<ExitCode>
     );
     let _ = std::io::stdout().flush();
 
+    let serving = Serving {
+        node,
+        service,
+        member: None,
+        alloc,
+    };
+    serve_until_stopped(&args.name, dir, serving, stop_rx, signals)
+}
+
+/// What a running node is made of, stopped in this order (see [`serve_until_stopped`]).
+struct Serving {
+    node: Node,
+    service: FrequencyService,
+    /// On a cluster store: the node's part of the cluster.
+    member: Option<ClusterMember>,
+    alloc: Arc<Allocator>,
+}
+
+/// Waits for a stop (a signal, or a client's permitted stop request), then stops in order: no
+/// new requests (the `frequency` name gone, queued ones answered), the cluster member's loads
+/// thread, control node and shard service, the connections and the epmd name, the shards
+/// (pending batches flushed, tables closed), then the node file.
+fn serve_until_stopped(
+    name: &str,
+    dir: &Path,
+    serving: Serving,
+    stop_rx: mpsc::Receiver<&'static str>,
+    (signal_handle, signal_thread): SignalWatch,
+) -> Result<ExitCode> {
+    let Serving {
+        mut node,
+        mut service,
+        member,
+        alloc,
+    } = serving;
     let why = stop_rx.recv().unwrap_or("the service ending");
-    say!("freqalloc node {}: stopping on {why}", args.name);
-    // In order: no new requests (name gone, queued ones answered), then the connections and the
-    // epmd name, then the shards (pending batches flushed, tables closed), then the node file.
+    say!("freqalloc node {name}: stopping on {why}");
     service.stop(&node);
     drop(service);
+    if let Some(mut member) = member {
+        member.stop();
+    }
     node.stop();
     alloc.stop();
     drop(alloc);
     let _ = std::fs::remove_file(node_file(dir));
     signal_handle.close();
     let _ = signal_thread.join();
-    say!("freqalloc node {}: stopped", args.name);
+    say!("freqalloc node {name}: stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -180,14 +216,14 @@ fn run_member(dir: &Path, cookie: &str, args: NodeArgs) -> Result<ExitCode> {
         release_on_drop: false,
         ..Options::default()
     };
-    let mut member =
-        match ClusterMember::start(&node, dir, options, std::time::Duration::from_secs(2)) {
-            Ok(m) => m,
-            Err(e) => {
-                node.stop();
-                return Err(e.into());
-            }
-        };
+    let member = match ClusterMember::start(&node, dir, options, std::time::Duration::from_secs(2))
+    {
+        Ok(m) => m,
+        Err(e) => {
+            node.stop();
+            return Err(e.into());
+        }
+    };
     let alloc = member.allocator();
     std::fs::write(
         node_file(dir),
@@ -199,8 +235,8 @@ fn run_member(dir: &Path, cookie: &str, args: NodeArgs) -> Result<ExitCode> {
     let workers = if args.workers == 0 { 8 } else { args.workers };
     let mut options = service_options(&args, workers, &stop_tx);
     options.status_note = Some(member.control_summary_fn());
-    let mut service = FrequencyService::start(&node, alloc.clone(), options)?;
-    let (signal_handle, signal_thread) = watch_signals(stop_tx)?;
+    let service = FrequencyService::start(&node, alloc.clone(), options)?;
+    let signals = watch_signals(stop_tx)?;
     let layout = member.layout().clone();
     let mine: Vec<String> = layout
         .shards_of(&args.name)
@@ -218,20 +254,13 @@ fn run_member(dir: &Path, cookie: &str, args: NodeArgs) -> Result<ExitCode> {
         member.fingerprint()
     );
     let _ = std::io::stdout().flush();
-    let why = stop_rx.recv().unwrap_or("the service ending");
-    say!("freqalloc node {}: stopping on {why}", args.name);
-    service.stop(&node);
-    drop(service);
-    member.stop();
-    node.stop();
-    alloc.stop();
-    drop(member);
-    drop(alloc);
-    let _ = std::fs::remove_file(node_file(dir));
-    signal_handle.close();
-    let _ = signal_thread.join();
-    say!("freqalloc node {}: stopped", args.name);
-    Ok(ExitCode::SUCCESS)
+    let serving = Serving {
+        node,
+        service,
+        member: Some(member),
+        alloc,
+    };
+    serve_until_stopped(&args.name, dir, serving, stop_rx, signals)
 }
 
 /// Whether an open failed because another process holds the store.

@@ -298,38 +298,19 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                                     }
                                     s.held.push_back(f);
                                 }
-                                Err(e) if may_have_happened(&e) => {
-                                    // Lost in flight (a shard's node died during the call):
-                                    // the name is retired with the call left unknown.
-                                    let msg = e.to_string();
-                                    history_line(
-                                        &history,
-                                        &s.name,
-                                        "allocate",
-                                        None,
-                                        "unknown",
-                                        Some(&msg),
-                                    )?;
-                                    s.retire();
-                                    st.failed(msg);
-                                }
                                 Err(e) => {
-                                    let msg = e.to_string();
-                                    history_line(
-                                        &history,
-                                        &s.name,
-                                        "allocate",
-                                        None,
-                                        "fail",
-                                        Some(&msg),
-                                    )?;
-                                    if matches!(e, DistError::Freq(FreqError::NoFrequency { .. })) {
+                                    if refused(&history, s, &mut st, "allocate", None, &e)? {
+                                        // Lost in flight: the name is retired.
+                                    } else if matches!(
+                                        e,
+                                        DistError::Freq(FreqError::NoFrequency { .. })
+                                    ) {
                                         st.no_frequency += 1;
                                         no_freq_empty = s.held.is_empty();
                                         // Give one back next so the storm keeps moving.
                                         s.give_back = !s.held.is_empty();
                                     } else {
-                                        st.failed(msg);
+                                        st.failed(e.to_string());
                                     }
                                 }
                             },
@@ -347,42 +328,23 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
                                         st.deallocations += 1;
                                         st.errors_in_a_row = 0;
                                     }
-                                    Err(e) if may_have_happened(&e) => {
-                                        let msg = e.to_string();
-                                        history_line(
-                                            &history,
-                                            &s.name,
-                                            "deallocate",
-                                            Some(f),
-                                            "unknown",
-                                            Some(&msg),
-                                        )?;
-                                        s.retire();
-                                        st.failed(msg);
-                                    }
                                     Err(e) => {
-                                        let msg = e.to_string();
-                                        history_line(
-                                            &history,
-                                            &s.name,
-                                            "deallocate",
-                                            Some(f),
-                                            "fail",
-                                            Some(&msg),
-                                        )?;
-                                        // Its shard's node is down: still held, given back
-                                        // later. Not a persistent failure of the cluster (the
-                                        // other shards serve): it does not count towards the
-                                        // errors in a row that stop the run.
-                                        if matches!(
+                                        if refused(&history, s, &mut st, "deallocate", Some(f), &e)?
+                                        {
+                                            // Lost in flight: the name is retired.
+                                        } else if matches!(
                                             e,
                                             DistError::Freq(FreqError::ShardUnreachable { .. })
                                         ) {
+                                            // Its shard's node is down: still held, given back
+                                            // later. Not a persistent failure of the cluster
+                                            // (the other shards serve): it does not count
+                                            // towards the errors in a row that stop the run.
                                             s.held.push_back(f);
                                             st.errors += 1;
-                                            st.first_error.get_or_insert(msg);
+                                            st.first_error.get_or_insert(e.to_string());
                                         } else {
-                                            st.failed(msg);
+                                            st.failed(e.to_string());
                                         }
                                     }
                                 }
@@ -445,6 +407,28 @@ pub fn load(node: &str, cookie: Option<&str>, args: LoadArgs) -> Result<ExitCode
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A refused call's history line: `unknown` when it may have happened (a shard's node died
+/// during it: the name is then retired, its call left in flight, and the error counted), else
+/// `fail` (nothing happened; the caller decides what it means). Returns whether it was unknown.
+fn refused(
+    history: &Option<std::fs::File>,
+    s: &mut Slot,
+    st: &mut ClientStats,
+    op: &str,
+    freq: Option<u64>,
+    e: &DistError,
+) -> Result<bool> {
+    let msg = e.to_string();
+    let unknown = may_have_happened(e);
+    let phase = if unknown { "unknown" } else { "fail" };
+    history_line(history, &s.name, op, freq, phase, Some(&msg))?;
+    if unknown {
+        s.retire();
+        st.failed(msg);
+    }
+    Ok(unknown)
 }
 
 /// Whether a refusal says the call may have happened: a shard failed during it (in a cluster,
