@@ -158,6 +158,14 @@ impl Cluster {
             .node(leader)
             .propose(&Command::Bootstrap { shards }, WAIT);
         assert_eq!(r.unwrap(), Applied::Bootstrapped);
+        // Shard 0's backup has caught up: the promotions below are allowed.
+        let in_sync = Command::MarkInSync {
+            shard: 0,
+            node: 2,
+            epoch: 1,
+        };
+        let r = self.node(leader).propose(&in_sync, WAIT);
+        assert_eq!(r.unwrap(), Applied::MarkedInSync);
     }
 }
 
@@ -308,6 +316,12 @@ fn a_stopped_node_reopens_from_its_directory_and_catches_up_by_snapshot() {
         let out = Command::MarkOutOfSync { shard: 0, epoch: 1 };
         c.node(1).propose(&out, WAIT).unwrap();
     }
+    let in_sync = Command::MarkInSync {
+        shard: 1,
+        node: 3,
+        epoch: 1,
+    };
+    c.node(1).propose(&in_sync, WAIT).unwrap();
     c.node(1).propose(&promote(1, 3, 1), WAIT).unwrap();
 
     // Reopened while cut off: it restores what it had applied from its own disk.

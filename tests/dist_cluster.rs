@@ -34,6 +34,18 @@ impl Trio {
 
     /// As [`Trio::start`], each node started with `extra` flags.
     fn start_with(durability: &str, extra: &[&str]) -> Trio {
+        Trio::start_full(durability, extra, false)
+    }
+
+    /// As [`Trio::start_with`], with `--replicas 2` (shard i's backup on node i+1 mod 3), and
+    /// waits until every backup has caught up.
+    fn start_replicated(durability: &str, extra: &[&str]) -> Trio {
+        let trio = Trio::start_full(durability, extra, true);
+        trio.status_until(0, "every backup in sync", all_in_sync);
+        trio
+    }
+
+    fn start_full(durability: &str, extra: &[&str], replicated: bool) -> Trio {
         let cluster = Cluster::new();
         let dir = tempfile::tempdir().expect("temp dir");
         let names: Vec<String> = ["ca", "cb", "cc"].iter().map(|p| unique_name(p)).collect();
@@ -52,9 +64,14 @@ impl Trio {
                     &list,
                     "--durability",
                     durability,
+                    "--replicas",
+                    if replicated { "2" } else { "1" },
                 ],
             );
             assert!(out.contains("serves shard(s) 0,3"), "{out}");
+            if replicated {
+                assert!(out.contains("backs up shard(s) 2,5"), "{out}");
+            }
         }
         let mut trio = Trio {
             cluster,
@@ -106,12 +123,54 @@ impl Trio {
         )
     }
 
+    /// Node `i`'s `status`, asked again until `done` holds (bounded by attempts, each a whole
+    /// CLI call; no sleep).
+    fn status_until(&self, i: usize, what: &str, mut done: impl FnMut(&str) -> bool) -> String {
+        let mut last = String::new();
+        for _ in 0..1500 {
+            let (ok, out, err) = self.cli(i, &["status"]);
+            if ok && done(&out) {
+                return out;
+            }
+            last = format!("{out}{err}");
+        }
+        panic!(
+            "node {} never showed {what}; last status:\n{last}",
+            self.names[i]
+        );
+    }
+
     /// As [`Trio::cli`], and it must succeed; its stdout.
     fn cli_ok(&self, i: usize, args: &[&str]) -> String {
         let (ok, out, err) = self.cli(i, args);
         assert!(ok, "freqalloc --node {} {args:?}: {err}", self.names[i]);
         out
     }
+}
+
+/// Shard `s`'s line of a `status`.
+fn shard_line(status: &str, s: usize) -> &str {
+    let want = format!("shard {s} (");
+    status
+        .lines()
+        .find(|l| l.trim_start().starts_with(&want))
+        .unwrap_or("")
+}
+
+/// Whether every shard of a `status` has its backup in sync.
+fn all_in_sync(status: &str) -> bool {
+    (0..6).all(|s| {
+        let l = shard_line(status, s);
+        l.contains("backup") && l.contains(" in sync") && !l.contains("not in sync")
+    })
+}
+
+/// Whether every shard of a `status` is served by one of `nodes` and reachable.
+fn served_by(status: &str, nodes: &[&String]) -> bool {
+    (0..6).all(|s| {
+        let l = shard_line(status, s);
+        nodes.iter().any(|n| l.contains(&format!(" on {n} "))) && !l.contains("unreachable")
+    })
 }
 
 impl Drop for Trio {
@@ -597,13 +656,37 @@ fn sigkill_of_a_node_under_storms_loses_no_acknowledged_operation() {
     if !erlang::erlang_or_skip("sigkill_of_a_node_under_storms_loses_no_acknowledged_operation") {
         return;
     }
+    storm_kill_rounds(false);
+}
+
+/// As [`sigkill_of_a_node_under_storms_loses_no_acknowledged_operation`], with `--replicas 2`
+/// (shard i's backup on node i+1 mod 3): the killed node's shards are taken over by their
+/// in-sync backups (the control log promotes them), so while it is down every shard of the
+/// pool is served by the two left; its own backups are recorded out of sync and their
+/// primaries write alone. Restarted, it rejoins as backup and is caught up until every shard is
+/// in sync again; nothing acknowledged is lost and nothing is held twice.
+#[test]
+fn sigkill_of_a_node_with_replicas_fails_over_and_loses_no_acknowledged_operation() {
+    if !erlang::erlang_or_skip(
+        "sigkill_of_a_node_with_replicas_fails_over_and_loses_no_acknowledged_operation",
+    ) {
+        return;
+    }
+    storm_kill_rounds(true);
+}
+
+fn storm_kill_rounds(replicated: bool) {
     let rounds: u64 = std::env::var("FREQALLOC_CLUSTER_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     let seed = erlang::crash_seed();
     let mut below = erlang::below_from(seed);
-    let mut trio = Trio::start("sync");
+    let mut trio = if replicated {
+        Trio::start_replicated("sync", &[])
+    } else {
+        Trio::start("sync")
+    };
     for round in 0..rounds {
         let mut logs: BTreeMap<String, NameLog> = BTreeMap::new();
         let mut holders: BTreeMap<i64, String> = BTreeMap::new();
@@ -637,6 +720,11 @@ fn sigkill_of_a_node_under_storms_loses_no_acknowledged_operation() {
             storm.wait_prefix(CLIENT_TIMEOUT, "ACK ");
         }
         trio.kill(1);
+        if replicated {
+            // b's shards fail over: every shard is served by a or c.
+            let live = [&trio.names[0], &trio.names[2]];
+            trio.status_until(0, "every shard served by a or c", |st| served_by(st, &live));
+        }
         // With b down the cluster serves: an allocation of our own through a, now...
         let probe = trio.cli_ok(0, &["allocate", "--client", "probe"]);
         trio.cli_ok(0, &["deallocate", probe.trim(), "--client", "probe"]);
@@ -686,6 +774,10 @@ fn sigkill_of_a_node_under_storms_loses_no_acknowledged_operation() {
                 assert!(everyone.insert(*f), "{f} is held by two names");
             }
         }
+        if replicated {
+            // b rejoined as backup and was caught up.
+            trio.status_until(1, "every backup in sync", all_in_sync);
+        }
         let lost = logs.values().filter(|l| l.uncertain).count();
         println!(
             "round {round}: kill after {kill_after} acks, {in_flight} calls in flight, \
@@ -699,5 +791,199 @@ fn sigkill_of_a_node_under_storms_loses_no_acknowledged_operation() {
         for name in logs.keys() {
             trio.cli_ok(0, &["release", "--client", name]);
         }
+    }
+}
+
+/// With `--replicas 2`, two nodes of three killed one after the other (b, then c): after b, its
+/// shards (1, 4) move to c and a records b's copies of its own shards (0, 3) out of sync as it
+/// writes them alone; after c, only one node is left, no majority can promote anything, and:
+/// - shards 1 and 4 lost both copies (c, and b out of sync): they answer a clear error that says
+///   so;
+/// - shards 2 and 5 (primary c) have an in-sync backup on a that cannot be promoted without a
+///   majority: they answer a clear error too;
+/// - shards 0 and 3, whose primary a serves alone, go on serving.
+///
+/// Restarted, b and c rejoin, everything held is there, every backup is caught up, and `check`
+/// passes through every node.
+#[test]
+fn with_two_nodes_of_three_killed_only_the_shards_with_a_live_lone_primary_serve() {
+    if !erlang::erlang_or_skip(
+        "with_two_nodes_of_three_killed_only_the_shards_with_a_live_lone_primary_serve",
+    ) {
+        return;
+    }
+    let mut trio = Trio::start_replicated("sync", &[]);
+    // One frequency held on every shard (most-free spreads them, from counts that may lag by
+    // a loads interval: allocate until every shard has one, give back the extra ones).
+    let mut keep: BTreeMap<u64, u64> = BTreeMap::new();
+    for _ in 0..60 {
+        if keep.len() == 6 {
+            break;
+        }
+        let f: u64 = trio
+            .cli_ok(0, &["allocate", "--client", "keep"])
+            .trim()
+            .parse()
+            .unwrap();
+        if let std::collections::btree_map::Entry::Vacant(e) = keep.entry(f / 10) {
+            e.insert(f);
+        } else {
+            trio.cli_ok(0, &["deallocate", &f.to_string(), "--client", "keep"]);
+        }
+    }
+    assert_eq!(keep.len(), 6, "one on every shard: {keep:?}");
+    let keep: Vec<u64> = keep.into_values().collect();
+
+    trio.kill(1);
+    let live = [&trio.names[0], &trio.names[2]];
+    trio.status_until(0, "every shard served by a or c", |st| served_by(st, &live));
+    // Writes to a's shards record their backups on b out of sync (a then writes alone).
+    let mut spread = 0;
+    trio.status_until(0, "shards 0 and 3 written alone", |st| {
+        let alone = [0, 3]
+            .iter()
+            .all(|&s| shard_line(st, s).contains("not in sync"));
+        if !alone {
+            let f = trio.cli_ok(0, &["allocate", "--client", "spread"]);
+            trio.cli_ok(0, &["deallocate", f.trim(), "--client", "spread"]);
+            spread += 1;
+        }
+        alone
+    });
+    assert!(spread < 1000);
+
+    trio.kill(2);
+    // Through a: allocate until refused. Only a's shards serve.
+    let mut got = Vec::new();
+    let refusal = loop {
+        let (ok, out, err) = trio.cli(0, &["allocate", "--client", "fill"]);
+        if !ok {
+            break err;
+        }
+        got.push(out.trim().parse::<u64>().unwrap());
+        assert!(got.len() <= 60, "more allocations than the pool holds");
+    };
+    assert!(
+        got.iter().all(|f| [0, 3].contains(&(f / 10))),
+        "only shards 0 and 3 (primary a, alone) serve: {got:?}"
+    );
+    assert_eq!(got.len(), 18, "shards 0 and 3 serve all they have: {got:?}");
+    assert!(refusal.contains("is unreachable"), "{refusal}");
+    // The shards that lost both copies, and those whose backup cannot be promoted, say so.
+    let freeing = |f: u64| {
+        let (ok, _, err) = trio.cli(0, &["deallocate", &f.to_string(), "--client", "keep"]);
+        assert!(!ok, "{f} freed with its shard's nodes down");
+        err
+    };
+    let on = |s: u64| *keep.iter().find(|f| *f / 10 == s).unwrap();
+    let lost = freeing(on(1));
+    assert!(
+        lost.contains("is unreachable")
+            && lost.contains(&trio.names[2])
+            && lost.contains("not in sync, so it cannot take over"),
+        "{lost}"
+    );
+    let stuck = freeing(on(2));
+    assert!(
+        stuck.contains("is unreachable") && stuck.contains("majority"),
+        "{stuck}"
+    );
+
+    trio.up(1);
+    trio.up(2);
+    trio.status_until(0, "every backup in sync", all_in_sync);
+    let held = trio.cli_ok(1, &["held", "--client", "keep"]);
+    let held: Vec<u64> = held.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(
+        held, keep,
+        "what was held survived (sync, and one copy at least)"
+    );
+    for i in 0..3 {
+        let check = trio.cli_ok(i, &["check"]);
+        assert!(check.contains("consistent: 60 frequencies"), "{check}");
+    }
+}
+
+/// With `--replicas 2`, a partition simulated by SIGSTOP of node b past the tick time (2 s):
+/// the majority (a, c) promotes the backups of b's shards (1, 4, to c, at epoch 2) and goes on
+/// serving the whole pool. A BEAM shell that was waiting to reach b calls b's shard service for
+/// shards 1 and 4 the moment b runs again (SIGCONT), before b can have heard of the
+/// promotion: b must not accept any of those allocations (its writes carry epoch 1, which c
+/// refuses, and the control log will not let it write alone). b then rejoins as backup, is
+/// caught up, and `check` passes through every node.
+#[test]
+fn a_stopped_primary_whose_backup_was_promoted_accepts_no_allocation_after_sigcont() {
+    if !erlang::erlang_or_skip(
+        "a_stopped_primary_whose_backup_was_promoted_accepts_no_allocation_after_sigcont",
+    ) {
+        return;
+    }
+    let trio = Trio::start_replicated("sync", &["--net-ticktime", "2"]);
+    let mut keep = Vec::new();
+    for _ in 0..6 {
+        let f: u64 = trio
+            .cli_ok(0, &["allocate", "--client", "keep"])
+            .trim()
+            .parse()
+            .unwrap();
+        keep.push(f);
+    }
+    keep.sort_unstable();
+    let fp = trio.nodes[1]
+        .as_ref()
+        .unwrap()
+        .ready
+        .split("fingerprint ")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .expect("the ready line shows the fingerprint")
+        .to_string();
+    let b_pid = trio.nodes[1].as_ref().unwrap().proc.pid();
+    erlang::signal(b_pid, libc::SIGSTOP);
+    let (a, c) = (&trio.names[0], &trio.names[2]);
+    trio.status_until(0, "b's shards promoted to c", |st| {
+        [1, 4].iter().all(|&s| {
+            let l = shard_line(st, s);
+            l.contains(&format!(" on {c} ")) && l.contains("(epoch 2,")
+        })
+    });
+    // The majority serves the whole pool meanwhile.
+    for _ in 0..12 {
+        let f = trio.cli_ok(0, &["allocate", "--client", "meanwhile"]);
+        assert!(!f.trim().is_empty());
+    }
+    // A shell that reaches b as soon as it runs again, then asks b's own replicas of shards 1
+    // and 4 (still primaries at epoch 1 in b's view) for allocations.
+    let b = &trio.names[1];
+    let eval = format!(
+        "io:format(\"SHELL up~n\"), pong = net_adm:ping('{b}'), S = {{freq_shard, '{b}'}}, \
+         Fp = <<\"{fp}\">>, \
+         Rs = [catch gen_server:call(S, {{shard_call, Sh, {{allocate, <<\"stale\">>, undefined}}, Fp}}, 30000) \
+               || Sh <- [1, 4, 1, 4, 1, 4]], \
+         N = length([x || {{{{allocated, _}}, _, _, _}} <- Rs]), \
+         io:format(\"RESULT ok allocated=~b~n\", [N]), \
+         [io:format(\"ANSWER ~p~n\", [R]) || R <- Rs], halt(0)."
+    );
+    let mut shell = trio.cluster.spawn_erl(&eval);
+    shell.wait_prefix(READY_TIMEOUT, "SHELL up");
+    erlang::signal(b_pid, libc::SIGCONT);
+    let line = shell.wait_prefix(CLIENT_TIMEOUT * 6, "RESULT");
+    let r = erlang::parse_result(&line).unwrap_or_else(|| panic!("{}", shell.diagnostics()));
+    assert_eq!(
+        r.num("allocated"),
+        0,
+        "b accepted allocations for shards whose backup was promoted: {:?}",
+        shell.all_stdout()
+    );
+    // b rejoins as backup and is caught up; its view agrees; nothing is held twice.
+    trio.status_until(1, "b caught up, c primary of 1 and 4", |st| {
+        all_in_sync(st) && served_by(st, &[a, c])
+    });
+    let held = trio.cli_ok(1, &["held", "--client", "keep"]);
+    let held: Vec<u64> = held.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(held, keep);
+    for i in 0..3 {
+        let check = trio.cli_ok(i, &["check"]);
+        assert!(check.contains("consistent: 60 frequencies"), "{check}");
     }
 }

@@ -167,8 +167,9 @@ struct InitArgs {
     #[arg(long)]
     replicas: Option<usize>,
     /// A cluster: the nodes (`name@host,...`) that serve the shards, placed round them in turn
-    /// (shard i on node i mod N). Run the same `init` in every node's data directory, then
-    /// `freqalloc node --name NODE --data DIR` on each.
+    /// (shard i on node i mod N; with `--replicas 2` its backup on node i+1 mod N). Run the
+    /// same `init` in every node's data directory, then `freqalloc node --name NODE --data DIR`
+    /// on each.
     #[arg(long, value_name = "NODES")]
     nodes: Option<String>,
 }
@@ -608,16 +609,10 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
                 .map(|n| n.trim().to_string())
                 .filter(|n| !n.is_empty())
                 .collect();
-            if config.replicas > 1 {
-                anyhow::bail!(
-                    "--nodes with --replicas 2 is not supported yet: replicas on other nodes \
-                     (a shard's backup on another node) are still to be built; a cluster's \
-                     shards run with one copy each"
-                );
-            }
-            Some(freqalloc::freq::ClusterLayout::spread(
+            Some(freqalloc::freq::ClusterLayout::spread_replicated(
                 &nodes,
                 config.layout.shard_count(),
+                config.replicas,
             )?)
         }
         (None, Some(s)) => s.cluster.clone(),
@@ -631,7 +626,7 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
     // that a locked or damaged store, or a disk too small, shows now.
     // A cluster store is not opened here at all: only its node serves it.
     let proven = match outcome {
-        InitOutcome::Created => replicas == 1,
+        InitOutcome::Created => replicas == 1 || clustered.is_some(),
         _ => clustered.is_some(),
     };
     let (alloc, c) = match outcome {
@@ -674,7 +669,19 @@ fn init(dir: &Path, args: InitArgs) -> Result<ExitCode> {
     if let Some(cl) = &c.cluster {
         for n in cl.nodes() {
             let shards: Vec<String> = cl.shards_of(n).iter().map(|s| s.to_string()).collect();
-            out!("  node {n} serves shard(s) {}", shards.join(","));
+            let backups: Vec<String> = (0..cl.shard_count())
+                .filter(|&s| cl.backup_of(s) == Some(n.as_str()))
+                .map(|s| s.to_string())
+                .collect();
+            if backups.is_empty() {
+                out!("  node {n} serves shard(s) {}", shards.join(","));
+            } else {
+                out!(
+                    "  node {n} serves shard(s) {} and backs up shard(s) {}",
+                    shards.join(","),
+                    backups.join(",")
+                );
+            }
         }
     }
     if let Some(alloc) = alloc {

@@ -44,8 +44,9 @@ pub enum Command {
         /// Shard `i` gets `shards[i]`.
         shards: Vec<(NodeId, Option<NodeId>)>,
     },
-    /// Compare-and-set: if the shard is at `expected_epoch` and `node` is its backup, `node`
-    /// becomes primary at epoch + 1, the old primary its (out of sync) backup.
+    /// Compare-and-set: if the shard is at `expected_epoch`, `node` is its backup and that
+    /// backup is in sync, `node` becomes primary at epoch + 1, the old primary its (out of
+    /// sync) backup. An out-of-sync backup is never promoted: it may lack acknowledged writes.
     Promote {
         /// The shard.
         shard: ShardId,
@@ -120,6 +121,13 @@ pub enum Rejection {
         /// The shard's epoch.
         current: u64,
     },
+    /// The backup is not in sync at this epoch (a replication write failed, or it has not
+    /// caught up yet): promoting it could lose acknowledged writes.
+    #[error("shard {shard}'s backup is not in sync: promoting it could lose acknowledged writes")]
+    BackupNotInSync {
+        /// The shard.
+        shard: ShardId,
+    },
     /// The node named is not the shard's backup.
     #[error("node {node} is not the backup of shard {shard} (backup: {backup:?})")]
     NotTheBackup {
@@ -181,6 +189,9 @@ impl ControlState {
                         node: *node,
                         backup: s.backup,
                     });
+                }
+                if !s.backup_in_sync {
+                    return Err(Rejection::BackupNotInSync { shard: *shard });
                 }
                 s.backup = Some(s.primary);
                 s.primary = *node;
@@ -277,8 +288,37 @@ mod tests {
     }
 
     #[test]
+    fn an_out_of_sync_backup_is_never_promoted() {
+        let mut s = booted();
+        let p = Command::Promote {
+            shard: 0,
+            node: 2,
+            expected_epoch: 1,
+        };
+        assert_eq!(s.apply(&p), Err(Rejection::BackupNotInSync { shard: 0 }));
+        let in_sync = Command::MarkInSync {
+            shard: 0,
+            node: 2,
+            epoch: 1,
+        };
+        assert_eq!(s.apply(&in_sync), Ok(Applied::MarkedInSync));
+        let out = Command::MarkOutOfSync { shard: 0, epoch: 1 };
+        assert_eq!(s.apply(&out), Ok(Applied::MarkedOutOfSync));
+        // A promotion decided on the in-sync view loses to the later out-of-sync mark.
+        assert_eq!(s.apply(&p), Err(Rejection::BackupNotInSync { shard: 0 }));
+        assert_eq!(s.apply(&in_sync), Ok(Applied::MarkedInSync));
+        assert_eq!(s.apply(&p), Ok(Applied::Promoted { shard: 0, epoch: 2 }));
+    }
+
+    #[test]
     fn conflicting_promotions_exactly_one_wins() {
         let mut s = booted();
+        let in_sync = Command::MarkInSync {
+            shard: 0,
+            node: 2,
+            epoch: 1,
+        };
+        assert_eq!(s.apply(&in_sync), Ok(Applied::MarkedInSync));
         let p = Command::Promote {
             shard: 0,
             node: 2,

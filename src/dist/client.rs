@@ -84,6 +84,14 @@ pub struct RemoteShard {
     /// Whether the shard serves (in a cluster: whether its node was reachable at its last call;
     /// its counts are then the last it reported).
     pub alive: bool,
+    /// In a cluster with replicas: the shard's epoch (raised by every failover).
+    pub epoch: Option<u64>,
+    /// In a cluster with replicas: the node holding its backup.
+    pub backup: Option<String>,
+    /// In a cluster with replicas: whether the backup is in sync (may take over).
+    pub in_sync: bool,
+    /// In a cluster with replicas: how many changes the backup is behind, as last known.
+    pub lag: Option<u64>,
 }
 
 impl RemoteStatus {
@@ -479,6 +487,10 @@ impl RemoteAllocator {
                 node: sm.map.get(&atom("node")).and_then(super::term::as_text),
                 // Nodes before clusters did not say: their shards served.
                 alive: sm.map.get(&atom("alive")).and_then(as_atom) != Some("false"),
+                epoch: get(sm, "epoch"),
+                backup: sm.map.get(&atom("backup")).and_then(super::term::as_text),
+                in_sync: sm.map.get(&atom("in_sync")).and_then(as_atom) == Some("true"),
+                lag: get(sm, "lag"),
             });
         }
         shards.sort_unstable();

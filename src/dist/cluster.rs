@@ -42,8 +42,12 @@ use super::shard_wire::{
 use super::term::{as_atom, as_list, as_text, as_tuple, as_u64, atom, binary, list, tuple, uint};
 use crate::freq::{
     check_client_name, Allocator, ClientCall, ClientReply, ClusterLayout, Fault, FreqError, Health,
-    Options, ShardEndpoint, ShardShared,
+    Options, ReplicaStatus, Role, ShardEndpoint, ShardShared,
 };
+
+mod failover;
+
+use failover::{roles_loop, Member, ReplicaHere};
 
 /// The owner name a client call carries, if any.
 fn call_owner(call: &ClientCall) -> Option<&str> {
@@ -62,8 +66,13 @@ use crate::otp::OtpError;
 
 /// How often a node sends its shards' loads to its peers.
 pub const LOADS_INTERVAL: Duration = Duration::from_millis(200);
-/// Worker threads of the shard service.
+/// Worker threads of the shard service for shard calls.
 const SHARD_WORKERS: usize = 4;
+/// Worker threads for a partner's replication calls (apart from the shard calls: a worker
+/// waiting for its shard's backup never holds up the backup's side of another shard).
+const LINK_WORKERS: usize = 2;
+/// All the workers: shard calls, replication calls, then one for control-log proposals.
+const ALL_WORKERS: usize = SHARD_WORKERS + LINK_WORKERS + 1;
 
 /// Why a call to a peer failed.
 #[derive(Debug)]
@@ -266,12 +275,90 @@ impl PeerCalls {
     }
 }
 
-/// What a node knows of a shard served elsewhere.
+/// Where a shard is served now: its node (fixed without replicas; with replicas, its primary's
+/// node as this node's control plane last applied it), and, with replicas, its epoch, its
+/// backup and whether that is in sync. Written by the roles thread (`failover.rs`), read by
+/// every call.
+pub(crate) struct Route {
+    /// The node that holds replica 0 (the layout's placement).
+    home: String,
+    node: parking_lot::RwLock<String>,
+    epoch: std::sync::atomic::AtomicU64,
+    backup: parking_lot::RwLock<Option<String>>,
+    in_sync: AtomicBool,
+    /// How many changes the backup is behind, as the primary's node last said (`u64::MAX`:
+    /// unknown).
+    lag: std::sync::atomic::AtomicU64,
+    /// Whether `node` is known: always without replicas; with replicas once this node's
+    /// control plane has applied the placement (until then no call is routed).
+    known: AtomicBool,
+}
+
+impl Route {
+    fn new(node: &str, backup: Option<&str>) -> Arc<Route> {
+        Arc::new(Route {
+            known: AtomicBool::new(backup.is_none()),
+            home: node.to_string(),
+            node: parking_lot::RwLock::new(node.to_string()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            backup: parking_lot::RwLock::new(backup.map(str::to_string)),
+            in_sync: AtomicBool::new(false),
+            lag: std::sync::atomic::AtomicU64::new(u64::MAX),
+        })
+    }
+
+    /// The node serving the shard now.
+    pub(crate) fn node(&self) -> String {
+        self.node.read().clone()
+    }
+
+    fn is(&self, node: &str) -> bool {
+        *self.node.read() == node
+    }
+
+    /// With replicas: the shard's two replicas as this node knows them, primary first. The
+    /// primary's `applied` is `applied` when it runs here (else 0, not known here); the
+    /// backup's lag is `lag` (what the primary last acknowledged, else the primary's report).
+    fn replicas(&self, primary_alive: bool, applied: u64, lag: Option<u64>) -> Vec<ReplicaStatus> {
+        let Some(backup) = self.backup.read().clone() else {
+            return Vec::new();
+        };
+        let primary = self.node();
+        let number = |n: &str| usize::from(n != self.home);
+        let lag = lag.or(match self.lag.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            l => Some(l),
+        });
+        vec![
+            ReplicaStatus {
+                replica: number(&primary),
+                role: if primary_alive {
+                    Role::Primary
+                } else {
+                    Role::Down
+                },
+                applied,
+                lag: 0,
+                restarts: 0,
+                node: Some(primary),
+            },
+            ReplicaStatus {
+                replica: number(&backup),
+                role: Role::Backup,
+                applied: applied.saturating_sub(lag.unwrap_or(0)),
+                lag: lag.unwrap_or(0),
+                restarts: 0,
+                node: Some(backup),
+            },
+        ]
+    }
+}
+
 /// What this node knows of a shard served elsewhere: its node, its published load (what routing
 /// reads), whether it is reachable. Shared by the shard's endpoint (replies) and the `loads`
 /// handler (the node's periodic message).
 struct PeerLoad {
-    node: String,
+    route: Arc<Route>,
     shared: Arc<ShardShared>,
     /// The last call to its node could not be sent, or was lost.
     unreachable: AtomicBool,
@@ -323,16 +410,29 @@ pub(crate) struct PeerShard {
     ranges: Vec<crate::freq::FreqRange>,
     /// The cluster configuration's fingerprint, sent with every call.
     fingerprint: String,
-    node: String,
+    route: Arc<Route>,
     calls: Arc<PeerCalls>,
     load: Arc<PeerLoad>,
 }
 
 impl PeerShard {
     fn unreachable(&self, why: String) -> FreqError {
+        let node = self.route.node();
+        // With replicas: what the other replica can do about it.
+        let backup = match self.route.backup.read().clone() {
+            Some(b) if self.route.in_sync.load(Ordering::Relaxed) => format!(
+                "; its backup {b} is in sync and takes over once a majority of the cluster's \
+                 nodes promotes it"
+            ),
+            Some(b) => format!(
+                "; its backup {b} is not in sync, so it cannot take over (both copies are out \
+                 of reach until {node} comes back)"
+            ),
+            None => String::new(),
+        };
         FreqError::ShardUnreachable {
             shard: self.index,
-            reason: format!("its node {} cannot be reached: {why}", self.node),
+            reason: format!("its node {node} cannot be reached: {why}{backup}"),
         }
     }
 
@@ -341,14 +441,22 @@ impl PeerShard {
             shard: self.index,
             reason: format!(
                 "its node {}: {why} (the call may have been handled)",
-                self.node
+                self.route.node()
             ),
         }
     }
 
     /// Calls `request` on the shard's node; the answer's outer error says what travel did.
     fn call_term(&self, request: &Term, timeout: Duration) -> Result<Term, FreqError> {
-        match self.calls.call(&self.node, request, timeout) {
+        if !self.route.known.load(Ordering::Acquire) {
+            return Err(FreqError::ShardUnreachable {
+                shard: self.index,
+                reason: "this node has not yet learned from the control plane which node \
+                         serves it (it needs a majority of the cluster's nodes)"
+                    .into(),
+            });
+        }
+        match self.calls.call(&self.route.node(), request, timeout) {
             Ok(t) => Ok(t),
             Err(PeerCallError::NotSent(why)) => {
                 self.load.mark_unreachable();
@@ -378,7 +486,7 @@ impl PeerShard {
         }
         FreqError::ShardFailed {
             shard: self.index,
-            reason: format!("its node {} answered {text}", self.node),
+            reason: format!("its node {} answered {text}", self.route.node()),
         }
     }
 
@@ -393,6 +501,7 @@ impl PeerShard {
             "starting" => "it is still starting".to_string(),
             "not_here" => "it does not serve this shard (another layout?)".to_string(),
             "badarg" => "it could not read the call".to_string(),
+            "not_primary" => "it is not the shard's primary now".to_string(),
             "layout_mismatch" => format!(
                 "it serves another cluster configuration (its fingerprint {}, ours {})",
                 el.get(2).and_then(as_text).unwrap_or_default(),
@@ -461,11 +570,16 @@ impl ShardEndpoint for PeerShard {
     }
 
     fn health(&self) -> Health {
+        let epoch = self.route.epoch.load(Ordering::Relaxed);
+        let alive = !self.load.unreachable.load(Ordering::Relaxed);
         Health {
             restarts: 0,
-            alive: !self.load.unreachable.load(Ordering::Relaxed),
-            replicas: Vec::new(),
-            in_sync: false,
+            alive,
+            replicas: self.route.replicas(alive, 0, None),
+            in_sync: self.route.in_sync.load(Ordering::Relaxed),
+            node: Some(self.route.node()),
+            // With replicas (the control plane gives every shard an epoch from 1).
+            epoch: (epoch > 0).then_some(epoch),
         }
     }
 
@@ -517,6 +631,16 @@ struct Shared {
     control: Mutex<Option<Arc<ControlNode>>>,
     /// Where peers' Raft messages go.
     control_inbox: OnceLock<ControlInbox>,
+    /// Where each shard is served now (fixed without replicas; moved by the roles thread).
+    routes: Vec<Arc<Route>>,
+    /// Each shard's ranges (an allocation outside them is no answer).
+    ranges: Vec<Vec<crate::freq::FreqRange>>,
+    /// With replicas: this node's replicas, by shard.
+    replicas: Mutex<HashMap<usize, Arc<ReplicaHere>>>,
+    /// The store's durability.
+    durability: crate::freq::Durability,
+    /// How long a call to a local shard may take.
+    call_timeout: Duration,
 }
 
 impl Shared {
@@ -530,8 +654,8 @@ impl Shared {
         }
         let el = as_tuple(request).unwrap_or(&[]);
         match (el.first().and_then(as_atom), el.len()) {
-            (Some("shard_call" | "held"), 4)
-                if as_text(&el[3]).as_deref() != Some(&self.fingerprint) =>
+            (Some("shard_call" | "held"), 4) | (Some("link"), 5) | (Some("control_propose"), 3)
+                if el.last().and_then(as_text).as_deref() != Some(&self.fingerprint) =>
             {
                 tuple(vec![
                     atom("error"),
@@ -552,8 +676,19 @@ impl Shared {
                     ]);
                 }
                 match (shard, call) {
-                    (Some(s), Some(call)) if alloc.is_local(s) => {
-                        let r = alloc.call_shard(s, call);
+                    (Some(s), Some(call)) if self.replica(s).is_some() || alloc.is_local(s) => {
+                        let r = match self.replica(s) {
+                            // Only this node's replica: a front end that routed here from an
+                            // older view is told to look again, never forwarded on.
+                            Some(here) => match here.handle.client_call(call, self.call_timeout) {
+                                Ok(r) => r,
+                                Err(e) => Err(FreqError::ShardFailed {
+                                    shard: s,
+                                    reason: e.to_string(),
+                                }),
+                            },
+                            None => alloc.call_shard(s, call),
+                        };
                         let (free, allocated, stamp) = self.stamped_load(alloc, s);
                         tuple(vec![
                             result_term(&r),
@@ -577,12 +712,31 @@ impl Shared {
                     _ => tuple(vec![atom("error"), atom("badarg")]),
                 }
             }
+            (Some("link"), 5) => {
+                let shard = as_u64(&el[1]).and_then(|s| usize::try_from(s).ok());
+                let call = crate::dist::replica_wire::parse_link_call(&el[3]);
+                match (shard.and_then(|s| self.replica(s)), as_u64(&el[2]), call) {
+                    (Some(here), Some(epoch), Some(call)) => {
+                        crate::dist::replica_wire::link_reply_term(&here.handle.link_call(
+                            epoch,
+                            call,
+                            self.call_timeout,
+                        ))
+                    }
+                    (None, ..) => tuple(vec![atom("error"), atom("not_here")]),
+                    _ => tuple(vec![atom("error"), atom("badarg")]),
+                }
+            }
+            (Some("control_propose"), 3) => match &el[1] {
+                Term::Binary(b) => self.answer_propose(&b.bytes),
+                _ => tuple(vec![atom("error"), atom("badarg")]),
+            },
             (Some("hello"), 4) => {
                 let theirs = as_text(&el[1]).unwrap_or_default();
                 if theirs == self.fingerprint {
                     // Each side learns the other's loads in the hello itself, so a node routes
                     // by them from its first request on (not after the first loads message).
-                    self.apply_loads(&el[3]);
+                    self.apply_loads(&el[3], as_atom(&el[2]));
                     tuple(vec![atom("ok"), self.my_entries(alloc)])
                 } else {
                     let from = as_atom(&el[2]).unwrap_or("?");
@@ -623,13 +777,13 @@ impl Shared {
 
     /// A peer's `{loads, Node, [{Shard, Free, Allocated, Stamp}]}`.
     fn loads(&self, msg: &Term) {
-        let Some([_, _from, entries, fingerprint]) = as_tuple(msg) else {
+        let Some([_, from, entries, fingerprint]) = as_tuple(msg) else {
             return;
         };
         if as_text(fingerprint).as_deref() != Some(&self.fingerprint) {
             return;
         }
-        self.apply_loads(entries);
+        self.apply_loads(entries, as_atom(from));
     }
 
     /// A peer's `{raft, FromId, Bytes, Fingerprint}`: handed to the control node (a channel
@@ -649,25 +803,69 @@ impl Shared {
         }
     }
 
+    /// A partner's `{link_nudge, Shard, Fingerprint}`: it (re)joined, so a primary here
+    /// catches it up.
+    fn link_nudge(&self, msg: &Term) {
+        let Some([_, shard, fingerprint]) = as_tuple(msg) else {
+            return;
+        };
+        if as_text(fingerprint).as_deref() != Some(&self.fingerprint) {
+            return;
+        }
+        if let Some(here) = as_u64(shard)
+            .and_then(|s| usize::try_from(s).ok())
+            .and_then(|s| self.replica(s))
+        {
+            here.handle.nudge();
+        }
+    }
+
     /// The control plane as this node sees it, for `status`.
     pub(crate) fn control_view(&self) -> Option<ControlView> {
         lock(&self.control).as_ref().map(|c| c.view())
     }
 
     /// Publishes a peer's `[{Shard, Free, Allocated, Stamp}]`.
-    fn apply_loads(&self, entries: &Term) {
+    fn apply_loads(&self, entries: &Term, from: Option<&str>) {
         let peers = lock(&self.peers);
         for e in as_list(entries).unwrap_or_default() {
-            if let Some([s, f, a, st]) = as_tuple(&e) {
-                let shard = as_u64(s).and_then(|s| usize::try_from(s).ok());
-                let p = shard.and_then(|s| peers.get(&s));
-                if let (Some(p), Some(f), Some(a), Some(st)) =
-                    (p, as_u64(f), as_u64(a), parse_stamp(st))
-                {
-                    p.publish(f, a, st);
+            let Some(el) = as_tuple(&e) else { continue };
+            let (s, f, a, st, lag) = match el {
+                [s, f, a, st] => (s, f, a, st, None),
+                [s, f, a, st, lag] => (s, f, a, st, Some(lag)),
+                _ => continue,
+            };
+            let shard = as_u64(s).and_then(|s| usize::try_from(s).ok());
+            let p = shard.and_then(|s| peers.get(&s));
+            // With replicas, only the shard's primary (as this node's control view has it)
+            // speaks for its load: a replaced primary's late message is ignored.
+            if let (Some(p), Some(from)) = (p, from) {
+                if !p.route.is(from) || from == self.me {
+                    continue;
+                }
+            }
+            if let (Some(p), Some(f), Some(a), Some(st)) =
+                (p, as_u64(f), as_u64(a), parse_stamp(st))
+            {
+                p.publish(f, a, st);
+                if let Some(lag) = lag {
+                    p.route
+                        .lag
+                        .store(as_u64(lag).unwrap_or(u64::MAX), Ordering::Relaxed);
                 }
             }
         }
+    }
+
+    /// The shards this node serves now: its own without replicas; with replicas, those whose
+    /// primary is its replica.
+    fn serving_here(&self) -> Vec<usize> {
+        if !self.layout.is_replicated() {
+            return self.layout.shards_of(&self.me);
+        }
+        (0..self.layout.shard_count())
+            .filter(|&s| self.routes[s].is(&self.me) && self.replica(s).is_some())
+            .collect()
     }
 
     /// Shard `shard`'s load with its stamp.
@@ -681,12 +879,17 @@ impl Shared {
     /// This node's shards' `[{Shard, Free, Allocated, Stamp}]`.
     fn my_entries(&self, alloc: &Allocator) -> Term {
         list(
-            self.layout
-                .shards_of(&self.me)
+            self.serving_here()
                 .into_iter()
                 .map(|s| {
                     let (f, a, st) = self.stamped_load(alloc, s);
-                    tuple(vec![uint(s as u64), uint(f), uint(a), stamp_term(st)])
+                    let mut e = vec![uint(s as u64), uint(f), uint(a), stamp_term(st)];
+                    if let Some(here) = self.replica(s) {
+                        let (_, _, applied) = here.handle.state(here.replica);
+                        let lag = here.link.lag_behind(applied);
+                        e.push(lag.map_or_else(|| atom("undefined"), uint));
+                    }
+                    tuple(e)
                 })
                 .collect(),
         )
@@ -712,6 +915,8 @@ pub struct ClusterMember {
     service: ServiceGuard,
     stop_loads: Option<Sender<()>>,
     loads: Option<JoinHandle<()>>,
+    stop_roles: Option<Sender<()>>,
+    roles: Option<JoinHandle<()>>,
 }
 
 /// The shard service's process and workers; dropping it ends them.
@@ -791,11 +996,22 @@ impl ClusterMember {
             stamps: Mutex::new(0),
             control: Mutex::new(None),
             control_inbox: OnceLock::new(),
+            routes: (0..layout.shard_count())
+                .map(|i| Route::new(layout.node_of(i).unwrap_or("?"), layout.backup_of(i)))
+                .collect(),
+            ranges: (0..config.layout.shard_count())
+                .map(|i| config.layout.ranges(i).to_vec())
+                .collect(),
+            replicas: Mutex::new(HashMap::new()),
+            durability: config.durability,
+            call_timeout: options.call_timeout,
         });
         // The shard service first (answering "starting" until the allocator is open), so that a
         // peer's hello to this node is answered while this node says hello to it.
         // In `sync` a shard call waits for its flush: on workers, never on a reader.
-        let inline = config.durability != crate::freq::Durability::Sync;
+        // With replicas a shard call waits for its backup on another node: on workers too (a
+        // reader waiting on a peer that waits on this reader would never be answered).
+        let inline = config.durability != crate::freq::Durability::Sync && !layout.is_replicated();
         let (pid, senders, workers) = start_service(node, &shared, inline)?;
         // From here, dropping `service` stops it again on any error.
         let service = ServiceGuard {
@@ -804,35 +1020,18 @@ impl ClusterMember {
             workers,
             senders,
         };
-        let s2 = shared.clone();
-        let ranges: Vec<Vec<crate::freq::FreqRange>> = (0..config.layout.shard_count())
-            .map(|i| config.layout.ranges(i).to_vec())
-            .collect();
-        let remote = move |i: usize, shared: Arc<ShardShared>| -> Box<dyn ShardEndpoint> {
-            let node = s2.layout.node_of(i).unwrap_or("?").to_string();
-            let load = Arc::new(PeerLoad {
-                node: node.clone(),
-                shared,
-                unreachable: AtomicBool::new(false),
-                stamp: Mutex::new(None),
-            });
-            lock(&s2.peers).insert(i, load.clone());
-            Box::new(PeerShard {
-                index: i,
-                ranges: ranges.get(i).cloned().unwrap_or_default(),
-                fingerprint: s2.fingerprint.clone(),
-                node,
-                calls: s2.calls.clone(),
-                load,
-            })
+        let member = Member {
+            shared: shared.clone(),
+            call_timeout: options.call_timeout,
         };
         let alloc =
-            Allocator::open_member(dir, options, node.name(), &remote).map_err(member_error)?;
+            Allocator::open_member(dir, options, node.name(), &member).map_err(member_error)?;
+        drop(member);
         // A peer's connection gone: its shards are unreachable until it is heard from again.
         let weak = Arc::downgrade(&shared);
         let _ = calls.on_peer_gone.set(Box::new(move |peer: &str| {
             if let Some(sh) = weak.upgrade() {
-                for p in lock(&sh.peers).values().filter(|p| p.node == peer) {
+                for p in lock(&sh.peers).values().filter(|p| p.route.is(peer)) {
                     p.mark_unreachable();
                 }
             }
@@ -858,7 +1057,7 @@ impl ClusterMember {
                 match calls.call(peer, &hello, left.max(Duration::from_millis(1))) {
                     Ok(t) => match as_tuple(&t) {
                         Some([ok, entries]) if as_atom(ok) == Some("ok") => {
-                            shared.apply_loads(entries);
+                            shared.apply_loads(entries, Some(peer));
                             break;
                         }
                         Some([_, r]) if as_atom(r) == Some("starting") && left > Duration::ZERO => {
@@ -888,12 +1087,30 @@ impl ClusterMember {
             .name("freq-cluster-loads".into())
             .spawn(move || loads_loop(&s3, &rx))
             .map_err(|e| DistError::io("spawning the cluster loads thread", e))?;
+        let (roles_tx, roles_rx) = mpsc::channel();
+        let (settled_tx, settled_rx) = mpsc::channel();
+        let s4 = shared.clone();
+        let roles = if layout.is_replicated() {
+            let h = std::thread::Builder::new()
+                .name("freq-cluster-roles".into())
+                .spawn(move || roles_loop(&s4, &roles_rx, &settled_tx))
+                .map_err(|e| DistError::io("spawning the cluster roles thread", e))?;
+            // Serve once the control plane has said where every shard is served and given this
+            // node's replicas their roles (bounded: a node cut off from the majority starts
+            // anyway, and its routes stay unknown until it hears).
+            let _ = settled_rx.recv_timeout(hello_timeout);
+            Some(h)
+        } else {
+            None
+        };
         Ok(ClusterMember {
             shared,
             alloc,
             service,
             stop_loads: Some(tx),
             loads: Some(loads),
+            stop_roles: Some(roles_tx),
+            roles,
         })
     }
 
@@ -927,10 +1144,13 @@ impl ClusterMember {
 
     /// Stops the loads thread and the shard service (the allocator is the caller's to stop).
     pub fn stop(&mut self) {
-        if let Some(tx) = self.stop_loads.take() {
+        for tx in [self.stop_roles.take(), self.stop_loads.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = tx.send(());
         }
-        if let Some(h) = self.loads.take() {
+        for h in [self.roles.take(), self.loads.take()].into_iter().flatten() {
             let _ = h.join();
         }
         // The control node's thread stops when its last handle goes.
@@ -952,7 +1172,7 @@ type Service = (Pid, Arc<Mutex<Vec<Sender<Job>>>>, Vec<JoinHandle<()>>);
 fn start_service(node: &Node, shared: &Arc<Shared>, inline: bool) -> Result<Service, DistError> {
     let senders: Arc<Mutex<Vec<Sender<Job>>>> = Arc::new(Mutex::new(Vec::new()));
     let mut receivers: Vec<Receiver<Job>> = Vec::new();
-    for _ in 0..SHARD_WORKERS {
+    for _ in 0..ALL_WORKERS {
         let (tx, rx) = mpsc::channel();
         lock(&senders).push(tx);
         receivers.push(rx);
@@ -971,6 +1191,10 @@ fn start_service(node: &Node, shared: &Arc<Shared>, inline: bool) -> Result<Serv
             sh.raft(&msg);
             return;
         }
+        if el.first().and_then(as_atom) == Some("link_nudge") {
+            sh.link_nudge(&msg);
+            return;
+        }
         // {'$gen_call', {From, Ref}, Request}
         let (Some("$gen_call"), Some([Term::Pid(from), reference])) =
             (el.first().and_then(as_atom), el.get(1).and_then(as_tuple))
@@ -978,7 +1202,9 @@ fn start_service(node: &Node, shared: &Arc<Shared>, inline: bool) -> Result<Serv
             return;
         };
         let Some(request) = el.get(2) else { return };
-        if inline {
+        let tag = as_tuple(request).and_then(|r| r.first()).and_then(as_atom);
+        let blocking = matches!(tag, Some("link" | "control_propose"));
+        if inline && !blocking {
             // Answered here, on the connection's reader (a direct call to the local shard: no
             // hop); the reply leaves with the reader's next flush.
             let reply = tuple(vec![reference.clone(), sh.answer(request)]);
@@ -988,19 +1214,29 @@ fn start_service(node: &Node, shared: &Arc<Shared>, inline: bool) -> Result<Serv
         // By shard: one shard's calls are answered in the order they came (a front end's calls
         // to it all come from its one caller process), and different shards' calls in parallel.
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        match as_tuple(request) {
-            Some([tag, shard, _]) if as_atom(tag) == Some("shard_call") => shard.hash(&mut h),
+        let shard = as_tuple(request).and_then(|r| r.get(1));
+        let (first, count) = match (tag, shard) {
+            (Some("shard_call"), Some(shard)) => {
+                shard.hash(&mut h);
+                (0, SHARD_WORKERS)
+            }
+            (Some("link"), Some(shard)) => {
+                shard.hash(&mut h);
+                (SHARD_WORKERS, LINK_WORKERS)
+            }
+            (Some("control_propose"), _) => (SHARD_WORKERS + LINK_WORKERS, 1),
             _ => {
                 from.id.hash(&mut h);
                 from.node.name.hash(&mut h);
+                (0, SHARD_WORKERS)
             }
-        }
+        };
         let senders = lock(&s2);
-        if senders.is_empty() {
+        let w = first + (h.finish() % count as u64) as usize;
+        let Some(worker) = senders.get(w) else {
             return;
-        }
-        let w = (h.finish() % senders.len() as u64) as usize;
-        let _ = senders[w].send(Job {
+        };
+        let _ = worker.send(Job {
             from: from.clone(),
             reference: reference.clone(),
             request: request.clone(),
@@ -1125,7 +1361,8 @@ pub const CONTROL_DIR: &str = "control";
 
 impl Shared {
     /// As leader of a control log not yet bootstrapped: proposes the cluster's placement (each
-    /// shard's primary is its serving node, no backup yet, epoch 1). Not waited for: the next
+    /// shard's primary is its serving node, its backup the next node with replicas, epoch 1,
+    /// backups out of sync until their primaries have caught them up). Not waited for: the next
     /// round sees whether it applied.
     fn bootstrap_control(&self) {
         let Some(control) = lock(&self.control).clone() else {
@@ -1136,9 +1373,14 @@ impl Shared {
             return;
         }
         let shards = (0..self.layout.shard_count())
-            .filter_map(|s| self.layout.node_of(s))
-            .filter_map(|n| control_id(&self.layout, n))
-            .map(|id| (id, None))
+            .filter_map(|s| {
+                let primary = control_id(&self.layout, self.layout.node_of(s)?)?;
+                let backup = self
+                    .layout
+                    .backup_of(s)
+                    .and_then(|b| control_id(&self.layout, b));
+                Some((primary, backup))
+            })
             .collect();
         let _ = control.submit(&Command::Bootstrap { shards });
     }
@@ -1159,7 +1401,17 @@ impl Shared {
                 .shards()
                 .iter()
                 .enumerate()
-                .map(|(i, s)| format!("{i}:{}@e{}", name(s.primary), s.epoch))
+                .map(|(i, s)| {
+                    let backup = s.backup.map_or_else(String::new, |b| {
+                        let state = if s.backup_in_sync {
+                            "in sync"
+                        } else {
+                            "behind"
+                        };
+                        format!("({} {state})", name(b))
+                    });
+                    format!("{i}:{}@e{}{backup}", name(s.primary), s.epoch)
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         } else {

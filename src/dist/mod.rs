@@ -27,6 +27,7 @@ pub mod epmd;
 mod error;
 pub mod frame;
 mod node;
+mod replica_wire;
 mod service;
 mod shard_wire;
 pub mod term;

@@ -526,6 +526,22 @@ impl Shared {
                 if let Some(n) = &x.node {
                     entries.push(("node", binary(n.as_bytes())));
                 }
+                // With replicas on other nodes: the epoch, the backup, whether it is in sync and
+                // how far behind it is.
+                if let Some(e) = x.epoch {
+                    entries.push(("epoch", uint(e)));
+                    entries.push(("in_sync", atom(if x.in_sync { "true" } else { "false" })));
+                    if let Some(b) = x
+                        .replicas
+                        .iter()
+                        .find(|r| r.role == crate::freq::Role::Backup)
+                    {
+                        if let Some(n) = &b.node {
+                            entries.push(("backup", binary(n.as_bytes())));
+                        }
+                        entries.push(("lag", uint(b.lag)));
+                    }
+                }
                 map(entries)
             })
             .collect();

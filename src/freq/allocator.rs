@@ -16,6 +16,7 @@ use super::error::LayoutError;
 use super::error::{FreqError, StoreError};
 use super::layout::{coalesce, Layout};
 use super::link::InProcessLink;
+use super::member::{LocalReplica, Membership, ReplicaHandle};
 use super::pair::PairShared;
 use super::protocol::{ClientCall, ClientReply, Fault};
 use super::range::FreqRange;
@@ -167,10 +168,7 @@ pub enum InitOutcome {
 }
 
 /// Which shards of a cluster store run here, and how to reach the others.
-type RemotePart<'a> = (
-    Vec<bool>,
-    &'a dyn Fn(usize, Arc<ShardShared>) -> Box<dyn ShardEndpoint>,
-);
+type RemotePart<'a> = &'a dyn Membership;
 
 struct Inner {
     dir: Option<PathBuf>,
@@ -485,7 +483,7 @@ impl Allocator {
         dir: &Path,
         options: Options,
         me: &str,
-        remote: &dyn Fn(usize, Arc<ShardShared>) -> Box<dyn ShardEndpoint>,
+        member: &dyn Membership,
     ) -> Result<Self, FreqError> {
         let config = read_config(dir)?.ok_or_else(|| StoreError::NoStore(dir.to_path_buf()))?;
         let Some(cluster) = &config.cluster else {
@@ -500,10 +498,7 @@ impl Allocator {
                 cluster.nodes().join(", ")
             ))));
         }
-        let local: Vec<bool> = (0..config.layout.shard_count())
-            .map(|s| cluster.node_of(s) == Some(me))
-            .collect();
-        Allocator::open_part(dir, options, Some((local, remote)))
+        Allocator::open_part(dir, options, Some(member))
     }
 
     /// Opens the store at `dir`: every shard here (`part` `None`), or only those marked local,
@@ -614,7 +609,10 @@ impl Allocator {
     ) -> Result<Self, FreqError> {
         config.check_replicas()?;
         let n = config.layout.shard_count();
-        let is_local = |i: usize| part.as_ref().is_none_or(|(local, _)| local[i]);
+        let is_local = |i: usize| part.is_none_or(|m| m.replica_here(i).is_some());
+        // A replicated cluster shard runs one replica here, its partner on another node.
+        let here = |i: usize| part.and_then(|m| m.replica_here(i)).unwrap_or(0);
+        let split_pairs = part.is_some() && config.replicas == 2;
         let replicated = config.replicas == 2;
         let durability = if dir.is_some() {
             config.durability
@@ -653,6 +651,8 @@ impl Allocator {
             };
             all_args.push(if !is_local(i) {
                 Vec::new()
+            } else if split_pairs {
+                vec![one(here(i))]
             } else if replicated {
                 vec![one(0), one(1)]
             } else {
@@ -727,9 +727,43 @@ impl Allocator {
         let mut shards: Vec<Box<dyn ShardEndpoint>> = Vec::with_capacity(n);
         let mut shared = Vec::with_capacity(n);
         for (i, mut args) in all_args.into_iter().enumerate() {
-            if let (false, Some((_, remote))) = (is_local(i), &part) {
+            if let (false, Some(m)) = (is_local(i), part) {
                 let s = ShardShared::new(i, None);
-                shards.push(remote(i, Arc::clone(&s)));
+                shards.push(m.remote(i, Arc::clone(&s)));
+                shared.push(s);
+                continue;
+            }
+            if let (true, Some(m)) = (split_pairs, part) {
+                let r = here(i);
+                let mut core = args.remove(0);
+                let seq = core.preloaded.lock().as_ref().map_or(0, |l| l.seq());
+                let pair = PairShared::new(r, [seq, seq]);
+                let s = ShardShared::new(i, Some(Arc::clone(&pair)));
+                let server =
+                    Server::<Shard>::unstarted(format!("freq-shard-{i}-{}", ["a", "b"][r]));
+                let wiring = m.replica(
+                    i,
+                    LocalReplica {
+                        replica: r,
+                        handle: ReplicaHandle::new(i, server.clone(), Arc::clone(&pair)),
+                        shared: Arc::clone(&s),
+                    },
+                );
+                core.shared = Arc::clone(&s);
+                let shard_args = ShardArgs {
+                    core,
+                    replica: Some(ReplicaArgs {
+                        me: r,
+                        pair,
+                        link: wiring.link,
+                        control: Some(wiring.control),
+                    }),
+                };
+                let id = format!("shard-{i}-{}", ["a", "b"][r]);
+                spec = spec.child(ChildSpec::for_server(id, &server, move || {
+                    shard_args.clone()
+                }));
+                shards.push(wiring.endpoint);
                 shared.push(s);
                 continue;
             }
@@ -772,6 +806,7 @@ impl Allocator {
                             servers[1 - r].clone(),
                             options.call_timeout,
                         )),
+                        control: None,
                     }),
                 };
                 let id = format!("shard-{i}-{}", ["a", "b"][r]);
@@ -1227,13 +1262,15 @@ impl Allocator {
                 restart_attempt: waits.get(i).copied().flatten().map_or(0, |(_, n)| n),
                 replicas: health.replicas,
                 in_sync: health.in_sync,
-                node: self
-                    .inner
-                    .config
-                    .cluster
-                    .as_ref()
-                    .and_then(|c| c.node_of(i))
-                    .map(str::to_string),
+                node: health.node.or_else(|| {
+                    self.inner
+                        .config
+                        .cluster
+                        .as_ref()
+                        .and_then(|c| c.node_of(i))
+                        .map(str::to_string)
+                }),
+                epoch: health.epoch,
             });
             if let Some(r) = s.readers() {
                 free.extend(

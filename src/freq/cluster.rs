@@ -26,6 +26,10 @@ pub struct ClusterLayout {
     nodes: Vec<String>,
     /// Per shard: the index in `nodes` of the node that serves it.
     serving: Vec<usize>,
+    /// Per shard, with `--replicas 2`: the index of the node that holds its backup (the next
+    /// node round). Empty without replicas (and in stores written before replicas existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    backup: Vec<usize>,
 }
 
 impl ClusterLayout {
@@ -58,7 +62,36 @@ impl ClusterLayout {
         Ok(ClusterLayout {
             nodes: nodes.to_vec(),
             serving: (0..shards).map(|s| s % nodes.len()).collect(),
+            backup: Vec::new(),
         })
+    }
+
+    /// As [`ClusterLayout::spread`], and with `replicas` 2 each shard's backup on the next node
+    /// round (shard `i` on node `i mod N`, its backup on node `(i + 1) mod N`), so losing one
+    /// node leaves a replica of every shard. A backup needs a second node.
+    pub fn spread_replicated(
+        nodes: &[String],
+        shards: usize,
+        replicas: usize,
+    ) -> Result<Self, LayoutError> {
+        let mut layout = ClusterLayout::spread(nodes, shards)?;
+        match replicas {
+            1 => {}
+            2 if nodes.len() < 2 => {
+                return Err(LayoutError::BadNodes(
+                    "--replicas 2 over a cluster needs at least two nodes: a shard's backup \
+                     lives on another node than its primary"
+                        .into(),
+                ))
+            }
+            2 => layout.backup = (0..shards).map(|s| (s + 1) % nodes.len()).collect(),
+            n => {
+                return Err(LayoutError::BadNodes(format!(
+                    "{n} replicas: a cluster shard has 1 or 2"
+                )))
+            }
+        }
+        Ok(layout)
     }
 
     /// The nodes, in the order given to `init`.
@@ -79,6 +112,31 @@ impl ClusterLayout {
             .map(String::as_str)
     }
 
+    /// The node that holds `shard`'s backup (with `--replicas 2`).
+    pub fn backup_of(&self, shard: usize) -> Option<&str> {
+        self.backup
+            .get(shard)
+            .and_then(|&n| self.nodes.get(n))
+            .map(String::as_str)
+    }
+
+    /// Whether every shard has a backup on another node.
+    pub fn is_replicated(&self) -> bool {
+        !self.backup.is_empty()
+    }
+
+    /// Which of `shard`'s replicas `node` holds: 0 on the node that serves it first, 1 on its
+    /// backup's node, `None` if neither. Without replicas, 0 on its node.
+    pub fn replica_on(&self, shard: usize, node: &str) -> Option<usize> {
+        if self.node_of(shard) == Some(node) {
+            Some(0)
+        } else if self.backup_of(shard) == Some(node) {
+            Some(1)
+        } else {
+            None
+        }
+    }
+
     /// Whether `node` is one of the cluster's nodes.
     pub fn has_node(&self, node: &str) -> bool {
         self.nodes.iter().any(|n| n == node)
@@ -88,6 +146,13 @@ impl ClusterLayout {
     pub fn shards_of(&self, node: &str) -> Vec<usize> {
         (0..self.serving.len())
             .filter(|&s| self.node_of(s) == Some(node))
+            .collect()
+    }
+
+    /// The shards `node` holds a replica of (served or backed up), lowest first.
+    pub fn replicas_of(&self, node: &str) -> Vec<usize> {
+        (0..self.serving.len())
+            .filter(|&s| self.replica_on(s, node).is_some())
             .collect()
     }
 
@@ -105,6 +170,23 @@ impl ClusterLayout {
                 "the cluster layout names node number {n} of {}",
                 self.nodes.len()
             )));
+        }
+        if !self.backup.is_empty() {
+            if self.backup.len() != shards {
+                return Err(LayoutError::BadNodes(format!(
+                    "the cluster layout places {} backups, the pool has {shards} shards",
+                    self.backup.len()
+                )));
+            }
+            for (s, (&b, &p)) in self.backup.iter().zip(&self.serving).enumerate() {
+                if b >= self.nodes.len() || b == p {
+                    return Err(LayoutError::BadNodes(format!(
+                        "the cluster layout puts shard {s}'s backup on node number {b} (its \
+                         primary is number {p}, of {})",
+                        self.nodes.len()
+                    )));
+                }
+            }
         }
         for n in &self.nodes {
             check_node_name(n)?;
@@ -168,6 +250,26 @@ mod tests {
         assert!(c.shards_of("d@h").is_empty());
         c.check(6).unwrap();
         assert!(c.check(5).is_err());
+    }
+
+    #[test]
+    fn each_backup_is_on_the_next_node() {
+        let n = names(&["a@h", "b@h", "c@h"]);
+        let c = ClusterLayout::spread_replicated(&n, 6, 2).unwrap();
+        assert!(c.is_replicated());
+        assert_eq!(c.backup_of(0), Some("b@h"));
+        assert_eq!(c.backup_of(2), Some("a@h"));
+        assert_eq!(c.replica_on(2, "a@h"), Some(1));
+        assert_eq!(c.replica_on(2, "c@h"), Some(0));
+        assert_eq!(c.replica_on(2, "b@h"), None);
+        assert_eq!(c.replicas_of("a@h"), vec![0, 2, 3, 5]);
+        c.check(6).unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<ClusterLayout>(&json).unwrap(), c);
+        let plain = ClusterLayout::spread(&n, 6).unwrap();
+        assert!(!serde_json::to_string(&plain).unwrap().contains("backup"));
+        let one = ClusterLayout::spread_replicated(&names(&["a@h"]), 2, 2).unwrap_err();
+        assert!(one.to_string().contains("at least two nodes"));
     }
 
     #[test]

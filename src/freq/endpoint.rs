@@ -25,6 +25,11 @@ pub(crate) struct Health {
     pub replicas: Vec<ReplicaStatus>,
     /// With replication, whether the backup has everything the primary has.
     pub in_sync: bool,
+    /// In a cluster: the node serving the shard now, if the endpoint knows better than the
+    /// layout (a replicated shard's primary moves on failover).
+    pub node: Option<String>,
+    /// In a cluster with replicas: the shard's epoch.
+    pub epoch: Option<u64>,
 }
 
 /// One shard, as the allocator sees it.
@@ -124,6 +129,8 @@ impl ShardEndpoint for SingleShard {
             alive: self.server.is_alive(),
             replicas: Vec::new(),
             in_sync: false,
+            node: None,
+            epoch: None,
         }
     }
 
@@ -265,6 +272,7 @@ impl ShardEndpoint for ReplicatedShard {
                 lag: applied[1 - r].saturating_sub(applied[r]),
                 // A replica rebuilt from its partner at open counts as restarted.
                 restarts: self.servers[r].generation().saturating_sub(1) + self.pair.rebuilt(r),
+                node: None,
             })
             .collect();
         Health {
@@ -272,6 +280,8 @@ impl ShardEndpoint for ReplicatedShard {
             alive: st.roles[st.primary] == Role::Primary,
             replicas,
             in_sync: st.in_sync,
+            node: None,
+            epoch: None,
         }
     }
 

@@ -222,6 +222,11 @@ pub(crate) enum ShardError {
         /// The first sequence number shipped.
         got: u64,
     },
+    /// A replication request refused by a replica on another node: it carries an older epoch
+    /// than the replica knows, or the replica needs a full state transfer first (nothing was
+    /// done).
+    #[error("refused: {0}")]
+    Fenced(String),
 }
 
 impl ShardError {

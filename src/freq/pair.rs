@@ -43,6 +43,12 @@ pub(crate) struct PairState {
     pub roles: [Role; 2],
     /// Bumped on every change, so waiters and the catch-up see any change.
     pub version: u64,
+    /// A pair whose replicas run on two nodes: the shard's epoch as this node's control plane
+    /// last applied it (0 for a pair in one process).
+    pub epoch: u64,
+    /// A pair whose replicas run on two nodes: the role the control plane gives this node's
+    /// replica (`None` for a pair in one process, or before the control plane has spoken).
+    pub assigned: Option<Role>,
 }
 
 /// What outlives the instances of a pair: roles, sequence numbers, table readers.
@@ -68,6 +74,8 @@ impl PairShared {
                 in_sync: false,
                 roles: [Role::Down; 2],
                 version: 0,
+                epoch: 0,
+                assigned: None,
             }),
             changed: Condvar::new(),
             applied: [AtomicU64::new(seqs[0]), AtomicU64::new(seqs[1])],
@@ -165,6 +173,60 @@ impl PairShared {
             st.in_sync = false;
             role
         })
+    }
+
+    /// A pair whose replicas run on two nodes: the control plane gives this node's replica `me`
+    /// the role `role` at `epoch` and says how its partner on the other node stands
+    /// (`Role::Backup` while it can be replicated to, else `Role::Down`). A replica that is not
+    /// running takes `role` when it starts.
+    pub(crate) fn assign(&self, me: usize, role: Role, partner: Role, epoch: u64) {
+        let o = 1 - me;
+        let st = self.state();
+        if st.assigned == Some(role) && st.roles[o] == partner && st.epoch == epoch {
+            return;
+        }
+        self.update(|st| {
+            st.assigned = Some(role);
+            if st.roles[me] != Role::Down {
+                st.roles[me] = role;
+            }
+            st.roles[o] = partner;
+            st.epoch = epoch;
+            st.primary = me;
+        });
+    }
+
+    /// A pair on two nodes: how the partner stands now; returns whether that changed.
+    pub(crate) fn assign_partner(&self, me: usize, partner: Role) -> bool {
+        let o = 1 - me;
+        if self.state().roles[o] == partner {
+            return false;
+        }
+        self.update(|st| st.roles[o] = partner);
+        true
+    }
+
+    /// A replica of a pair on two nodes (re)joins: it takes the role the control plane gave it
+    /// (a backup that does not serve until told otherwise, if none yet).
+    pub(crate) fn join_assigned(&self, me: usize) -> Role {
+        self.update(|st| {
+            let role = st.assigned.unwrap_or(Role::Backup);
+            st.roles[me] = role;
+            st.primary = me;
+            role
+        })
+    }
+
+    /// A replica of a pair on two nodes leaves: its partner learns it from the control plane.
+    /// One that may lose acknowledged changes with its instance (`none`, `interval`) also
+    /// forgets its role: its next instance waits to be given one.
+    pub(crate) fn leave_assigned(&self, me: usize, lossy: bool) {
+        self.update(|st| {
+            st.roles[me] = Role::Down;
+            if lossy {
+                st.assigned = None;
+            }
+        });
     }
 
     /// A replica leaves (its state is being dropped): a primary in sync hands over to its backup.

@@ -113,6 +113,11 @@ pub(crate) enum LinkReply {
 pub(crate) enum ShardRequest {
     Client(ClientCall),
     Link(LinkCall),
+    /// A replication request from the partner on another node, sent at `epoch`.
+    RemoteLink {
+        epoch: u64,
+        call: LinkCall,
+    },
 }
 
 /// The answer to a [`ShardRequest`], in the request's protocol.

@@ -98,6 +98,31 @@ pub(crate) trait ReplicaLink: Send + Sync {
     fn nudge(&self);
 }
 
+/// How long a primary whose partner is on another node waits before trying again to catch it
+/// up (each attempt is a full state transfer over the network).
+const REMOTE_CATCH_UP_RETRY: Duration = Duration::from_millis(200);
+
+/// How often a replica may ask the control plane again for what it could not get (serving
+/// after a start, an in-sync mark that went unanswered).
+const CONTROL_RETRY: Duration = Duration::from_millis(500);
+
+/// The control plane's part in a pair whose replicas run on two nodes (`crate::dist` implements
+/// it over the cluster's Raft log). Who is primary, at which epoch, comes in through
+/// [`PairShared::assign`]; what a primary must not decide alone goes out through here. Both
+/// calls block (bounded): the primary's thread waits for the log.
+pub(crate) trait PairControl: Send + Sync {
+    /// Commits that the shard's backup is out of sync at `epoch` (so it cannot be promoted and
+    /// the primary may write alone). `Err` (with the reason) when that is not certain: the
+    /// epoch moved on, or no majority answered.
+    fn mark_out_of_sync(&self, epoch: u64) -> Result<(), String>;
+    /// Proposes that the backup is in sync at `epoch`. `Ok(true)` committed, `Ok(false)` the
+    /// outcome is unknown (it may still commit), `Err` refused.
+    fn mark_in_sync(&self, epoch: u64) -> Result<bool, String>;
+    /// Whether the control state, as this node last applied it, has the backup in sync at
+    /// `epoch`.
+    fn in_sync(&self, epoch: u64) -> bool;
+}
+
 /// What a replica adds to its core (again on every restart).
 #[derive(Clone)]
 pub(crate) struct ReplicaArgs {
@@ -105,6 +130,9 @@ pub(crate) struct ReplicaArgs {
     pub me: usize,
     pub pair: Arc<PairShared>,
     pub link: Arc<dyn ReplicaLink>,
+    /// For a pair whose partner runs on another node: the control plane (roles come from it,
+    /// not from the pair's own join rules).
+    pub control: Option<Arc<dyn PairControl>>,
 }
 
 /// A replica's half of a replicated shard, beside its [`ShardCore`]: its place in the pair and
@@ -116,10 +144,24 @@ pub(crate) struct Replication {
     link: Arc<dyn ReplicaLink>,
     /// Whether this replica's core has no disk table (then what it held dies with it).
     in_memory: bool,
+    /// Whether this replica may lose acknowledged changes with its instance (`none`,
+    /// `interval`).
+    lossy: bool,
     /// Whether this instance has started acting as primary (lease timer, published counts).
     serving: bool,
     /// Whether a catch-up retry is scheduled.
     retry_set: bool,
+    /// The shard's index.
+    shard: usize,
+    /// With the partner on another node: the control plane.
+    control: Option<Arc<dyn PairControl>>,
+    /// The epoch this replica started serving at (a primary on two nodes writes only at it).
+    serving_epoch: u64,
+    /// A backup on two nodes takes no entries until a full state transfer: after a start, or
+    /// after serving, its state may differ from the primary's at the same sequence number.
+    needs_install: bool,
+    /// When the control plane was last asked for what it did not give.
+    asked: Option<std::time::Instant>,
 }
 
 impl Replication {
@@ -130,14 +172,23 @@ impl Replication {
         let me = args.me;
         *args.pair.readers[me].write() = Some(core.readers());
         args.pair.publish_seq(me, core.seq(), core.seq());
-        let role = args.pair.join(me, core.seq());
+        let role = match args.control {
+            Some(_) => args.pair.join_assigned(me),
+            None => args.pair.join(me, core.seq()),
+        };
         let replication = Replication {
             me,
             pair: args.pair,
             link: args.link,
             in_memory: !core.is_durable(),
+            lossy: core.durability() != crate::freq::Durability::Sync,
             serving: false,
             retry_set: false,
+            shard: core.index(),
+            needs_install: args.control.is_some(),
+            control: args.control,
+            serving_epoch: 0,
+            asked: None,
         };
         if role != Role::Primary {
             replication.link.nudge();
@@ -150,29 +201,95 @@ impl Replication {
         self.pair.state().roles[self.me]
     }
 
-    /// Whether this instance already acts as primary.
+    /// Whether this instance already acts as primary (with the partner on another node: at the
+    /// epoch the control plane gives now).
     pub(crate) fn is_serving(&self) -> bool {
-        self.serving
+        if self.control.is_none() {
+            return self.serving;
+        }
+        let st = self.pair.state();
+        self.serving && st.roles[self.me] == Role::Primary && st.epoch == self.serving_epoch
     }
 
     /// Starts acting as primary: publishes the core's counts for the router (the caller also
-    /// sets the lease timer).
-    pub(crate) fn become_serving(&mut self, core: &ShardCore) {
+    /// sets the lease timer). With the partner on another node a primary starts out of sync:
+    /// its backup may hold entries this replica never wrote (it crashed between shipping and
+    /// writing), so it is caught up by a full transfer, and the control log must say so first.
+    /// Returns whether it serves (`false`: the control plane could not be reached; a later
+    /// call tries again).
+    pub(crate) fn become_serving(&mut self, core: &ShardCore) -> bool {
+        if let Some(control) = self.control.clone() {
+            if self
+                .asked
+                .is_some_and(|t| t.elapsed() < CONTROL_RETRY && !self.serving)
+            {
+                return false;
+            }
+            let epoch = self.pair.state().epoch;
+            if control.in_sync(epoch) && control.mark_out_of_sync(epoch).is_err() {
+                self.asked = Some(std::time::Instant::now());
+                return false;
+            }
+            self.asked = None;
+            self.serving_epoch = epoch;
+            self.pair.update(|st| st.in_sync = false);
+        }
         self.serving = true;
+        self.needs_install = false;
         core.publish_load();
+        true
     }
 
-    /// Primary: ships a committed batch to the backup if the pair is in sync. A failure marks
-    /// the pair out of sync: the primary serves alone until the backup is caught up again.
-    pub(crate) fn ship(&self, entries: &[LogEntry]) {
+    /// Primary: ships a committed batch to the backup if the pair is in sync. In one process a
+    /// failure marks the pair out of sync: the primary serves alone until the backup is caught
+    /// up again. With the partner on another node the primary may only write at the epoch it
+    /// serves, and only what the backup took, unless the control log has first recorded the
+    /// backup as out of sync: otherwise the batch fails (and nothing of it is acknowledged).
+    pub(crate) fn ship(&self, entries: &[LogEntry]) -> Result<(), FreqError> {
         let st = self.pair.state();
-        if st.in_sync && st.roles[self.me] == Role::Primary && self.link.append(entries).is_err() {
-            let me = self.me;
-            self.pair.update(|st| {
-                if st.primary == me {
-                    st.in_sync = false;
-                }
+        let Some(control) = &self.control else {
+            if st.in_sync
+                && st.roles[self.me] == Role::Primary
+                && self.link.append(entries).is_err()
+            {
+                let me = self.me;
+                self.pair.update(|st| {
+                    if st.primary == me {
+                        st.in_sync = false;
+                    }
+                });
+            }
+            return Ok(());
+        };
+        let shard = self.shard;
+        if !self.is_serving() {
+            return Err(FreqError::ShardFailed {
+                shard,
+                reason: format!(
+                    "this replica is no longer its primary (it served at epoch {}, the control \
+                     plane is at {}): nothing of the batch was written",
+                    self.serving_epoch, st.epoch
+                ),
             });
+        }
+        if !st.in_sync {
+            return Ok(());
+        }
+        let Err(e) = self.link.append(entries) else {
+            return Ok(());
+        };
+        match control.mark_out_of_sync(self.serving_epoch) {
+            Ok(()) => {
+                self.pair.update(|st| st.in_sync = false);
+                Ok(())
+            }
+            Err(why) => Err(FreqError::ShardFailed {
+                shard,
+                reason: format!(
+                    "its backup did not take the write ({e}) and the control plane did not \
+                     record it out of sync ({why}); nothing of the batch was acknowledged"
+                ),
+            }),
         }
     }
 
@@ -181,6 +298,9 @@ impl Replication {
     /// `CatchUp` (the backup did not answer: it may be restarting).
     pub(crate) fn after_commit(&mut self, core: &ShardCore) -> Option<Duration> {
         self.pair.publish_seq(self.me, core.seq(), core.seq());
+        if self.control.is_some() {
+            return self.after_commit_remote(core);
+        }
         let st = self.pair.state();
         let o = 1 - self.me;
         if st.in_sync || st.roles[self.me] != Role::Primary || st.roles[o] != Role::Backup {
@@ -198,6 +318,49 @@ impl Replication {
         if !self.pair.state().in_sync && !self.retry_set {
             self.retry_set = true;
             return Some(CATCH_UP_RETRY);
+        }
+        None
+    }
+
+    /// [`Replication::after_commit`] with the partner on another node: a full state transfer
+    /// (its state may differ at the same sequence number), then the in-sync mark in the
+    /// control log. From the transfer on, every batch is shipped (the local flag is set before
+    /// the mark is proposed), so a mark whose outcome is unknown is never a lie.
+    fn after_commit_remote(&mut self, core: &ShardCore) -> Option<Duration> {
+        let control = self.control.clone()?;
+        if !self.is_serving() {
+            return None;
+        }
+        let st = self.pair.state();
+        if st.in_sync {
+            // Marked locally; the log may not have it yet (an unanswered proposal): ask again.
+            if !control.in_sync(self.serving_epoch)
+                && self.asked.is_none_or(|t| t.elapsed() >= CONTROL_RETRY)
+            {
+                self.asked = Some(std::time::Instant::now());
+                if let Err(_refused) = control.mark_in_sync(self.serving_epoch) {
+                    // Refused: the epoch moved on; the next batch finds this out.
+                }
+            }
+            return None;
+        }
+        if st.roles[1 - self.me] != Role::Backup {
+            return None;
+        }
+        let installed = core
+            .snapshot()
+            .map_err(|e| e.to_string())
+            .and_then(|snap| self.link.install(snap).map_err(|e| e.to_string()));
+        if installed.is_ok() {
+            self.pair.update(|now| now.in_sync = true);
+            self.asked = Some(std::time::Instant::now());
+            if control.mark_in_sync(self.serving_epoch).is_err() {
+                self.pair.update(|now| now.in_sync = false);
+            }
+        }
+        if !self.pair.state().in_sync && !self.retry_set {
+            self.retry_set = true;
+            return Some(REMOTE_CATCH_UP_RETRY);
         }
         None
     }
@@ -264,6 +427,7 @@ impl Replication {
         &mut self,
         core: &mut ShardCore,
         request: LinkCall,
+        epoch: Option<u64>,
     ) -> Result<LinkReply, ShardError> {
         if let LinkCall::Dump = request {
             let label = self.label(core);
@@ -271,6 +435,31 @@ impl Replication {
         }
         if self.role() != Role::Backup {
             return Err(ShardError::NotBackup);
+        }
+        if self.control.is_some() {
+            // A request from another node: fenced by the epoch it was sent at.
+            let ours = self.pair.state().epoch;
+            let theirs = epoch.unwrap_or(0);
+            if theirs < ours {
+                return Err(ShardError::Fenced(format!(
+                    "the write carries epoch {theirs}, this replica knows epoch {ours} (its \
+                     sender is no longer the primary)"
+                )));
+            }
+            if self.serving {
+                // It served before: its state may differ from the new primary's.
+                self.serving = false;
+                self.needs_install = true;
+            }
+            match &request {
+                LinkCall::Install(_) => self.needs_install = false,
+                LinkCall::Append(_) if self.needs_install => {
+                    return Err(ShardError::Fenced(
+                        "this backup needs a full state transfer first".into(),
+                    ))
+                }
+                _ => {}
+            }
         }
         match request {
             LinkCall::Applied => Ok(LinkReply::Applied(core.seq())),
@@ -311,7 +500,11 @@ impl Replication {
             // In memory only: what this instance held is gone with it.
             self.pair.publish_seq(self.me, 0, 0);
         }
-        self.pair.leave(self.me);
+        if self.control.is_some() {
+            self.pair.leave_assigned(self.me, self.lossy);
+        } else {
+            self.pair.leave(self.me);
+        }
     }
 }
 
@@ -400,6 +593,7 @@ mod tests {
             me: 0,
             pair: Arc::clone(&pair),
             link: Arc::clone(&link) as Arc<dyn ReplicaLink>,
+            control: None,
         };
         let (mut rep, role) = Replication::join(args, &core);
         assert_eq!(role, Role::Primary);

@@ -95,11 +95,16 @@ impl Shard {
         }
     }
 
-    fn become_serving(&mut self, ctx: &mut Context<Self>) {
+    /// Starts serving as primary; `false` when the control plane (for a partner on another
+    /// node) did not let it yet.
+    fn become_serving(&mut self, ctx: &mut Context<Self>) -> bool {
         if let Some(r) = self.replication.as_mut() {
-            r.become_serving(&self.core);
+            if !r.become_serving(&self.core) {
+                return false;
+            }
         }
         self.schedule_lease_timer(ctx);
+        true
     }
 
     /// Whether this instance serves clients: a single shard always; a replica while primary.
@@ -113,7 +118,7 @@ impl Shard {
     /// backup up.
     fn commit(&mut self, ctx: &mut Context<Self>) -> Result<(), FreqError> {
         let Some(r) = self.replication.as_mut() else {
-            return self.core.commit(|_| ());
+            return self.core.commit(|_| Ok(()));
         };
         self.core.commit(|entries| r.ship(entries))?;
         if let Some(delay) = r.after_commit(&self.core) {
@@ -135,8 +140,9 @@ impl Shard {
             from.reply(ShardResponse::Client(Err(ShardError::NotPrimary)));
             return Ok(());
         }
-        if self.replication.as_ref().is_some_and(|r| !r.is_serving()) {
-            self.become_serving(ctx);
+        if self.replication.as_ref().is_some_and(|r| !r.is_serving()) && !self.become_serving(ctx) {
+            from.reply(ShardResponse::Client(Err(ShardError::NotPrimary)));
+            return Ok(());
         }
         let result = match request {
             ClientCall::Reap => {
@@ -172,19 +178,22 @@ impl Shard {
     fn handle_link(
         &mut self,
         request: LinkCall,
+        epoch: Option<u64>,
         from: ReplyTo<ShardResponse>,
     ) -> Result<(), FreqError> {
         let Some(r) = self.replication.as_mut() else {
             from.reply(ShardResponse::Link(Err(ShardError::NotBackup)));
             return Ok(());
         };
-        match r.handle_link(&mut self.core, request) {
+        match r.handle_link(&mut self.core, request, epoch) {
             Ok(reply) => {
                 from.reply(ShardResponse::Link(Ok(reply)));
                 Ok(())
             }
             // Refusals leave the replica as it was.
-            Err(e @ (ShardError::NotBackup | ShardError::ReplicaGap { .. })) => {
+            Err(
+                e @ (ShardError::NotBackup | ShardError::ReplicaGap { .. } | ShardError::Fenced(_)),
+            ) => {
                 from.reply(ShardResponse::Link(Err(e)));
                 Ok(())
             }
@@ -236,7 +245,8 @@ impl GenServer for Shard {
     ) -> Result<(), ShardFailure> {
         match request {
             ShardRequest::Client(call) => self.handle_client(call, from, ctx),
-            ShardRequest::Link(call) => self.handle_link(call, from),
+            ShardRequest::Link(call) => self.handle_link(call, None, from),
+            ShardRequest::RemoteLink { epoch, call } => self.handle_link(call, Some(epoch), from),
         }
         .map_err(ShardFailure::from)
     }
@@ -259,7 +269,7 @@ impl GenServer for Shard {
                 };
                 r.catch_up_due();
                 if r.role() == Role::Primary && !r.is_serving() {
-                    self.become_serving(ctx);
+                    let _ = self.become_serving(ctx);
                 }
                 // The catch-up itself runs in handle_drained, right after this.
             }

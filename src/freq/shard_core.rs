@@ -466,20 +466,17 @@ impl ShardCore {
     /// once in `Sync`), keeps it for catch-up, and answers every reply held for it. On a disk
     /// error nothing held was made durable: every held caller gets `ShardFailed` and the error is
     /// returned, so the shard exits and restarts from what is on disk.
-    pub(crate) fn commit(&mut self, ship: impl FnOnce(&[LogEntry])) -> Result<(), FreqError> {
+    pub(crate) fn commit(
+        &mut self,
+        ship: impl FnOnce(&[LogEntry]) -> Result<(), FreqError>,
+    ) -> Result<(), FreqError> {
         if !self.batch.is_empty() {
             let entries = std::mem::take(&mut self.batch);
-            ship(&entries);
-            if let Err(e) = self.persist(&entries) {
-                let reason = e.to_string();
-                let shard = self.index();
-                for (from, _) in self.pending.drain(..) {
-                    from.reply(ShardResponse::Client(Err(FreqError::ShardFailed {
-                        shard,
-                        reason: reason.clone(),
-                    }
-                    .into())));
-                }
+            // A batch the backup did not take (and that the control plane did not let this
+            // replica keep alone) is neither written nor acknowledged: the caller exits and
+            // restarts from disk, without it.
+            if let Err(e) = ship(&entries).and_then(|()| self.persist(&entries)) {
+                self.fail_pending(&e);
                 return Err(e);
             }
             self.remember(entries);
@@ -488,6 +485,19 @@ impl ShardCore {
             from.reply(ShardResponse::Client(result));
         }
         Ok(())
+    }
+
+    /// Answers every held reply with `e` (as `ShardFailed`): its change is being dropped.
+    fn fail_pending(&mut self, e: &FreqError) {
+        let reason = e.to_string();
+        let shard = self.index();
+        for (from, _) in self.pending.drain(..) {
+            from.reply(ShardResponse::Client(Err(FreqError::ShardFailed {
+                shard,
+                reason: reason.clone(),
+            }
+            .into())));
+        }
     }
 
     /// Writes `entries` to the disk table, flushing once in `Sync`.
@@ -694,8 +704,11 @@ mod tests {
             let owner = "b".to_string();
             call(&mut core, ClientCall::Deallocate { freq, owner });
             let mut shipped = Vec::new();
-            core.commit(|e| shipped.extend(e.iter().map(|e| e.seq)))
-                .unwrap();
+            core.commit(|e| {
+                shipped.extend(e.iter().map(|e| e.seq));
+                Ok(())
+            })
+            .unwrap();
             assert_eq!(shipped, vec![1, 2, 3, 4]);
             assert_eq!(core.log().len(), if replicated { 4 } else { 0 });
             assert!(core.self_check("t").unwrap().is_empty());

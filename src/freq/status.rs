@@ -35,8 +35,11 @@ pub struct ShardStatus {
     pub replicas: Vec<ReplicaStatus>,
     /// With replication, whether the backup has everything the primary has.
     pub in_sync: bool,
-    /// In a cluster: the node that serves the shard (`None` for a store served by one process).
+    /// In a cluster: the node that serves the shard (`None` for a store served by one process);
+    /// with replicas, its primary's node as the control plane has it.
     pub node: Option<String>,
+    /// In a cluster with replicas: the shard's epoch (raised by every failover).
+    pub epoch: Option<u64>,
 }
 
 /// One replica's line in a [`ShardStatus`].
@@ -52,6 +55,8 @@ pub struct ReplicaStatus {
     pub lag: u64,
     /// How many times it has been restarted.
     pub restarts: u64,
+    /// In a cluster: the node the replica runs on.
+    pub node: Option<String>,
 }
 
 /// A view of the allocator, read from the shards' tables without messaging them (a dirty read,

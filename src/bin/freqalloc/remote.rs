@@ -35,6 +35,7 @@ pub fn status_json(s: &RemoteStatus) -> serde_json::Value {
             "shard": x.shard, "free": x.free, "allocated": x.allocated,
             "ranges": x.ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect::<Vec<_>>(),
             "node": x.node, "alive": x.alive,
+            "epoch": x.epoch, "backup": x.backup, "in_sync": x.in_sync, "lag": x.lag,
         })).collect::<Vec<_>>(),
     })
 }
@@ -54,11 +55,20 @@ pub fn print_status(node: &str, s: &RemoteStatus) -> Result<()> {
     }
     for x in &s.shards {
         let ranges: Vec<String> = x.ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
-        let on = x
+        let mut on = x
             .node
             .as_ref()
             .map(|n| format!(" on {n}"))
             .unwrap_or_default();
+        if let Some(e) = x.epoch {
+            on.push_str(&format!(" (epoch {e}"));
+            if let Some(b) = &x.backup {
+                let lag = x.lag.map(|l| format!(", lag {l}")).unwrap_or_default();
+                let state = if x.in_sync { "in sync" } else { "not in sync" };
+                on.push_str(&format!(", backup {b} {state}{lag}"));
+            }
+            on.push(')');
+        }
         if x.alive {
             out!(
                 "  shard {} ({}){on}: {} free, {} allocated",
