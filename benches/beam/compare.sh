@@ -10,9 +10,11 @@
 #                    rows) beam-dist.svg there
 #   --json FILE      keep every raw result (one JSON object a line)
 #   --dist-only      only the distribution rows (issue 13); --no-dist: all but them
-#   --cluster        also the cluster rows (issue 14: pairs/s against 1, 2, 3 nodes, freqalloc
-#                    vs the course's router on BEAM nodes; benches/beam/cluster.sh, about two
-#                    more minutes; its chart beam-cluster.svg into --svg-dir)
+#   --cluster        also the cluster rows (issue 14: pairs/s against 1, 2, 3 nodes and 1, 2
+#                    replicas, freqalloc vs the course's router on BEAM nodes;
+#                    benches/beam/cluster.sh, whose CLUSTER_* variables pass through, e.g.
+#                    CLUSTER_REPLICAS=1; about two and a half more minutes, four when freqalloc's
+#                    init takes --nodes with --replicas 2; its chart beam-cluster.svg into --svg-dir)
 #
 # Environment (defaults in brackets): BEAM_COMPARE_SECONDS [3] per allocator run,
 # BEAM_COMPARE_KEYS [1000000] per ETS run, BEAM_COMPARE_DETS_KEYS [100000] per DETS run,
@@ -39,7 +41,7 @@ while [ $# -gt 0 ]; do
         --dist-only) local=0; shift ;;
         --no-dist) dist=0; shift ;;
         --cluster) cluster=1; shift ;;
-        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done

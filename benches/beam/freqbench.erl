@@ -35,6 +35,15 @@
 %%       end (allocations to the one with the most free, deallocations to the owner), and the
 %%       back end answers the caller directly (gen:reply). Prints a ready line, then serves
 %%       until killed.
+%%   erl -sname r@localhost -setcookie C -noshell -pa DIR \
+%%       -run freqbench main cluster_router NODES SHARDS POOL REPLICAS
+%%       The same with REPLICAS 1 (as above) or 2: each back end (shard i on node i mod N) has
+%%       a backup process on the next node, (i + 1) mod N (with one node, on the same node),
+%%       holding the same {Free, Allocated} state. For every change that succeeds (an
+%%       allocation, a deallocation) the back end sends the change to its backup and waits for
+%%       the backup's acknowledgement before it answers the client: synchronous primary/backup
+%%       replication, the course's two back ends holding the same state. The wait is bounded
+%%       (5 s; the back end exits on a timeout). The router is unchanged.
 %%
 %% Timing is wall clock (erlang:monotonic_time/1) from releasing the workers to the last one
 %% done, as on the Rust side. Run it through benches/beam/compare.sh, which compiles this file
@@ -60,7 +69,10 @@ run(["alloc", Kind, Shards, Clients, Seconds, Pool]) ->
     alloc(list_to_atom(Kind), list_to_integer(Shards), list_to_integer(Clients),
           to_float(Seconds), list_to_integer(Pool));
 run(["cluster_router", Nodes, Shards, Pool]) ->
-    cluster_router(string:tokens(Nodes, ","), list_to_integer(Shards), list_to_integer(Pool));
+    run(["cluster_router", Nodes, Shards, Pool, "1"]);
+run(["cluster_router", Nodes, Shards, Pool, Replicas]) when Replicas =:= "1"; Replicas =:= "2" ->
+    cluster_router(string:tokens(Nodes, ","), list_to_integer(Shards), list_to_integer(Pool),
+                   list_to_integer(Replicas));
 run(["dist_clients", Node, Clients, Seconds, Side]) ->
     dist_clients(list_to_atom(Node), list_to_integer(Clients), to_float(Seconds), Side);
 run(Other) ->
@@ -319,21 +331,31 @@ most_free(Counts, I, N, Best) ->
 
 %% ---------------------------------------------------------------- cluster router
 
-cluster_router(Nodes0, Shards, Pool) ->
+cluster_router(Nodes0, Shards, Pool, Replicas) ->
     Nodes = [list_to_atom(N) || N <- Nodes0],
     [pong = wait_pong(N, 50) || N <- Nodes, N =/= node()],
     Size = (Pool + Shards - 1) div Shards,
     Self = self(),
+    N = length(Nodes),
     Backs = [begin
                  First = (I - 1) * Size,
                  Last = min(I * Size, Pool) - 1,
-                 Node = lists:nth((I - 1) rem length(Nodes) + 1, Nodes),
-                 {spawn_link(Node, fun() -> gserver({lists:seq(First, Last), []}, Self, I) end),
-                  Last - First + 1}
+                 State = {lists:seq(First, Last), []},
+                 Node = lists:nth((I - 1) rem N + 1, Nodes),
+                 Back = case Replicas of
+                            1 ->
+                                spawn_link(Node, fun() -> gserver(State, Self, I) end);
+                            2 ->
+                                BackupNode = lists:nth(I rem N + 1, Nodes),
+                                Backup = spawn_link(BackupNode, fun() -> gbackup(State) end),
+                                spawn_link(Node, fun() -> rserver(State, Self, I, Backup) end)
+                        end,
+                 {Back, Last - First + 1}
              end
              || I <- lists:seq(1, Shards)],
     register(frequency, self()),
-    io:format("cluster_router ~s serving ~b shards on ~p~n", [node(), Shards, Nodes]),
+    io:format("cluster_router ~s serving ~b shards on ~p, ~b replica(s)~n",
+              [node(), Shards, Nodes, Replicas]),
     grouter_loop(list_to_tuple([P || {P, _} <- Backs]),
                  list_to_tuple([C || {_, C} <- Backs]), Size).
 
@@ -382,10 +404,57 @@ gserver(State, Router, Index) ->
             gserver(New, Router, Index)
     end.
 
+%% The replicated back end: as gserver, but every change that succeeds goes to the backup
+%% first, and the client is answered after the backup's acknowledgement.
+rserver(State, Router, Index, Backup) ->
+    receive
+        {'$gen_call', {Pid, _} = From, allocate} ->
+            {New, Reply} = allocate(State, Pid),
+            case Reply of
+                {ok, _} -> replicate(Backup, Index, {allocate, Pid, Reply});
+                _ -> adjust(Router, Index, 1)
+            end,
+            gen:reply(From, Reply),
+            rserver(New, Router, Index, Backup);
+        {'$gen_call', {Pid, _} = From, {deallocate, Freq}} ->
+            {New, Reply} = deallocate(State, Freq, Pid),
+            case Reply of
+                ok -> replicate(Backup, Index, {deallocate, Freq, Pid});
+                _ -> adjust(Router, Index, -1)
+            end,
+            gen:reply(From, Reply),
+            rserver(New, Router, Index, Backup)
+    end.
+
+%% Sends one change to the backup and waits, bounded, for its acknowledgement (the reference
+%% made just before the send lets the receive skip the queued client calls).
+replicate(Backup, Index, Change) ->
+    Ref = make_ref(),
+    Backup ! {replicate, self(), Ref, Change},
+    receive
+        {replicated, Ref} -> ok
+    after 5000 ->
+        exit({backup_timeout, Index})
+    end.
+
+%% The backup: the primary's state, changed by the same functions; a change that does not
+%% give the primary's result there means the copies differ, and the backup crashes.
+gbackup(State) ->
+    receive
+        {replicate, Primary, Ref, {allocate, Pid, Reply}} ->
+            {New, Reply} = allocate(State, Pid),
+            Primary ! {replicated, Ref},
+            gbackup(New);
+        {replicate, Primary, Ref, {deallocate, Freq, Pid}} ->
+            {New, ok} = deallocate(State, Freq, Pid),
+            Primary ! {replicated, Ref},
+            gbackup(New)
+    end.
+
 %% ---------------------------------------------------------------- distribution
 
 dist_clients(Node, Clients, Seconds, Side) ->
-    pong = net_adm:ping(Node),
+    pong = wait_pong(Node, 50), % a first ping to a node just started was seen to fail
     {ok, F0} = gen_server:call({frequency, Node}, allocate),
     ok = gen_server:call({frequency, Node}, {deallocate, F0}),
     Parent = self(),
