@@ -163,6 +163,7 @@ impl Cluster {
             shard: 0,
             node: 2,
             epoch: 1,
+            sync_gen: 0,
         };
         let r = self.node(leader).propose(&in_sync, WAIT);
         assert_eq!(r.unwrap(), Applied::MarkedInSync);
@@ -306,11 +307,13 @@ fn a_stopped_node_reopens_from_its_directory_and_catches_up_by_snapshot() {
     assert!(before.state.is_bootstrapped());
     c.stop(3);
 
-    for _ in 0..6 {
+    // The bootstrap marked shard 0 in sync at generation 0; each out-of-sync mark raises it.
+    for generation in 0..6 {
         let in_sync = Command::MarkInSync {
             shard: 0,
             node: 2,
             epoch: 1,
+            sync_gen: generation,
         };
         c.node(1).propose(&in_sync, WAIT).unwrap();
         let out = Command::MarkOutOfSync { shard: 0, epoch: 1 };
@@ -320,6 +323,7 @@ fn a_stopped_node_reopens_from_its_directory_and_catches_up_by_snapshot() {
         shard: 1,
         node: 3,
         epoch: 1,
+        sync_gen: 0,
     };
     c.node(1).propose(&in_sync, WAIT).unwrap();
     c.node(1).propose(&promote(1, 3, 1), WAIT).unwrap();
@@ -525,6 +529,7 @@ fn sequential_proposal_rate() {
                 shard: 0,
                 node: 2,
                 epoch: 1,
+                sync_gen: (i / 2) as u64,
             }
         } else {
             Command::MarkOutOfSync { shard: 0, epoch: 1 }

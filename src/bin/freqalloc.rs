@@ -161,8 +161,8 @@ struct InitArgs {
     /// Allow adding frequencies to an existing store's pool.
     #[arg(long)]
     grow: bool,
-    /// Copies of each shard: 1, or 2 for a primary/backup pair (default: the stored count, or
-    /// 1 for a new store). Part of the store's shape: an existing store keeps its count (no
+    /// Copies of each shard: 1, or 2 for a primary/backup pair (in a cluster, the backup on
+    /// the next node; default: the stored count, or 1 for a new store). Part of the store's shape: an existing store keeps its count (no
     /// conversion between counts; a different one is refused).
     #[arg(long)]
     replicas: Option<usize>,

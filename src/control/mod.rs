@@ -55,7 +55,7 @@
 //! let layout = vec![(1, Some(2)), (2, Some(3)), (3, Some(1))];
 //! nodes[0].propose(&Command::Bootstrap { shards: layout }, Duration::from_secs(10))?;
 //! // Shard 0's backup (node 2) has caught up; only then may it be promoted.
-//! let in_sync = Command::MarkInSync { shard: 0, node: 2, epoch: 1 };
+//! let in_sync = Command::MarkInSync { shard: 0, node: 2, epoch: 1, sync_gen: 0 };
 //! nodes[0].propose(&in_sync, Duration::from_secs(10))?;
 //! let promote = Command::Promote { shard: 0, node: 2, expected_epoch: 1 };
 //! nodes[0].propose(&promote, Duration::from_secs(10))?;

@@ -25,6 +25,10 @@ pub struct ShardControl {
     /// Whether the backup has confirmed it holds everything the primary acknowledged at this
     /// epoch. A promotion leaves it `false` (the old primary must catch up).
     pub backup_in_sync: bool,
+    /// Raised by every out-of-sync mark and every promotion: an in-sync mark must name the
+    /// generation its proposer last saw marked out of sync, so a late or repeated in-sync mark
+    /// never undoes a later out-of-sync one.
+    pub sync_gen: u64,
 }
 
 /// The whole control state: the members and the shards.
@@ -55,7 +59,8 @@ pub enum Command {
         /// The epoch the proposer saw.
         expected_epoch: u64,
     },
-    /// The backup `node` has caught up with the primary at `epoch`.
+    /// The backup `node` has caught up with the primary at `epoch`, since the out-of-sync
+    /// mark of generation `sync_gen` (refused if the shard was marked out of sync again since).
     MarkInSync {
         /// The shard.
         shard: ShardId,
@@ -63,6 +68,8 @@ pub enum Command {
         node: NodeId,
         /// The epoch the backup caught up at.
         epoch: u64,
+        /// The sync generation the proposer's catch-up started from.
+        sync_gen: u64,
     },
     /// The backup fell behind (a replication write failed) at `epoch`.
     MarkOutOfSync {
@@ -88,8 +95,11 @@ pub enum Applied {
     },
     /// The backup is marked in sync.
     MarkedInSync,
-    /// The backup is marked out of sync.
-    MarkedOutOfSync,
+    /// The backup is marked out of sync; the shard's new sync generation.
+    MarkedOutOfSync {
+        /// The generation an in-sync mark must name from now on.
+        sync_gen: u64,
+    },
 }
 
 /// Why the state machine refused a command (deterministically, on every node).
@@ -127,6 +137,17 @@ pub enum Rejection {
     BackupNotInSync {
         /// The shard.
         shard: ShardId,
+    },
+    /// The shard was marked out of sync (or promoted) after the catch-up an in-sync mark
+    /// speaks for.
+    #[error("shard {shard} was marked out of sync again (generation {current}, not {expected})")]
+    StaleSync {
+        /// The shard.
+        shard: ShardId,
+        /// The generation the command carried.
+        expected: u64,
+        /// The shard's generation.
+        current: u64,
     },
     /// The node named is not the shard's backup.
     #[error("node {node} is not the backup of shard {shard} (backup: {backup:?})")]
@@ -197,12 +218,18 @@ impl ControlState {
                 s.primary = *node;
                 s.epoch += 1;
                 s.backup_in_sync = false;
+                s.sync_gen += 1;
                 Ok(Applied::Promoted {
                     shard: *shard,
                     epoch: s.epoch,
                 })
             }
-            Command::MarkInSync { shard, node, epoch } => {
+            Command::MarkInSync {
+                shard,
+                node,
+                epoch,
+                sync_gen,
+            } => {
                 let s = self.shard_at(*shard, *epoch)?;
                 if s.backup != Some(*node) {
                     return Err(Rejection::NotTheBackup {
@@ -211,12 +238,23 @@ impl ControlState {
                         backup: s.backup,
                     });
                 }
+                if s.sync_gen != *sync_gen {
+                    return Err(Rejection::StaleSync {
+                        shard: *shard,
+                        expected: *sync_gen,
+                        current: s.sync_gen,
+                    });
+                }
                 s.backup_in_sync = true;
                 Ok(Applied::MarkedInSync)
             }
             Command::MarkOutOfSync { shard, epoch } => {
-                self.shard_at(*shard, *epoch)?.backup_in_sync = false;
-                Ok(Applied::MarkedOutOfSync)
+                let s = self.shard_at(*shard, *epoch)?;
+                s.backup_in_sync = false;
+                s.sync_gen += 1;
+                Ok(Applied::MarkedOutOfSync {
+                    sync_gen: s.sync_gen,
+                })
             }
         }
     }
@@ -246,6 +284,7 @@ impl ControlState {
                 backup,
                 epoch: 1,
                 backup_in_sync: false,
+                sync_gen: 0,
             })
             .collect();
         self.bootstrapped = true;
@@ -300,14 +339,35 @@ mod tests {
             shard: 0,
             node: 2,
             epoch: 1,
+            sync_gen: 0,
         };
         assert_eq!(s.apply(&in_sync), Ok(Applied::MarkedInSync));
         let out = Command::MarkOutOfSync { shard: 0, epoch: 1 };
-        assert_eq!(s.apply(&out), Ok(Applied::MarkedOutOfSync));
+        assert_eq!(s.apply(&out), Ok(Applied::MarkedOutOfSync { sync_gen: 1 }));
         // A promotion decided on the in-sync view loses to the later out-of-sync mark.
         assert_eq!(s.apply(&p), Err(Rejection::BackupNotInSync { shard: 0 }));
-        assert_eq!(s.apply(&in_sync), Ok(Applied::MarkedInSync));
+        // A late (or repeated) in-sync mark from before it is refused, so it cannot undo it.
+        assert!(matches!(
+            s.apply(&in_sync),
+            Err(Rejection::StaleSync {
+                expected: 0,
+                current: 1,
+                ..
+            })
+        ));
+        let caught_up = Command::MarkInSync {
+            shard: 0,
+            node: 2,
+            epoch: 1,
+            sync_gen: 1,
+        };
+        assert_eq!(s.apply(&caught_up), Ok(Applied::MarkedInSync));
         assert_eq!(s.apply(&p), Ok(Applied::Promoted { shard: 0, epoch: 2 }));
+        assert_eq!(
+            s.shard(0).unwrap().sync_gen,
+            2,
+            "a promotion is a new generation"
+        );
     }
 
     #[test]
@@ -317,6 +377,7 @@ mod tests {
             shard: 0,
             node: 2,
             epoch: 1,
+            sync_gen: 0,
         };
         assert_eq!(s.apply(&in_sync), Ok(Applied::MarkedInSync));
         let p = Command::Promote {
@@ -377,6 +438,7 @@ mod tests {
             shard: 0,
             node: 2,
             epoch: 1,
+            sync_gen: 0,
         };
         assert_eq!(s.apply(&in_sync), Ok(Applied::MarkedInSync));
         assert!(s.shard(0).unwrap().backup_in_sync);
@@ -410,8 +472,16 @@ mod tests {
                     expected_epoch: e,
                 }
             }),
-            (shard.clone(), node, epoch.clone())
-                .prop_map(|(shard, node, epoch)| Command::MarkInSync { shard, node, epoch }),
+            (shard.clone(), node, epoch.clone(), 0u64..4).prop_map(
+                |(shard, node, epoch, sync_gen)| {
+                    Command::MarkInSync {
+                        shard,
+                        node,
+                        epoch,
+                        sync_gen,
+                    }
+                }
+            ),
             (shard, epoch).prop_map(|(shard, epoch)| Command::MarkOutOfSync { shard, epoch }),
         ]
     }

@@ -22,6 +22,10 @@
 //! At start the node says hello to every peer it can reach with its configuration's
 //! fingerprint ([`ClusterLayout::fingerprint`]); a peer that answers with another one makes the
 //! start fail, naming both, and the node does not serve.
+//!
+//! With `--replicas 2` every shard also has a backup on the next node, and who is primary moves
+//! with the control log: see `cluster/failover.rs` (the replica link over distribution, the
+//! roles thread that follows the log, the endpoint that routes a shard to its current primary).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -678,8 +682,16 @@ impl Shared {
                 match (shard, call) {
                     (Some(s), Some(call)) if self.replica(s).is_some() || alloc.is_local(s) => {
                         let r = match self.replica(s) {
-                            // Only this node's replica: a front end that routed here from an
-                            // older view is told to look again, never forwarded on.
+                            // Only this node's replica, and only while it serves: a front end
+                            // that routed here from an older view is told so (it is
+                            // unreachable here, nothing was done), never forwarded on.
+                            Some(here) if !here.serves(&self.routes[s], &self.me) => {
+                                return tuple(vec![
+                                    atom("error"),
+                                    atom("not_primary"),
+                                    uint(s as u64),
+                                ]);
+                            }
                             Some(here) => match here.handle.client_call(call, self.call_timeout) {
                                 Ok(r) => r,
                                 Err(e) => Err(FreqError::ShardFailed {
@@ -706,6 +718,14 @@ impl Shared {
             (Some("held"), 4) => {
                 let shard = as_u64(&el[1]).and_then(|s| usize::try_from(s).ok());
                 match (shard, as_text(&el[2])) {
+                    // A replica that does not serve may be behind: its tables are not read.
+                    (Some(s), Some(_))
+                        if self
+                            .replica(s)
+                            .is_some_and(|h| !h.serves(&self.routes[s], &self.me)) =>
+                    {
+                        tuple(vec![atom("error"), atom("not_primary"), uint(s as u64)])
+                    }
                     (Some(s), Some(owner)) if alloc.is_local(s) => {
                         ok_freqs(&alloc.held_on(s, &owner))
                     }
@@ -1204,6 +1224,17 @@ fn start_service(node: &Node, shared: &Arc<Shared>, inline: bool) -> Result<Serv
         let Some(request) = el.get(2) else { return };
         let tag = as_tuple(request).and_then(|r| r.first()).and_then(as_atom);
         let blocking = matches!(tag, Some("link" | "control_propose"));
+        // Replication and control-log requests only from the cluster's own nodes (a shell may
+        // read a backup with `dump`).
+        let dump = as_tuple(request).and_then(|r| r.get(3)).and_then(as_atom) == Some("dump");
+        if blocking && !dump && !sh.layout.has_node(&from.node.name) {
+            let reply = tuple(vec![
+                reference.clone(),
+                tuple(vec![atom("error"), atom("not_member")]),
+            ]);
+            let _ = sh.node.send_noconnect(from, &reply);
+            return;
+        }
         if inline && !blocking {
             // Answered here, on the connection's reader (a direct call to the local shard: no
             // hop); the reply leaves with the reader's next flush.

@@ -10,7 +10,14 @@
 //! | `status`                                  | `{ok, [{Shard, Free, Allocated, Alive}]}` |
 //! | `{loads, Node, Loads}` (a message, no reply) |                                        |
 //!
-//! `Loads` is `[{Shard, Free, Allocated, Stamp}]` for the sender's own shards.
+//! `Loads` is `[{Shard, Free, Allocated, Stamp}]` (with replicas `[{Shard, Free, Allocated,
+//! Stamp, Lag}]`, `Lag` the backup's distance behind or `undefined`) for the shards the sender
+//! serves. With replicas the service also answers the replication protocol (`{link, ...}`, see
+//! `replica_wire.rs`), `{control_propose, CommandBytes, Fingerprint}` (a non-leader's proposal
+//! to the control log, answered by its leader: `ok` or `{error, rejected | not_leader |
+//! unknown, Text}`), and takes `{link_nudge, Shard, Fingerprint}` messages (a backup asking its
+//! primary to catch it up); a shard call to a replica that is not primary answers
+//! `{error, shard_unreachable, Shard, Text}`.
 //!
 //! `Stamp` is `{Incarnation, Seq}`: when the node read the load (its start, and a number it
 //! raises at each read), so that a receiver keeps the latest of a reply and a `loads` message.

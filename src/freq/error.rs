@@ -227,6 +227,10 @@ pub(crate) enum ShardError {
     /// done).
     #[error("refused: {0}")]
     Fenced(String),
+    /// The partner replica on another node could not be asked (its node down, no answer in
+    /// time, or an answer of another shape); whether it applied the request is unknown.
+    #[error("{0}")]
+    Link(String),
 }
 
 impl ShardError {

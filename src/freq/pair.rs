@@ -218,12 +218,14 @@ impl PairShared {
     }
 
     /// A replica of a pair on two nodes leaves: its partner learns it from the control plane.
-    /// One that may lose acknowledged changes with its instance (`none`, `interval`) also
-    /// forgets its role: its next instance waits to be given one.
+    /// A primary, and any replica that may lose acknowledged changes with its instance
+    /// (`none`, `interval`), also forgets its role: its next instance waits to be given one.
     pub(crate) fn leave_assigned(&self, me: usize, lossy: bool) {
         self.update(|st| {
             st.roles[me] = Role::Down;
-            if lossy {
+            // A primary's next instance waits for the roles thread to prove the view current
+            // again (it may be stale by the time the instance is back).
+            if lossy || st.assigned == Some(Role::Primary) {
                 st.assigned = None;
             }
         });

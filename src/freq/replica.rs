@@ -102,6 +102,9 @@ pub(crate) trait ReplicaLink: Send + Sync {
 /// up (each attempt is a full state transfer over the network).
 const REMOTE_CATCH_UP_RETRY: Duration = Duration::from_millis(200);
 
+/// The longest wait between two catch-up tries of a partner on another node.
+const MAX_REMOTE_CATCH_UP_RETRY: Duration = Duration::from_secs(2);
+
 /// How often a replica may ask the control plane again for what it could not get (serving
 /// after a start, an in-sync mark that went unanswered).
 const CONTROL_RETRY: Duration = Duration::from_millis(500);
@@ -112,12 +115,14 @@ const CONTROL_RETRY: Duration = Duration::from_millis(500);
 /// calls block (bounded): the primary's thread waits for the log.
 pub(crate) trait PairControl: Send + Sync {
     /// Commits that the shard's backup is out of sync at `epoch` (so it cannot be promoted and
-    /// the primary may write alone). `Err` (with the reason) when that is not certain: the
-    /// epoch moved on, or no majority answered.
-    fn mark_out_of_sync(&self, epoch: u64) -> Result<(), String>;
-    /// Proposes that the backup is in sync at `epoch`. `Ok(true)` committed, `Ok(false)` the
-    /// outcome is unknown (it may still commit), `Err` refused.
-    fn mark_in_sync(&self, epoch: u64) -> Result<bool, String>;
+    /// the primary may write alone); returns the shard's new sync generation. `Err` (with the
+    /// reason) when that is not certain: the epoch moved on, or no majority answered.
+    fn mark_out_of_sync(&self, epoch: u64) -> Result<u64, String>;
+    /// Proposes that the backup is in sync at `epoch`, caught up since the out-of-sync mark of
+    /// generation `sync_gen`. `Ok(true)` committed, `Ok(false)` the outcome is unknown (it may
+    /// still commit), `Err` refused (the epoch moved on, or the shard was marked out of sync
+    /// again since).
+    fn mark_in_sync(&self, epoch: u64, sync_gen: u64) -> Result<bool, String>;
     /// Whether the control state, as this node last applied it, has the backup in sync at
     /// `epoch`.
     fn in_sync(&self, epoch: u64) -> bool;
@@ -162,6 +167,14 @@ pub(crate) struct Replication {
     needs_install: bool,
     /// When the control plane was last asked for what it did not give.
     asked: Option<std::time::Instant>,
+    /// The sync generation of this primary's last committed out-of-sync mark (what its in-sync
+    /// mark names).
+    sync_gen: u64,
+    /// A catch-up is wanted (a `CatchUp` came, or serving just started): a full transfer is
+    /// tried only then, not at every commit.
+    catch_up_wanted: bool,
+    /// The delay before the next catch-up try after a failed one (doubling, bounded).
+    catch_up_delay: Duration,
 }
 
 impl Replication {
@@ -189,6 +202,9 @@ impl Replication {
             control: args.control,
             serving_epoch: 0,
             asked: None,
+            sync_gen: 0,
+            catch_up_wanted: false,
+            catch_up_delay: REMOTE_CATCH_UP_RETRY,
         };
         if role != Role::Primary {
             replication.link.nudge();
@@ -214,7 +230,8 @@ impl Replication {
     /// Starts acting as primary: publishes the core's counts for the router (the caller also
     /// sets the lease timer). With the partner on another node a primary starts out of sync:
     /// its backup may hold entries this replica never wrote (it crashed between shipping and
-    /// writing), so it is caught up by a full transfer, and the control log must say so first.
+    /// writing), so it is caught up by a full transfer, and the control log must say so first
+    /// (at this replica's epoch: which also proves the epoch current).
     /// Returns whether it serves (`false`: the control plane could not be reached; a later
     /// call tries again).
     pub(crate) fn become_serving(&mut self, core: &ShardCore) -> bool {
@@ -225,13 +242,21 @@ impl Replication {
             {
                 return false;
             }
+            // Committing the mark is also the proof that `epoch` is still the shard's (a
+            // compare-and-set): a replica given its role from a view that has moved on never
+            // starts serving at an old epoch.
             let epoch = self.pair.state().epoch;
-            if control.in_sync(epoch) && control.mark_out_of_sync(epoch).is_err() {
-                self.asked = Some(std::time::Instant::now());
-                return false;
+            match control.mark_out_of_sync(epoch) {
+                Ok(generation) => self.sync_gen = generation,
+                Err(_) => {
+                    self.asked = Some(std::time::Instant::now());
+                    return false;
+                }
             }
             self.asked = None;
             self.serving_epoch = epoch;
+            self.catch_up_wanted = true;
+            self.catch_up_delay = REMOTE_CATCH_UP_RETRY;
             self.pair.update(|st| st.in_sync = false);
         }
         self.serving = true;
@@ -245,9 +270,9 @@ impl Replication {
     /// up again. With the partner on another node the primary may only write at the epoch it
     /// serves, and only what the backup took, unless the control log has first recorded the
     /// backup as out of sync: otherwise the batch fails (and nothing of it is acknowledged).
-    pub(crate) fn ship(&self, entries: &[LogEntry]) -> Result<(), FreqError> {
+    pub(crate) fn ship(&mut self, entries: &[LogEntry]) -> Result<(), FreqError> {
         let st = self.pair.state();
-        let Some(control) = &self.control else {
+        let Some(control) = self.control.clone() else {
             if st.in_sync
                 && st.roles[self.me] == Role::Primary
                 && self.link.append(entries).is_err()
@@ -279,7 +304,9 @@ impl Replication {
             return Ok(());
         };
         match control.mark_out_of_sync(self.serving_epoch) {
-            Ok(()) => {
+            Ok(generation) => {
+                self.sync_gen = generation;
+                self.catch_up_wanted = true;
                 self.pair.update(|st| st.in_sync = false);
                 Ok(())
             }
@@ -287,7 +314,8 @@ impl Replication {
                 shard,
                 reason: format!(
                     "its backup did not take the write ({e}) and the control plane did not \
-                     record it out of sync ({why}); nothing of the batch was acknowledged"
+                     record it out of sync ({why}); the batch was not acknowledged (if the \
+                     backup did apply it, it is kept there)"
                 ),
             }),
         }
@@ -334,19 +362,29 @@ impl Replication {
         let st = self.pair.state();
         if st.in_sync {
             // Marked locally; the log may not have it yet (an unanswered proposal): ask again.
+            // A refusal (marked out of sync since, by the backup itself or a promotion; or the
+            // epoch moved on) means the backup must be caught up again.
             if !control.in_sync(self.serving_epoch)
                 && self.asked.is_none_or(|t| t.elapsed() >= CONTROL_RETRY)
             {
                 self.asked = Some(std::time::Instant::now());
-                if let Err(_refused) = control.mark_in_sync(self.serving_epoch) {
-                    // Refused: the epoch moved on; the next batch finds this out.
+                if control
+                    .mark_in_sync(self.serving_epoch, self.sync_gen)
+                    .is_err()
+                {
+                    self.pair.update(|now| now.in_sync = false);
+                    if let Ok(generation) = control.mark_out_of_sync(self.serving_epoch) {
+                        self.sync_gen = generation;
+                        self.catch_up_wanted = true;
+                    }
                 }
             }
             return None;
         }
-        if st.roles[1 - self.me] != Role::Backup {
+        if st.roles[1 - self.me] != Role::Backup || !self.catch_up_wanted {
             return None;
         }
+        self.catch_up_wanted = false;
         let installed = core
             .snapshot()
             .map_err(|e| e.to_string())
@@ -354,20 +392,30 @@ impl Replication {
         if installed.is_ok() {
             self.pair.update(|now| now.in_sync = true);
             self.asked = Some(std::time::Instant::now());
-            if control.mark_in_sync(self.serving_epoch).is_err() {
+            if control
+                .mark_in_sync(self.serving_epoch, self.sync_gen)
+                .is_err()
+            {
                 self.pair.update(|now| now.in_sync = false);
             }
         }
-        if !self.pair.state().in_sync && !self.retry_set {
-            self.retry_set = true;
-            return Some(REMOTE_CATCH_UP_RETRY);
+        if self.pair.state().in_sync {
+            self.catch_up_delay = REMOTE_CATCH_UP_RETRY;
+            return None;
         }
-        None
+        if self.retry_set {
+            return None;
+        }
+        self.retry_set = true;
+        let delay = self.catch_up_delay;
+        self.catch_up_delay = (delay * 2).min(MAX_REMOTE_CATCH_UP_RETRY);
+        Some(delay)
     }
 
     /// The scheduled `CatchUp` arrived (the catch-up itself runs at the next commit).
     pub(crate) fn catch_up_due(&mut self) {
         self.retry_set = false;
+        self.catch_up_wanted = true;
     }
 
     /// Catches the backup up: incrementally from the log if it covers what the backup lacks,
@@ -433,9 +481,6 @@ impl Replication {
             let label = self.label(core);
             return Ok(LinkReply::Dumped(Box::new(core.dump(self.me, &label)?)));
         }
-        if self.role() != Role::Backup {
-            return Err(ShardError::NotBackup);
-        }
         if self.control.is_some() {
             // A request from another node: fenced by the epoch it was sent at.
             let ours = self.pair.state().epoch;
@@ -446,6 +491,11 @@ impl Replication {
                      sender is no longer the primary)"
                 )));
             }
+        }
+        if self.role() != Role::Backup {
+            return Err(ShardError::NotBackup);
+        }
+        if self.control.is_some() {
             if self.serving {
                 // It served before: its state may differ from the new primary's.
                 self.serving = false;
@@ -630,5 +680,175 @@ mod tests {
         assert_eq!(*link.appended.lock(), vec![vec![4], vec![5]]);
         assert!(pair.state().in_sync);
         assert_eq!(pair.applied(0), 5);
+    }
+
+    /// A control plane that records what it is asked and answers as told: the seam the
+    /// cluster's Raft log implements, exercised without any node.
+    #[derive(Default)]
+    struct FakeControl {
+        refuse: Mutex<bool>,
+        generation: Mutex<u64>,
+        marked_out: Mutex<Vec<u64>>,
+        in_sync: Mutex<bool>,
+    }
+
+    impl PairControl for FakeControl {
+        fn mark_out_of_sync(&self, epoch: u64) -> Result<u64, String> {
+            if *self.refuse.lock() {
+                return Err("no majority".into());
+            }
+            self.marked_out.lock().push(epoch);
+            *self.in_sync.lock() = false;
+            let mut g = self.generation.lock();
+            *g += 1;
+            Ok(*g)
+        }
+        fn mark_in_sync(&self, _epoch: u64, sync_gen: u64) -> Result<bool, String> {
+            if sync_gen != *self.generation.lock() {
+                return Err("marked out of sync since".into());
+            }
+            *self.in_sync.lock() = true;
+            Ok(true)
+        }
+        fn in_sync(&self, _epoch: u64) -> bool {
+            *self.in_sync.lock()
+        }
+    }
+
+    fn remote_core(pair: &Arc<PairShared>) -> ShardCore {
+        ShardCore::start(CoreArgs {
+            ranges: vec![FreqRange::new(0, 99).unwrap()],
+            dir: None,
+            durability: Durability::None,
+            limit: None,
+            clock: Arc::new(ManualLeaseClock::new(0)),
+            shared: ShardShared::new(0, Some(Arc::clone(pair))),
+            replicated: true,
+            log_entries: 10,
+            preloaded: Arc::new(Mutex::new(None)),
+        })
+        .unwrap()
+    }
+
+    fn entry(seq: u64, f: u64) -> LogEntry {
+        LogEntry {
+            seq,
+            change: crate::freq::pool::Change::Allocated(
+                f,
+                crate::freq::pool::Allocation {
+                    owner: "o".into(),
+                    since_ms: 0,
+                    lease_until_ms: None,
+                },
+            ),
+        }
+    }
+
+    #[test]
+    fn a_backup_on_another_node_refuses_older_epochs_and_entries_before_a_full_transfer() {
+        let pair = PairShared::new(1, [0, 0]);
+        pair.assign(1, Role::Backup, Role::Down, 2);
+        let mut core = remote_core(&pair);
+        let control = Arc::new(FakeControl::default());
+        let args = ReplicaArgs {
+            me: 1,
+            pair: Arc::clone(&pair),
+            link: Arc::new(FakeLink::default()),
+            control: Some(control as Arc<dyn PairControl>),
+        };
+        let (mut rep, role) = Replication::join(args, &core);
+        assert_eq!(role, Role::Backup);
+        // A stale primary's write (epoch 1, the shard is at 2) is refused, nothing applied.
+        let stale = rep.handle_link(&mut core, LinkCall::Append(vec![entry(1, 5)]), Some(1));
+        assert!(matches!(stale, Err(ShardError::Fenced(_))), "{stale:?}");
+        // At the current epoch, entries wait for a full transfer after a start.
+        let early = rep.handle_link(&mut core, LinkCall::Append(vec![entry(1, 5)]), Some(2));
+        assert!(matches!(early, Err(ShardError::Fenced(_))), "{early:?}");
+        assert_eq!(core.seq(), 0);
+        let snapshot = Snapshot {
+            seq: 3,
+            allocations: vec![(
+                7,
+                crate::freq::pool::Allocation {
+                    owner: "o".into(),
+                    since_ms: 0,
+                    lease_until_ms: None,
+                },
+            )],
+        };
+        let installed = rep.handle_link(&mut core, LinkCall::Install(snapshot), Some(2));
+        assert!(
+            matches!(installed, Ok(LinkReply::Applied(3))),
+            "{installed:?}"
+        );
+        let next = rep.handle_link(&mut core, LinkCall::Append(vec![entry(4, 8)]), Some(2));
+        assert!(matches!(next, Ok(LinkReply::Applied(4))), "{next:?}");
+        // Promoted (epoch 3): no longer a backup.
+        pair.assign(1, Role::Primary, Role::Down, 3);
+        let late = rep.handle_link(&mut core, LinkCall::Append(vec![entry(5, 9)]), Some(3));
+        assert!(matches!(late, Err(ShardError::NotBackup)), "{late:?}");
+    }
+
+    #[test]
+    fn a_primary_on_two_nodes_writes_alone_only_once_the_log_says_its_backup_is_out_of_sync() {
+        let pair = PairShared::new(0, [0, 0]);
+        pair.assign(0, Role::Primary, Role::Backup, 1);
+        let mut core = remote_core(&pair);
+        let link = Arc::new(FakeLink::default());
+        let control = Arc::new(FakeControl::default());
+        let args = ReplicaArgs {
+            me: 0,
+            pair: Arc::clone(&pair),
+            link: Arc::clone(&link) as Arc<dyn ReplicaLink>,
+            control: Some(Arc::clone(&control) as Arc<dyn PairControl>),
+        };
+        let (mut rep, role) = Replication::join(args, &core);
+        assert_eq!(role, Role::Primary);
+        // It serves only once the log has recorded its backup out of sync at its epoch.
+        *control.refuse.lock() = true;
+        assert!(!rep.become_serving(&core));
+        *control.refuse.lock() = false;
+        rep.asked = None;
+        assert!(rep.become_serving(&core));
+        assert_eq!(*control.marked_out.lock(), vec![1]);
+        // Alone: nothing shipped; then a full transfer and the in-sync mark (generation 1).
+        allocate(&mut core);
+        core.commit(|e| rep.ship(e)).unwrap();
+        assert!(link.appended.lock().is_empty());
+        assert_eq!(rep.after_commit(&core), None);
+        assert_eq!(*link.installed.lock(), vec![(1, 1)]);
+        assert!(pair.state().in_sync && *control.in_sync.lock());
+        // In sync: every batch is shipped before it is acknowledged.
+        allocate(&mut core);
+        core.commit(|e| rep.ship(e)).unwrap();
+        assert_eq!(*link.appended.lock(), vec![vec![2]]);
+        // The backup fails: the log records it out of sync, then the primary goes on alone.
+        *link.down.lock() = true;
+        allocate(&mut core);
+        core.commit(|e| rep.ship(e)).unwrap();
+        assert!(!pair.state().in_sync);
+        assert_eq!(*control.marked_out.lock(), vec![1, 1]);
+        // A catch-up in the log's old generation is refused: it cannot undo the later mark.
+        assert!(control.mark_in_sync(1, 1).is_err());
+        // Back in sync, then the backup fails and the log cannot be reached: the batch is not
+        // acknowledged.
+        *link.down.lock() = false;
+        rep.catch_up_due();
+        assert_eq!(rep.after_commit(&core), None);
+        assert!(pair.state().in_sync);
+        *link.down.lock() = true;
+        *control.refuse.lock() = true;
+        allocate(&mut core);
+        assert!(core.commit(|e| rep.ship(e)).is_err());
+        // Demoted (the log promoted the backup at epoch 2): nothing more is written here.
+        *link.down.lock() = false;
+        *control.refuse.lock() = false;
+        pair.assign(0, Role::Backup, Role::Down, 2);
+        allocate(&mut core);
+        let demoted = core.commit(|e| rep.ship(e));
+        assert!(demoted
+            .unwrap_err()
+            .to_string()
+            .contains("no longer its primary"));
     }
 }

@@ -243,8 +243,17 @@ fn run_member(dir: &Path, cookie: &str, args: NodeArgs) -> Result<ExitCode> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+    let backups: Vec<String> = (0..layout.shard_count())
+        .filter(|&s| layout.backup_of(s) == Some(args.name.as_str()))
+        .map(|s| s.to_string())
+        .collect();
+    let backups = if backups.is_empty() {
+        String::new()
+    } else {
+        format!(", backups of {}", backups.join(","))
+    };
     out!(
-        "freqalloc node {} serving {} (pool {}, shards {} of {}, cluster of {} nodes, fingerprint {})",
+        "freqalloc node {} serving {} (pool {}, shards {} of {}{backups}, cluster of {} nodes, fingerprint {})",
         args.name,
         dir.display(),
         alloc.pool_size(),

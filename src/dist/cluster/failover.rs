@@ -51,6 +51,21 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the roles thread looks again without a change of the control view.
 const ROLES_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The sync generation an applied command reports (an out-of-sync mark's).
+fn sync_gen_of(applied: &crate::control::Applied) -> Option<u64> {
+    match applied {
+        crate::control::Applied::MarkedOutOfSync { sync_gen } => Some(*sync_gen),
+        _ => None,
+    }
+}
+
+/// A failed peer call's reason, in words.
+fn peer_error_text(e: PeerCallError) -> String {
+    match e {
+        PeerCallError::NotSent(w) | PeerCallError::Lost(w) | PeerCallError::Timeout(w) => w,
+    }
+}
+
 /// This node's replica of a replicated shard, as the roles thread and the shard service see it.
 pub(super) struct ReplicaHere {
     pub(super) replica: usize,
@@ -60,6 +75,33 @@ pub(super) struct ReplicaHere {
     pub(super) link: Arc<NetworkLink>,
     /// The replica's generation when the roles thread last looked (a restart is a new one).
     seen_generation: AtomicU64,
+    /// When the roles thread last nudged it to catch its backup up.
+    nudged: std::sync::Mutex<Option<Instant>>,
+    /// In `none`/`interval`: this replica restarted and may have lost what it acknowledged.
+    /// Set until the log no longer counts the pair as in sync: meanwhile it neither serves
+    /// over its in-sync partner nor may be promoted (see `roles_round`).
+    lost_state: std::sync::atomic::AtomicBool,
+}
+
+/// How often the roles thread nudges a primary whose backup is not in sync yet.
+const NUDGE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl ReplicaHere {
+    /// Whether a nudge is due (at most one per [`NUDGE_INTERVAL`]); records it if so.
+    fn nudge_due(&self) -> bool {
+        let mut last = super::lock(&self.nudged);
+        if last.is_some_and(|t| t.elapsed() < NUDGE_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    /// Whether this replica serves its shard now: the route says this node, and the replica
+    /// was given the primary role.
+    pub(super) fn serves(&self, route: &Route, me: &str) -> bool {
+        route.is(me) && self.handle.assigned().0 == Some(Role::Primary)
+    }
 }
 
 /// The replication protocol to the partner replica on another node: `{link, Shard, Epoch,
@@ -77,11 +119,7 @@ pub(super) struct NetworkLink {
 
 impl NetworkLink {
     fn failed(&self, why: String) -> ShardError {
-        FreqError::ShardFailed {
-            shard: self.shard,
-            reason: format!("its replica on {}: {why}", self.partner),
-        }
-        .into()
+        ShardError::Link(format!("its replica on {}: {why}", self.partner))
     }
 
     fn request(&self, call: &LinkCall) -> Result<LinkReply, ShardError> {
@@ -188,7 +226,12 @@ impl Shared {
     /// Proposes `command` to the control log and waits until it applied on the leader: here if
     /// this node leads, else through the leader's `freq_shard` (`{control_propose, Bytes,
     /// Fingerprint}`).
-    pub(super) fn propose(&self, command: &Command, timeout: Duration) -> Result<(), ProposeError> {
+    /// On success: the shard's new sync generation, for an out-of-sync mark.
+    pub(super) fn propose(
+        &self,
+        command: &Command,
+        timeout: Duration,
+    ) -> Result<Option<u64>, ProposeError> {
         let deadline = Instant::now() + timeout;
         let control = self
             .control_node()
@@ -206,7 +249,7 @@ impl Shared {
             let view = control.view();
             if view.role == ControlRole::Leader {
                 match control.propose(command, left) {
-                    Ok(_) => return Ok(()),
+                    Ok(applied) => return Ok(sync_gen_of(&applied)),
                     Err(ControlError::Rejected(r)) => {
                         return Err(ProposeError::Rejected(r.to_string()))
                     }
@@ -222,9 +265,12 @@ impl Shared {
                 let answer = self
                     .calls
                     .call(&self.node_name(leader), &t, left)
-                    .map_err(|e| ProposeError::Unknown(format!("{e:?}")))?;
+                    .map_err(|e| ProposeError::Unknown(peer_error_text(e)))?;
                 match as_tuple(&answer) {
-                    _ if as_atom(&answer) == Some("ok") => return Ok(()),
+                    _ if as_atom(&answer) == Some("ok") => return Ok(None),
+                    Some([ok, generation]) if as_atom(ok) == Some("ok") => {
+                        return Ok(crate::dist::term::as_u64(generation))
+                    }
                     Some([_, kind, why]) => {
                         let why = as_text(why).unwrap_or_default();
                         match as_atom(kind) {
@@ -267,7 +313,10 @@ impl Shared {
             );
         }
         match control.propose(&command, PROPOSE_TIMEOUT) {
-            Ok(_) => atom("ok"),
+            Ok(applied) => match sync_gen_of(&applied) {
+                Some(generation) => tuple(vec![atom("ok"), uint(generation)]),
+                None => atom("ok"),
+            },
             Err(ControlError::Rejected(r)) => err("rejected", r.to_string()),
             Err(ControlError::NotLeader { .. }) => err("not_leader", "leadership moved".into()),
             Err(e) => err("unknown", e.to_string()),
@@ -289,23 +338,27 @@ struct ClusterPairControl {
 }
 
 impl PairControl for ClusterPairControl {
-    fn mark_out_of_sync(&self, epoch: u64) -> Result<(), String> {
+    fn mark_out_of_sync(&self, epoch: u64) -> Result<u64, String> {
         let sh = self.shared.upgrade().ok_or("the node is stopping")?;
         let shard = u32::try_from(self.shard).unwrap_or(u32::MAX);
-        sh.propose(&Command::MarkOutOfSync { shard, epoch }, PROPOSE_TIMEOUT)
-            .map_err(|e| e.to_string())
+        match sh.propose(&Command::MarkOutOfSync { shard, epoch }, PROPOSE_TIMEOUT) {
+            Ok(Some(generation)) => Ok(generation),
+            Ok(None) => Err("the control log did not say the new sync generation".into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
-    fn mark_in_sync(&self, epoch: u64) -> Result<bool, String> {
+    fn mark_in_sync(&self, epoch: u64, sync_gen: u64) -> Result<bool, String> {
         let sh = self.shared.upgrade().ok_or("the node is stopping")?;
         let shard = u32::try_from(self.shard).unwrap_or(u32::MAX);
         let command = Command::MarkInSync {
             shard,
             node: self.partner,
             epoch,
+            sync_gen,
         };
         match sh.propose(&command, PROPOSE_TIMEOUT) {
-            Ok(()) => Ok(true),
+            Ok(_) => Ok(true),
             Err(ProposeError::Rejected(w)) => Err(w),
             Err(ProposeError::Unknown(_)) => Ok(false),
         }
@@ -431,8 +484,16 @@ impl ShardEndpoint for RoutedShard {
     }
 
     fn held(&self, owner: &str, timeout: Duration) -> Option<Result<Vec<u64>, FreqError>> {
-        if self.here_serves() {
+        if self.here.serves(&self.route, &self.me) {
+            // The primary's tables are here.
             None
+        } else if self.here_serves() {
+            // The control log names this node, but its replica does not serve (yet): its
+            // tables may be behind, so they are not read.
+            Some(Err(FreqError::ShardUnreachable {
+                shard: self.index,
+                reason: "its replica on this node is not serving yet".into(),
+            }))
         } else {
             self.peer.held(owner, timeout)
         }
@@ -501,6 +562,8 @@ impl crate::freq::Membership for Member {
             partner: partner.clone(),
             link: link.clone(),
             seen_generation: AtomicU64::new(0),
+            nudged: std::sync::Mutex::new(None),
+            lost_state: std::sync::atomic::AtomicBool::new(false),
         });
         super::lock(&sh.replicas).insert(shard, here.clone());
         let control = Arc::new(ClusterPairControl {
@@ -576,55 +639,76 @@ fn roles_round(sh: &Shared, control: &ControlNode) -> bool {
         .iter()
         .map(|(s, h)| (*s, h.clone()))
         .collect();
+    // One ReadIndex per round at most, taken when a replica is to become primary.
+    let mut proven: Option<Option<crate::control::ControlState>> = None;
     for (s, here) in replicas {
         let Some(c) = view.state.shard(s as u32).cloned() else {
             continue;
         };
         let shard = s as u32;
         let generation = here.handle.generation();
-        let restarted = here.seen_generation.swap(generation, Ordering::Relaxed) != generation;
+        if here.seen_generation.swap(generation, Ordering::Relaxed) != generation && lossy {
+            // A new instance in `none`/`interval`: what it acknowledged may be gone with the
+            // old one. Until the log stops counting it as a copy, it neither serves nor may
+            // be promoted.
+            here.lost_state.store(true, Ordering::Relaxed);
+        }
+        let lost = here.lost_state.load(Ordering::Relaxed);
+        if lost && !c.backup_in_sync {
+            here.lost_state.store(false, Ordering::Relaxed);
+        }
+        let lost = lost && c.backup_in_sync;
         let partner_up = sh.node.is_connected(&here.partner);
         let partner = if partner_up { Role::Backup } else { Role::Down };
         let (assigned, epoch) = here.handle.assigned();
         if c.primary == me {
-            if assigned != Some(Role::Primary) || epoch != c.epoch {
-                // A restarted replica in `none`/`interval` may have lost acknowledged changes
-                // that its in-sync backup holds: hand the shard to the backup instead.
-                if let (true, true, true, Some(b)) = (lossy, restarted, c.backup_in_sync, c.backup)
-                {
+            if lost {
+                // Its in-sync backup holds what it may have lost: hand the shard over (asked
+                // again every round until the log shows it).
+                if let (true, Some(b)) = (partner_up, c.backup) {
                     let promote = Command::Promote {
                         shard,
                         node: b,
                         expected_epoch: c.epoch,
                     };
-                    if partner_up && sh.propose(&promote, PROPOSE_TIMEOUT).is_ok() {
-                        continue;
+                    let _ = sh.propose(&promote, PROPOSE_TIMEOUT);
+                }
+                continue;
+            }
+            if assigned != Some(Role::Primary) || epoch != c.epoch {
+                // Prove the view current before serving (a node cut off from the majority
+                // never starts serving on what it last knew), and act on the proven state.
+                let state = proven
+                    .get_or_insert_with(|| control.confirm(CONFIRM_TIMEOUT).ok())
+                    .as_ref();
+                match state.and_then(|st| st.shard(shard)) {
+                    Some(p) if p.primary == me => {
+                        here.handle
+                            .assign(here.replica, Role::Primary, partner, p.epoch);
+                        here.handle.nudge();
                     }
+                    // Not proven, or it moved meanwhile: the next round looks again.
+                    _ => continue,
                 }
-                // Prove the view current before serving: a node cut off from the majority
-                // never starts serving on what it last knew.
-                if control.confirm(CONFIRM_TIMEOUT).is_err() {
-                    continue;
-                }
-                here.handle
-                    .assign(here.replica, Role::Primary, partner, c.epoch);
-                here.handle.nudge();
             } else if here.handle.assign_partner(here.replica, partner) && partner_up {
                 // The backup's node is back: catch it up.
                 here.handle.nudge();
+            } else if !c.backup_in_sync && partner_up && here.nudge_due() {
+                // Not in sync yet (a transfer failed, or its mark went unanswered): try again
+                // without waiting for traffic.
+                here.handle.nudge();
             }
         } else if c.backup == Some(me) {
-            if lossy && restarted && c.backup_in_sync {
-                // It restarted without what it had acknowledged: it must not be promoted.
-                let _ = sh.propose(
-                    &Command::MarkOutOfSync {
-                        shard,
-                        epoch: c.epoch,
-                    },
-                    PROPOSE_TIMEOUT,
-                );
+            if lost {
+                // It must not be promoted with what it has: say so (every round until the log
+                // shows it).
+                let mark = Command::MarkOutOfSync {
+                    shard,
+                    epoch: c.epoch,
+                };
+                let _ = sh.propose(&mark, PROPOSE_TIMEOUT);
             }
-            if assigned != Some(Role::Backup) || epoch != c.epoch || restarted {
+            if assigned != Some(Role::Backup) || epoch != c.epoch {
                 here.handle
                     .assign(here.replica, Role::Backup, Role::Down, c.epoch);
                 // Ask the primary to catch this replica up.
