@@ -70,7 +70,7 @@
 //! | [`dets`] | `sled`-backed disk tables with the same API, durable on demand | `dets` |
 //! | [`otp`] | generic server and supervisor on named OS threads | `gen_server`, `supervisor` |
 //! | [`freq`] | the frequency allocator: layout, pool, shards, router, front end | the course's `frequency` |
-//! | [`dist`] | Erlang distribution: a hidden node (epmd, handshake, framing, monitors), the `frequency` service, [`dist::RemoteAllocator`], a node's part of a cluster ([`dist::ClusterMember`]) | `net_kernel`, `dist_util`, C nodes |
+//! | [`dist`] | Erlang distribution: a hidden node (epmd, handshake, framing, monitors), the `frequency` service, [`dist::RemoteAllocator`], a node's part of a cluster ([`dist::ClusterMember`]: its shards, replicas of its neighbours' shards, failover driven by the control log) | `net_kernel`, `dist_util`, C nodes |
 //!
 //! Dependencies point one way: `dist` uses `freq` and `control`; `control` uses `codec` and
 //! sled only; `freq` uses `otp`, `ets`, `dets` (and never

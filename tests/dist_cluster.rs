@@ -788,8 +788,14 @@ fn storm_kill_rounds(replicated: bool) {
             }
         }
         if replicated {
-            // b rejoined as backup and was caught up.
-            trio.status_until(v, "every backup in sync", all_in_sync);
+            // The restarted node rejoined as backup and was caught up, and its own view has
+            // caught up too (a stale view shows a shard it does not serve as unreachable).
+            let all: Vec<&String> = trio.names.iter().collect();
+            for i in [v, s] {
+                trio.status_until(i, "every backup in sync", |st| {
+                    all_in_sync(st) && served_by(st, &all)
+                });
+            }
         }
         let lost = logs.values().filter(|l| l.uncertain).count();
         println!(
@@ -907,7 +913,12 @@ fn with_two_nodes_of_three_killed_only_the_shards_with_a_live_lone_primary_serve
 
     trio.up(1);
     trio.up(2);
-    trio.status_until(0, "every backup in sync", all_in_sync);
+    let all: Vec<&String> = trio.names.iter().collect();
+    for i in 0..3 {
+        trio.status_until(i, "every backup in sync", |st| {
+            all_in_sync(st) && served_by(st, &all)
+        });
+    }
     let held = trio.cli_ok(1, &["held", "--client", "keep"]);
     let held: Vec<u64> = held.lines().map(|l| l.trim().parse().unwrap()).collect();
     assert_eq!(

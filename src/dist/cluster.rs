@@ -13,8 +13,9 @@
 //!   handler matches replies to waiting callers; a name monitor per peer fails pending calls at
 //!   once when the peer's connection drops);
 //! - the shard service (`freq_shard`): answers peers' shard calls on the connection's reader
-//!   in `none`/`interval` (a direct call to the local shard), on 4 worker threads keyed by shard
-//!   in `sync` (a call waiting for its flush never blocks a reader);
+//!   in `none`/`interval` (a direct call to the local shard), on 16 worker threads taken in turn
+//!   in `sync` and with replicas (a call waiting for its flush or its backup never blocks a
+//!   reader);
 //! - the loads thread (`freq-cluster-loads`): sends this node's shard loads to every connected
 //!   peer every [`LOADS_INTERVAL`], and dials, once a second, the peers it has no connection to
 //!   (calls never dial: see `PeerCalls::reach`).
@@ -70,8 +71,10 @@ use crate::otp::OtpError;
 
 /// How often a node sends its shards' loads to its peers.
 pub const LOADS_INTERVAL: Duration = Duration::from_millis(200);
-/// Worker threads of the shard service for shard calls.
-const SHARD_WORKERS: usize = 4;
+/// Worker threads of the shard service for shard calls: each waits for its call's answer (in
+/// `sync` its flush, with replicas its backup's answer too), so the calls waiting at once on
+/// one shard, which its server commits as one batch, are at most this many.
+const SHARD_WORKERS: usize = 16;
 /// Worker threads for a partner's replication calls (apart from the shard calls: a worker
 /// waiting for its shard's backup never holds up the backup's side of another shard).
 const LINK_WORKERS: usize = 2;
@@ -1198,6 +1201,7 @@ fn start_service(node: &Node, shared: &Arc<Shared>, inline: bool) -> Result<Serv
         receivers.push(rx);
     }
     let (s2, sh) = (senders.clone(), shared.clone());
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let handler = Arc::new(move |d: Delivery| {
         let Delivery::Message { msg, .. } = d else {
             return;
@@ -1242,13 +1246,15 @@ fn start_service(node: &Node, shared: &Arc<Shared>, inline: bool) -> Result<Serv
             let _ = sh.node.send_noconnect(from, &reply);
             return;
         }
-        // By shard: one shard's calls are answered in the order they came (a front end's calls
-        // to it all come from its one caller process), and different shards' calls in parallel.
+        // Shard calls round the workers: calls in flight together (each front end's come from
+        // its many workers, each waiting for its own answer) are independent, and a shard
+        // commits the ones waiting at once as one batch (one flush, one shipment to its backup).
+        // Replication calls by shard (one at a time per shard: its primary waits for each).
         let mut h = std::collections::hash_map::DefaultHasher::new();
         let shard = as_tuple(request).and_then(|r| r.get(1));
         let (first, count) = match (tag, shard) {
-            (Some("shard_call"), Some(shard)) => {
-                shard.hash(&mut h);
+            (Some("shard_call"), Some(_)) => {
+                next.fetch_add(1, Ordering::Relaxed).hash(&mut h);
                 (0, SHARD_WORKERS)
             }
             (Some("link"), Some(shard)) => {
