@@ -81,8 +81,19 @@ impl Trio {
             nodes: vec![None, None, None],
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        for i in 0..3 {
-            trio.up(i);
+        // Started together: with replicas each waits for a majority before it serves.
+        let extra: Vec<&str> = trio.extra.iter().map(String::as_str).collect();
+        let nodes: Vec<(&str, &std::path::Path)> = (0..3)
+            .map(|i| (trio.names[i].as_str(), trio.dirs[i].as_path()))
+            .collect();
+        let started = trio.cluster.start_freqalloc_nodes(&nodes, &extra);
+        for (i, node) in started.into_iter().enumerate() {
+            assert!(
+                node.ready.contains(&format!("shards {},{} of 6", i, i + 3)),
+                "{}",
+                node.ready
+            );
+            trio.nodes[i] = Some(node);
         }
         trio
     }

@@ -69,6 +69,10 @@ use crate::control::{
 };
 use crate::otp::OtpError;
 
+/// How long a node with replicas waits at start for its control plane to say where the shards
+/// are served (an election and the log's replay: about a second with a majority up).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How often a node sends its shards' loads to its peers.
 pub const LOADS_INTERVAL: Duration = Duration::from_millis(200);
 /// Worker threads of the shard service for shard calls: each waits for its call's answer (in
@@ -1121,7 +1125,15 @@ impl ClusterMember {
             // Serve once the control plane has said where every shard is served and given this
             // node's replicas their roles (bounded: a node cut off from the majority starts
             // anyway, and its routes stay unknown until it hears).
-            let _ = settled_rx.recv_timeout(hello_timeout);
+            if settled_rx.recv_timeout(SETTLE_TIMEOUT).is_err() {
+                eprintln!(
+                    "freqalloc node {}: the control plane has not answered within {} s (no \
+                     majority of the cluster's nodes reachable yet): every shard answers \
+                     unreachable until it does",
+                    shared.me,
+                    SETTLE_TIMEOUT.as_secs()
+                );
+            }
             Some(h)
         } else {
             None

@@ -595,21 +595,46 @@ impl Cluster {
     /// Starts `freqalloc node --name NAME --data DIR --cookie C EXTRA` and waits for its
     /// readiness line `freqalloc node NAME serving ...`.
     pub fn start_freqalloc_node(&self, name: &str, data: &Path, extra: &[&str]) -> ServerNode {
-        let mut cmd = self.command(env!("CARGO_BIN_EXE_freqalloc"));
-        cmd.arg("node")
-            .args(["--name", name])
-            .arg("--data")
-            .arg(data)
-            .args(["--cookie", &self.cookie])
-            .args(extra);
-        let mut proc = Proc::spawn(format!("freqalloc node {name}"), cmd);
-        let ready = proc.wait_prefix(READY_TIMEOUT, &format!("freqalloc node {name} serving"));
-        ServerNode {
-            name: name.to_string(),
-            ready,
-            proc,
-            data: Some(data.to_path_buf()),
-        }
+        self.start_freqalloc_nodes(&[(name, data)], extra)
+            .pop()
+            .expect("one node")
+    }
+
+    /// As [`Cluster::start_freqalloc_node`] for several nodes started together (all spawned,
+    /// then each waited for): the nodes of a cluster with replicas wait for a majority of them
+    /// before they say they serve.
+    pub fn start_freqalloc_nodes(
+        &self,
+        nodes: &[(&str, &Path)],
+        extra: &[&str],
+    ) -> Vec<ServerNode> {
+        let procs: Vec<Proc> = nodes
+            .iter()
+            .map(|(name, data)| {
+                let mut cmd = self.command(env!("CARGO_BIN_EXE_freqalloc"));
+                cmd.arg("node")
+                    .args(["--name", name])
+                    .arg("--data")
+                    .arg(data)
+                    .args(["--cookie", &self.cookie])
+                    .args(extra);
+                Proc::spawn(format!("freqalloc node {name}"), cmd)
+            })
+            .collect();
+        procs
+            .into_iter()
+            .zip(nodes)
+            .map(|(mut proc, (name, data))| {
+                let ready =
+                    proc.wait_prefix(READY_TIMEOUT, &format!("freqalloc node {name} serving"));
+                ServerNode {
+                    name: name.to_string(),
+                    ready,
+                    proc,
+                    data: Some(data.to_path_buf()),
+                }
+            })
+            .collect()
     }
 
     /// Starts a BEAM node running `frequency_beam` over frequencies `first..=last` and waits
