@@ -151,6 +151,39 @@ impl Trio {
         );
     }
 
+    /// `allocate --client CLIENT` through node `i`, which must succeed: the frequency.
+    fn allocate(&self, i: usize, client: &str) -> u64 {
+        let out = self.cli_ok(i, &["allocate", "--client", client]);
+        out.trim().parse().expect("a frequency")
+    }
+
+    /// `held --client CLIENT` through node `i`, which must succeed: the frequencies, lowest first.
+    fn held(&self, i: usize, client: &str) -> Vec<u64> {
+        let out = self.cli_ok(i, &["held", "--client", client]);
+        out.lines().map(|l| l.trim().parse().unwrap()).collect()
+    }
+
+    /// `check` through each of `nodes` passes over the whole pool of 60.
+    fn check_through(&self, nodes: impl IntoIterator<Item = usize>) {
+        for i in nodes {
+            let check = self.cli_ok(i, &["check"]);
+            assert!(check.contains("consistent: 60 frequencies"), "{check}");
+        }
+    }
+
+    /// Node `i`'s configuration fingerprint, from its ready line.
+    fn fingerprint(&self, i: usize) -> String {
+        self.nodes[i]
+            .as_ref()
+            .expect("the node runs")
+            .ready
+            .split("fingerprint ")
+            .nth(1)
+            .and_then(|t| t.split(')').next())
+            .expect("the ready line shows the fingerprint")
+            .to_string()
+    }
+
     /// As [`Trio::cli`], and it must succeed; its stdout.
     fn cli_ok(&self, i: usize, args: &[&str]) -> String {
         let (ok, out, err) = self.cli(i, args);
@@ -229,13 +262,7 @@ fn front_end_over_the_whole_pool(durability: &str) {
 
     // A BEAM shell calls a shard directly, as the README shows; what it gets wrong is refused
     // (a wrong fingerprint, bad calls, a garbage Raft frame) and the shard goes on serving.
-    let node = trio.nodes[1].as_ref().unwrap();
-    let fp = node
-        .ready
-        .split("fingerprint ")
-        .nth(1)
-        .and_then(|t| t.split(')').next())
-        .expect("the ready line shows the fingerprint");
+    let fp = trio.fingerprint(1);
     let b = &trio.names[1];
     let eval = format!(
         "N = '{b}', Fp = <<\"{fp}\">>, S = {{freq_shard, N}}, \
@@ -322,11 +349,7 @@ fn nodes_down_leave_their_shards_unreachable_and_the_rest_serving() {
     // One frequency held on each node's first shard (0-9 on a, 10-19 on b, 20-29 on c).
     let mut held = Vec::new();
     for _ in 0..6 {
-        let f: u64 = trio
-            .cli_ok(0, &["allocate", "--client", "keep"])
-            .trim()
-            .parse()
-            .unwrap();
+        let f = trio.allocate(0, "keep");
         held.push(f);
     }
     held.sort_unstable();
@@ -370,22 +393,14 @@ fn nodes_down_leave_their_shards_unreachable_and_the_rest_serving() {
     trio.cli_ok(0, &["deallocate", left.trim(), "--client", "fill2"]);
 
     trio.kill(2);
-    let f: u64 = trio
-        .cli_ok(0, &["allocate", "--client", "last"])
-        .trim()
-        .parse()
-        .unwrap();
+    let f = trio.allocate(0, "last");
     assert_eq!((f / 10) % 3, 0, "only node a's shards serve: {f}");
 
     trio.up(1);
     trio.up(2);
-    let keep = trio.cli_ok(1, &["held", "--client", "keep"]);
-    let keep: Vec<u64> = keep.lines().map(|l| l.trim().parse().unwrap()).collect();
+    let keep = trio.held(1, "keep");
     assert_eq!(keep, held, "what the killed nodes held survived (sync)");
-    for i in 0..3 {
-        let check = trio.cli_ok(i, &["check"]);
-        assert!(check.contains("consistent: 60 frequencies"), "{check}");
-    }
+    trio.check_through(0..3);
 }
 
 /// A partition simulated by SIGSTOP of node b past the tick time (2 s here), then SIGCONT: while
@@ -403,11 +418,7 @@ fn a_stopped_node_is_routed_around_and_rejoins_after_sigcont() {
     let trio = Trio::start_with("sync", &["--net-ticktime", "2"]);
     let mut keep = Vec::new();
     for _ in 0..6 {
-        let f: u64 = trio
-            .cli_ok(0, &["allocate", "--client", "keep"])
-            .trim()
-            .parse()
-            .unwrap();
+        let f = trio.allocate(0, "keep");
         keep.push(f);
     }
     keep.sort_unstable();
@@ -457,10 +468,7 @@ fn a_stopped_node_is_routed_around_and_rejoins_after_sigcont() {
         .find(|f| (*f / 10) % 3 == 1)
         .expect("keep has one on b");
     trio.cli_ok(0, &["deallocate", &on_b.to_string(), "--client", "keep"]);
-    for i in 0..3 {
-        let check = trio.cli_ok(i, &["check"]);
-        assert!(check.contains("consistent: 60 frequencies"), "{check}");
-    }
+    trio.check_through(0..3);
 }
 
 /// The control plane (Raft, `src/control/`) runs over the nodes' own distribution connections:
@@ -813,10 +821,7 @@ fn storm_kill_rounds(replicated: bool) {
             "round {round}: kill after {kill_after} acks, {in_flight} calls in flight, \
              {lost} lost in flight"
         );
-        for i in 0..3 {
-            let check = trio.cli_ok(i, &["check"]);
-            assert!(check.contains("consistent: 60 frequencies"), "{check}");
-        }
+        trio.check_through(0..3);
         // The next round starts from an empty pool.
         for name in logs.keys() {
             trio.cli_ok(0, &["release", "--client", name]);
@@ -850,11 +855,7 @@ fn with_two_nodes_of_three_killed_only_the_shards_with_a_live_lone_primary_serve
         if keep.len() == 6 {
             break;
         }
-        let f: u64 = trio
-            .cli_ok(0, &["allocate", "--client", "keep"])
-            .trim()
-            .parse()
-            .unwrap();
+        let f = trio.allocate(0, "keep");
         if let std::collections::btree_map::Entry::Vacant(e) = keep.entry(f / 10) {
             e.insert(f);
         } else {
@@ -930,16 +931,12 @@ fn with_two_nodes_of_three_killed_only_the_shards_with_a_live_lone_primary_serve
             all_in_sync(st) && served_by(st, &all)
         });
     }
-    let held = trio.cli_ok(1, &["held", "--client", "keep"]);
-    let held: Vec<u64> = held.lines().map(|l| l.trim().parse().unwrap()).collect();
+    let held = trio.held(1, "keep");
     assert_eq!(
         held, keep,
         "what was held survived (sync, and one copy at least)"
     );
-    for i in 0..3 {
-        let check = trio.cli_ok(i, &["check"]);
-        assert!(check.contains("consistent: 60 frequencies"), "{check}");
-    }
+    trio.check_through(0..3);
 }
 
 /// With `--replicas 2`, a partition simulated by SIGSTOP of node b past the tick time (2 s):
@@ -959,23 +956,11 @@ fn a_stopped_primary_whose_backup_was_promoted_accepts_no_allocation_after_sigco
     let trio = Trio::start_replicated("sync", &["--net-ticktime", "2"]);
     let mut keep = Vec::new();
     for _ in 0..6 {
-        let f: u64 = trio
-            .cli_ok(0, &["allocate", "--client", "keep"])
-            .trim()
-            .parse()
-            .unwrap();
+        let f = trio.allocate(0, "keep");
         keep.push(f);
     }
     keep.sort_unstable();
-    let fp = trio.nodes[1]
-        .as_ref()
-        .unwrap()
-        .ready
-        .split("fingerprint ")
-        .nth(1)
-        .and_then(|t| t.split(')').next())
-        .expect("the ready line shows the fingerprint")
-        .to_string();
+    let fp = trio.fingerprint(1);
     let b_pid = trio.nodes[1].as_ref().unwrap().proc.pid();
     erlang::signal(b_pid, libc::SIGSTOP);
     let (a, c) = (&trio.names[0], &trio.names[2]);
@@ -1018,13 +1003,9 @@ fn a_stopped_primary_whose_backup_was_promoted_accepts_no_allocation_after_sigco
     trio.status_until(1, "b caught up, c primary of 1 and 4", |st| {
         all_in_sync(st) && served_by(st, &[a, c])
     });
-    let held = trio.cli_ok(1, &["held", "--client", "keep"]);
-    let held: Vec<u64> = held.lines().map(|l| l.trim().parse().unwrap()).collect();
+    let held = trio.held(1, "keep");
     assert_eq!(held, keep);
-    for i in 0..3 {
-        let check = trio.cli_ok(i, &["check"]);
-        assert!(check.contains("consistent: 60 frequencies"), "{check}");
-    }
+    trio.check_through(0..3);
 }
 
 /// With `--replicas 2` in `none` (nothing on disk): a node that restarts comes back empty, so it
@@ -1040,11 +1021,7 @@ fn in_none_a_restarted_node_is_caught_up_before_it_can_take_over() {
     let mut trio = Trio::start_replicated("none", &[]);
     let mut keep = Vec::new();
     for _ in 0..12 {
-        let f: u64 = trio
-            .cli_ok(0, &["allocate", "--client", "keep"])
-            .trim()
-            .parse()
-            .unwrap();
+        let f = trio.allocate(0, "keep");
         keep.push(f);
     }
     keep.sort_unstable();
@@ -1060,11 +1037,7 @@ fn in_none_a_restarted_node_is_caught_up_before_it_can_take_over() {
     trio.status_until(0, "every shard served by a or b", |st| {
         served_by(st, &[a, b])
     });
-    let held = trio.cli_ok(0, &["held", "--client", "keep"]);
-    let held: Vec<u64> = held.lines().map(|l| l.trim().parse().unwrap()).collect();
+    let held = trio.held(0, "keep");
     assert_eq!(held, keep, "every frequency held survived two failovers");
-    for i in [0, 1] {
-        let check = trio.cli_ok(i, &["check"]);
-        assert!(check.contains("consistent: 60 frequencies"), "{check}");
-    }
+    trio.check_through([0, 1]);
 }

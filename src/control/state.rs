@@ -203,14 +203,7 @@ impl ControlState {
                 node,
                 expected_epoch,
             } => {
-                let s = self.shard_at(*shard, *expected_epoch)?;
-                if s.backup != Some(*node) {
-                    return Err(Rejection::NotTheBackup {
-                        shard: *shard,
-                        node: *node,
-                        backup: s.backup,
-                    });
-                }
+                let s = self.backup_at(*shard, *expected_epoch, *node)?;
                 if !s.backup_in_sync {
                     return Err(Rejection::BackupNotInSync { shard: *shard });
                 }
@@ -230,14 +223,7 @@ impl ControlState {
                 epoch,
                 sync_gen,
             } => {
-                let s = self.shard_at(*shard, *epoch)?;
-                if s.backup != Some(*node) {
-                    return Err(Rejection::NotTheBackup {
-                        shard: *shard,
-                        node: *node,
-                        backup: s.backup,
-                    });
-                }
+                let s = self.backup_at(*shard, *epoch, *node)?;
                 if s.sync_gen != *sync_gen {
                     return Err(Rejection::StaleSync {
                         shard: *shard,
@@ -289,6 +275,24 @@ impl ControlState {
             .collect();
         self.bootstrapped = true;
         Ok(Applied::Bootstrapped)
+    }
+
+    /// The shard, if it exists, is at `epoch` and has `node` as its backup.
+    fn backup_at(
+        &mut self,
+        shard: ShardId,
+        epoch: u64,
+        node: NodeId,
+    ) -> Result<&mut ShardControl, Rejection> {
+        let s = self.shard_at(shard, epoch)?;
+        if s.backup != Some(node) {
+            return Err(Rejection::NotTheBackup {
+                shard,
+                node,
+                backup: s.backup,
+            });
+        }
+        Ok(s)
     }
 
     /// The shard, if it exists and is at `epoch`.

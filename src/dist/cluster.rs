@@ -486,15 +486,7 @@ impl PeerShard {
     }
 
     fn bad_answer(&self, t: &Term) -> FreqError {
-        let mut text = t.to_string();
-        if text.len() > 200 {
-            let cut = (0..=200)
-                .rev()
-                .find(|&i| text.is_char_boundary(i))
-                .unwrap_or(0);
-            text.truncate(cut);
-            text.push_str("...");
-        }
+        let text = super::term::short(t);
         FreqError::ShardFailed {
             shard: self.index,
             reason: format!("its node {} answered {text}", self.route.node()),

@@ -19,7 +19,9 @@
 
 use eetf::Term;
 
-use super::term::{as_atom, as_list, as_text, as_tuple, as_u64, atom, binary, list, tuple, uint};
+use super::term::{
+    as_atom, as_list, as_text, as_tuple, as_u64, atom, binary, list, short, tuple, uint,
+};
 use crate::freq::{Allocation, Change, FreqRange, LinkCall, LinkReply, LogEntry, ReplicaDump};
 use crate::freq::{ShardError, Snapshot};
 
@@ -106,14 +108,19 @@ fn parse_entry(t: &Term) -> Option<LogEntry> {
     })
 }
 
+/// `{append, [Entry]}`: the `Call` of a shipment, built from the batch in place.
+pub(crate) fn append_term(entries: &[LogEntry]) -> Term {
+    tuple(vec![
+        atom("append"),
+        list(entries.iter().map(entry_term).collect()),
+    ])
+}
+
 /// A replication request as the `Call` of `{link, Shard, Epoch, Call, Fp}`.
 pub(crate) fn link_call_term(call: &LinkCall) -> Term {
     match call {
         LinkCall::Applied => atom("applied"),
-        LinkCall::Append(entries) => tuple(vec![
-            atom("append"),
-            list(entries.iter().map(entry_term).collect()),
-        ]),
+        LinkCall::Append(entries) => append_term(entries),
         LinkCall::Install(s) => tuple(vec![
             atom("install"),
             uint(s.seq),
@@ -222,20 +229,6 @@ fn parse_dump(t: &Term) -> Option<ReplicaDump> {
             .map(as_text)
             .collect::<Option<_>>()?,
     })
-}
-
-/// A term's text, cut to 200 bytes (for errors).
-pub(crate) fn short(t: &Term) -> String {
-    let mut text = t.to_string();
-    if text.len() > 200 {
-        let cut = (0..=200)
-            .rev()
-            .find(|&i| text.is_char_boundary(i))
-            .unwrap_or(0);
-        text.truncate(cut);
-        text.push_str("...");
-    }
-    text
 }
 
 #[cfg(test)]

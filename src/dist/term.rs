@@ -574,6 +574,20 @@ pub fn as_text(t: &Term) -> Option<String> {
     }
 }
 
+/// A term's text, cut to 200 bytes (for errors).
+pub(crate) fn short(t: &Term) -> String {
+    let mut text = t.to_string();
+    if text.len() > 200 {
+        let cut = (0..=200)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,7 +35,7 @@ use eetf::Term;
 
 use super::{control_id, PeerCallError, PeerCalls, PeerLoad, PeerShard, Route, Shared};
 use crate::control::{Command, ControlError, ControlNode, NodeId, Role as ControlRole};
-use crate::dist::replica_wire::{link_call_term, parse_link_reply};
+use crate::dist::replica_wire::{append_term, link_call_term, parse_link_reply};
 use crate::dist::term::{as_atom, as_text, as_tuple, atom, binary, tuple, uint};
 use crate::freq::{
     ClientCall, ClientReply, Durability, Fault, FreqError, Health, LinkCall, LinkReply,
@@ -123,16 +123,20 @@ impl NetworkLink {
     }
 
     fn request(&self, call: &LinkCall) -> Result<LinkReply, ShardError> {
+        self.request_term(link_call_term(call), matches!(call, LinkCall::Dump))
+    }
+
+    /// Sends the request whose `Call` is `call` (a dump's answer is read as one if `dump`).
+    fn request_term(&self, call: Term, dump: bool) -> Result<LinkReply, ShardError> {
         // The epoch this replica was given: the partner refuses it if it knows a later one.
         let (_, epoch) = self.handle.assigned();
         let t = tuple(vec![
             atom("link"),
             uint(self.shard as u64),
             uint(epoch),
-            link_call_term(call),
+            call,
             binary(self.fingerprint.as_bytes()),
         ]);
-        let dump = matches!(call, LinkCall::Dump);
         match self.calls.call(&self.partner, &t, self.timeout) {
             Ok(answer) => parse_link_reply(&answer, dump).map_err(|why| self.failed(why)),
             Err(PeerCallError::NotSent(w) | PeerCallError::Lost(w) | PeerCallError::Timeout(w)) => {
@@ -142,7 +146,11 @@ impl NetworkLink {
     }
 
     fn seq(&self, call: &LinkCall) -> Result<u64, ShardError> {
-        match self.request(call)? {
+        self.seq_of(self.request(call)?)
+    }
+
+    fn seq_of(&self, reply: LinkReply) -> Result<u64, ShardError> {
+        match reply {
             LinkReply::Applied(seq) => {
                 self.acked.store(seq, Ordering::Relaxed);
                 Ok(seq)
@@ -166,7 +174,7 @@ impl ReplicaLink for NetworkLink {
     }
 
     fn append(&self, entries: &[LogEntry]) -> Result<u64, ShardError> {
-        self.seq(&LinkCall::Append(entries.to_vec()))
+        self.seq_of(self.request_term(append_term(entries), false)?)
     }
 
     fn install(&self, snapshot: Snapshot) -> Result<u64, ShardError> {
@@ -282,7 +290,7 @@ impl Shared {
                     _ => {
                         return Err(ProposeError::Unknown(format!(
                             "unexpected answer {}",
-                            crate::dist::replica_wire::short(&answer)
+                            crate::dist::term::short(&answer)
                         )))
                     }
                 }
@@ -365,16 +373,13 @@ impl PairControl for ClusterPairControl {
     }
 
     fn in_sync(&self, epoch: u64) -> bool {
-        let Some(sh) = self.shared.upgrade() else {
-            return false;
-        };
-        let Some(view) = sh.control_view() else {
-            return false;
-        };
-        let shard = u32::try_from(self.shard).unwrap_or(u32::MAX);
-        view.state
-            .shard(shard)
-            .is_some_and(|c| c.epoch == epoch && c.backup_in_sync)
+        // As the roles thread last copied it from the view into the route (asked after every
+        // commit, so no clone of the whole view here; a stale answer only re-sends a mark).
+        self.shared.upgrade().is_some_and(|sh| {
+            sh.routes.get(self.shard).is_some_and(|r| {
+                r.epoch.load(Ordering::Relaxed) == epoch && r.in_sync.load(Ordering::Relaxed)
+            })
+        })
     }
 }
 
